@@ -1,0 +1,1 @@
+//! Flow reassembly by TCP sequence number; bounded per flow and in total.

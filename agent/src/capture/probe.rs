@@ -1,0 +1,1 @@
+//! Loading the eBPF object, attaching it in pod namespaces, reading its ring buffer.

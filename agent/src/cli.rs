@@ -1,0 +1,1 @@
+//! The command line (clap). Every flag also reads a `LOUPE_...` environment variable.

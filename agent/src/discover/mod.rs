@@ -1,0 +1,74 @@
+//! Discover: which pods exist on this node, where their network namespaces are, and which metrics
+//! endpoints each one has. Every source publishes whole snapshots of its pods on a
+//! `tokio::sync::watch` channel; the rest of the agent reconciles against the latest snapshot.
+
+pub mod pods_file;
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// A pod as loupe needs it: its identity, how to reach its network namespace, its endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    /// Kubernetes UID when known; tells a re-created pod of the same name apart.
+    pub uid: String,
+    pub netns: NetnsRef,
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl Pod {
+    pub fn key(&self) -> PodKey {
+        PodKey {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// `namespace/name` of a pod: the key of everything per pod in the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for PodKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// How to find a pod's network namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetnsRef {
+    /// A bind-mounted namespace file, e.g. `/var/run/netns/cart`.
+    Path(PathBuf),
+    /// A process inside the pod: the namespace is `/proc/PID/ns/net`.
+    Pid(u32),
+    /// Container IDs (without the `containerd://` prefix) to look up in `/proc/*/cgroup`.
+    Containers(Vec<String>),
+}
+
+/// One metrics endpoint of a pod: an HTTP path on a loopback port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub port: u16,
+    /// Request path, `/metrics` unless configured.
+    pub path: String,
+    /// The container that declares the port, when known.
+    pub container: Option<String>,
+    /// The port's name; the `endpoint` label is this or else the port number.
+    pub name: Option<String>,
+}
+
+impl Endpoint {
+    /// The value of the `endpoint` label.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(name) => name.clone(),
+            None => self.port.to_string(),
+        }
+    }
+}

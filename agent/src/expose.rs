@@ -1,0 +1,1 @@
+//! Expose: the HTTP server that renders the merged node target.

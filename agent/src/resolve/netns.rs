@@ -1,0 +1,1 @@
+//! Entering a network namespace on a dedicated thread and coming back.

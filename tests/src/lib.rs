@@ -1,0 +1,1 @@
+//! The testbed: real parts, really started.
