@@ -1,1 +1,216 @@
 //! Entering a network namespace on a dedicated thread and coming back.
+//!
+//! `setns(2)` changes the namespace of the calling thread only, so code that must run inside a
+//! pod's namespace (attaching a TC program, creating a socket) runs on a fresh OS thread that
+//! enters the namespace, does its work and ends. Pooled threads (tokio's blocking pool) are never
+//! used for this: they would stay in the pod's namespace. A socket keeps the namespace it was
+//! created in, so the agent can use it from any thread afterwards.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Linux `SO_NETNS_COOKIE` (since 5.14); not yet exported by every libc crate version.
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("cannot open network namespace {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a network namespace")]
+    NotNetns { path: PathBuf },
+    #[error("cannot enter network namespace {path}: {source}")]
+    Enter {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read the cookie of network namespace {path}: {source}")]
+    Cookie {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the thread working in network namespace {path} panicked")]
+    Panicked { path: PathBuf },
+}
+
+/// An open handle on a network namespace. Holding it keeps the namespace alive.
+#[derive(Debug)]
+pub struct Netns {
+    file: File,
+    path: PathBuf,
+}
+
+impl Netns {
+    /// Opens a namespace file such as `/var/run/netns/cart` or `/proc/1234/ns/net`.
+    pub fn open(path: &Path) -> Result<Self, NetnsError> {
+        let file = File::open(path).map_err(|source| NetnsError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        let netns = Self {
+            file,
+            path: path.to_owned(),
+        };
+        netns.check_is_netns()?;
+        Ok(netns)
+    }
+
+    /// The network namespace of process `pid`.
+    pub fn of_pid(pid: u32) -> Result<Self, NetnsError> {
+        Self::open(Path::new(&format!("/proc/{pid}/ns/net")))
+    }
+
+    /// The agent's own network namespace (that of its main thread).
+    pub fn current() -> Result<Self, NetnsError> {
+        Self::open(Path::new("/proc/self/ns/net"))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Another handle on the same namespace, for moving into a thread.
+    pub fn try_clone(&self) -> Result<Self, NetnsError> {
+        let file = self.file.try_clone().map_err(|source| NetnsError::Open {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(Self {
+            file,
+            path: self.path.clone(),
+        })
+    }
+
+    fn check_is_netns(&self) -> Result<(), NetnsError> {
+        // NS_GET_NSTYPE would be exact; a namespace file's device is nsfs and `setns` with
+        // CLONE_NEWNET rejects other types anyway, so check the inode type cheaply here.
+        use std::os::unix::fs::FileTypeExt;
+        let meta = self.file.metadata().map_err(|source| NetnsError::Open {
+            path: self.path.clone(),
+            source,
+        })?;
+        let ft = meta.file_type();
+        if ft.is_dir() || ft.is_fifo() || ft.is_socket() || ft.is_block_device() {
+            return Err(NetnsError::NotNetns {
+                path: self.path.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on a new thread inside this namespace and returns its result.
+    pub fn run<T, F>(&self, f: F) -> Result<T, NetnsError>
+    where
+        F: FnOnce() -> T + Send,
+        T: Send,
+    {
+        std::thread::scope(|scope| {
+            let handle = scope.spawn(|| {
+                self.enter()?;
+                Ok(f())
+            });
+            handle.join().map_err(|_| NetnsError::Panicked {
+                path: self.path.clone(),
+            })?
+        })
+    }
+
+    /// Like [`Netns::run`], for async callers: the work runs on its own OS thread and the caller's
+    /// task waits without blocking the runtime.
+    pub async fn run_async<T, F>(&self, f: F) -> Result<T, NetnsError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let netns = self.try_clone()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let path = self.path.clone();
+        std::thread::Builder::new()
+            .name("loupe-netns".into())
+            .spawn(move || {
+                let result = netns.enter().map(|()| f());
+                let _ = tx.send(result);
+            })
+            .map_err(|source| NetnsError::Enter {
+                path: path.clone(),
+                source,
+            })?;
+        rx.await.map_err(|_| NetnsError::Panicked { path })?
+    }
+
+    /// Moves the calling thread into this namespace. Only for threads made for that purpose.
+    fn enter(&self) -> Result<(), NetnsError> {
+        // SAFETY: setns takes a valid open file descriptor and a namespace type; it changes only
+        // the calling thread, which is a thread created for this namespace alone.
+        let rc = unsafe { libc::setns(self.file.as_raw_fd(), libc::CLONE_NEWNET) };
+        if rc != 0 {
+            return Err(NetnsError::Enter {
+                path: self.path.clone(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The kernel's cookie for this namespace, as `bpf_get_netns_cookie` reports it.
+    pub fn cookie(&self) -> Result<u64, NetnsError> {
+        let cookie_err = |source| NetnsError::Cookie {
+            path: self.path.clone(),
+            source,
+        };
+        self.run(|| {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            socket_netns_cookie(&socket)
+        })?
+        .map_err(cookie_err)
+    }
+}
+
+/// The netns cookie of the namespace a socket was created in.
+pub fn socket_netns_cookie(socket: &impl AsRawFd) -> std::io::Result<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: the pointers are to a live u64 and its length; the fd is a valid socket.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_namespace_has_a_stable_cookie() {
+        let own = Netns::current().expect("open own netns");
+        let a = own.cookie().expect("cookie");
+        let b = own.cookie().expect("cookie");
+        assert_eq!(a, b);
+        assert_ne!(a, 0);
+    }
+
+    #[test]
+    fn opening_a_missing_namespace_names_the_path() {
+        let err = Netns::open(Path::new("/nonexistent/netns")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/netns"), "{err}");
+    }
+
+    #[test]
+    fn a_directory_is_not_a_namespace() {
+        let err = Netns::open(Path::new("/proc")).unwrap_err();
+        assert!(matches!(err, NetnsError::NotNetns { .. }), "{err}");
+    }
+}
