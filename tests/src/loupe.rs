@@ -1,0 +1,296 @@
+//! The real `loupe` binary, started on a pods file, scraped over HTTP, stopped with a signal.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::http::{self, Response};
+use crate::{free_port, io_err, wait_for, workspace_root, Error, Proc, Result, TempDir};
+
+/// One endpoint of a pod in the pods file.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointSpec {
+    pub port: u16,
+    pub path: Option<String>,
+    pub container: Option<String>,
+    pub name: Option<String>,
+}
+
+impl EndpointSpec {
+    pub fn port(port: u16) -> EndpointSpec {
+        EndpointSpec {
+            port,
+            ..EndpointSpec::default()
+        }
+    }
+
+    pub fn container(mut self, c: &str) -> EndpointSpec {
+        self.container = Some(c.to_string());
+        self
+    }
+
+    pub fn name(mut self, n: &str) -> EndpointSpec {
+        self.name = Some(n.to_string());
+        self
+    }
+
+    pub fn path(mut self, p: &str) -> EndpointSpec {
+        self.path = Some(p.to_string());
+        self
+    }
+
+    /// The `endpoint` label loupe gives it: the name, else the port number.
+    pub fn label(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.port.to_string())
+    }
+}
+
+/// How loupe finds the pod's network namespace.
+#[derive(Debug, Clone)]
+pub enum NetnsRef {
+    Path(PathBuf),
+    Pid(u32),
+}
+
+/// One pod in the pods file.
+#[derive(Debug, Clone)]
+pub struct PodSpec {
+    pub namespace: String,
+    pub name: String,
+    pub netns: NetnsRef,
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+/// Renders the pods file (format in design.md).
+pub fn pods_yaml(pods: &[PodSpec]) -> String {
+    let mut y = String::from("pods:\n");
+    if pods.is_empty() {
+        return "pods: []\n".into();
+    }
+    for p in pods {
+        let _ = writeln!(y, "  - namespace: {}\n    name: {}", p.namespace, p.name);
+        match &p.netns {
+            NetnsRef::Path(path) => {
+                let _ = writeln!(y, "    netns: {}", path.display());
+            }
+            NetnsRef::Pid(pid) => {
+                let _ = writeln!(y, "    pid: {pid}");
+            }
+        }
+        let _ = writeln!(y, "    endpoints:");
+        for e in &p.endpoints {
+            let _ = writeln!(y, "      - port: {}", e.port);
+            if let Some(v) = &e.path {
+                let _ = writeln!(y, "        path: {v}");
+            }
+            if let Some(v) = &e.container {
+                let _ = writeln!(y, "        container: {v}");
+            }
+            if let Some(v) = &e.name {
+                let _ = writeln!(y, "        name: {v}");
+            }
+        }
+    }
+    y
+}
+
+/// The loupe binary: `$LOUPE_BIN`, else `<workspace>/target/debug/loupe`.
+pub fn loupe_bin() -> Result<PathBuf> {
+    let bin = std::env::var_os("LOUPE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/debug/loupe"));
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(Error::Invalid {
+            what: "loupe binary".into(),
+            detail: format!(
+                "{} does not exist: build it with `cargo build -p loupe-agent` or set LOUPE_BIN",
+                bin.display()
+            ),
+        })
+    }
+}
+
+/// A running (or stopped) loupe agent with its own pods file, log file and listen port.
+#[derive(Debug)]
+pub struct Loupe {
+    pub bin: PathBuf,
+    pub listen: String,
+    pub pods_file: PathBuf,
+    pub log_file: PathBuf,
+    pub args: Vec<String>,
+    proc: Option<Proc>,
+    dir: TempDir,
+}
+
+impl Loupe {
+    /// Writes the pods file and starts loupe with `extra_args`; returns once `/readyz` is 200.
+    pub fn start(pods: &[PodSpec], extra_args: &[&str]) -> Result<Loupe> {
+        let bin = loupe_bin()?;
+        let dir = TempDir::new("loupe-agent")?;
+        let listen = format!("127.0.0.1:{}", free_port()?);
+        let mut loupe = Loupe {
+            bin,
+            listen,
+            pods_file: dir.path().join("pods.yaml"),
+            log_file: dir.path().join("loupe.log"),
+            args: extra_args.iter().map(|s| s.to_string()).collect(),
+            proc: None,
+            dir,
+        };
+        loupe.write_pods(&pods_yaml(pods))?;
+        loupe.spawn()?;
+        Ok(loupe)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Replaces the pods file's content (atomically, by rename).
+    pub fn write_pods(&self, yaml: &str) -> Result<()> {
+        let tmp = self.pods_file.with_extension("tmp");
+        std::fs::write(&tmp, yaml).map_err(io_err(format!("writing {}", tmp.display())))?;
+        std::fs::rename(&tmp, &self.pods_file)
+            .map_err(io_err(format!("renaming to {}", self.pods_file.display())))
+    }
+
+    /// Starts the process (appending to the log) and waits for `/readyz`.
+    pub fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_file)
+            .map_err(io_err(format!("opening {}", self.log_file.display())))?;
+        let log2 = log
+            .try_clone()
+            .map_err(io_err("duplicating the log handle"))?;
+        let pods = self.pods_file.to_string_lossy().into_owned();
+        let child = Command::new(&self.bin)
+            .args(["run", "--pods-file", &pods, "--listen", &self.listen])
+            .args(&self.args)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(io_err(format!("starting {}", self.bin.display())))?;
+        self.proc = Some(Proc {
+            what: format!("loupe on {}", self.listen),
+            child,
+        });
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let listen = self.listen.clone();
+        let log_file = self.log_file.clone();
+        let proc = self.proc.as_mut();
+        let mut proc = proc;
+        wait_for(
+            &format!("loupe on {listen} to be ready"),
+            Duration::from_secs(30),
+            || {
+                if let Some(p) = proc.as_mut() {
+                    if !p.running() {
+                        return Err(format!(
+                            "loupe exited; log:\n{}",
+                            std::fs::read_to_string(&log_file).unwrap_or_default()
+                        ));
+                    }
+                }
+                match http::get(&listen, "/readyz", &[], Duration::from_secs(2)) {
+                    Ok(r) if r.status == 200 => Ok(Some(())),
+                    Ok(r) => Err(format!("/readyz answered {}", r.status)),
+                    Err(e) => Err(e.to_string()),
+                }
+            },
+        )
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(Proc::pid)
+    }
+
+    /// `GET path` on loupe.
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Result<Response> {
+        http::get(&self.listen, path, headers, Duration::from_secs(30))
+    }
+
+    /// `/metrics` as text; a non-200 answer is an error.
+    pub fn metrics(&self) -> Result<String> {
+        let r = self.get("/metrics", &[])?;
+        if r.status != 200 {
+            return Err(Error::Invalid {
+                what: format!("GET http://{}/metrics", self.listen),
+                detail: format!("status {}: {}", r.status, String::from_utf8_lossy(&r.body)),
+            });
+        }
+        r.text()
+    }
+
+    /// Scrapes `/metrics` until `pred` holds on the strictly parsed output; returns that output.
+    pub fn metrics_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&crate::expo::Exposition) -> bool,
+    ) -> Result<(String, crate::expo::Exposition)> {
+        wait_for(what, timeout, || {
+            let text = self.metrics().map_err(|e| e.to_string())?;
+            let exp = crate::expo::parse_strict(&text).map_err(|e| e.to_string())?;
+            if pred(&exp) {
+                Ok(Some((text, exp)))
+            } else {
+                Err(format!("{} samples, condition not met", exp.samples.len()))
+            }
+        })
+    }
+
+    /// Sends `sig` and waits for the exit.
+    pub fn stop(&mut self, sig: i32) -> Result<std::process::ExitStatus> {
+        let mut proc = self.proc.take().ok_or_else(|| Error::Invalid {
+            what: "loupe".into(),
+            detail: "not running".into(),
+        })?;
+        proc.signal(sig)?;
+        proc.wait_exit(Duration::from_secs(20))
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_file).unwrap_or_default()
+    }
+
+    /// Waits until the log contains every one of `needles` on one line; returns that line.
+    pub fn wait_log_line(&self, needles: &[&str], timeout: Duration) -> Result<String> {
+        wait_for(
+            &format!("a loupe log line with {needles:?}"),
+            timeout,
+            || {
+                Ok(self
+                    .log()
+                    .lines()
+                    .find(|l| needles.iter().all(|n| l.contains(n)))
+                    .map(str::to_string))
+            },
+        )
+    }
+}
+
+impl Drop for Loupe {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            let _ = p.signal(libc::SIGTERM);
+            if p.wait_exit(Duration::from_secs(10)).is_err() {
+                let _ = p.signal(libc::SIGKILL);
+                let _ = p.wait_exit(Duration::from_secs(5));
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("--- loupe log ({}) ---\n{}", self.log_file.display(), self.log());
+        }
+    }
+}

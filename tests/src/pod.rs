@@ -1,0 +1,168 @@
+//! A "pod": a network namespace with `lo` up and a veth pair to the host carrying a /30 from
+//! 198.18.0.0/15 (the range set aside for test networks), one per pod.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::{io_err, run, unique_suffix, wait_for, Proc, Result, TempDir};
+
+/// A network namespace with a veth to the host. Dropping it kills every process inside and removes
+/// the namespace and the veth.
+#[derive(Debug)]
+pub struct Pod {
+    pub name: String,
+    pub host_if: String,
+    pub host_ip: Ipv4Addr,
+    pub pod_ip: Ipv4Addr,
+    logs: TempDir,
+}
+
+impl Pod {
+    /// Creates the namespace `loupe-<pid>-<n>` with `lo` up and `eth0` at the pod address.
+    pub fn new() -> Result<Pod> {
+        let (pid, n) = unique_suffix();
+        let name = format!("loupe-{pid}-{n}");
+        // Interface names are limited to 15 bytes.
+        let host_if = format!("lp{}x{}", pid % 10_000_000, n % 100);
+        let peer_if = format!("lq{}x{}", pid % 10_000_000, n % 100);
+        // One /30 per pod out of the 32768 in 198.18.0.0/15: .1 host side, .2 pod side.
+        let slot = ((pid % 1024) * 32 + n % 32) * 4;
+        let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + slot;
+        let host_ip = Ipv4Addr::from(base + 1);
+        let pod_ip = Ipv4Addr::from(base + 2);
+        let logs = TempDir::new(&format!("{name}-logs"))?;
+        run("ip", &["netns", "add", &name])?;
+        // From here on Drop cleans up whatever the rest manages to create.
+        let pod = Pod {
+            name,
+            host_if,
+            host_ip,
+            pod_ip,
+            logs,
+        };
+        pod.setup(&peer_if)?;
+        Ok(pod)
+    }
+
+    fn setup(&self, peer_if: &str) -> Result<()> {
+        let ns = self.name.as_str();
+        let host_cidr = format!("{}/30", self.host_ip);
+        let pod_cidr = format!("{}/30", self.pod_ip);
+        run("ip", &["netns", "exec", ns, "ip", "link", "set", "lo", "up"])?;
+        run(
+            "ip",
+            &[
+                "link", "add", &self.host_if, "type", "veth", "peer", "name", peer_if,
+            ],
+        )?;
+        run("ip", &["link", "set", peer_if, "netns", ns])?;
+        run(
+            "ip",
+            &["netns", "exec", ns, "ip", "link", "set", peer_if, "name", "eth0"],
+        )?;
+        run(
+            "ip",
+            &["netns", "exec", ns, "ip", "addr", "add", &pod_cidr, "dev", "eth0"],
+        )?;
+        run(
+            "ip",
+            &["netns", "exec", ns, "ip", "link", "set", "eth0", "up"],
+        )?;
+        run("ip", &["addr", "add", &host_cidr, "dev", &self.host_if])?;
+        run("ip", &["link", "set", &self.host_if, "up"])?;
+        Ok(())
+    }
+
+    /// The namespace's bind-mount path, as the pods file's `netns:` wants it.
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.name)
+    }
+
+    /// Where `spawn`ed processes write stderr (`<what>.log`).
+    pub fn log_path(&self, what: &str) -> PathBuf {
+        self.logs.path().join(format!("{what}.log"))
+    }
+
+    /// Starts `program args` inside the namespace (`ip netns exec` execs it, so the returned pid is
+    /// the program's own). Stdout is discarded, stderr goes to `log_path(what)`.
+    pub fn spawn(&self, what: &str, program: &str, args: &[&str]) -> Result<Proc> {
+        let log = std::fs::File::create(self.log_path(what))
+            .map_err(io_err(format!("creating the log of {what} in pod {}", self.name)))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(io_err(format!("starting {what} in pod {}", self.name)))?;
+        Ok(Proc {
+            what: format!("{what} in pod {}", self.name),
+            child,
+        })
+    }
+
+    /// Starts the test app (`metrics-app`) inside the pod on 127.0.0.1:`port` and waits until it
+    /// answers `/requests`.
+    pub fn spawn_app(&self, port: u16, extra: &[&str]) -> Result<Proc> {
+        let bin = crate::crate_bin("metrics-app")?;
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec!["--listen", listen.as_str()];
+        args.extend_from_slice(extra);
+        let what = format!("metrics-app-{port}");
+        let mut proc = self.spawn(&what, &bin.to_string_lossy(), &args)?;
+        let url = format!("http://127.0.0.1:{port}/requests");
+        wait_for(
+            &format!("{what} in pod {} to answer", self.name),
+            Duration::from_secs(20),
+            || {
+                if !proc.running() {
+                    return Err(format!(
+                        "exited: {}",
+                        std::fs::read_to_string(self.log_path(&what)).unwrap_or_default()
+                    ));
+                }
+                Ok(self.curl(&["-sf", "-o", "/dev/null", &url]).ok())
+            },
+        )?;
+        Ok(proc)
+    }
+
+    /// Runs a command inside the namespace to completion and returns its stdout.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
+        let mut full = vec!["netns", "exec", self.name.as_str(), program];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// `curl` inside the pod, stdout returned (the caller passes `-s`, `-f` as it needs).
+    pub fn curl(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["--max-time", "10"];
+        full.extend_from_slice(args);
+        self.exec("curl", &full)
+    }
+
+    /// Pids of every process in the namespace.
+    pub fn pids(&self) -> Vec<i32> {
+        run("ip", &["netns", "pids", &self.name])
+            .map(|out| out.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        // Whatever still runs inside (spawned helpers, shell loops): SIGKILL.
+        for pid in self.pids() {
+            // SAFETY: kill(2) with a pid just listed for our namespace; at worst it is gone already.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let _ = wait_for("pod processes to exit", Duration::from_secs(5), || {
+            Ok(self.pids().is_empty().then_some(()))
+        });
+        let _ = run("ip", &["netns", "del", &self.name]);
+        let _ = run("ip", &["link", "del", &self.host_if]);
+    }
+}

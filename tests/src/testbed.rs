@@ -1,0 +1,82 @@
+//! The mesh situation assembled: pods, each with the test app on 127.0.0.1 and a strict-mTLS Envoy
+//! on its veth address, described as loupe's pods file wants them. Shared by the tests and the demo.
+
+use crate::certs::Certs;
+use crate::envoy::Envoy;
+use crate::loupe::{EndpointSpec, NetnsRef, PodSpec};
+use crate::pod::Pod;
+use crate::{Proc, Result};
+
+/// The app's port on the pod's loopback.
+pub const APP_PORT: u16 = 8080;
+/// The sidecar's mTLS port on the pod's veth address (Istio's inbound port).
+pub const SIDECAR_PORT: u16 = 15006;
+
+/// One meshed pod. Fields drop in order: the sidecar, the app, then the namespace.
+#[derive(Debug)]
+pub struct MeshPod {
+    pub envoy: Envoy,
+    pub app: Proc,
+    pub spec: PodSpec,
+    pub pod: Pod,
+}
+
+impl MeshPod {
+    /// A pod `namespace/name` running `metrics-app app_args` on APP_PORT behind Envoy.
+    pub fn new(certs: &Certs, namespace: &str, name: &str, app_args: &[&str]) -> Result<MeshPod> {
+        let pod = Pod::new()?;
+        let app = pod.spawn_app(APP_PORT, app_args)?;
+        let envoy = Envoy::start(&pod, certs, SIDECAR_PORT, APP_PORT)?;
+        let spec = PodSpec {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            netns: NetnsRef::Path(pod.netns_path()),
+            endpoints: vec![EndpointSpec::port(APP_PORT)
+                .container("app")
+                .name("http-metrics")],
+        };
+        Ok(MeshPod {
+            envoy,
+            app,
+            spec,
+            pod,
+        })
+    }
+
+    /// The app's `/metrics` requests so far, read from inside the pod (`/requests` is not counted).
+    pub fn app_requests(&self) -> Result<u64> {
+        let out = self
+            .pod
+            .curl(&["-sf", &format!("http://127.0.0.1:{APP_PORT}/requests")])?;
+        out.lines()
+            .find_map(|l| l.strip_prefix("app_requests_total{path=\"/metrics\"} "))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| crate::Error::Invalid {
+                what: format!("/requests of the app in pod {}", self.pod.name),
+                detail: out.clone(),
+            })
+    }
+}
+
+/// Several meshed pods sharing one mesh CA.
+#[derive(Debug)]
+pub struct Mesh {
+    pub pods: Vec<MeshPod>,
+    pub certs: Certs,
+}
+
+impl Mesh {
+    /// `n` pods `shop/cart-<i>`, each app started with `app_args`.
+    pub fn new(n: usize, app_args: &[&str]) -> Result<Mesh> {
+        let certs = Certs::new()?;
+        let mut pods = Vec::with_capacity(n);
+        for i in 0..n {
+            pods.push(MeshPod::new(&certs, "shop", &format!("cart-{i}"), app_args)?);
+        }
+        Ok(Mesh { pods, certs })
+    }
+
+    pub fn specs(&self) -> Vec<PodSpec> {
+        self.pods.iter().map(|p| p.spec.clone()).collect()
+    }
+}
