@@ -118,7 +118,7 @@ fn render(series: usize, extra: Option<&(String, String)>, om: bool) -> Vec<u8> 
     let mut s = String::with_capacity(series * 140 + 1024);
     let methods = ["GET", "POST", "PUT", "DELETE"];
     let codes = ["200", "201", "404", "500", "503"];
-    let zones = ["eu-west-1a", "eu-west-1b", "us-east-2c"];
+    let zones = ["europe-west1-a", "europe-west1-b", "us-east2-c"];
 
     let counter = if om { "app_http_requests" } else { "app_http_requests_total" };
     if p.counters > 0 {
@@ -128,7 +128,7 @@ fn render(series: usize, extra: Option<&(String, String)>, om: bool) -> Vec<u8> 
     for i in 0..p.counters {
         let _ = writeln!(
             s,
-            "app_http_requests_total{{{x}method=\"{}\",handler=\"/api/v1/resources/{i:06}\",code=\"{}\",zone=\"{}\"}} {}",
+            "app_http_requests_total{{{x}method=\"{}\",handler=\"/api/v1/catalog/resources/{i:06}\",code=\"{}\",zone=\"{}\"}} {}",
             methods[i % 4],
             codes[i % 5],
             zones[i % 3],
@@ -142,7 +142,7 @@ fn render(series: usize, extra: Option<&(String, String)>, om: bool) -> Vec<u8> 
     for i in 0..p.inflight {
         let _ = writeln!(
             s,
-            "app_inflight_requests{{{x}handler=\"/api/v1/resources/{i:06}\",worker=\"worker-{}\",shard=\"shard-{:03}\"}} {}",
+            "app_inflight_requests{{{x}handler=\"/api/v1/catalog/resources/{i:06}\",worker=\"http-worker-{}\",shard=\"storage-shard-{:03}\"}} {}",
             i % 16,
             i % 128,
             i % 97
@@ -154,7 +154,7 @@ fn render(series: usize, extra: Option<&(String, String)>, om: bool) -> Vec<u8> 
     }
     for i in 0..p.hist {
         let labels = format!(
-            "{x}handler=\"/api/v1/items/{i:05}\",method=\"{}\",region=\"{}\",tier=\"{}\"",
+            "{x}handler=\"/api/v1/catalog/items/{i:05}\",method=\"{}\",region=\"{}\",tier=\"{}\"",
             methods[i % 4],
             zones[i % 3],
             ["gold", "silver", "bronze"][i % 3]
@@ -174,7 +174,7 @@ fn render(series: usize, extra: Option<&(String, String)>, om: bool) -> Vec<u8> 
     for i in 0..p.queue {
         let _ = writeln!(
             s,
-            "app_queue_bytes{{{x}queue=\"queue-{i:06}\",tenant=\"tenant-{:04}\",region=\"{}\",tier=\"{}\",shard=\"shard-{:03}\",class=\"c{}\"}} {}.5",
+            "app_queue_bytes{{{x}queue=\"ingest-queue-{i:06}\",tenant=\"tenant-org-{:04}\",region=\"{}\",tier=\"{}\",shard=\"storage-shard-{:03}\",class=\"c{}\"}} {}.5",
             i % 1000,
             zones[i % 3],
             ["gold", "silver", "bronze"][i % 3],
