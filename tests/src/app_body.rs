@@ -120,9 +120,16 @@ fn render(series: usize, extra: Option<&(String, String)>, om: bool) -> Vec<u8> 
     let codes = ["200", "201", "404", "500", "503"];
     let zones = ["europe-west1-a", "europe-west1-b", "us-east2-c"];
 
-    let counter = if om { "app_http_requests" } else { "app_http_requests_total" };
+    let counter = if om {
+        "app_http_requests"
+    } else {
+        "app_http_requests_total"
+    };
     if p.counters > 0 {
-        let _ = writeln!(s, "# HELP {counter} HTTP requests handled, by handler and outcome.");
+        let _ = writeln!(
+            s,
+            "# HELP {counter} HTTP requests handled, by handler and outcome."
+        );
         let _ = writeln!(s, "# TYPE {counter} counter");
     }
     for i in 0..p.counters {
@@ -136,7 +143,10 @@ fn render(series: usize, extra: Option<&(String, String)>, om: bool) -> Vec<u8> 
         );
     }
     if p.inflight > 0 {
-        let _ = writeln!(s, "# HELP app_inflight_requests Requests being served right now.");
+        let _ = writeln!(
+            s,
+            "# HELP app_inflight_requests Requests being served right now."
+        );
         let _ = writeln!(s, "# TYPE app_inflight_requests gauge");
     }
     for i in 0..p.inflight {
@@ -149,7 +159,10 @@ fn render(series: usize, extra: Option<&(String, String)>, om: bool) -> Vec<u8> 
         );
     }
     if p.hist > 0 {
-        let _ = writeln!(s, "# HELP app_request_duration_seconds Time to answer a request.");
+        let _ = writeln!(
+            s,
+            "# HELP app_request_duration_seconds Time to answer a request."
+        );
         let _ = writeln!(s, "# TYPE app_request_duration_seconds histogram");
     }
     for i in 0..p.hist {
@@ -162,10 +175,20 @@ fn render(series: usize, extra: Option<&(String, String)>, om: bool) -> Vec<u8> 
         let mut cumulative = 0u64;
         for (b, le) in BUCKETS.iter().enumerate() {
             cumulative += ((i + b) % 11) as u64;
-            let _ = writeln!(s, "app_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+            let _ = writeln!(
+                s,
+                "app_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+            );
         }
-        let _ = writeln!(s, "app_request_duration_seconds_sum{{{labels}}} {}.25", cumulative * 3);
-        let _ = writeln!(s, "app_request_duration_seconds_count{{{labels}}} {cumulative}");
+        let _ = writeln!(
+            s,
+            "app_request_duration_seconds_sum{{{labels}}} {}.25",
+            cumulative * 3
+        );
+        let _ = writeln!(
+            s,
+            "app_request_duration_seconds_count{{{labels}}} {cumulative}"
+        );
     }
     if p.queue > 0 {
         let _ = writeln!(s, "# HELP app_queue_bytes Bytes waiting in each queue.");
@@ -221,7 +244,10 @@ mod tests {
         let body = String::from_utf8(text(500, Some(&("pod".into(), "x".into())))).unwrap();
         let exp = crate::expo::check_all(&body).unwrap();
         assert!(exp.samples.iter().all(|s| s.label("pod") == Some("x")));
-        assert!(exp.samples.iter().all(|s| (3..=7).contains(&s.labels.len())));
+        assert!(exp
+            .samples
+            .iter()
+            .all(|s| (3..=7).contains(&s.labels.len())));
     }
 
     #[test]

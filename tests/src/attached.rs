@@ -14,7 +14,10 @@ use crate::{crate_bin, run, Result};
 /// One attachment, as a line: `tcx/egress id=12 name=loupe_tc` or `tc/egress <tc filter line>`.
 pub fn query_here(dev: &str) -> std::result::Result<Vec<String>, String> {
     let mut found = Vec::new();
-    for (dir, kind) in [("ingress", TcAttachType::Ingress), ("egress", TcAttachType::Egress)] {
+    for (dir, kind) in [
+        ("ingress", TcAttachType::Ingress),
+        ("egress", TcAttachType::Egress),
+    ] {
         match SchedClassifier::query_tcx(dev, kind) {
             Ok((_, progs)) => {
                 for p in progs {
@@ -26,7 +29,9 @@ pub fn query_here(dev: &str) -> std::result::Result<Vec<String>, String> {
                 }
             }
             // Kernels without TCX answer EINVAL: nothing can be attached that way.
-            Err(e) if format!("{e:?}").contains("EINVAL") || format!("{e:?}").contains("code: 22") => {}
+            Err(e)
+                if format!("{e:?}").contains("EINVAL") || format!("{e:?}").contains("code: 22") => {
+            }
             Err(e) => return Err(format!("querying TCX {dir} programs on {dev}: {e:?}")),
         }
         let filters = run("tc", &["filter", "show", "dev", dev, dir]).map_err(|e| e.to_string())?;

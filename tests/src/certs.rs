@@ -96,10 +96,8 @@ fn signed(dir: &TempDir, name: &str, ca: &Pair, cn: &str, ext: &str) -> Result<P
     };
     let csr = dir.path().join(format!("{name}.csr"));
     let ext_file = dir.path().join(format!("{name}.ext"));
-    std::fs::write(&ext_file, ext).map_err(crate::io_err(format!(
-        "writing {}",
-        ext_file.display()
-    )))?;
+    std::fs::write(&ext_file, ext)
+        .map_err(crate::io_err(format!("writing {}", ext_file.display())))?;
     run(
         "openssl",
         &[

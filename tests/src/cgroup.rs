@@ -63,10 +63,7 @@ impl KubeCgroups {
         };
         let mut targets = Vec::new();
         if Path::new(V2_ROOT).join("cgroup.procs").exists() {
-            targets.push((
-                PathBuf::from(V2_ROOT),
-                v2_path(qos, pod_uid, container_id),
-            ));
+            targets.push((PathBuf::from(V2_ROOT), v2_path(qos, pod_uid, container_id)));
         }
         for root in V1_ROOTS {
             if Path::new(root).join("cgroup.procs").exists() {

@@ -16,7 +16,10 @@ pub fn envoy_bin() -> Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let out = Command::new("python3")
-        .args(["-c", "import envoy,os;print(os.path.dirname(envoy.__file__))"])
+        .args([
+            "-c",
+            "import envoy,os;print(os.path.dirname(envoy.__file__))",
+        ])
         .output()
         .map_err(io_err("running python3 to locate the envoy package"))?;
     let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();

@@ -80,11 +80,34 @@ impl Exposition {
             .collect()
     }
 
+    /// Series -> value of the samples carrying every label pair in `with`, with the labels named
+    /// in `strip` removed (to compare a pod's part of loupe's output with the app's own body).
+    pub fn series_where(&self, with: &[(&str, &str)], strip: &[&str]) -> BTreeMap<String, f64> {
+        self.samples
+            .iter()
+            .filter(|s| with.iter().all(|(k, v)| s.label(k) == Some(*v)))
+            .map(|s| {
+                let mut labels: Vec<(String, String)> = s
+                    .labels
+                    .iter()
+                    .filter(|(k, _)| !strip.contains(&k.as_str()))
+                    .cloned()
+                    .collect();
+                labels.sort();
+                (series_key(&s.name, &labels), s.value)
+            })
+            .collect()
+    }
+
     /// Samples whose name is `name` and whose labels include every pair of `with`.
-    pub fn find<'a>(&'a self, name: &'a str, with: &'a [(&'a str, &'a str)]) -> impl Iterator<Item = &'a Sample> + 'a {
-        self.samples.iter().filter(move |s| {
-            s.name == name && with.iter().all(|(k, v)| s.label(k) == Some(*v))
-        })
+    pub fn find<'a>(
+        &'a self,
+        name: &'a str,
+        with: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = &'a Sample> + 'a {
+        self.samples
+            .iter()
+            .filter(move |s| s.name == name && with.iter().all(|(k, v)| s.label(k) == Some(*v)))
     }
 
     /// The value of the only sample matching, if exactly one does.
@@ -111,23 +134,21 @@ pub fn check_strict(text: &str) -> std::result::Result<Exposition, Vec<String>> 
     let mut seen_series: HashMap<String, usize> = HashMap::new();
     let mut kinds: HashMap<String, String> = HashMap::new();
 
-    let mut enter = |family: &str,
-                     lineno: usize,
-                     current: &mut Option<String>,
-                     errors: &mut Vec<String>| {
-        if current.as_deref() == Some(family) {
-            return;
-        }
-        if let Some(prev) = current.take() {
-            closed.insert(prev);
-        }
-        if closed.contains(family) {
-            errors.push(format!(
+    let mut enter =
+        |family: &str, lineno: usize, current: &mut Option<String>, errors: &mut Vec<String>| {
+            if current.as_deref() == Some(family) {
+                return;
+            }
+            if let Some(prev) = current.take() {
+                closed.insert(prev);
+            }
+            if closed.contains(family) {
+                errors.push(format!(
                 "line {lineno}: family {family} appears again after other families (split group)"
             ));
-        }
-        *current = Some(family.to_string());
-    };
+            }
+            *current = Some(family.to_string());
+        };
 
     for (i, line) in text.split('\n').enumerate() {
         let lineno = i + 1;
@@ -144,7 +165,9 @@ pub fn check_strict(text: &str) -> std::result::Result<Exposition, Vec<String>> 
             let name = parts.next().unwrap_or("");
             let arg = parts.next().unwrap_or("");
             if !valid_metric_name(name) {
-                errors.push(format!("line {lineno}: bad metric name {name:?} in {keyword}"));
+                errors.push(format!(
+                    "line {lineno}: bad metric name {name:?} in {keyword}"
+                ));
                 continue;
             }
             enter(name, lineno, &mut current, &mut errors);
@@ -242,9 +265,7 @@ fn valid_label_name(n: &str) -> bool {
 
 /// Parses one sample line: `name{l="v",...} value [timestamp]`.
 pub fn parse_sample(line: &str) -> std::result::Result<Sample, String> {
-    let name_end = line
-        .find(|c: char| c == '{' || c == ' ' || c == '\t')
-        .ok_or("no value")?;
+    let name_end = line.find(['{', ' ', '\t']).ok_or("no value")?;
     let name = &line[..name_end];
     if !valid_metric_name(name) {
         return Err(format!("bad metric name {name:?}"));
@@ -324,6 +345,23 @@ fn parse_value(raw: &str) -> Option<f64> {
     }
 }
 
+/// The first differences between two series maps, for assertion messages (empty when equal).
+pub fn diff(want: &BTreeMap<String, f64>, got: &BTreeMap<String, f64>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, v) in want {
+        match got.get(k) {
+            None => out.push(format!("missing {k}")),
+            Some(g) if !same_value(*g, *v) => out.push(format!("{k}: want {v}, got {g}")),
+            _ => {}
+        }
+    }
+    for k in got.keys().filter(|k| !want.contains_key(*k)) {
+        out.push(format!("unexpected {k}"));
+    }
+    out.truncate(10);
+    out
+}
+
 /// Whether two sample values are the same (NaN equals NaN).
 pub fn same_value(a: f64, b: f64) -> bool {
     (a.is_nan() && b.is_nan()) || a == b
@@ -338,7 +376,9 @@ pub fn promtool_check(text: &str) -> Result<()> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(io_err("starting promtool check metrics (run scripts/setup.sh)"))?;
+        .map_err(io_err(
+            "starting promtool check metrics (run scripts/setup.sh)",
+        ))?;
     let mut stdin = child.stdin.take().ok_or_else(|| Error::Invalid {
         what: "promtool".into(),
         detail: "no stdin".into(),
@@ -376,7 +416,8 @@ pub fn check_all(text: &str) -> Result<Exposition> {
 mod tests {
     use super::*;
 
-    const GOOD: &str = "# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"1\"} 1\na_total{x=\"2\"} 2\n\
+    const GOOD: &str =
+        "# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"1\"} 1\na_total{x=\"2\"} 2\n\
 # TYPE h histogram\nh_bucket{le=\"1\"} 0\nh_bucket{le=\"+Inf\"} 1\nh_sum 3\nh_count 1\n\
 g{a=\"q\\\"\\\\\\n\",b=\"\"} NaN 123\n";
 

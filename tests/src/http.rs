@@ -33,7 +33,12 @@ impl Response {
 }
 
 /// `GET path` on `addr` ("host:port") with extra headers; waits at most `timeout` per read.
-pub fn get(addr: &str, path: &str, headers: &[(&str, &str)], timeout: Duration) -> Result<Response> {
+pub fn get(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<Response> {
     let what = format!("GET http://{addr}{path}");
     let mut stream = TcpStream::connect(addr).map_err(io_err(format!("{what}: connect")))?;
     stream
@@ -82,7 +87,9 @@ pub fn parse_response(raw: &[u8]) -> std::result::Result<Response, String> {
     let body = if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         dechunk(rest)?
     } else if let Some(len) = find("content-length") {
-        let len: usize = len.parse().map_err(|_| format!("bad content-length {len:?}"))?;
+        let len: usize = len
+            .parse()
+            .map_err(|_| format!("bad content-length {len:?}"))?;
         if rest.len() < len {
             return Err(format!("body cut: {} of {len} bytes", rest.len()));
         }

@@ -8,6 +8,7 @@ pub mod app_body;
 pub mod attached;
 pub mod certs;
 pub mod cgroup;
+pub mod client;
 pub mod envoy;
 pub mod expo;
 pub mod http;
@@ -107,7 +108,10 @@ pub fn wait_for<T>(
 /// A free TCP port on the host's loopback (bound then released; good enough for tests).
 pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err("binding a free port"))?;
-    let port = l.local_addr().map_err(io_err("reading a free port"))?.port();
+    let port = l
+        .local_addr()
+        .map_err(io_err("reading a free port"))?
+        .port();
     Ok(port)
 }
 

@@ -171,7 +171,10 @@ impl Loupe {
         let child = Command::new(&self.bin)
             .args(["run", "--pods-file", &pods, "--listen", &self.listen])
             .args(&self.args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -290,7 +293,11 @@ impl Drop for Loupe {
             }
         }
         if std::thread::panicking() {
-            eprintln!("--- loupe log ({}) ---\n{}", self.log_file.display(), self.log());
+            eprintln!(
+                "--- loupe log ({}) ---\n{}",
+                self.log_file.display(),
+                self.log()
+            );
         }
     }
 }

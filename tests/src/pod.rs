@@ -50,21 +50,35 @@ impl Pod {
         let ns = self.name.as_str();
         let host_cidr = format!("{}/30", self.host_ip);
         let pod_cidr = format!("{}/30", self.pod_ip);
-        run("ip", &["netns", "exec", ns, "ip", "link", "set", "lo", "up"])?;
+        run(
+            "ip",
+            &["netns", "exec", ns, "ip", "link", "set", "lo", "up"],
+        )?;
         run(
             "ip",
             &[
-                "link", "add", &self.host_if, "type", "veth", "peer", "name", peer_if,
+                "link",
+                "add",
+                &self.host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                peer_if,
             ],
         )?;
         run("ip", &["link", "set", peer_if, "netns", ns])?;
         run(
             "ip",
-            &["netns", "exec", ns, "ip", "link", "set", peer_if, "name", "eth0"],
+            &[
+                "netns", "exec", ns, "ip", "link", "set", peer_if, "name", "eth0",
+            ],
         )?;
         run(
             "ip",
-            &["netns", "exec", ns, "ip", "addr", "add", &pod_cidr, "dev", "eth0"],
+            &[
+                "netns", "exec", ns, "ip", "addr", "add", &pod_cidr, "dev", "eth0",
+            ],
         )?;
         run(
             "ip",
@@ -88,8 +102,10 @@ impl Pod {
     /// Starts `program args` inside the namespace (`ip netns exec` execs it, so the returned pid is
     /// the program's own). Stdout is discarded, stderr goes to `log_path(what)`.
     pub fn spawn(&self, what: &str, program: &str, args: &[&str]) -> Result<Proc> {
-        let log = std::fs::File::create(self.log_path(what))
-            .map_err(io_err(format!("creating the log of {what} in pod {}", self.name)))?;
+        let log = std::fs::File::create(self.log_path(what)).map_err(io_err(format!(
+            "creating the log of {what} in pod {}",
+            self.name
+        )))?;
         let child = Command::new("ip")
             .args(["netns", "exec", &self.name, program])
             .args(args)
@@ -147,7 +163,11 @@ impl Pod {
     /// Pids of every process in the namespace.
     pub fn pids(&self) -> Vec<i32> {
         run("ip", &["netns", "pids", &self.name])
-            .map(|out| out.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+            .map(|out| {
+                out.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }

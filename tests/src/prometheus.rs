@@ -42,7 +42,10 @@ scrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: [{}]
             .map_err(io_err("creating the prometheus log"))?;
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address={listen}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -93,7 +96,10 @@ scrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: [{}]
     /// `/api/v1/targets`: (scrape URL, health, last error) of each active target.
     pub fn targets(&self) -> Result<Vec<(String, String, String)>> {
         let data = self.api("/api/v1/targets")?;
-        let list = data["activeTargets"].as_array().cloned().unwrap_or_default();
+        let list = data["activeTargets"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         Ok(list
             .iter()
             .map(|t| {
@@ -129,15 +135,24 @@ scrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: [{}]
 
     /// Polls `promql` until it returns at least `min` samples (the first scrape lands after a
     /// few seconds).
-    pub fn query_until(&self, promql: &str, min: usize, timeout: Duration) -> Result<Vec<VectorSample>> {
-        wait_for(&format!("prometheus query {promql} to return {min}+ samples"), timeout, || {
-            let v = self.query(promql).map_err(|e| e.to_string())?;
-            if v.len() >= min {
-                Ok(Some(v))
-            } else {
-                Err(format!("{} samples", v.len()))
-            }
-        })
+    pub fn query_until(
+        &self,
+        promql: &str,
+        min: usize,
+        timeout: Duration,
+    ) -> Result<Vec<VectorSample>> {
+        wait_for(
+            &format!("prometheus query {promql} to return {min}+ samples"),
+            timeout,
+            || {
+                let v = self.query(promql).map_err(|e| e.to_string())?;
+                if v.len() >= min {
+                    Ok(Some(v))
+                } else {
+                    Err(format!("{} samples", v.len()))
+                }
+            },
+        )
     }
 
     pub fn dir(&self) -> &std::path::Path {

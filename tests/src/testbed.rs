@@ -71,7 +71,12 @@ impl Mesh {
         let certs = Certs::new()?;
         let mut pods = Vec::with_capacity(n);
         for i in 0..n {
-            pods.push(MeshPod::new(&certs, "shop", &format!("cart-{i}"), app_args)?);
+            pods.push(MeshPod::new(
+                &certs,
+                "shop",
+                &format!("cart-{i}"),
+                app_args,
+            )?);
         }
         Ok(Mesh { pods, certs })
     }
@@ -79,4 +84,21 @@ impl Mesh {
     pub fn specs(&self) -> Vec<PodSpec> {
         self.pods.iter().map(|p| p.spec.clone()).collect()
     }
+}
+
+/// The labels loupe adds to every sample.
+pub const IDENTITY: [&str; 4] = ["namespace", "pod", "container", "endpoint"];
+
+/// What the app started with `--series n [--extra-label k=v]` serves, as series -> value.
+pub fn app_series(
+    n: usize,
+    extra: Option<(&str, &str)>,
+) -> Result<std::collections::BTreeMap<String, f64>> {
+    let extra = extra.map(|(k, v)| (k.to_string(), v.to_string()));
+    let body = crate::app_body::text(n, extra.as_ref());
+    let text = String::from_utf8(body).map_err(|e| crate::Error::Invalid {
+        what: "app body".into(),
+        detail: e.to_string(),
+    })?;
+    Ok(crate::expo::parse_strict(&text)?.series())
 }

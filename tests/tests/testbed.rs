@@ -31,7 +31,9 @@ fn pod_has_its_own_loopback_and_is_removed_on_drop() {
         Duration::from_secs(2),
     );
     assert!(
-        from_host.map(|r| !r.text().unwrap_or_default().contains("app_requests_total")).unwrap_or(true),
+        from_host
+            .map(|r| !r.text().unwrap_or_default().contains("app_requests_total"))
+            .unwrap_or(true),
         "the pod's app answered on the host loopback"
     );
     // The veth reaches the pod from the host.
@@ -43,7 +45,10 @@ fn pod_has_its_own_loopback_and_is_removed_on_drop() {
     drop(pod);
     let netns = run("ip", &["netns", "list"]).unwrap();
     assert!(!netns.contains(&name), "netns {name} left behind");
-    assert!(run("ip", &["link", "show", &host_if]).is_err(), "veth {host_if} left behind");
+    assert!(
+        run("ip", &["link", "show", &host_if]).is_err(),
+        "veth {host_if} left behind"
+    );
 }
 
 #[test]
@@ -51,7 +56,10 @@ fn cgroups_look_like_the_kubelets_and_are_removed() {
     if !root_or_skip("cgroups_look_like_the_kubelets_and_are_removed") {
         return;
     }
-    let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
     let uid = cgroup::new_pod_uid();
     let cid = cgroup::new_container_id();
     assert_eq!(cid.len(), 64);
@@ -63,9 +71,19 @@ fn cgroups_look_like_the_kubelets_and_are_removed() {
     );
     assert!(text.lines().any(|l| l == v2), "{text}");
     let v1 = format!("/kubepods/burstable/pod{uid}/{cid}");
-    assert!(text.lines().any(|l| l.contains(":pids:") && l.ends_with(&v1)), "{text}");
-    assert!(text.lines().any(|l| l.contains(":cpu:") && l.ends_with(&v1)), "{text}");
-    assert!(!text.lines().any(|l| l.contains(":memory:") && l.contains("kubepods")));
+    assert!(
+        text.lines()
+            .any(|l| l.contains(":pids:") && l.ends_with(&v1)),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains(":cpu:") && l.ends_with(&v1)),
+        "{text}"
+    );
+    assert!(!text
+        .lines()
+        .any(|l| l.contains(":memory:") && l.contains("kubepods")));
     let leaves: Vec<_> = guard.leaves().map(|p| p.to_path_buf()).collect();
     let _ = child.kill();
     let _ = child.wait();
@@ -83,11 +101,23 @@ fn sidecar_enforces_strict_mtls() {
     let mesh = Mesh::new(1, &["--series", "50"]).unwrap();
     let mp = &mesh.pods[0];
     let scrape = |auth| scrape_from_host(&mp.pod, &mesh.certs, SIDECAR_PORT, "/metrics", auth);
-    assert!(scrape(ClientAuth::Plaintext).is_err(), "plaintext got through");
-    assert!(scrape(ClientAuth::NoCert).is_err(), "TLS without a client cert got through");
-    assert!(scrape(ClientAuth::ForeignCert).is_err(), "a foreign CA's cert got through");
+    assert!(
+        scrape(ClientAuth::Plaintext).is_err(),
+        "plaintext got through"
+    );
+    assert!(
+        scrape(ClientAuth::NoCert).is_err(),
+        "TLS without a client cert got through"
+    );
+    assert!(
+        scrape(ClientAuth::ForeignCert).is_err(),
+        "a foreign CA's cert got through"
+    );
     let body = scrape(ClientAuth::MeshCert).unwrap();
-    assert!(body.as_bytes() == app_body::text(50, None).as_slice(), "body through Envoy differs");
+    assert!(
+        body.as_bytes() == app_body::text(50, None).as_slice(),
+        "body through Envoy differs"
+    );
     // Inside the pod the app speaks plaintext on loopback.
     let inside = mp
         .pod
@@ -106,22 +136,49 @@ fn app_modes_misbehave_as_asked() {
     let url = |port: u16| format!("http://127.0.0.1:{port}/metrics");
     let want = app_body::text(300, None);
     let mut procs = Vec::new();
-    for (i, mode) in ["chunked", "gzip", "openmetrics", "garbage", "status500", "invalid-utf8", "cut", "hang"]
-        .iter()
-        .enumerate()
+    for (i, mode) in [
+        "chunked",
+        "gzip",
+        "openmetrics",
+        "garbage",
+        "status500",
+        "invalid-utf8",
+        "cut",
+        "hang",
+    ]
+    .iter()
+    .enumerate()
     {
         let port = 9100 + i as u16;
-        procs.push(pod.spawn_app(port, &["--series", "300", "--mode", mode]).unwrap());
+        procs.push(
+            pod.spawn_app(port, &["--series", "300", "--mode", mode])
+                .unwrap(),
+        );
         let res = pod.exec(
             "curl",
-            &["-s", "--max-time", "2", "--compressed", "-w", "\n%{http_code} %{content_type}", &url(port)],
+            &[
+                "-s",
+                "--max-time",
+                "2",
+                "--compressed",
+                "-w",
+                "\n%{http_code} %{content_type}",
+                &url(port),
+            ],
         );
         match *mode {
             "chunked" | "gzip" => {
                 let out = res.unwrap();
                 let (body, status) = out.rsplit_once('\n').unwrap();
-                assert!(body.as_bytes() == want.as_slice(), "{mode}: body differs ({} bytes)", body.len());
-                assert!(status.starts_with("200 text/plain; version=0.0.4"), "{mode}: {status}");
+                assert!(
+                    body.as_bytes() == want.as_slice(),
+                    "{mode}: body differs ({} bytes)",
+                    body.len()
+                );
+                assert!(
+                    status.starts_with("200 text/plain; version=0.0.4"),
+                    "{mode}: {status}"
+                );
             }
             "openmetrics" => {
                 let out = res.unwrap();
@@ -169,10 +226,20 @@ fn prometheus_scrapes_and_answers_queries() {
     let port = loupe_tests::free_port().unwrap();
     let bin = loupe_tests::crate_bin("metrics-app").unwrap();
     let child = std::process::Command::new(bin)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--series", "20", "--extra-label", "pod=p1"])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--series",
+            "20",
+            "--extra-label",
+            "pod=p1",
+        ])
         .spawn()
         .unwrap();
-    let _app = loupe_tests::Proc { what: "metrics-app".into(), child };
+    let _app = loupe_tests::Proc {
+        what: "metrics-app".into(),
+        child,
+    };
     let target = format!("127.0.0.1:{port}");
     let prom = Prometheus::start("app", &[&target]).unwrap();
     let got = prom
@@ -192,14 +259,22 @@ fn attachment_lister_sees_a_tc_filter_and_its_removal() {
     let pod = Pod::new().unwrap();
     assert_eq!(attached::in_pod(&pod, "lo").unwrap(), Vec::<String>::new());
     // A classic (non-BPF) filter stands in for a netlink-attached classifier.
-    pod.exec("tc", &["qdisc", "add", "dev", "lo", "clsact"]).unwrap();
+    pod.exec("tc", &["qdisc", "add", "dev", "lo", "clsact"])
+        .unwrap();
     pod.exec(
         "tc",
-        &["filter", "add", "dev", "lo", "egress", "protocol", "ip", "prio", "1", "u32", "match", "u32", "0", "0"],
+        &[
+            "filter", "add", "dev", "lo", "egress", "protocol", "ip", "prio", "1", "u32", "match",
+            "u32", "0", "0",
+        ],
     )
     .unwrap();
     let found = attached::in_pod(&pod, "lo").unwrap();
-    assert!(found.iter().any(|l| l.starts_with("tc/egress")), "{found:?}");
-    pod.exec("tc", &["qdisc", "del", "dev", "lo", "clsact"]).unwrap();
+    assert!(
+        found.iter().any(|l| l.starts_with("tc/egress")),
+        "{found:?}"
+    );
+    pod.exec("tc", &["qdisc", "del", "dev", "lo", "clsact"])
+        .unwrap();
     assert_eq!(attached::in_pod(&pod, "lo").unwrap(), Vec::<String>::new());
 }

@@ -27,7 +27,9 @@ fn main() {
             }
         },
         _ => {
-            eprintln!("usage: loupe-testbed up --pods N --pods-file FILE [--series S] | attached DEV");
+            eprintln!(
+                "usage: loupe-testbed up --pods N --pods-file FILE [--series S] | attached DEV"
+            );
             2
         }
     };

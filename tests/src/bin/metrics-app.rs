@@ -133,7 +133,13 @@ fn serve(app: &App, stream: TcpStream) -> std::io::Result<()> {
                     app.metrics_requests.load(Ordering::Relaxed),
                     app.refused.load(Ordering::Relaxed)
                 );
-                respond(&mut out, "200 OK", app_body::TEXT_TYPE, &[], body.as_bytes())?;
+                respond(
+                    &mut out,
+                    "200 OK",
+                    app_body::TEXT_TYPE,
+                    &[],
+                    body.as_bytes(),
+                )?;
             }
             _ => respond(&mut out, "404 Not Found", "text/plain", &[], b"not found\n")?,
         }
@@ -175,7 +181,13 @@ fn metrics(app: &App, out: &mut TcpStream, gzip_ok: bool) -> std::io::Result<boo
             &app.gzipped,
         )?,
         Mode::Gzip => respond(out, "200 OK", app_body::TEXT_TYPE, &[], &app.text)?,
-        Mode::OpenMetrics => respond(out, "200 OK", app_body::OPENMETRICS_TYPE, &[], &app.openmetrics)?,
+        Mode::OpenMetrics => respond(
+            out,
+            "200 OK",
+            app_body::OPENMETRICS_TYPE,
+            &[],
+            &app.openmetrics,
+        )?,
         Mode::Chunked => {
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -212,8 +224,9 @@ fn metrics(app: &App, out: &mut TcpStream, gzip_ok: bool) -> std::io::Result<boo
             b"upstream exploded\n",
         )?,
         Mode::InvalidUtf8 => {
-            let mut body = b"# HELP app_bad_info Broken.\n# TYPE app_bad_info gauge\napp_bad_info{v=\""
-                .to_vec();
+            let mut body =
+                b"# HELP app_bad_info Broken.\n# TYPE app_bad_info gauge\napp_bad_info{v=\""
+                    .to_vec();
             body.extend_from_slice(&[0xff, 0xfe, 0xc3]);
             body.extend_from_slice(b"\"} 1\n");
             respond(out, "200 OK", app_body::TEXT_TYPE, &[], &body)?;

@@ -1,0 +1,252 @@
+//! loupe's life around its pods: nothing stays attached after SIGTERM or after kill -9 and a
+//! restart; apps that misbehave are marked down without hurting the others; a broken pods file is
+//! rejected with its line and field named while the previous pods stay served.
+
+use std::time::Duration;
+
+use loupe_tests::attached;
+use loupe_tests::expo::{self, Exposition};
+use loupe_tests::loupe::{pods_yaml, EndpointSpec, Loupe, NetnsRef, PodSpec};
+use loupe_tests::pod::Pod;
+use loupe_tests::root_or_skip;
+use loupe_tests::wait_for;
+
+const PORT: u16 = 8080;
+
+fn app_pod(name: &str, app_args: &[&str]) -> (Pod, loupe_tests::Proc, PodSpec) {
+    let pod = Pod::new().unwrap();
+    let app = pod.spawn_app(PORT, app_args).unwrap();
+    let spec = PodSpec {
+        namespace: "shop".into(),
+        name: name.into(),
+        netns: NetnsRef::Path(pod.netns_path()),
+        endpoints: vec![EndpointSpec::port(PORT).container("app")],
+    };
+    (pod, app, spec)
+}
+
+fn app_count(exp: &Exposition, pod: &str) -> usize {
+    exp.samples
+        .iter()
+        .filter(|s| s.name.starts_with("app_") && s.label("pod") == Some(pod))
+        .count()
+}
+
+fn wait_attached(pods: &[&Pod]) -> Vec<Vec<String>> {
+    pods.iter()
+        .map(|p| {
+            wait_for(
+                &format!("loupe's programs on lo in {}", p.name),
+                Duration::from_secs(30),
+                || {
+                    let found = attached::in_pod(p, "lo").map_err(|e| e.to_string())?;
+                    Ok((!found.is_empty()).then_some(found))
+                },
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+fn assert_nothing_attached(pods: &[&Pod], when: &str) {
+    for p in pods {
+        let found = attached::in_pod(p, "lo").unwrap();
+        assert!(
+            found.is_empty(),
+            "{when}: still attached in {}: {found:?}",
+            p.name
+        );
+    }
+}
+
+#[test]
+fn sigterm_leaves_nothing_attached() {
+    if !root_or_skip("sigterm_leaves_nothing_attached") {
+        return;
+    }
+    let (pod_a, _app_a, spec_a) = app_pod("a", &["--series", "20"]);
+    let (pod_b, _app_b, spec_b) = app_pod("b", &["--series", "20"]);
+    let mut loupe = Loupe::start(&[spec_a, spec_b], &[]).unwrap();
+    wait_attached(&[&pod_a, &pod_b]);
+    let status = loupe.stop(libc::SIGTERM).unwrap();
+    assert!(status.success(), "loupe exited with {status} on SIGTERM");
+    assert_nothing_attached(&[&pod_a, &pod_b], "after SIGTERM");
+}
+
+#[test]
+fn kill_9_then_restart_then_stop_leaves_nothing_attached() {
+    if !root_or_skip("kill_9_then_restart_then_stop_leaves_nothing_attached") {
+        return;
+    }
+    let (pod_a, _app_a, spec_a) = app_pod("a", &["--series", "20"]);
+    let (pod_b, _app_b, spec_b) = app_pod("b", &["--series", "20"]);
+    let mut loupe = Loupe::start(&[spec_a, spec_b], &[]).unwrap();
+    let first = wait_attached(&[&pod_a, &pod_b]);
+    loupe.stop(libc::SIGKILL).unwrap();
+    // A crashed run may leave netlink filters behind; the next start must clear them and attach
+    // exactly once again.
+    loupe.spawn().unwrap();
+    let second = wait_attached(&[&pod_a, &pod_b]);
+    for (a, b) in first.iter().zip(&second) {
+        assert_eq!(
+            a.len(),
+            b.len(),
+            "attachments before kill {a:?}, after restart {b:?}"
+        );
+    }
+    loupe
+        .metrics_until(
+            "both pods served after the restart",
+            Duration::from_secs(60),
+            |exp| app_count(exp, "a") == 20 && app_count(exp, "b") == 20,
+        )
+        .unwrap();
+    let status = loupe.stop(libc::SIGTERM).unwrap();
+    assert!(status.success(), "loupe exited with {status} on SIGTERM");
+    assert_nothing_attached(&[&pod_a, &pod_b], "after kill -9, restart and SIGTERM");
+}
+
+#[test]
+fn misbehaving_apps_are_down_and_every_other_pod_is_still_served() {
+    if !root_or_skip("misbehaving_apps_are_down_and_every_other_pod_is_still_served") {
+        return;
+    }
+    let modes = ["garbage", "status500", "invalid-utf8", "cut", "hang"];
+    let mut pods = Vec::new();
+    let mut specs = Vec::new();
+    for (i, mode) in modes.iter().enumerate() {
+        let pod = Pod::new().unwrap();
+        // Each bad app on its own port, so a log line naming the endpoint names exactly one.
+        let port = 9101 + i as u16;
+        let app = pod
+            .spawn_app(port, &["--series", "50", "--mode", mode])
+            .unwrap();
+        specs.push(PodSpec {
+            namespace: "shop".into(),
+            name: format!("bad-{mode}"),
+            netns: NetnsRef::Path(pod.netns_path()),
+            endpoints: vec![EndpointSpec::port(port)],
+        });
+        pods.push((pod, app));
+    }
+    let (_good_pod, _good_app, good) = app_pod("good", &["--series", "50"]);
+    let (_chunk_pod, _chunk_app, chunked) = {
+        let (p, a, mut s) = app_pod("chunked", &["--series", "50", "--mode", "chunked"]);
+        s.name = "good-chunked".into();
+        (p, a, s)
+    };
+    let (_gz_pod, _gz_app, gzip) = {
+        let (p, a, mut s) = app_pod("gzip", &["--series", "50", "--mode", "gzip"]);
+        s.name = "good-gzip".into();
+        (p, a, s)
+    };
+    let (_om_pod, _om_app, om) = {
+        let (p, a, mut s) = app_pod("om", &["--series", "50", "--mode", "openmetrics"]);
+        s.name = "good-openmetrics".into();
+        (p, a, s)
+    };
+    specs.extend([good, chunked, gzip, om]);
+    let loupe = Loupe::start(&specs, &["--fetch-timeout", "2"]).unwrap();
+
+    let up = |exp: &Exposition, pod: &str| {
+        exp.find("loupe_target_up", &[("pod", pod)])
+            .map(|s| s.value)
+            .next()
+    };
+    let (text, exp) = loupe
+        .metrics_until(
+            "good pods up, bad pods down",
+            Duration::from_secs(90),
+            |exp| {
+                ["good", "good-chunked", "good-gzip", "good-openmetrics"]
+                    .iter()
+                    .all(|p| app_count(exp, p) == 50 && up(exp, p) == Some(1.0))
+                    && modes
+                        .iter()
+                        .all(|m| up(exp, &format!("bad-{m}")) == Some(0.0))
+            },
+        )
+        .unwrap();
+    expo::promtool_check(&text).unwrap();
+    for (i, mode) in modes.iter().enumerate() {
+        let pod = format!("bad-{mode}");
+        // Nothing from a bad app is published.
+        assert_eq!(app_count(&exp, &pod), 0, "{pod}");
+        let port = (9101 + i).to_string();
+        loupe
+            .wait_log_line(&[&pod, &port], Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("no log line naming {pod} and endpoint {port}: {e}"));
+    }
+}
+
+#[test]
+fn a_broken_pods_file_is_rejected_with_line_and_field_and_previous_pods_kept() {
+    if !root_or_skip("a_broken_pods_file_is_rejected_with_line_and_field_and_previous_pods_kept") {
+        return;
+    }
+    let (_pod, _app, spec) = app_pod("keeper", &["--series", "25"]);
+    let loupe = Loupe::start(std::slice::from_ref(&spec), &[]).unwrap();
+    loupe
+        .metrics_until("the first pod", Duration::from_secs(60), |exp| {
+            app_count(exp, "keeper") == 25
+        })
+        .unwrap();
+
+    // A second pod whose port is not a number.
+    let (_new_pod, _new_app, mut newcomer) = app_pod("newcomer", &["--series", "25"]);
+    newcomer.name = "newcomer".into();
+    let good_yaml = pods_yaml(&[spec.clone(), newcomer]);
+    let lines: Vec<&str> = good_yaml.lines().collect();
+    let bad_line = lines
+        .iter()
+        .rposition(|l| l.contains("port: 8080"))
+        .unwrap();
+    let bad_yaml: String = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let l = if i == bad_line {
+                l.replace("8080", "eighty")
+            } else {
+                l.to_string()
+            };
+            l + "\n"
+        })
+        .collect();
+    let line_no = format!("line {}", bad_line + 1);
+    loupe.write_pods(&bad_yaml).unwrap();
+    let line = loupe
+        .wait_log_line(&[&line_no, "port"], Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", loupe.log()));
+    assert!(
+        line.contains(&loupe.pods_file.display().to_string()) || line.contains("pods"),
+        "{line}"
+    );
+
+    // The previous pods stay; the newcomer from the broken file does not appear.
+    for _ in 0..3 {
+        let text = loupe.metrics().unwrap();
+        let exp = expo::check_all(&text).unwrap();
+        assert_eq!(app_count(&exp, "keeper"), 25);
+        assert_eq!(app_count(&exp, "newcomer"), 0);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // A missing required field is named as well.
+    let no_name = good_yaml.replacen("    name: newcomer\n", "", 1);
+    loupe.write_pods(&no_name).unwrap();
+    loupe
+        .wait_log_line(&["missing field"], Duration::from_secs(30))
+        .or_else(|_| loupe.wait_log_line(&["`name`"], Duration::from_secs(1)))
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", loupe.log()));
+
+    // Fixed file: the newcomer is picked up, so reloading works at all.
+    loupe.write_pods(&good_yaml).unwrap();
+    loupe
+        .metrics_until(
+            "the newcomer after the fix",
+            Duration::from_secs(60),
+            |exp| app_count(exp, "keeper") == 25 && app_count(exp, "newcomer") == 25,
+        )
+        .unwrap();
+}

@@ -1,0 +1,193 @@
+//! The observing path: while another client inside the pod scrapes the app, loupe serves what it
+//! saw on the pod's loopback and sends nothing of its own; 20 MB arrive intact; with a tiny ring
+//! buffer torn replies are discarded, counted, and never published.
+
+use std::time::Duration;
+
+use loupe_tests::client::ClientLoop;
+use loupe_tests::expo::{self, Exposition};
+use loupe_tests::loupe::{EndpointSpec, Loupe, NetnsRef, PodSpec};
+use loupe_tests::pod::Pod;
+use loupe_tests::root_or_skip;
+use loupe_tests::testbed::{app_series, IDENTITY};
+
+const PORT: u16 = 8080;
+
+fn spec(pod: &Pod, name: &str) -> PodSpec {
+    PodSpec {
+        namespace: "shop".into(),
+        name: name.into(),
+        netns: NetnsRef::Path(pod.netns_path()),
+        endpoints: vec![EndpointSpec::port(PORT).container("app")],
+    }
+}
+
+fn who(name: &str) -> [(&'static str, &str); 4] {
+    [
+        ("namespace", "shop"),
+        ("pod", name),
+        ("container", "app"),
+        ("endpoint", "8080"),
+    ]
+}
+
+fn observed(exp: &Exposition, name: &str) -> bool {
+    let who = who(name);
+    let mut with = who.to_vec();
+    with.push(("source", "observed"));
+    exp.value("loupe_target_info", &with) == Some(1.0)
+}
+
+fn app_requests(pod: &Pod) -> u64 {
+    let out = pod
+        .curl(&["-sf", &format!("http://127.0.0.1:{PORT}/requests")])
+        .unwrap();
+    out.lines()
+        .find_map(|l| l.strip_prefix("app_requests_total{path=\"/metrics\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+fn counter(exp: &Exposition, name: &str) -> f64 {
+    exp.find(name, &[]).map(|s| s.value).sum()
+}
+
+#[test]
+fn observed_replies_are_served_and_loupe_sends_none_of_its_own() {
+    if !root_or_skip("observed_replies_are_served_and_loupe_sends_none_of_its_own") {
+        return;
+    }
+    let pod = Pod::new().unwrap();
+    let _app = pod.spawn_app(PORT, &["--series", "300"]).unwrap();
+    let url = format!("http://127.0.0.1:{PORT}/metrics");
+    let client = ClientLoop::start(&pod, &url, "0.2", "").unwrap();
+    let loupe = Loupe::start(&[spec(&pod, "obs")], &[]).unwrap();
+
+    // Phase 1: until loupe has seen a reply (it may ask itself meanwhile).
+    loupe
+        .metrics_until("an observed reply", Duration::from_secs(60), |exp| {
+            observed(exp, "obs")
+        })
+        .unwrap();
+    let seen_by_client = client.stop().unwrap();
+    let app_before = app_requests(&pod);
+    let own_before = app_before - seen_by_client;
+
+    // Phase 2: the client keeps scraping; every loupe scrape serves observed replies, and the app
+    // answers no request but the client's.
+    let client = ClientLoop::start(&pod, &url, "0.2", "").unwrap();
+    client.wait_count(1, Duration::from_secs(30)).unwrap();
+    let want = app_series(300, None).unwrap();
+    let mut fetched_before = None;
+    for round in 0..8 {
+        let text = loupe.metrics().unwrap();
+        let exp = expo::check_all(&text).unwrap();
+        assert!(observed(&exp, "obs"), "round {round}: not observed");
+        let mut got = exp.series_where(&who("obs"), &IDENTITY);
+        got.retain(|k, _| k.starts_with("app_"));
+        let diff = expo::diff(&want, &got);
+        assert!(diff.is_empty(), "round {round}: {diff:?}");
+        let fetched = counter(&exp, "loupe_responses_fetched_total");
+        assert!(counter(&exp, "loupe_responses_observed_total") >= 1.0);
+        assert_eq!(
+            *fetched_before.get_or_insert(fetched),
+            fetched,
+            "loupe fetched in round {round}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let seen_by_client = client.stop().unwrap();
+    let app_after = app_requests(&pod);
+    assert_eq!(
+        app_after - app_before,
+        seen_by_client,
+        "the app answered {} requests the in-pod client did not send (loupe's own; {own_before} before observation)",
+        (app_after - app_before).saturating_sub(seen_by_client)
+    );
+}
+
+#[test]
+fn twenty_megabytes_arrive_intact_through_the_observed_path() {
+    if !root_or_skip("twenty_megabytes_arrive_intact_through_the_observed_path") {
+        return;
+    }
+    const N: usize = 160_000;
+    let pod = Pod::new().unwrap();
+    let _app = pod.spawn_app(PORT, &["--series", &N.to_string()]).unwrap();
+    let url = format!("http://127.0.0.1:{PORT}/metrics");
+    let direct = pod.curl(&["-sf", &url]).unwrap();
+    assert!(
+        direct.len() >= 20_000_000,
+        "direct scrape only {} bytes",
+        direct.len()
+    );
+    let want = expo::parse_strict(&direct).unwrap().series();
+    assert_eq!(want.len(), N);
+
+    let client = ClientLoop::start(&pod, &url, "1", "").unwrap();
+    let loupe = Loupe::start(&[spec(&pod, "big")], &[]).unwrap();
+    let (text, exp) = loupe
+        .metrics_until(
+            "the 20 MB reply observed",
+            Duration::from_secs(120),
+            |exp| observed(exp, "big"),
+        )
+        .unwrap();
+    expo::promtool_check(&text).unwrap();
+    let mut got = exp.series_where(&who("big"), &IDENTITY);
+    got.retain(|k, _| k.starts_with("app_"));
+    let diff = expo::diff(&want, &got);
+    assert!(diff.is_empty(), "{diff:?}");
+    assert_eq!(
+        exp.value("loupe_target_samples", &who("big")),
+        Some(N as f64)
+    );
+    assert_eq!(
+        exp.value("loupe_target_body_bytes", &who("big")),
+        Some(direct.len() as f64)
+    );
+    drop(client);
+}
+
+#[test]
+fn a_tiny_ring_buffer_discards_torn_replies_and_never_publishes_them() {
+    if !root_or_skip("a_tiny_ring_buffer_discards_torn_replies_and_never_publishes_them") {
+        return;
+    }
+    const N: usize = 20_000;
+    let pod = Pod::new().unwrap();
+    let _app = pod.spawn_app(PORT, &["--series", &N.to_string()]).unwrap();
+    let url = format!("http://127.0.0.1:{PORT}/metrics");
+    let client = ClientLoop::start(&pod, &url, "0.1", "").unwrap();
+    let loupe = Loupe::start(&[spec(&pod, "torn")], &["--ring-bytes", "4096"]).unwrap();
+    let want = app_series(N, None).unwrap();
+    let (_, exp) = loupe
+        .metrics_until(
+            "torn replies discarded and counted",
+            Duration::from_secs(60),
+            |exp| {
+                counter(exp, "loupe_responses_discarded_gap_total") >= 1.0
+                    && counter(exp, "loupe_ringbuf_dropped_events_total") >= 1.0
+            },
+        )
+        .unwrap();
+    let _ = exp;
+    // Whatever loupe publishes for the pod is the whole reply or nothing (a fetched reply may fill
+    // in), never a torn one; and it never claims an observed source it could not have.
+    for round in 0..5 {
+        let text = loupe.metrics().unwrap();
+        let exp = expo::check_all(&text).unwrap();
+        let mut got = exp.series_where(&who("torn"), &IDENTITY);
+        got.retain(|k, _| k.starts_with("app_"));
+        if !got.is_empty() {
+            let diff = expo::diff(&want, &got);
+            assert!(
+                diff.is_empty(),
+                "round {round}: torn reply published: {diff:?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(client.count() >= 1);
+    drop(client);
+}
