@@ -10,6 +10,7 @@
 //! current network namespace (run it with `ip netns exec`).
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use loupe_tests::envoy::{scrape_from_host, ClientAuth};
 use loupe_tests::loupe::pods_yaml;
@@ -66,9 +67,7 @@ fn up(args: &[String]) -> Result<(), String> {
         }
     }
     let pods_file = pods_file.ok_or("--pods-file is required")?;
-    // Block SIGINT/SIGTERM in this thread before anything else; sigwait below takes them.
-    // Children start with an empty signal mask (std resets it on spawn).
-    let set = block_stop_signals()?;
+    catch_stop_signals()?;
 
     let mesh = Mesh::new(pods, &["--series", &series]).map_err(|e| e.to_string())?;
     for mp in &mesh.pods {
@@ -88,11 +87,11 @@ fn up(args: &[String]) -> Result<(), String> {
             ("TLS, mesh client cert", ClientAuth::MeshCert),
         ] {
             match scrape_from_host(p, &mesh.certs, SIDECAR_PORT, "/metrics", auth) {
-                Ok(body) => println!("  scrape from host, {what}: OK, {} bytes", body.len()),
-                Err(e) => println!(
-                    "  scrape from host, {what}: FAILED ({})",
-                    e.to_string().lines().last().unwrap_or("").trim()
-                ),
+                Ok(body) => println!("  scrape from the host, {what}: OK, {} bytes", body.len()),
+                Err(loupe_tests::Error::Command { stderr, .. }) => {
+                    println!("  scrape from the host, {what}: refused ({stderr})")
+                }
+                Err(e) => println!("  scrape from the host, {what}: refused ({e})"),
             }
         }
     }
@@ -101,35 +100,33 @@ fn up(args: &[String]) -> Result<(), String> {
     println!("pods file written to {pods_file}");
     println!("READY");
     let _ = std::io::stdout().flush();
-    wait_signal(&set)?;
+    wait_stop_signal();
     println!("loupe-testbed: stopping, removing pods");
     drop(mesh);
     Ok(())
 }
 
-fn block_stop_signals() -> Result<libc::sigset_t, String> {
-    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it; pthread_sigmask only
-    // changes this thread's mask.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if rc != 0 {
-            return Err(format!("blocking signals: error {rc}"));
-        }
-        Ok(set)
-    }
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
 }
 
-fn wait_signal(set: &libc::sigset_t) -> Result<(), String> {
-    let mut sig = 0;
-    // SAFETY: `set` was initialised by block_stop_signals and its signals are blocked here.
-    let rc = unsafe { libc::sigwait(set, &mut sig) };
-    if rc != 0 {
-        return Err(format!("sigwait: error {rc}"));
+/// Catches SIGINT/SIGTERM/SIGHUP with a handler that only sets a flag. A handler (unlike a blocked
+/// mask) is not inherited across exec, so the pods' processes keep the default dispositions.
+fn catch_stop_signals() -> Result<(), String> {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        let prev = unsafe { libc::signal(sig, on_stop_signal as *const () as libc::sighandler_t) };
+        if prev == libc::SIG_ERR {
+            return Err(format!("installing a handler for signal {sig}"));
+        }
     }
     Ok(())
+}
+
+fn wait_stop_signal() {
+    while !STOP.load(Ordering::SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
