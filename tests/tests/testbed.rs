@@ -278,3 +278,42 @@ fn attachment_lister_sees_a_tc_filter_and_its_removal() {
         .unwrap();
     assert_eq!(attached::in_pod(&pod, "lo").unwrap(), Vec::<String>::new());
 }
+
+#[test]
+fn attachment_lister_sees_a_tcx_link_and_its_removal() {
+    if !root_or_skip("attachment_lister_sees_a_tcx_link_and_its_removal") {
+        return;
+    }
+    use std::io::BufRead;
+    let pod = Pod::new().unwrap();
+    let bin = loupe_tests::crate_bin("loupe-testbed").unwrap();
+    let mut holder = std::process::Command::new("ip")
+        .args(["netns", "exec", &pod.name])
+        .arg(&bin)
+        .args(["tcx-hold", "lo"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ATTACHED");
+    let found = attached::in_pod(&pod, "lo").unwrap();
+    assert!(
+        found.len() == 1
+            && found[0].starts_with("tcx/egress")
+            && found[0].contains(attached::PROBE_NAME),
+        "{found:?}"
+    );
+    // Another namespace's lo (same ifindex 1) does not see it.
+    let other = Pod::new().unwrap();
+    assert_eq!(
+        attached::in_pod(&other, "lo").unwrap(),
+        Vec::<String>::new()
+    );
+    drop(holder.stdin.take());
+    assert!(holder.wait().unwrap().success());
+    assert_eq!(attached::in_pod(&pod, "lo").unwrap(), Vec::<String>::new());
+}

@@ -20,6 +20,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match args.first().map(String::as_str) {
         Some("attached") => attached(args.get(1).map(String::as_str).unwrap_or("lo")),
+        Some("tcx-hold") => tcx_hold(args.get(1).map(String::as_str).unwrap_or("lo")),
         Some("up") => match up(&args[1..]) {
             Ok(()) => 0,
             Err(e) => {
@@ -29,7 +30,7 @@ fn main() {
         },
         _ => {
             eprintln!(
-                "usage: loupe-testbed up --pods N --pods-file FILE [--series S] | attached DEV"
+                "usage: loupe-testbed up --pods N --pods-file FILE [--series S] | attached DEV | tcx-hold DEV"
             );
             2
         }
@@ -47,6 +48,23 @@ fn attached(dev: &str) -> i32 {
         }
         Err(e) => {
             eprintln!("loupe-testbed attached: {e}");
+            1
+        }
+    }
+}
+
+/// Attaches the probe program, says `ATTACHED`, and holds it until stdin closes.
+fn tcx_hold(dev: &str) -> i32 {
+    match loupe_tests::attached::hold_tcx_probe(dev) {
+        Ok(link) => {
+            println!("ATTACHED");
+            let _ = std::io::stdout().flush();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+            drop(link);
+            0
+        }
+        Err(e) => {
+            eprintln!("loupe-testbed tcx-hold: {e}");
             1
         }
     }
