@@ -13,6 +13,13 @@ use loupe_tests::testbed::{app_series, IDENTITY};
 
 const PORT: u16 = 8080;
 
+/// These tests measure what loupe sees under load; run them one at a time so that they do not
+/// starve each other of the two cores.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn spec(pod: &Pod, name: &str) -> PodSpec {
     PodSpec {
         namespace: "shop".into(),
@@ -57,6 +64,7 @@ fn observed_replies_are_served_and_loupe_sends_none_of_its_own() {
     if !root_or_skip("observed_replies_are_served_and_loupe_sends_none_of_its_own") {
         return;
     }
+    let _serial = serial();
     let pod = Pod::new().unwrap();
     let _app = pod.spawn_app(PORT, &["--series", "300"]).unwrap();
     let url = format!("http://127.0.0.1:{PORT}/metrics");
@@ -111,6 +119,7 @@ fn twenty_megabytes_arrive_intact_through_the_observed_path() {
     if !root_or_skip("twenty_megabytes_arrive_intact_through_the_observed_path") {
         return;
     }
+    let _serial = serial();
     const N: usize = 160_000;
     let pod = Pod::new().unwrap();
     let _app = pod.spawn_app(PORT, &["--series", &N.to_string()]).unwrap();
@@ -125,7 +134,8 @@ fn twenty_megabytes_arrive_intact_through_the_observed_path() {
     assert_eq!(want.len(), N);
 
     let client = ClientLoop::start(&pod, &url, "1", "").unwrap();
-    let loupe = Loupe::start(&[spec(&pod, "big")], &[]).unwrap();
+    // A ring buffer larger than one reply: this test is about integrity, not drain speed.
+    let loupe = Loupe::start(&[spec(&pod, "big")], &["--ring-bytes", "67108864"]).unwrap();
     let (text, exp) = loupe
         .metrics_until(
             "the 20 MB reply observed",
@@ -154,6 +164,7 @@ fn a_tiny_ring_buffer_discards_torn_replies_and_never_publishes_them() {
     if !root_or_skip("a_tiny_ring_buffer_discards_torn_replies_and_never_publishes_them") {
         return;
     }
+    let _serial = serial();
     const N: usize = 20_000;
     let pod = Pod::new().unwrap();
     let _app = pod.spawn_app(PORT, &["--series", &N.to_string()]).unwrap();
