@@ -1,5 +1,5 @@
 //! A "pod": a network namespace with `lo` up and a veth pair to the host carrying a /30 from
-//! 198.18.0.0/15 (the range set aside for test networks), one per pod.
+//! 198.19.0.0/16 (inside 198.18.0.0/15, the range set aside for test networks), one per pod.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -27,11 +27,7 @@ impl Pod {
         // Interface names are limited to 15 bytes.
         let host_if = format!("lp{}x{}", pid % 10_000_000, n % 100);
         let peer_if = format!("lq{}x{}", pid % 10_000_000, n % 100);
-        // One /30 per pod out of the 32768 in 198.18.0.0/15: .1 host side, .2 pod side.
-        let slot = ((pid % 1024) * 32 + n % 32) * 4;
-        let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + slot;
-        let host_ip = Ipv4Addr::from(base + 1);
-        let pod_ip = Ipv4Addr::from(base + 2);
+        let (host_ip, pod_ip) = free_slash30(pid, n)?;
         let logs = TempDir::new(&format!("{name}-logs"))?;
         run("ip", &["netns", "add", &name])?;
         // From here on Drop cleans up whatever the rest manages to create.
@@ -170,6 +166,26 @@ impl Pod {
             })
             .unwrap_or_default()
     }
+}
+
+/// A /30 in 198.19.0.0/16 (the upper half of the test range 198.18.0.0/15; others' tests tend to
+/// use the lower one) not yet on any host interface: `.1` for the host side, `.2` for the pod.
+fn free_slash30(pid: u32, n: u32) -> Result<(Ipv4Addr, Ipv4Addr)> {
+    let in_use = run("ip", &["-4", "-o", "addr", "show"])?;
+    let base = u32::from(Ipv4Addr::new(198, 19, 0, 0));
+    let first = (pid % 512) * 32 + n % 32;
+    for i in 0..16384 {
+        let slot = (first + i * 7) % 16384;
+        let net = base + slot * 4;
+        let taken = (0..4).any(|k| in_use.contains(&format!(" {}/", Ipv4Addr::from(net + k))));
+        if !taken {
+            return Ok((Ipv4Addr::from(net + 1), Ipv4Addr::from(net + 2)));
+        }
+    }
+    Err(crate::Error::Invalid {
+        what: "pod addresses".into(),
+        detail: "every /30 of 198.19.0.0/16 is in use".into(),
+    })
 }
 
 impl Drop for Pod {
