@@ -190,8 +190,7 @@ impl Loupe {
     fn wait_ready(&mut self) -> Result<()> {
         let listen = self.listen.clone();
         let log_file = self.log_file.clone();
-        let proc = self.proc.as_mut();
-        let mut proc = proc;
+        let mut proc = self.proc.as_mut();
         wait_for(
             &format!("loupe on {listen} to be ready"),
             Duration::from_secs(30),
