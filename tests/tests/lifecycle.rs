@@ -130,22 +130,7 @@ fn misbehaving_apps_are_down_and_every_other_pod_is_still_served() {
         pods.push((pod, app));
     }
     let (_good_pod, _good_app, good) = app_pod("good", &["--series", "50"]);
-    let (_chunk_pod, _chunk_app, chunked) = {
-        let (p, a, mut s) = app_pod("chunked", &["--series", "50", "--mode", "chunked"]);
-        s.name = "good-chunked".into();
-        (p, a, s)
-    };
-    let (_gz_pod, _gz_app, gzip) = {
-        let (p, a, mut s) = app_pod("gzip", &["--series", "50", "--mode", "gzip"]);
-        s.name = "good-gzip".into();
-        (p, a, s)
-    };
-    let (_om_pod, _om_app, om) = {
-        let (p, a, mut s) = app_pod("om", &["--series", "50", "--mode", "openmetrics"]);
-        s.name = "good-openmetrics".into();
-        (p, a, s)
-    };
-    specs.extend([good, chunked, gzip, om]);
+    specs.push(good);
     let loupe = Loupe::start(&specs, &["--fetch-timeout", "2"]).unwrap();
 
     let up = |exp: &Exposition, pod: &str| {

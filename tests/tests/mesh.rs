@@ -256,3 +256,49 @@ fn a_pod_given_by_pid_is_found() {
         .unwrap();
     expo::promtool_check(&text).unwrap();
 }
+
+#[test]
+fn chunked_gzip_and_openmetrics_replies_are_served_whole() {
+    if !root_or_skip("chunked_gzip_and_openmetrics_replies_are_served_whole") {
+        return;
+    }
+    use loupe_tests::client::ClientLoop;
+    let mut keep = Vec::new();
+    let mut specs = Vec::new();
+    let mut clients = Vec::new();
+    for mode in ["chunked", "gzip", "openmetrics"] {
+        let pod = Pod::new().unwrap();
+        let app = pod
+            .spawn_app(8080, &["--series", "150", "--mode", mode])
+            .unwrap();
+        // Another scraper in the pod, so the observed path sees these encodings too.
+        let curl_opts = if mode == "gzip" { "--compressed" } else { "" };
+        clients.push(
+            ClientLoop::start(&pod, "http://127.0.0.1:8080/metrics", "0.5", curl_opts).unwrap(),
+        );
+        specs.push(PodSpec {
+            namespace: "formats".into(),
+            name: mode.into(),
+            netns: NetnsRef::Path(pod.netns_path()),
+            endpoints: vec![EndpointSpec::port(8080).container("app")],
+        });
+        keep.push((app, pod));
+    }
+    let loupe = Loupe::start(&specs, &[]).unwrap();
+    let (text, exp) = loupe
+        .metrics_until("every format's series", SCRAPE_WAIT, |exp| {
+            ["chunked", "gzip", "openmetrics"]
+                .iter()
+                .all(|p| has_pod(exp, p, 150))
+        })
+        .unwrap();
+    expo::promtool_check(&text).unwrap();
+    let want = app_series(150, None).unwrap();
+    for mode in ["chunked", "gzip", "openmetrics"] {
+        let mut got = exp.series_where(&[("namespace", "formats"), ("pod", mode)], &IDENTITY);
+        got.retain(|k, _| k.starts_with("app_"));
+        let diff = expo::diff(&want, &got);
+        assert!(diff.is_empty(), "{mode}: {diff:?}");
+    }
+    drop(clients);
+}
