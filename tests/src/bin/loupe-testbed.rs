@@ -113,6 +113,18 @@ fn up(args: &[String]) -> Result<(), String> {
             }
         }
     }
+    if let Some(first) = mesh.pods.first() {
+        let c = &mesh.certs;
+        println!(
+            "try it: curl --cacert {} --cert {} --key {} --resolve {}:{SIDECAR_PORT}:{} https://{}:{SIDECAR_PORT}/metrics",
+            c.ca.cert.display(),
+            c.client.cert.display(),
+            c.client.key.display(),
+            loupe_tests::certs::SERVER_NAME,
+            first.pod.pod_ip,
+            loupe_tests::certs::SERVER_NAME,
+        );
+    }
     std::fs::write(&pods_file, pods_yaml(&mesh.specs()))
         .map_err(|e| format!("writing {pods_file}: {e}"))?;
     println!("pods file written to {pods_file}");
