@@ -5,8 +5,9 @@
 //! samples are withheld, as Prometheus itself drops a failed target's series.
 
 use crate::capture::NetnsCookie;
-use crate::decode::Format;
+use crate::decode::{self, Format};
 use crate::discover::PodKey;
+use crate::resolve::netns::Netns;
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -55,6 +56,23 @@ pub struct Snapshot {
     pub samples: usize,
 }
 
+impl Snapshot {
+    /// Validates a 200 response's body. Observed and fetched bodies both come through here.
+    pub fn decode(body: Bytes, content_type: Option<&str>) -> Result<Snapshot, String> {
+        let format = Format::from_content_type(content_type);
+        let summary =
+            decode::validate(&body, format).map_err(|e| format!("unparsable body: {e}"))?;
+        Ok(Snapshot {
+            body,
+            format,
+            samples: summary.samples,
+        })
+    }
+}
+
+/// Where a target's namespace is, or why it could not be found.
+pub type Resolved = Result<(Arc<Netns>, NetnsCookie), String>;
+
 /// The latest response of a target, good or not.
 #[derive(Clone, Debug)]
 pub struct Outcome {
@@ -68,7 +86,7 @@ pub struct Outcome {
 #[derive(Debug)]
 pub struct Target {
     pub identity: Identity,
-    pub cookie: NetnsCookie,
+    pub resolved: Resolved,
     pub latest: Option<Outcome>,
     /// Serialises fetches of this target: concurrent scrapes wait for the one in flight and then
     /// find its fresh result, instead of each asking the app.
@@ -76,6 +94,10 @@ pub struct Target {
 }
 
 impl Target {
+    fn cookie(&self) -> Option<NetnsCookie> {
+        self.resolved.as_ref().ok().map(|(_, c)| *c)
+    }
+
     pub fn is_fresh(&self, now: Instant, freshness: Duration) -> bool {
         self.latest
             .as_ref()
@@ -104,31 +126,40 @@ impl Store {
 
     /// Makes `targets` the complete set of targets; results of targets that stay are kept,
     /// and targets that are gone vanish with their series at once.
-    pub fn set_targets(&self, targets: Vec<(TargetKey, Identity, NetnsCookie)>) {
+    pub fn set_targets(&self, targets: Vec<(TargetKey, Identity, Resolved)>) {
         let mut inner = self.lock();
         let mut old = std::mem::take(&mut inner.targets);
         inner.by_port.clear();
-        for (key, identity, cookie) in targets {
+        for (key, identity, resolved) in targets {
+            let cookie = resolved.as_ref().ok().map(|(_, c)| *c);
             let target = match old.remove(&key) {
-                Some(mut t) if t.cookie == cookie => {
+                Some(mut t) if t.cookie() == cookie && cookie.is_some() => {
                     t.identity = identity;
+                    t.resolved = resolved;
                     t
                 }
                 // New target, or the pod's namespace changed (restarted pod): start afresh.
                 _ => Target {
                     identity,
-                    cookie,
+                    resolved,
                     latest: None,
                     fetch_lock: Arc::default(),
                 },
             };
-            inner
-                .by_port
-                .entry((cookie, key.port))
-                .or_default()
-                .push(key.clone());
+            if let Some(cookie) = cookie {
+                inner
+                    .by_port
+                    .entry((cookie, key.port))
+                    .or_default()
+                    .push(key.clone());
+            }
             inner.targets.insert(key, target);
         }
+    }
+
+    /// The namespace to fetch a target from.
+    pub fn resolved(&self, key: &TargetKey) -> Option<Resolved> {
+        self.lock().targets.get(key).map(|t| t.resolved.clone())
     }
 
     /// Targets listening on `port` in the namespace `cookie` whose path is `path`.
@@ -148,6 +179,25 @@ impl Store {
         if let Some(target) = inner.targets.get_mut(key) {
             if target.latest.as_ref().is_some_and(|l| l.at > outcome.at) {
                 return;
+            }
+            let previous = target.latest.as_ref().map(|l| l.result.as_ref().err());
+            match (&outcome.result, previous) {
+                // Log changes of state only, not every failed scrape of a broken app.
+                (Err(reason), prev) if prev != Some(Some(reason)) => log::warn!(
+                    "pod {} endpoint {} ({}:{}{}): {} response failed: {reason}",
+                    key.pod,
+                    target.identity.endpoint,
+                    target.identity.container,
+                    key.port,
+                    key.path,
+                    outcome.origin.as_str(),
+                ),
+                (Ok(_), Some(Some(_))) => log::info!(
+                    "pod {} endpoint {}: recovered",
+                    key.pod,
+                    target.identity.endpoint
+                ),
+                _ => {}
             }
             target.latest = Some(outcome);
         }
@@ -219,6 +269,10 @@ mod tests {
         }
     }
 
+    fn ns(cookie: NetnsCookie) -> Resolved {
+        Ok((Arc::new(Netns::current().unwrap()), cookie))
+    }
+
     fn good(at: Instant, origin: Origin) -> Outcome {
         Outcome {
             at,
@@ -235,8 +289,14 @@ mod tests {
     #[test]
     fn observed_replies_match_by_namespace_port_and_path() {
         let store = Store::default();
-        store.set_targets(vec![(key("a", 8080), identity("a"), 1), (key("b", 8080), identity("b"), 2)]);
-        assert_eq!(store.match_observed(1, 8080, "/metrics?x=1"), vec![key("a", 8080)]);
+        store.set_targets(vec![
+            (key("a", 8080), identity("a"), ns(1)),
+            (key("b", 8080), identity("b"), ns(2)),
+        ]);
+        assert_eq!(
+            store.match_observed(1, 8080, "/metrics?x=1"),
+            vec![key("a", 8080)]
+        );
         assert!(store.match_observed(1, 8080, "/other").is_empty());
         assert!(store.match_observed(3, 8080, "/metrics").is_empty());
     }
@@ -244,26 +304,32 @@ mod tests {
     #[test]
     fn removed_targets_vanish_and_kept_ones_keep_their_result() {
         let store = Store::default();
-        store.set_targets(vec![(key("a", 1), identity("a"), 1), (key("b", 1), identity("b"), 1)]);
+        store.set_targets(vec![
+            (key("a", 1), identity("a"), ns(1)),
+            (key("b", 1), identity("b"), ns(1)),
+        ]);
         let now = Instant::now();
         store.record(&key("a", 1), good(now, Origin::Fetched));
-        store.set_targets(vec![(key("a", 1), identity("a"), 1)]);
+        store.set_targets(vec![(key("a", 1), identity("a"), ns(1))]);
         let view = store.view();
         assert_eq!(view.len(), 1);
         assert!(view[0].2.is_some());
         // Same pod, new namespace (pod restarted): the old result must not carry over.
-        store.set_targets(vec![(key("a", 1), identity("a"), 9)]);
+        store.set_targets(vec![(key("a", 1), identity("a"), ns(9))]);
         assert!(store.view()[0].2.is_none());
     }
 
     #[test]
     fn freshness_and_ordering_of_results() {
         let store = Store::default();
-        store.set_targets(vec![(key("a", 1), identity("a"), 1)]);
+        store.set_targets(vec![(key("a", 1), identity("a"), ns(1))]);
         let t0 = Instant::now();
         let fresh = Duration::from_secs(10);
         assert_eq!(store.stale(t0, fresh).len(), 1);
-        store.record(&key("a", 1), good(t0 + Duration::from_secs(5), Origin::Fetched));
+        store.record(
+            &key("a", 1),
+            good(t0 + Duration::from_secs(5), Origin::Fetched),
+        );
         assert!(store.is_fresh(&key("a", 1), t0 + Duration::from_secs(6), fresh));
         assert!(!store.is_fresh(&key("a", 1), t0 + Duration::from_secs(16), fresh));
         // An older observation arriving late does not replace the newer fetch.
