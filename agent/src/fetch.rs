@@ -240,3 +240,171 @@ impl Refresher {
         self.store.record(key, outcome);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discover::PodKey;
+    use crate::resolve::netns::testing::{require_root, scratch};
+    use crate::store::{Identity, Origin, Store, TargetKey};
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A one-response-per-connection HTTP app inside `netns`, answering `reply` after `delay`.
+    fn app(netns: &Netns, reply: Vec<u8>, delay: Duration) -> (u16, Arc<AtomicUsize>) {
+        let listener = netns
+            .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap()
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                counter.fetch_add(1, Ordering::SeqCst);
+                let reply = reply.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    let _ = conn.read(&mut buf);
+                    std::thread::sleep(delay);
+                    let _ = conn.write_all(&reply);
+                });
+            }
+        });
+        (port, requests)
+    }
+
+    fn response(status: &str, headers: &str, body: &[u8]) -> Vec<u8> {
+        let mut r = format!(
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(body);
+        r
+    }
+
+    fn setup(reply: Vec<u8>, delay: Duration) -> (Refresher, TargetKey, Arc<AtomicUsize>) {
+        let netns = scratch();
+        let (port, requests) = app(&netns, reply, delay);
+        let cookie = netns.cookie().unwrap();
+        let store = Store::default();
+        let key = TargetKey {
+            pod: PodKey {
+                namespace: "ns".into(),
+                name: "pod".into(),
+            },
+            port,
+            path: "/metrics".into(),
+        };
+        let identity = Identity {
+            namespace: "ns".into(),
+            pod: "pod".into(),
+            container: "app".into(),
+            endpoint: "http".into(),
+        };
+        store.set_targets(vec![(key.clone(), identity, Ok((Arc::new(netns), cookie)))]);
+        let refresher = Refresher {
+            store,
+            own: OwnFlows::default(),
+            freshness: Duration::from_secs(60),
+            fetch_timeout: Duration::from_secs(2),
+            max_body_bytes: 1 << 20,
+            slots: Arc::new(tokio::sync::Semaphore::new(4)),
+        };
+        (refresher, key, requests)
+    }
+
+    fn latest(refresher: &Refresher) -> crate::store::Outcome {
+        refresher.store.view()[0].2.clone().expect("an outcome")
+    }
+
+    fn deadline(secs: u64) -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_secs(secs)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_scrapes_share_one_fetch() {
+        if !require_root("concurrent_scrapes_share_one_fetch") {
+            return;
+        }
+        let reply = response(
+            "200 OK",
+            "Content-Type: text/plain; version=0.0.4\r\n",
+            b"a 1\n",
+        );
+        let (refresher, _, requests) = setup(reply, Duration::from_millis(200));
+        let scrapes: Vec<_> = (0..5)
+            .map(|_| {
+                let r = refresher.clone();
+                tokio::spawn(async move { r.refresh_stale(deadline(5)).await })
+            })
+            .collect();
+        for s in scrapes {
+            s.await.unwrap();
+        }
+        assert_eq!(
+            requests.load(Ordering::SeqCst),
+            1,
+            "one fetch for five scrapes"
+        );
+        let outcome = latest(&refresher);
+        assert_eq!(outcome.origin, Origin::Fetched);
+        let snapshot = outcome.result.expect("good body");
+        assert_eq!(&snapshot.body[..], b"a 1\n");
+        // Fresh now: another scrape asks nothing.
+        refresher.refresh_stale(deadline(5)).await;
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_error_status_is_a_failed_target() {
+        if !require_root("an_error_status_is_a_failed_target") {
+            return;
+        }
+        let (refresher, _, _) = setup(
+            response("500 Internal Server Error", "", b"oops"),
+            Duration::ZERO,
+        );
+        refresher.refresh_stale(deadline(5)).await;
+        assert_eq!(latest(&refresher).result.unwrap_err(), "HTTP status 500");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hanging_app_times_out() {
+        if !require_root("a_hanging_app_times_out") {
+            return;
+        }
+        let (mut refresher, _, _) = setup(Vec::new(), Duration::from_secs(3600));
+        refresher.fetch_timeout = Duration::from_millis(300);
+        refresher.refresh_stale(deadline(5)).await;
+        let err = latest(&refresher).result.unwrap_err();
+        assert!(err.contains("no complete response"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn gzip_bodies_are_decoded_and_oversized_ones_refused() {
+        if !require_root("gzip_bodies_are_decoded_and_oversized_ones_refused") {
+            return;
+        }
+        let body = b"# TYPE a gauge\na 1\n".repeat(1000);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&body).unwrap();
+        let reply = response(
+            "200 OK",
+            "Content-Encoding: gzip\r\n",
+            &gz.finish().unwrap(),
+        );
+        let (mut refresher, _, _) = setup(reply, Duration::ZERO);
+        refresher.refresh_stale(deadline(5)).await;
+        assert_eq!(latest(&refresher).result.unwrap().body.len(), body.len());
+
+        refresher.max_body_bytes = 1000;
+        refresher.freshness = Duration::ZERO;
+        refresher.refresh_stale(deadline(5)).await;
+        let err = latest(&refresher).result.unwrap_err();
+        assert!(err.contains("larger than 1000"), "{err}");
+    }
+}
