@@ -1,6 +1,7 @@
 //! Resolve: from a pod to its network namespace, and running code inside that namespace on a
 //! dedicated thread (`setns` affects only the calling thread).
 
+pub mod cgroup;
 pub mod netns;
 
 use crate::discover::NetnsRef;
