@@ -3,7 +3,7 @@
 use clap::Parser;
 use loupe_agent::capture::{self, flow::FlowLimits, probe};
 use loupe_agent::cli::{Cli, Command, RunArgs};
-use loupe_agent::discover::{pods_file, Pod};
+use loupe_agent::discover::{kubernetes, pods_file, Pod};
 use loupe_agent::expose::Server;
 use loupe_agent::fetch::{Refresher, MAX_CONCURRENT_FETCHES};
 use loupe_agent::node::Node;
@@ -57,12 +57,21 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     tokio::spawn(capture::observe(segments, store.clone(), limits));
 
     let (pods_tx, mut pods_rx) = watch::channel(Vec::<Pod>::new());
-    match (&args.pods_file, args.kubernetes) {
-        (Some(path), _) => {
-            tokio::spawn(pods_file::watch(path.clone(), pods_tx));
+    let discovery = match &args.pods_file {
+        Some(path) => tokio::spawn(pods_file::watch(path.clone(), pods_tx)),
+        None => {
+            let config = kubernetes::KubeConfig {
+                node_name: args.node_name.clone().unwrap_or_default(),
+                kubeconfig: args.kubeconfig.clone(),
+                sidecar_stats: args.sidecar_stats,
+            };
+            tokio::spawn(async move {
+                if let Err(e) = kubernetes::run(config, pods_tx).await {
+                    log::error!("kubernetes discovery: {e}");
+                }
+            })
         }
-        _ => return Err("--kubernetes is not available in this build yet".into()),
-    }
+    };
 
     let ready = Arc::new(AtomicBool::new(false));
     let server = Arc::new(Server {
@@ -70,6 +79,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         ready: ready.clone(),
         counters: vec![
             pods_file::COUNTERS,
+            kubernetes::COUNTERS,
             node::COUNTERS,
             capture::flow::COUNTERS,
             capture::probe::COUNTERS,
@@ -92,7 +102,8 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         tokio::select! {
             changed = pods_rx.changed() => {
                 if changed.is_err() {
-                    return Err("discovery stopped".into());
+                    discovery.abort();
+                    return Err("discovery stopped (see the error above)".into());
                 }
                 let pods = pods_rx.borrow_and_update().clone();
                 tokio::task::block_in_place(|| node.apply(&pods));

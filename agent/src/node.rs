@@ -5,11 +5,12 @@
 
 use crate::capture::probe::Probe;
 use crate::capture::NetnsCookie;
-use crate::discover::{Pod, PodKey};
-use crate::resolve::{self, netns::Netns};
+use crate::discover::{NetnsRef, Pod, PodKey};
+use crate::resolve::{self, cgroup::ProcIndex, netns::Netns};
 use crate::store::{Identity, Origin, Outcome, Resolved, Store, TargetKey};
 use crate::telemetry::Counter;
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -53,8 +54,9 @@ impl Node {
         let mut wanted: HashMap<NetnsCookie, HashSet<u16>> = HashMap::new();
         let mut failures = Vec::new();
         let mut errors = HashMap::new();
+        let procs = self.scan_procs(pods);
         for pod in pods {
-            let resolved = self.resolve_and_attach(pod);
+            let resolved = self.resolve_and_attach(pod, procs.as_ref());
             if let Err(reason) = &resolved {
                 if self.errors.get(&pod.key()) != Some(reason) {
                     log::warn!("pod {}: {reason}", pod.key());
@@ -99,8 +101,26 @@ impl Node {
         }
     }
 
-    fn resolve_and_attach(&mut self, pod: &Pod) -> Resolved {
-        let netns = resolve::resolve(&pod.netns).map_err(|e| {
+    /// Indexes `/proc` once when some pod is known by container IDs only.
+    fn scan_procs(&self, pods: &[Pod]) -> Option<ProcIndex> {
+        if !pods
+            .iter()
+            .any(|p| matches!(p.netns, NetnsRef::Containers(_)))
+        {
+            return None;
+        }
+        match ProcIndex::scan(Path::new("/proc")) {
+            Ok(index) => Some(index),
+            Err(e) => {
+                RESOLVE_ERRORS.inc();
+                log::error!("cannot index processes by container: {e}");
+                None
+            }
+        }
+    }
+
+    fn resolve_and_attach(&mut self, pod: &Pod, procs: Option<&ProcIndex>) -> Resolved {
+        let netns = resolve::resolve(&pod.netns, procs).map_err(|e| {
             RESOLVE_ERRORS.inc();
             e.to_string()
         })?;
