@@ -11,7 +11,8 @@ use core::hint::black_box;
 use core::ptr::addr_of_mut;
 
 use aya_ebpf::{
-    helpers::{bpf_get_netns_cookie, bpf_skb_load_bytes},
+    bindings::__sk_buff,
+    helpers::{bpf_get_netns_cookie, bpf_loop, bpf_skb_load_bytes},
     macros::{classifier, map},
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::TcContext,
@@ -106,7 +107,7 @@ fn observe(ctx: &TcContext) -> Result<(), i64> {
         payload_len = payload_len.min(tot_len.saturating_sub(ihl + doff));
     }
 
-    let mut header = SegmentHeader {
+    let header = SegmentHeader {
         netns_cookie,
         saddr: u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]),
         daddr: u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]),
@@ -142,48 +143,87 @@ fn observe(ctx: &TcContext) -> Result<(), i64> {
         header.seq
     };
     let chunks = payload_len.div_ceil(CHUNK_BYTES);
-    let mut offset = 0usize;
-    let mut chunk = 0usize;
-    while chunk < MAX_CHUNKS {
-        if chunk >= chunks {
-            break;
-        }
-        let len = (payload_len - offset).min(CHUNK_BYTES);
-        header.seq = data_seq.wrapping_add(offset as u32);
-        header.chunk = chunk as u16;
-        header.payload_len = len as u16;
-        // Each record reads as its own segment: SYN on the first, FIN/PSH/RST on the last.
-        header.flags = flags;
-        if chunk != 0 {
-            header.flags &= !TCP_SYN;
-        }
-        if chunk + 1 != chunks {
-            header.flags &= !(TCP_FIN | TCP_PSH | TCP_RST);
-        }
-        let src = payload_off + offset;
-        let emitted = if len > 1024 {
-            emit::<CHUNK_BYTES>(ctx, &header, src, len)
-        } else if len > 256 {
-            emit::<1024>(ctx, &header, src, len)
-        } else {
-            emit::<256>(ctx, &header, src, len)
-        };
-        if !emitted {
-            // Never a partial packet after a gap: the rest of this packet is lost as a whole.
-            count_drop(
-                ctx,
-                (chunks - chunk) as u64,
-                (payload_len - offset) as u64,
-            );
-            return Ok(());
-        }
-        offset += len;
-        chunk += 1;
+    let mut state = ChunkLoop {
+        skb: ctx.skb.skb,
+        header,
+        data_seq,
+        payload_off: payload_off as u32,
+        payload_len: payload_len as u32,
+        chunks: chunks as u32,
+        emitted: 0,
+    };
+    // bpf_loop has the verifier check the body once instead of once per iteration.
+    // SAFETY: the callback has the signature bpf_loop expects and only reads/writes `state`
+    // through the pointer it is given, which lives on this stack frame during the call.
+    unsafe {
+        bpf_loop(
+            chunks.min(MAX_CHUNKS) as u32,
+            emit_chunk as *mut c_void,
+            (&mut state as *mut ChunkLoop).cast::<c_void>(),
+            0,
+        );
     }
-    if offset < payload_len {
-        count_drop(ctx, (chunks - chunk) as u64, (payload_len - offset) as u64);
+    let emitted = state.emitted as usize;
+    if emitted < chunks {
+        // Never a partial packet after a gap: the rest of this packet is lost as a whole.
+        let lost_bytes = payload_len.saturating_sub(emitted * CHUNK_BYTES);
+        count_drop(ctx, (chunks - emitted) as u64, lost_bytes as u64);
     }
     Ok(())
+}
+
+/// What the chunk loop needs; lives on the classifier's stack while `bpf_loop` runs.
+#[repr(C)]
+struct ChunkLoop {
+    skb: *mut __sk_buff,
+    header: SegmentHeader,
+    data_seq: u32,
+    payload_off: u32,
+    payload_len: u32,
+    chunks: u32,
+    /// Chunks emitted so far; the loop stops at the first that cannot be.
+    emitted: u32,
+}
+
+/// `bpf_loop` body: emits chunk `index` of the packet. Returns 1 to stop the loop.
+#[inline(never)]
+extern "C" fn emit_chunk(index: u64, state: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer to the ChunkLoop given to it.
+    let state = unsafe { &mut *state.cast::<ChunkLoop>() };
+    if index >= MAX_CHUNKS as u64 || index != u64::from(state.emitted) {
+        return 1;
+    }
+    let offset = index * CHUNK_BYTES as u64;
+    let remaining = u64::from(state.payload_len).saturating_sub(offset);
+    if remaining == 0 {
+        return 1;
+    }
+    let len = remaining.min(CHUNK_BYTES as u64);
+    let chunks = u64::from(state.chunks);
+    let mut header = state.header;
+    header.seq = state.data_seq.wrapping_add(offset as u32);
+    header.chunk = index as u16;
+    header.payload_len = len as u16;
+    // Each record reads as its own segment: SYN on the first, FIN/PSH/RST on the last.
+    if index != 0 {
+        header.flags &= !TCP_SYN;
+    }
+    if index + 1 != chunks {
+        header.flags &= !(TCP_FIN | TCP_PSH | TCP_RST);
+    }
+    let src = u64::from(state.payload_off) + offset;
+    let emitted = if len > 1024 {
+        emit::<CHUNK_BYTES>(state.skb, &header, src, len)
+    } else if len > 256 {
+        emit::<1024>(state.skb, &header, src, len)
+    } else {
+        emit::<256>(state.skb, &header, src, len)
+    };
+    if !emitted {
+        return 1;
+    }
+    state.emitted += 1;
+    0
 }
 
 #[inline(always)]
@@ -195,13 +235,13 @@ fn is_watched(netns_cookie: u64, port: u16) -> bool {
 /// Copies `len` payload bytes at `src` into a new record of size class `N`. False when the ring
 /// is full or the copy fails; nothing is submitted then.
 #[inline(always)]
-fn emit<const N: usize>(ctx: &TcContext, header: &SegmentHeader, src: usize, len: usize) -> bool {
+fn emit<const N: usize>(skb: *mut __sk_buff, header: &SegmentHeader, src: u64, len: u64) -> bool {
     let Some(mut entry) = SEGMENTS.reserve::<Record<N>>(0) else {
         return false;
     };
     let record = entry.as_mut_ptr();
     // The verifier needs the length provably in [1, N] right at the call.
-    let len = black_box(len as u64);
+    let len = black_box(len);
     if len == 0 || len > N as u64 {
         entry.discard(0);
         return false;
@@ -211,7 +251,7 @@ fn emit<const N: usize>(ctx: &TcContext, header: &SegmentHeader, src: usize, len
     let copied = unsafe {
         addr_of_mut!((*record).header).write(*header);
         bpf_skb_load_bytes(
-            ctx.skb.skb.cast::<c_void>(),
+            skb.cast::<c_void>(),
             src as u32,
             addr_of_mut!((*record).data).cast::<c_void>(),
             len as u32,
