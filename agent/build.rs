@@ -102,7 +102,10 @@ fn build_ebpf() -> Result<(), BuildError> {
         // build-std) is switched on.
         .env("RUSTC_BOOTSTRAP", "aya_ebpf")
         .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", &linker)
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Cdebuginfo=2\u{1f}-Clink-arg=--btf")
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "-Cdebuginfo=2\u{1f}-Clink-arg=--btf",
+        )
         .arg("build")
         .arg("--release")
         .arg("--locked")

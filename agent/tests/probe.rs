@@ -67,7 +67,9 @@ impl TestNetns {
         let netns = match netns {
             Ok(netns) => netns,
             Err(e) => {
-                let _ = Command::new("ip").args(["netns", "del", &guard_name]).status();
+                let _ = Command::new("ip")
+                    .args(["netns", "del", &guard_name])
+                    .status();
                 panic!("open netns {name}: {e}");
             }
         };
@@ -93,7 +95,9 @@ impl TestNetns {
 
     fn tc_egress_filters(&self) -> String {
         let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, "tc", "filter", "show", "dev", "lo", "egress"])
+            .args([
+                "netns", "exec", &self.name, "tc", "filter", "show", "dev", "lo", "egress",
+            ])
             .output()
             .expect("run tc");
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -151,7 +155,8 @@ fn serve(listener: TcpListener, body: Vec<u8>, count: usize) -> std::thread::Joi
                 assert!(n > 0, "client closed before the request head ended");
                 head.extend_from_slice(&buf[..n]);
             }
-            conn.write_all(&response_for(&body)).expect("write response");
+            conn.write_all(&response_for(&body))
+                .expect("write response");
         }
     })
 }
@@ -182,7 +187,11 @@ async fn get(ns: &TestNetns, port: u16, own: Option<&OwnFlows>) -> (u16, Vec<u8>
         .expect("client socket");
     let client_port = socket.local_addr().expect("local addr").port();
     let cookie = ns.netns.cookie().expect("cookie");
-    let _guard = own.map(|flows| flows.register(cookie, client_port).expect("register own flow"));
+    let _guard = own.map(|flows| {
+        flows
+            .register(cookie, client_port)
+            .expect("register own flow")
+    });
     let mut stream = socket
         .connect(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port).into())
         .await
@@ -274,12 +283,21 @@ async fn both_directions_arrive_with_flow_identity_and_continuous_seq() {
     assert_eq!(response, response_for(&body));
     let segments = collect_flow(&mut stream, client_port).await;
 
-    for s in segments.iter().filter(|s| s.flow.client.port() == client_port) {
+    for s in segments
+        .iter()
+        .filter(|s| s.flow.client.port() == client_port)
+    {
         assert_eq!(s.flow.netns, cookie);
-        assert_eq!(s.flow.client, SocketAddrV4::new(Ipv4Addr::LOCALHOST, client_port));
+        assert_eq!(
+            s.flow.client,
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, client_port)
+        );
         assert_eq!(s.flow.server, SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
     }
-    assert_eq!(reassemble(&segments, client_port, Direction::Request), REQUEST);
+    assert_eq!(
+        reassemble(&segments, client_port, Direction::Request),
+        REQUEST
+    );
     assert_eq!(
         reassemble(&segments, client_port, Direction::Response),
         response_for(&body)
@@ -316,7 +334,9 @@ async fn unwatched_ports_and_own_flows_are_not_copied() {
     watched_server.join().expect("server");
     unwatched_server.join().expect("server");
 
-    assert!(segments.iter().all(|s| s.flow.server.port() != unwatched_port));
+    assert!(segments
+        .iter()
+        .all(|s| s.flow.server.port() != unwatched_port));
     assert!(segments.iter().all(|s| s.flow.client.port() != own_port));
     assert!(segments.iter().any(|s| s.flow.client.port() == marker_port));
 }
@@ -346,7 +366,10 @@ async fn five_megabyte_response_arrives_byte_identical() {
     let segments = collect_flow(&mut stream, client_port).await;
     let captured = reassemble(&segments, client_port, Direction::Response);
     assert_eq!(captured.len(), expected.len());
-    assert!(captured == expected, "captured response differs from the one sent");
+    assert!(
+        captured == expected,
+        "captured response differs from the one sent"
+    );
     assert!(
         segments.iter().all(|s| s.payload.len() <= 4096),
         "records are at most one chunk"
@@ -502,8 +525,10 @@ async fn netlink_filters_left_by_a_killed_agent_are_removed_on_attach() {
 #[test]
 #[ignore = "helper process for the kill -9 tests"]
 fn attached_child_process() {
-    let (Ok(path), Ok(mode)) = (std::env::var(CHILD_NETNS_VAR), std::env::var(CHILD_MODE_VAR))
-    else {
+    let (Ok(path), Ok(mode)) = (
+        std::env::var(CHILD_NETNS_VAR),
+        std::env::var(CHILD_MODE_VAR),
+    ) else {
         panic!("run only by the kill -9 tests ({CHILD_NETNS_VAR}, {CHILD_MODE_VAR})");
     };
     let netns = Netns::open(&PathBuf::from(path)).expect("open netns");

@@ -279,7 +279,10 @@ fn count_drop(ctx: &TcContext, events: u64, bytes: u64) {
         (*counters).events
     };
     if (total - events).leading_zeros() != total.leading_zeros() {
-        warn!(ctx, "loupe: ring buffer full or packet too long: {} records dropped on this CPU", total);
+        warn!(
+            ctx,
+            "loupe: ring buffer full or packet too long: {} records dropped on this CPU", total
+        );
     }
 }
 

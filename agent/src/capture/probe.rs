@@ -98,7 +98,10 @@ pub enum ProbeError {
     #[error("cannot load the eBPF capture object: {0}")]
     Load(#[source] aya::EbpfError),
     #[error("the eBPF capture object has no {kind} named {name}")]
-    Missing { kind: &'static str, name: &'static str },
+    Missing {
+        kind: &'static str,
+        name: &'static str,
+    },
     #[error("eBPF capture program {PROGRAM_NAME}: {what}: {source}")]
     Program {
         what: &'static str,
@@ -166,7 +169,7 @@ enum LogForwarding {
     /// A tokio task moves the program's log records into the `log` crate.
     Task(tokio::task::JoinHandle<()>),
     /// No runtime at load time: the records stay in the kernel (the map must stay open).
-    Idle(#[allow(dead_code)] EbpfLogger<&'static dyn log::Log>),
+    Idle(#[allow(dead_code)] Box<EbpfLogger<&'static dyn log::Log>>),
     None,
 }
 
@@ -222,7 +225,7 @@ impl Probe {
                 Ok(runtime) => LogForwarding::Task(runtime.spawn(forward_logs(logger))),
                 Err(_) => {
                     log::warn!("no tokio runtime while loading the capture program: its log records are not forwarded");
-                    LogForwarding::Idle(logger)
+                    LogForwarding::Idle(Box::new(logger))
                 }
             },
             Err(e) => {
@@ -502,7 +505,9 @@ impl std::fmt::Debug for OwnFlows {
 
 impl OwnFlows {
     fn lock(&self) -> MutexGuard<'_, HashMap<MapData, PortKey, u8>> {
-        self.map.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.map
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Marks the flow from `client_port` in that namespace as the agent's own until the guard
@@ -671,7 +676,11 @@ mod tests {
         assert_eq!(seg.flow.server, "127.0.0.2:8080".parse().unwrap());
         assert_eq!(seg.seq, 1000);
         assert_eq!(seg.flags, 0x18);
-        assert_eq!(&seg.payload[..], b"GET", "size-class padding is not payload");
+        assert_eq!(
+            &seg.payload[..],
+            b"GET",
+            "size-class padding is not payload"
+        );
     }
 
     #[test]
@@ -687,7 +696,10 @@ mod tests {
     fn inconsistent_records_are_rejected() {
         assert!(decode_record(&[0u8; 10]).is_none(), "shorter than a header");
         let truncated = record(&header(DIRECTION_REQUEST, 10), b"GET", 0);
-        assert!(decode_record(&truncated).is_none(), "payload_len beyond the record");
+        assert!(
+            decode_record(&truncated).is_none(),
+            "payload_len beyond the record"
+        );
         let bad_direction = record(&header(7, 0), b"", 0);
         assert!(decode_record(&bad_direction).is_none());
     }
