@@ -41,6 +41,39 @@ fn can_run(test: &str) -> bool {
     false
 }
 
+/// Keeps every log line, so a test can see the eBPF program's aya-log records arrive.
+struct CapturingLogger {
+    lines: std::sync::Mutex<Vec<String>>,
+}
+
+impl log::Log for CapturingLogger {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        lines.push(record.args().to_string());
+    }
+    fn flush(&self) {}
+}
+
+static LOGGER: CapturingLogger = CapturingLogger {
+    lines: std::sync::Mutex::new(Vec::new()),
+};
+
+fn capture_logs() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        log::set_logger(&LOGGER).expect("install test logger");
+        log::set_max_level(log::LevelFilter::Trace);
+    });
+}
+
+fn logged(needle: &str) -> bool {
+    let lines = LOGGER.lines.lock().unwrap_or_else(|p| p.into_inner());
+    lines.iter().any(|line| line.contains(needle))
+}
+
 fn unsafe_geteuid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
@@ -388,6 +421,7 @@ async fn a_full_ring_counts_drops() {
     let body = vec![b'x'; 200_000];
     let server = serve(listener, body.clone(), 1);
 
+    capture_logs();
     // One page: a 4 KiB chunk record (4 KiB + header) never fits.
     let mut probe = load(4096, AttachMode::Auto);
     let cookie = probe.attach(&ns.netns).expect("attach");
@@ -401,6 +435,19 @@ async fn a_full_ring_counts_drops() {
     assert!(events > 0, "no dropped records counted");
     assert!(bytes >= 100_000, "only {bytes} dropped bytes counted");
     assert!(RINGBUF_DROPPED_EVENTS.get() >= before + events);
+    // The program reports drops through aya-log, forwarded into the `log` crate.
+    let mut forwarded = logged("records dropped on this CPU");
+    for _ in 0..100 {
+        if forwarded {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        forwarded = logged("records dropped on this CPU");
+    }
+    assert!(
+        forwarded,
+        "the program's drop warning did not reach the log"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -705,6 +705,18 @@ mod tests {
     }
 
     #[test]
+    fn handles_can_move_to_other_tasks() {
+        fn send<T: Send + 'static>() -> bool {
+            true
+        }
+        fn sync<T: Sync>() -> bool {
+            true
+        }
+        assert!(send::<Probe>() && send::<SegmentStream>() && send::<OwnFlows>());
+        assert!(sync::<OwnFlows>() && send::<OwnFlowGuard>());
+    }
+
+    #[test]
     fn ring_size_must_be_a_power_of_two_page_multiple() {
         for bytes in [0, 1000, 4095, 12288] {
             let err = Probe::load(&ProbeConfig {
