@@ -12,6 +12,22 @@
 //! the program drops the rest of that packet and counts it ([`Probe::dropped`]); the flow then
 //! has a sequence gap.
 //!
+//! For flow reassembly ([`super::flow`]):
+//! - Sort by `seq`: records of different CPUs interleave in the ring, and the two directions of
+//!   a flow are emitted independently. Chunks of one packet carry consecutive `seq`s
+//!   (`packet seq + i * 4096`); only the first keeps SYN, only the last keeps FIN/PSH/RST.
+//! - A SYN arrives as a record without payload whose `seq` is the initial sequence number; data
+//!   starts at `seq + 1`. FIN and RST without payload also arrive alone; a FIN occupies the
+//!   sequence number after the last payload byte of its segment.
+//! - When the ring is full, the rest of that packet is not emitted (counted in
+//!   [`Probe::dropped`]); later packets of the flow may arrive again: a gap in `seq` is the only
+//!   sign in the stream. The SYN or FIN of a flow can be lost the same way.
+//! - Flows already open before [`Probe::watch_port`] start without a SYN.
+//! - IPv4 only: loopback traffic over `::1` is not seen. A flow whose two ports are both watched
+//!   counts as a request to its destination port.
+//! - Own flows are skipped entirely (SYN to FIN) while registered; a FIN or ACK sent after the
+//!   guard is dropped can still show up as a lone segment of an unknown flow.
+//!
 //! Leftovers: a TCX link is released with its file descriptor, so even `kill -9` leaves nothing
 //! attached. A netlink filter outlives the process, so [`Probe::attach`] first removes every
 //! filter named [`PROGRAM_NAME`] from that namespace's `lo` egress.
