@@ -3,6 +3,11 @@
 //! whose source or destination port is watched in the packet's network namespace, it copies the
 //! payload into the `SEGMENTS` ring buffer (record layout: `loupe_common::SegmentHeader`).
 //! It only observes: it always returns `TC_ACT_UNSPEC` (= `TCX_NEXT`), never changing traffic.
+//!
+//! Kernel needs: `bpf_get_netns_cookie` for TC programs (added early 2025, about Linux 6.14/6.15;
+//! verified on 6.18; tells namespaces apart
+//! with one program for all of them), `bpf_loop` (5.17+), ring buffers (5.8+), TCX (6.6+, else
+//! netlink clsact).
 #![no_std]
 #![no_main]
 
@@ -165,7 +170,7 @@ fn observe(ctx: &TcContext) -> Result<(), i64> {
     }
     let emitted = state.emitted as usize;
     if emitted < chunks {
-        // Never a partial packet after a gap: the rest of this packet is lost as a whole.
+        // The ring was full: the rest of this packet is lost and the flow has a gap here.
         let lost_bytes = payload_len.saturating_sub(emitted * CHUNK_BYTES);
         count_drop(ctx, (chunks - emitted) as u64, lost_bytes as u64);
     }

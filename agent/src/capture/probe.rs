@@ -28,6 +28,10 @@
 //! - Own flows are skipped entirely (SYN to FIN) while registered; a FIN or ACK sent after the
 //!   guard is dropped can still show up as a lone segment of an unknown flow.
 //!
+//! Kernel needs: see `ebpf/src/main.rs` (netns cookie helper for TC programs, about Linux 6.14/6.15+;
+//! `bpf_loop`; TCX 6.6+, else netlink). On an older kernel [`Probe::load`] fails with the
+//! verifier's message.
+//!
 //! Leftovers: a TCX link is released with its file descriptor, so even `kill -9` leaves nothing
 //! attached. A netlink filter outlives the process, so [`Probe::attach`] first removes every
 //! filter named [`PROGRAM_NAME`] from that namespace's `lo` egress.
