@@ -4,10 +4,9 @@
 //! payload into the `SEGMENTS` ring buffer (record layout: `loupe_common::SegmentHeader`).
 //! It only observes: it always returns `TC_ACT_UNSPEC` (= `TCX_NEXT`), never changing traffic.
 //!
-//! Kernel needs: `bpf_get_netns_cookie` for TC programs (added early 2025, about Linux 6.14/6.15;
-//! verified on 6.18; tells namespaces apart
-//! with one program for all of them), `bpf_loop` (5.17+), ring buffers (5.8+), TCX (6.6+, else
-//! netlink clsact).
+//! Kernel needs: `bpf_get_netns_cookie` for TC programs (added early 2025, about Linux
+//! 6.14/6.15; verified on 6.18), which lets one program tell all namespaces apart; `bpf_loop`
+//! (5.17+); ring buffers (5.8+); TCX (6.6+, else netlink clsact).
 #![no_std]
 #![no_main]
 
