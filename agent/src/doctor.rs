@@ -108,6 +108,7 @@ pub fn run() -> ExitCode {
     );
     match Probe::load(&ProbeConfig {
         ring_bytes: 1 << 16,
+        ..Default::default()
     }) {
         Ok(_) => r.line(
             Level::Ok,

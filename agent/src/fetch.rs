@@ -71,7 +71,7 @@ pub struct Request<'a> {
 }
 
 /// Asks the app for its metrics from inside its namespace. Counts the outcome.
-pub async fn fetch(req: Request<'_>, own: &OwnFlows) -> Result<Fetched, FetchError> {
+pub async fn fetch(req: Request<'_>, own: Option<&OwnFlows>) -> Result<Fetched, FetchError> {
     let started = Instant::now();
     let result = match tokio::time::timeout(req.timeout, fetch_inner(&req, own)).await {
         Ok(result) => result,
@@ -90,7 +90,7 @@ pub async fn fetch(req: Request<'_>, own: &OwnFlows) -> Result<Fetched, FetchErr
 
 async fn fetch_inner(
     req: &Request<'_>,
-    own: &OwnFlows,
+    own: Option<&OwnFlows>,
 ) -> Result<(Option<String>, Bytes), FetchError> {
     let port = req.port;
     let connect_err = |source| FetchError::Connect { port, source };
@@ -104,7 +104,9 @@ async fn fetch_inner(
         .await?
         .map_err(connect_err)?;
     let local_port = socket.local_addr().map_err(connect_err)?.port();
-    let _registered = own.register(req.cookie, local_port);
+    // If the own-flows map is full the reply is also observed; that is counted by the probe
+    // and harmless (the same body twice), so the fetch goes on.
+    let _registered = own.and_then(|own| own.register(req.cookie, local_port).ok());
     let stream = socket
         .connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
         .await
@@ -166,7 +168,8 @@ async fn fetch_inner(
 #[derive(Clone)]
 pub struct Refresher {
     pub store: crate::store::Store,
-    pub own: OwnFlows,
+    /// The probe's own-flow registry; `None` when running without the probe.
+    pub own: Option<OwnFlows>,
     pub freshness: Duration,
     pub fetch_timeout: Duration,
     pub max_body_bytes: usize,
@@ -223,7 +226,7 @@ impl Refresher {
                     timeout: self.fetch_timeout,
                     max_body_bytes: self.max_body_bytes,
                 };
-                match fetch(request, &self.own).await {
+                match fetch(request, self.own.as_ref()).await {
                     Ok(f) => {
                         Snapshot::decode(f.body, f.content_type.as_deref()).map(std::sync::Arc::new)
                     }
@@ -308,7 +311,7 @@ mod tests {
         store.set_targets(vec![(key.clone(), identity, Ok((Arc::new(netns), cookie)))]);
         let refresher = Refresher {
             store,
-            own: OwnFlows::default(),
+            own: None,
             freshness: Duration::from_secs(60),
             fetch_timeout: Duration::from_secs(2),
             max_body_bytes: 1 << 20,

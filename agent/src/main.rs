@@ -38,13 +38,14 @@ async fn main() -> ExitCode {
 
 async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut probe = probe::Probe::load(&probe::ProbeConfig {
-        ring_bytes: args.ring_bytes,
+        ring_bytes: args.ring_bytes.max(4096).next_power_of_two(),
+        ..Default::default()
     })?;
     let segments = probe.segments()?;
     let store = Store::default();
     let refresher = Refresher {
         store: store.clone(),
-        own: probe.own_flows(),
+        own: Some(probe.own_flows()),
         freshness: args.freshness,
         fetch_timeout: args.fetch_timeout,
         max_body_bytes: args.max_body_bytes,
@@ -96,6 +97,8 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
 
     let mut node = Node::new(probe, store);
     let mut reapply = tokio::time::interval(REAPPLY);
+    // The ring-buffer drop counters live in the kernel; bring loupe's copies up to date.
+    let mut counters = tokio::time::interval(Duration::from_secs(1));
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     loop {
@@ -112,6 +115,9 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             _ = reapply.tick() => {
                 let pods = pods_rx.borrow().clone();
                 tokio::task::block_in_place(|| node.apply(&pods));
+            }
+            _ = counters.tick() => {
+                node.probe_mut().dropped();
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,

@@ -72,7 +72,13 @@ pub async fn observe(mut segments: probe::SegmentStream, store: Store, limits: f
     loop {
         tokio::select! {
             segment = segments.next() => {
-                let Some(segment) = segment else { return };
+                let segment = match segment {
+                    Ok(segment) => segment,
+                    Err(e) => {
+                        log::error!("reading captured segments stopped: {e}; only fetching from now on");
+                        return;
+                    }
+                };
                 table.push(segment, Instant::now(), &mut exchanges);
                 for exchange in exchanges.drain(..) {
                     record_observed(&store, exchange);
