@@ -20,7 +20,8 @@
 //! open (a FIN comes last), it has been open for `reorder_timeout`, a segment arrives further
 //! ahead than the per-flow budget, or the flow's buffered bytes exceed that budget. A response
 //! with any byte in a gap is discarded whole and counted, never published torn; after a gap the
-//! pending requests are forgotten and the direction resynchronizes as above.
+//! pending requests are forgotten, data held beyond the hole is dropped, and the direction
+//! resynchronizes as above at data captured afterwards.
 //!
 //! **Limits.** At most `max_flows` flows (the least recently active is evicted for a new one),
 //! `max_buffered_bytes_per_flow` (held data first becomes a gap, then the body in progress is
@@ -566,7 +567,7 @@ impl Flow {
     fn enforce_limit(&mut self, ctx: &mut Ctx<'_>) {
         let limit = ctx.limits.max_buffered_bytes_per_flow;
         for dir in [Direction::Response, Direction::Request] {
-            // Held bytes that do not resynchronize are counted as unsynced.
+            // Held bytes dropped by the gap are counted as unsynced.
             if self.buffered() > limit && self.reasm(dir).held_bytes() > 0 {
                 self.gap(dir, ctx);
             }
@@ -616,7 +617,9 @@ impl Flow {
     }
 
     /// The request stream lost sync: requests may be missing, so responses after the one in
-    /// progress cannot be matched; resynchronize at the next request line among held data.
+    /// progress cannot be matched; resynchronize at the next request line captured from now on.
+    /// Held requests are dropped too: they were captured earlier, so their responses may already
+    /// have passed, and queueing them now would match them to later responses.
     fn desync_request(&mut self, ctx: &mut Ctx<'_>) {
         self.req_parser.reset();
         self.pending.clear();
@@ -624,8 +627,8 @@ impl Flow {
         if self.resp_parser.is_stopped() {
             self.desync_response(ctx);
         }
-        for (seq, data) in self.request.unsync() {
-            self.on_payload(Direction::Request, seq, data, ctx);
+        for (_, data) in self.request.unsync() {
+            ctx.stats.add(Stat::BytesUnsynced, data.len() as u64);
         }
     }
 
@@ -688,3 +691,6 @@ fn log_flow(ctx: &Ctx<'_>, e: &dyn std::fmt::Display) {
         ctx.key.netns
     );
 }
+
+#[cfg(test)]
+mod tests;
