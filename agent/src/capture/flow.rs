@@ -440,21 +440,27 @@ impl Flow {
             self.abort(ctx);
             return true;
         }
-        let mut seq = seg.seq;
+        let seq = seg.seq;
         if seg.flags & SYN != 0 {
-            seq = seq.wrapping_add(1);
+            // A bare SYN carries its own sequence number; with data (TCP Fast Open) `seq` is
+            // already that of the first data byte, as for every segment with payload.
+            let first = if seg.payload.is_empty() {
+                seq.wrapping_add(1)
+            } else {
+                seq
+            };
             match dir {
                 Direction::Request => {
-                    if !self.request.is_at_start(seq) {
+                    if !self.request.is_at_start(first) {
                         // A new connection on this 4-tuple (or the first sight of this one).
                         self.abort(ctx);
                         *self = Flow::new(ctx.now);
-                        self.request.sync_at(seq);
+                        self.request.sync_at(first);
                     }
                 }
                 Direction::Response => {
                     if !self.response.is_synced() {
-                        self.response.sync_at(seq);
+                        self.response.sync_at(first);
                     }
                 }
             }

@@ -141,6 +141,24 @@ fn content_length_exchange_from_handshake() {
 }
 
 #[test]
+fn syn_with_data_carries_the_first_data_byte_number() {
+    let mut t = FlowTable::default();
+    let now = Instant::now();
+    let mut c = Conn::new(key(1, 40020), 500, 600);
+    // TCP Fast Open: the request rides on the SYN; as captured, `seq` is its first byte's.
+    let req = get("/metrics");
+    let syn = c.seg(Direction::Request, 501, SYN, &req);
+    c.req_seq = 501 + req.len() as u32;
+    let synack = c.seg(Direction::Response, 600, SYN | ACK, b"");
+    c.resp_seq = 601;
+    let mut segs = vec![syn, synack];
+    segs.extend(c.send(Direction::Response, &response_cl(b"tfo"), 1460));
+    let out = push_all(&mut t, segs, now);
+    assert_eq!(out.len(), 1);
+    assert_eq!(&out[0].body[..], b"tfo");
+}
+
+#[test]
 fn keep_alive_three_responses_content_length_chunked_gzip() {
     let mut t = FlowTable::default();
     let now = Instant::now();
