@@ -423,6 +423,11 @@ impl Flow {
             + self.response.held_bytes()
             + self.req_parser.buffered()
             + self.resp_parser.buffered()
+            + self
+                .pending
+                .iter()
+                .map(|r| r.method.len() + r.path.len())
+                .sum::<usize>()
     }
 
     fn reasm(&mut self, dir: Direction) -> &mut Reassembly {
