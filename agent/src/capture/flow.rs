@@ -297,6 +297,7 @@ impl FlowTable {
         self.buffered = self.buffered + after - before;
         if closed {
             self.buffered -= after;
+            self.stats.add(Stat::BytesDropped, after as u64);
             self.flows.remove(&key);
         }
         while self.buffered > self.limits.max_buffered_bytes_total && !self.flows.is_empty() {

@@ -180,15 +180,8 @@ impl RequestParser {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         let buffered = self.head.len();
-        let (status, used) = if buffered == 0 {
-            (req.parse(data), data.len())
-        } else {
-            let take = data
-                .len()
-                .min(limits.max_header_bytes + 1 - buffered.min(limits.max_header_bytes));
-            self.head.extend_from_slice(&data[..take]);
-            (req.parse(&self.head), take)
-        };
+        let (input, used) = head_input(&mut self.head, data, limits.max_header_bytes);
+        let status = input.map_or(Ok(httparse::Status::Partial), |buf| req.parse(buf));
         let status = status.map_err(|source| HttpError::Head {
             what: "request",
             source,
@@ -317,15 +310,8 @@ impl ResponseParser {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut headers);
         let buffered = self.head.len();
-        let (status, used) = if buffered == 0 {
-            (resp.parse(data), data.len())
-        } else {
-            let take = data
-                .len()
-                .min(limits.max_header_bytes + 1 - buffered.min(limits.max_header_bytes));
-            self.head.extend_from_slice(&data[..take]);
-            (resp.parse(&self.head), take)
-        };
+        let (input, used) = head_input(&mut self.head, data, limits.max_header_bytes);
+        let status = input.map_or(Ok(httparse::Status::Partial), |buf| resp.parse(buf));
         let status = status.map_err(|source| HttpError::Head {
             what: "response",
             source,
@@ -506,6 +492,20 @@ impl ResponseParser {
         self.state = ResponseState::Head;
         self.stop_after_current = false;
     }
+}
+
+/// Gathers a head that may span pieces. Returns what to parse (the piece itself when nothing is
+/// buffered, else the buffer with the piece appended up to one byte past the limit), or `None`
+/// when the new bytes hold no line end so the head cannot be complete yet (no quadratic
+/// re-parsing of a head trickling in); and how many bytes of `data` were taken.
+fn head_input<'a>(head: &'a mut Vec<u8>, data: &'a [u8], max: usize) -> (Option<&'a [u8]>, usize) {
+    if head.is_empty() {
+        return (data.contains(&b'\n').then_some(data), data.len());
+    }
+    let take = data.len().min((max + 1).saturating_sub(head.len()));
+    head.extend_from_slice(&data[..take]);
+    let complete_possible = data[..take].contains(&b'\n');
+    (complete_possible.then_some(&head[..]), take)
 }
 
 fn append_bounded(body: &mut BytesMut, over_limit: &mut bool, piece: &[u8], max: usize) {
