@@ -388,6 +388,14 @@ impl FlowTable {
     }
 }
 
+#[cfg(test)]
+impl FlowTable {
+    /// Buffered bytes summed from every flow, to check the running total against.
+    fn recount(&self) -> usize {
+        self.flows.values().map(Flow::buffered).sum()
+    }
+}
+
 impl Default for FlowTable {
     fn default() -> Self {
         Self::new(FlowLimits::default())

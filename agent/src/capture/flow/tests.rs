@@ -901,3 +901,133 @@ proptest! {
         prop_assert_eq!(t.stats().responses_observed, 0);
     }
 }
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Length,
+    Chunked,
+    Gzip,
+}
+
+fn encode(kind: Kind, body: &[u8]) -> Vec<u8> {
+    match kind {
+        Kind::Length => response_cl(body),
+        Kind::Chunked => {
+            let mut r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            for piece in body.chunks(1000) {
+                r.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                r.extend_from_slice(piece);
+                r.extend_from_slice(b"\r\n");
+            }
+            r.extend_from_slice(b"0\r\n\r\n");
+            r
+        }
+        Kind::Gzip => {
+            let gz = gzip(body);
+            let mut r = format!(
+                "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+                gz.len()
+            )
+            .into_bytes();
+            r.extend_from_slice(&gz);
+            r
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn keep_alive_exchanges_come_out_in_order(
+        exchanges in proptest::collection::vec(
+            (
+                proptest::collection::vec(any::<u8>(), 0..5000),
+                prop_oneof![Just(Kind::Length), Just(Kind::Chunked), Just(Kind::Gzip)],
+                1usize..2000,
+            ),
+            1..5,
+        ),
+        close_delimited_last in proptest::collection::vec(any::<u8>(), 0..3000),
+        isns in (any::<u32>(), any::<u32>()),
+    ) {
+        let mut t = FlowTable::default();
+        let now = Instant::now();
+        let mut c = Conn::new(key(1, 50002), isns.0, isns.1);
+        let mut segs = c.handshake();
+        for (i, (body, kind, mss)) in exchanges.iter().enumerate() {
+            segs.extend(c.send(Direction::Request, &get(&format!("/r{i}")), 1460));
+            segs.extend(c.send(Direction::Response, &encode(*kind, body), *mss));
+        }
+        segs.extend(c.send(Direction::Request, &get("/last"), 1460));
+        let mut last = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_vec();
+        last.extend_from_slice(&close_delimited_last);
+        segs.extend(c.send(Direction::Response, &last, 777));
+        segs.push(c.fin(Direction::Response));
+        segs.push(c.fin(Direction::Request));
+        let out = push_all(&mut t, segs, now);
+        prop_assert_eq!(out.len(), exchanges.len() + 1);
+        for (i, (x, (body, _, _))) in out.iter().zip(&exchanges).enumerate() {
+            prop_assert_eq!(&x.path, &format!("/r{i}"));
+            prop_assert_eq!(&x.body[..], &body[..]);
+        }
+        prop_assert_eq!(&out[exchanges.len()].body[..], &close_delimited_last[..]);
+        prop_assert_eq!(t.flow_count(), 0);
+        prop_assert_eq!(t.buffered_bytes(), 0);
+    }
+
+    /// Arbitrary segments (garbage, random flags and numbers, several flows) never panic and
+    /// never break the byte accounting or the limits.
+    #[test]
+    fn arbitrary_segments_keep_accounting_and_limits(
+        segs in proptest::collection::vec(
+            (
+                0u16..4,
+                any::<bool>(),
+                any::<u32>(),
+                any::<u8>(),
+                prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 0..600),
+                    Just(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+                    Just(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello".to_vec()),
+                    Just(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel".to_vec()),
+                ],
+                0u64..3000,
+            ),
+            0..200,
+        ),
+    ) {
+        let limits = FlowLimits {
+            max_flows: 3,
+            max_buffered_bytes_per_flow: 2000,
+            max_buffered_bytes_total: 3000,
+            max_body_bytes: 1000,
+            max_header_bytes: 500,
+            ..FlowLimits::default()
+        };
+        let mut t = FlowTable::new(limits);
+        let start = Instant::now();
+        let mut out = Vec::new();
+        for (port, request, seq, flags, payload, millis) in segs {
+            let seg = Segment {
+                flow: key(1, 50100 + port),
+                direction: if request { Direction::Request } else { Direction::Response },
+                seq,
+                flags,
+                payload: Bytes::from(payload),
+            };
+            let now = start + Duration::from_millis(millis);
+            t.push(seg, now, &mut out);
+            prop_assert_eq!(t.buffered_bytes(), t.recount());
+            prop_assert!(t.buffered_bytes() <= limits.max_buffered_bytes_total);
+            prop_assert!(t.flow_count() <= limits.max_flows);
+            if millis % 7 == 0 {
+                t.expire(now);
+                prop_assert_eq!(t.buffered_bytes(), t.recount());
+            }
+        }
+        for x in &out {
+            prop_assert!(x.body.len() <= limits.max_body_bytes);
+        }
+    }
+}
