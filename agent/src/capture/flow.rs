@@ -16,9 +16,11 @@
 //!   request; responses to requests lost with the sync were sent (and captured) before it.
 //!
 //! **Gaps.** Data beyond a hole is held until the hole fills. The hole is declared lost for good
-//! (a gap) when the first of these happens: a FIN or RST arrives on that direction while it is
-//! open (a FIN comes last), it has been open for `reorder_timeout`, a segment arrives further
-//! ahead than the per-flow budget, or the flow's buffered bytes exceed that budget. A response
+//! (a gap) when the first of these happens: a FIN arrives on that direction while it is open (a
+//! FIN comes last), it has been open for `reorder_timeout`, a segment arrives further ahead than
+//! the per-flow budget, or the flow's buffered bytes exceed that budget. (On loopback the probe
+//! emits a flow's records in order, so a hole is nearly always a record lost to a full ring
+//! buffer, which no retransmit will fill.) An RST ends the flow. A response
 //! with any byte in a gap is discarded whole and counted, never published torn; after a gap the
 //! pending requests are forgotten, data held beyond the hole is dropped, and the direction
 //! resynchronizes as above at data captured afterwards.
@@ -27,6 +29,10 @@
 //! `max_buffered_bytes_per_flow` (held data first becomes a gap, then the body in progress is
 //! dropped) and `max_buffered_bytes_total` (least recently active flows are evicted). Every drop
 //! is counted below.
+//!
+//! Every complete response becomes an [`Exchange`], whatever its status or path; the caller
+//! picks the ones it watches. The caller calls [`FlowTable::expire`] about once a second and
+//! [`FlowTable::remove_netns`] when a pod's namespace goes away.
 
 mod reassembly;
 
@@ -119,7 +125,8 @@ pub struct FlowLimits {
     pub max_body_bytes: usize,
     /// Largest request or response head (and chunked trailer section).
     pub max_header_bytes: usize,
-    /// Requests awaiting their response on one flow (pipelining depth).
+    /// Requests awaiting their response on one flow (pipelining depth); more is malformed. Their
+    /// method and path count as buffered bytes, bounded by this times `max_header_bytes`.
     pub max_pending_requests: usize,
     /// A hole still open after this long is a gap.
     pub reorder_timeout: Duration,
