@@ -221,7 +221,7 @@ impl RequestParser {
         }
         queue.push_back(request);
         self.body = framing;
-        self.head.clear();
+        clear_head(&mut self.head);
         Ok(head_len - buffered)
     }
 
@@ -337,7 +337,7 @@ impl ResponseParser {
         let used = head_len - buffered;
         let code = resp.code.unwrap_or_default();
         if (100..200).contains(&code) {
-            self.head.clear();
+            clear_head(&mut self.head);
             if code == 101 {
                 self.state = ResponseState::Stopped;
                 emit(Outcome::Upgraded);
@@ -347,7 +347,7 @@ impl ResponseParser {
         }
         let request = queue.pop_front();
         if code / 100 == 2 && request.as_ref().is_some_and(PendingRequest::is_connect) {
-            self.head.clear();
+            clear_head(&mut self.head);
             self.state = ResponseState::Stopped;
             emit(Outcome::Upgraded);
             return Ok(used);
@@ -380,7 +380,7 @@ impl ResponseParser {
             _ => BytesMut::new(),
         };
         let done = matches!(framing, BodyFraming::Length(0));
-        self.head.clear();
+        clear_head(&mut self.head);
         self.state = ResponseState::Body(Box::new(InProgress {
             request,
             status: code,
@@ -506,6 +506,15 @@ fn head_input<'a>(head: &'a mut Vec<u8>, data: &'a [u8], max: usize) -> (Option<
     head.extend_from_slice(&data[..take]);
     let complete_possible = data[..take].contains(&b'\n');
     (complete_possible.then_some(&head[..]), take)
+}
+
+/// Empties a head buffer, releasing it when a large head grew it (so idle flows hold little).
+fn clear_head(head: &mut Vec<u8>) {
+    if head.capacity() > 4096 {
+        *head = Vec::new();
+    } else {
+        head.clear();
+    }
 }
 
 fn append_bounded(body: &mut BytesMut, over_limit: &mut bool, piece: &[u8], max: usize) {
