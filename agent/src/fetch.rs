@@ -49,8 +49,8 @@ pub enum FetchError {
     Body(String),
     #[error("no complete response within {0:?}")]
     Timeout(Duration),
-    #[error("gzip body: {0}")]
-    Gzip(#[from] crate::capture::http::GunzipError),
+    #[error(transparent)]
+    Content(#[from] crate::capture::http::ContentError),
 }
 
 /// A successful response.
@@ -137,8 +137,7 @@ async fn fetch_inner(
             .map(str::to_owned)
     };
     let content_type = header_str(header::CONTENT_TYPE);
-    let gzipped =
-        header_str(header::CONTENT_ENCODING).is_some_and(|e| e.eq_ignore_ascii_case("gzip"));
+    let encoding = header_str(header::CONTENT_ENCODING);
     if status != 200 {
         conn.abort();
         return Err(FetchError::Status(status));
@@ -156,10 +155,9 @@ async fn fetch_inner(
         })?
         .to_bytes();
     conn.abort();
-    let body = if gzipped {
-        crate::capture::http::gunzip_bounded(&body, limit)?
-    } else {
-        body
+    let body = match encoding {
+        Some(encoding) => crate::capture::http::decode_content(encoding.as_bytes(), &body, limit)?,
+        None => body,
     };
     Ok((content_type, body))
 }
@@ -408,6 +406,6 @@ mod tests {
         refresher.freshness = Duration::ZERO;
         refresher.refresh_stale(deadline(5)).await;
         let err = latest(&refresher).result.unwrap_err();
-        assert!(err.contains("larger than 1000"), "{err}");
+        assert!(err.contains("1000 bytes"), "{err}");
     }
 }

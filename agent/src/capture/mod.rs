@@ -79,7 +79,8 @@ pub async fn observe(mut segments: probe::SegmentStream, store: Store, limits: f
                         return;
                     }
                 };
-                table.push(segment, Instant::now(), &mut exchanges);
+                // push may decode a large gzip body: keep the runtime's other tasks going.
+                tokio::task::block_in_place(|| table.push(segment, Instant::now(), &mut exchanges));
                 for exchange in exchanges.drain(..) {
                     record_observed(&store, exchange);
                 }
