@@ -264,8 +264,9 @@ async fn collect_flow(stream: &mut SegmentStream, client_port: u16) -> Vec<Segme
     segments
 }
 
-/// The payload of one direction, put together by sequence number from the SYN's seq; panics on
-/// a gap, overlap or missing SYN.
+/// The payload of one direction, put together by sequence number from the SYN's seq. A segment
+/// that repeats bytes already placed (a TCP retransmission under load) is trimmed; a gap or a
+/// retransmission with different bytes panics, as does a missing SYN.
 fn reassemble(segments: &[Segment], client_port: u16, direction: Direction) -> Vec<u8> {
     let mut mine: Vec<&Segment> = segments
         .iter()
@@ -278,16 +279,21 @@ fn reassemble(segments: &[Segment], client_port: u16, direction: Direction) -> V
     let isn = syn.seq;
     mine.retain(|s| !s.payload.is_empty());
     mine.sort_by_key(|s| s.seq.wrapping_sub(isn));
-    let mut out = Vec::new();
-    let mut next = isn.wrapping_add(1);
+    let mut out: Vec<u8> = Vec::new();
     for s in mine {
-        assert_eq!(
-            s.seq, next,
-            "{direction:?}: segment at seq {} where {} was expected (gap or overlap)",
-            s.seq, next
+        let offset = s.seq.wrapping_sub(isn.wrapping_add(1)) as usize;
+        assert!(
+            offset <= out.len(),
+            "{direction:?}: gap: segment at offset {offset} where {} was expected",
+            out.len()
         );
-        out.extend_from_slice(&s.payload);
-        next = next.wrapping_add(s.payload.len() as u32);
+        let overlap = (out.len() - offset).min(s.payload.len());
+        assert_eq!(
+            &out[offset..offset + overlap],
+            &s.payload[..overlap],
+            "{direction:?}: retransmitted bytes differ at offset {offset}"
+        );
+        out.extend_from_slice(&s.payload[overlap..]);
     }
     out
 }
