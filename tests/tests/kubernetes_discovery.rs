@@ -537,3 +537,39 @@ async fn discovery_ends_when_every_receiver_is_gone() {
         .expect("ends in time");
     assert!(matches!(result, Ok(Ok(()))), "{result:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_follows_pod_churn() {
+    let api = KubeApi::start().await.expect("start");
+    let mut d = start_discovery(&api, "n1", false);
+    wait_for(&mut d.rx, "first snapshot", |_| true).await;
+    // 50 pods created, each deleted two creations later, with snapshots checked as they come:
+    // a deleted pod never reappears once its deletion was published.
+    let mut deleted = std::collections::HashSet::new();
+    for n in 0..50u32 {
+        let name = format!("churn-{n}");
+        api.create_pod(running_pod(
+            "shop",
+            &name,
+            "n1",
+            &[("app", &containerd(100 + n))],
+            json!({}),
+        ))
+        .expect("create");
+        if n >= 2 {
+            let old = format!("churn-{}", n - 2);
+            api.delete_pod("shop", &old).expect("delete");
+            deleted.insert(format!("shop/{old}"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    wait_for(&mut d.rx, "the last two pods", |pods| {
+        names(pods) == ["shop/churn-48", "shop/churn-49"]
+    })
+    .await;
+    // Nothing stale is published afterwards either.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let now = names(&d.rx.borrow());
+    assert!(now.iter().all(|n| !deleted.contains(n)), "{now:?}");
+    assert_eq!(now, ["shop/churn-48", "shop/churn-49"]);
+}
