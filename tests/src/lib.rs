@@ -1,1 +1,3 @@
 //! The testbed: real parts, really started.
+
+pub mod kubeapi;
