@@ -1,1 +1,118 @@
-//! The command line (clap). Every flag also reads a `LOUPE_...` environment variable.
+//! The command line (clap). Every flag also reads a `LOUPE_...` environment variable, as
+//! Kubernetes users expect; `NODE_NAME` is read too since the downward API sets it.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "loupe",
+    version,
+    about = "Collects pods' application metrics from inside their network namespaces and serves one merged Prometheus target per node."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent.
+    Run(RunArgs),
+    /// Check what will and will not work on this node (kernel, BTF, capabilities, bpffs, cgroups).
+    Doctor,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Discover pods from this YAML file (reloaded when it changes).
+    #[arg(
+        long,
+        env = "LOUPE_PODS_FILE",
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
+    pub pods_file: Option<PathBuf>,
+
+    /// Discover this node's pods from the Kubernetes API.
+    #[arg(long, env = "LOUPE_KUBERNETES")]
+    pub kubernetes: bool,
+
+    /// This node's name (with --kubernetes); defaults to the NODE_NAME environment variable.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Kubeconfig to use instead of the in-cluster configuration.
+    #[arg(long, env = "LOUPE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Also collect the mesh sidecar's own stats (Envoy's :15090/stats/prometheus).
+    #[arg(long, env = "LOUPE_SIDECAR_STATS")]
+    pub sidecar_stats: bool,
+
+    /// Address the merged node target is served on.
+    #[arg(long, env = "LOUPE_LISTEN", default_value = "0.0.0.0:9897")]
+    pub listen: SocketAddr,
+
+    /// An observed reply younger than this (seconds) is served as is; older ones are fetched.
+    #[arg(long, env = "LOUPE_FRESHNESS", default_value = "15", value_parser = parse_seconds)]
+    pub freshness: Duration,
+
+    /// Time limit (seconds) for one fetch from an app, and the scrape timeout when the scraper
+    /// sends none.
+    #[arg(long, env = "LOUPE_FETCH_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
+    pub fetch_timeout: Duration,
+
+    /// Size of the eBPF ring buffer in bytes (rounded up to a power of two, at least one page).
+    #[arg(long, env = "LOUPE_RING_BYTES", default_value_t = 16 << 20)]
+    pub ring_bytes: u32,
+
+    /// Largest response body (after decompression) loupe keeps, in bytes.
+    #[arg(long, env = "LOUPE_MAX_BODY_BYTES", default_value_t = 64 << 20)]
+    pub max_body_bytes: usize,
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("'{s}' must be a positive number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_with_pods_file_has_defaults() {
+        let cli = Cli::try_parse_from(["loupe", "run", "--pods-file", "/tmp/p.yaml"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(args.listen, "0.0.0.0:9897".parse().unwrap());
+        assert_eq!(args.freshness, Duration::from_secs(15));
+        assert_eq!(
+            args.pods_file.as_deref(),
+            Some(std::path::Path::new("/tmp/p.yaml"))
+        );
+    }
+
+    #[test]
+    fn run_needs_a_discovery_source() {
+        let err = Cli::try_parse_from(["loupe", "run"]).unwrap_err();
+        assert!(err.to_string().contains("--pods-file"), "{err}");
+    }
+
+    #[test]
+    fn seconds_must_be_positive() {
+        assert!(parse_seconds("0").is_err());
+        assert!(parse_seconds("abc").is_err());
+        assert_eq!(parse_seconds("1.5s").unwrap(), Duration::from_millis(1500));
+    }
+}

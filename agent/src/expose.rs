@@ -1,1 +1,321 @@
-//! Expose: the HTTP server that renders the merged node target.
+//! Expose: the HTTP server (hyper) that renders the merged node target.
+//!
+//! - `/metrics`: every target's latest good body, merged with its identity labels, plus the
+//!   per-target health series (`loupe_target_*`) and the agent's counters. Targets without a
+//!   fresh result are fetched first, in parallel, within the scrape's timeout
+//!   (`X-Prometheus-Scrape-Timeout-Seconds`). Text 0.0.4 unless the Accept header asks for
+//!   OpenMetrics; gzip when accepted.
+//! - `/healthz`: the process serves. `/readyz`: the first discovery result has been applied.
+
+use crate::decode::{self, Format, Identity as LabelSet, Source};
+use crate::fetch::Refresher;
+use crate::store::{Identity, Outcome};
+use crate::telemetry::{render_counters, Counter};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{header, Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+pub static SCRAPES: Counter = Counter::new("loupe_scrapes_total", "Scrapes of loupe's /metrics.");
+pub static REJECTED_BODIES: Counter = Counter::new(
+    "loupe_merge_rejected_bodies_total",
+    "Stored bodies the merge rejected (they contributed nothing).",
+);
+pub static COUNTERS: &[&Counter] = &[&SCRAPES, &REJECTED_BODIES];
+
+/// Part of the scrape timeout kept for merging and sending the answer.
+const RENDER_MARGIN: f64 = 0.2;
+
+pub struct Server {
+    pub refresher: Refresher,
+    pub ready: Arc<AtomicBool>,
+    /// Every component's counter list, rendered on each scrape.
+    pub counters: Vec<&'static [&'static Counter]>,
+}
+
+impl Server {
+    /// Serves until the listener fails or the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    log::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let this = this.clone();
+                    async move { Ok::<_, Infallible>(this.handle(req).await) }
+                });
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    log::debug!("connection from {peer}: {e}");
+                }
+            });
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+        }
+        match req.uri().path() {
+            "/metrics" => self.metrics(&req).await,
+            "/healthz" => plain(StatusCode::OK, "ok\n"),
+            "/readyz" if self.ready.load(Ordering::Relaxed) => plain(StatusCode::OK, "ready\n"),
+            "/readyz" => plain(StatusCode::SERVICE_UNAVAILABLE, "discovery not done yet\n"),
+            _ => plain(StatusCode::NOT_FOUND, "try /metrics\n"),
+        }
+    }
+
+    async fn metrics(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        SCRAPES.inc();
+        let get = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let format = Format::negotiate(get("accept"));
+        let gzip = get("accept-encoding").is_some_and(accepts_gzip);
+        let timeout = get("x-prometheus-scrape-timeout-seconds")
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|v| v.is_finite() && *v > 0.0)
+            .map(Duration::from_secs_f64)
+            .unwrap_or(self.refresher.fetch_timeout);
+        let budget = timeout.mul_f64(1.0 - RENDER_MARGIN);
+        self.refresher
+            .refresh_stale(tokio::time::Instant::now() + budget)
+            .await;
+
+        let body = self.render(format);
+        let mut builder = Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, format.content_type());
+        let body = if gzip {
+            builder = builder.header(header::CONTENT_ENCODING, "gzip");
+            gzip_bytes(&body)
+        } else {
+            body
+        };
+        builder
+            .body(Full::new(Bytes::from(body)))
+            .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "response\n"))
+    }
+
+    /// Merges every good body with the health series and counters.
+    pub fn render(&self, format: Format) -> Vec<u8> {
+        let now = Instant::now();
+        let view = self.refresher.store.view();
+        let own = self.own_series(&view, now);
+        let mut sources = Vec::with_capacity(view.len() + 1);
+        for (_, identity, outcome) in &view {
+            if let Some(Outcome {
+                result: Ok(snapshot),
+                ..
+            }) = outcome
+            {
+                sources.push(Source {
+                    identity: Some(labels(identity)),
+                    body: &snapshot.body,
+                    format: snapshot.format,
+                });
+            }
+        }
+        sources.push(Source {
+            identity: None,
+            body: own.as_bytes(),
+            format: Format::Text,
+        });
+        let mut out = Vec::with_capacity(sources.iter().map(|s| s.body.len() * 5 / 4).sum());
+        let stats = decode::merge(&sources, format, &mut out);
+        for (index, error) in stats.rejected {
+            REJECTED_BODIES.inc();
+            match view.get(index) {
+                Some((key, identity, _)) => log::warn!(
+                    "pod {} endpoint {}: body rejected by the merge: {error}",
+                    key.pod,
+                    identity.endpoint
+                ),
+                None => log::error!("loupe's own series rejected by the merge: {error}"),
+            }
+        }
+        out
+    }
+
+    /// `loupe_target_*` per target, then the agent's counters, in text format 0.0.4.
+    fn own_series(
+        &self,
+        view: &[(crate::store::TargetKey, Identity, Option<Outcome>)],
+        now: Instant,
+    ) -> String {
+        let mut out = String::with_capacity(256 * view.len() + 4096);
+        type Value = fn(&Outcome, Instant) -> Option<f64>;
+        let gauges: [(&str, &str, Value); 5] = [
+            (
+                "loupe_target_up",
+                "1 if the endpoint's latest response was good, else 0.",
+                |o, _| Some(if o.result.is_ok() { 1.0 } else { 0.0 }),
+            ),
+            (
+                "loupe_target_scrape_duration_seconds",
+                "How long loupe's latest fetch took (0 for an observed reply).",
+                |o, _| Some(o.duration.as_secs_f64()),
+            ),
+            (
+                "loupe_target_samples",
+                "Samples in the endpoint's latest good body.",
+                |o, _| o.result.as_ref().ok().map(|s| s.samples as f64),
+            ),
+            (
+                "loupe_target_body_bytes",
+                "Size of the endpoint's latest good body.",
+                |o, _| o.result.as_ref().ok().map(|s| s.body.len() as f64),
+            ),
+            (
+                "loupe_target_age_seconds",
+                "Age of the endpoint's latest response.",
+                |o, now| Some(now.saturating_duration_since(o.at).as_secs_f64()),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for (_, identity, outcome) in view {
+                let v = match outcome {
+                    Some(o) => value(o, now),
+                    // Never answered yet: down, and nothing else to say.
+                    None if name == "loupe_target_up" => Some(0.0),
+                    None => None,
+                };
+                if let Some(v) = v {
+                    let _ = writeln!(out, "{name}{{{}}} {v}", label_text(identity, None));
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP loupe_target_info Where the endpoint's latest good body came from.\n# TYPE loupe_target_info gauge"
+        );
+        for (_, identity, outcome) in view {
+            if let Some(o @ Outcome { result: Ok(_), .. }) = outcome {
+                let _ = writeln!(
+                    out,
+                    "loupe_target_info{{{}}} 1",
+                    label_text(identity, Some(o.origin.as_str()))
+                );
+            }
+        }
+        for counters in &self.counters {
+            render_counters(counters, &mut out);
+        }
+        out
+    }
+}
+
+fn labels(identity: &Identity) -> LabelSet<'_> {
+    LabelSet {
+        namespace: &identity.namespace,
+        pod: &identity.pod,
+        container: &identity.container,
+        endpoint: &identity.endpoint,
+    }
+}
+
+/// The identity labels in exposition syntax (empty values omitted, as Prometheus treats them).
+fn label_text(identity: &Identity, source: Option<&str>) -> String {
+    let mut out = String::new();
+    let pairs = [
+        ("namespace", identity.namespace.as_str()),
+        ("pod", &identity.pod),
+        ("container", &identity.container),
+        ("endpoint", &identity.endpoint),
+        ("source", source.unwrap_or("")),
+    ];
+    for (name, value) in pairs.into_iter().filter(|(_, v)| !v.is_empty()) {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        let _ = write!(out, "{name}=\"");
+        for c in value.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out
+}
+
+fn accepts_gzip(accept_encoding: &str) -> bool {
+    accept_encoding.split(',').any(|part| {
+        let mut it = part.split(';');
+        let coding = it.next().unwrap_or("").trim();
+        let q_zero = it.any(|p| {
+            p.trim()
+                .strip_prefix("q=")
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .is_some_and(|q| q == 0.0)
+        });
+        (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !q_zero
+    })
+}
+
+fn gzip_bytes(data: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 4),
+        flate2::Compression::fast(),
+    );
+    // Writing into a Vec cannot fail.
+    let _ = encoder.write_all(data);
+    encoder.finish().unwrap_or_default()
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gzip_negotiation() {
+        assert!(accepts_gzip("gzip"));
+        assert!(accepts_gzip("deflate, GZIP;q=0.5"));
+        assert!(accepts_gzip("*"));
+        assert!(!accepts_gzip("gzip;q=0"));
+        assert!(!accepts_gzip("identity"));
+    }
+
+    #[test]
+    fn label_text_escapes_and_omits_empty() {
+        let id = Identity {
+            namespace: "ns".into(),
+            pod: "a\"b\\c\nd".into(),
+            container: String::new(),
+            endpoint: "8080".into(),
+        };
+        assert_eq!(
+            label_text(&id, Some("observed")),
+            r#"namespace="ns",pod="a\"b\\c\nd",endpoint="8080",source="observed""#
+        );
+    }
+}

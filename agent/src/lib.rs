@@ -21,6 +21,7 @@ pub mod discover;
 pub mod doctor;
 pub mod expose;
 pub mod fetch;
+pub mod node;
 pub mod resolve;
 pub mod store;
 pub mod telemetry;

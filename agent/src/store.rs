@@ -1,1 +1,339 @@
-//! Store: the latest good snapshot per (pod, endpoint), with its age, source, size and error.
+//! Store: the latest result per (pod, endpoint) target, with its age, source, size and error.
+//!
+//! Serving rule: a target's samples are served while its latest result is good; once a response
+//! fails (error status, unparsable body, timeout) the target reports `loupe_target_up 0` and its
+//! samples are withheld, as Prometheus itself drops a failed target's series.
+
+use crate::capture::NetnsCookie;
+use crate::decode::{self, Format};
+use crate::discover::PodKey;
+use crate::resolve::netns::Netns;
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// One endpoint of one pod.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TargetKey {
+    pub pod: PodKey,
+    pub port: u16,
+    pub path: String,
+}
+
+/// The identity labels every sample of a target gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub endpoint: String,
+}
+
+/// Where a body came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Observed on the pod's loopback, answering some other client.
+    Observed,
+    /// Asked for by loupe itself.
+    Fetched,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Observed => "observed",
+            Origin::Fetched => "fetched",
+        }
+    }
+}
+
+/// A validated body.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub body: Bytes,
+    pub format: Format,
+    pub samples: usize,
+}
+
+impl Snapshot {
+    /// Validates a 200 response's body. Observed and fetched bodies both come through here.
+    pub fn decode(body: Bytes, content_type: Option<&str>) -> Result<Snapshot, String> {
+        let format = Format::from_content_type(content_type);
+        let summary =
+            decode::validate(&body, format).map_err(|e| format!("unparsable body: {e}"))?;
+        Ok(Snapshot {
+            body,
+            format,
+            samples: summary.samples,
+        })
+    }
+}
+
+/// Where a target's namespace is, or why it could not be found.
+pub type Resolved = Result<(Arc<Netns>, NetnsCookie), String>;
+
+/// The latest response of a target, good or not.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub at: Instant,
+    pub origin: Origin,
+    /// How long the request took (fetched), or zero when only the reply was observed.
+    pub duration: Duration,
+    pub result: Result<Arc<Snapshot>, String>,
+}
+
+#[derive(Debug)]
+pub struct Target {
+    pub identity: Identity,
+    pub resolved: Resolved,
+    pub latest: Option<Outcome>,
+    /// Serialises fetches of this target: concurrent scrapes wait for the one in flight and then
+    /// find its fresh result, instead of each asking the app.
+    pub fetch_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Target {
+    fn cookie(&self) -> Option<NetnsCookie> {
+        self.resolved.as_ref().ok().map(|(_, c)| *c)
+    }
+
+    pub fn is_fresh(&self, now: Instant, freshness: Duration) -> bool {
+        self.latest
+            .as_ref()
+            .is_some_and(|o| now.saturating_duration_since(o.at) < freshness)
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    targets: BTreeMap<TargetKey, Target>,
+    /// (namespace cookie, server port) -> targets on that port, for matching observed replies.
+    by_port: HashMap<(NetnsCookie, u16), Vec<TargetKey>>,
+}
+
+/// Shared by the capture loop, the fetch path and the HTTP server.
+#[derive(Clone, Default)]
+pub struct Store {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Store {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind; keep serving it.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes `targets` the complete set of targets; results of targets that stay are kept,
+    /// and targets that are gone vanish with their series at once.
+    pub fn set_targets(&self, targets: Vec<(TargetKey, Identity, Resolved)>) {
+        let mut inner = self.lock();
+        let mut old = std::mem::take(&mut inner.targets);
+        inner.by_port.clear();
+        for (key, identity, resolved) in targets {
+            let cookie = resolved.as_ref().ok().map(|(_, c)| *c);
+            let target = match old.remove(&key) {
+                Some(mut t) if t.cookie() == cookie && cookie.is_some() => {
+                    t.identity = identity;
+                    t.resolved = resolved;
+                    t
+                }
+                // New target, or the pod's namespace changed (restarted pod): start afresh.
+                _ => Target {
+                    identity,
+                    resolved,
+                    latest: None,
+                    fetch_lock: Arc::default(),
+                },
+            };
+            if let Some(cookie) = cookie {
+                inner
+                    .by_port
+                    .entry((cookie, key.port))
+                    .or_default()
+                    .push(key.clone());
+            }
+            inner.targets.insert(key, target);
+        }
+    }
+
+    /// The namespace to fetch a target from.
+    pub fn resolved(&self, key: &TargetKey) -> Option<Resolved> {
+        self.lock().targets.get(key).map(|t| t.resolved.clone())
+    }
+
+    /// Targets listening on `port` in the namespace `cookie` whose path is `path`.
+    pub fn match_observed(&self, cookie: NetnsCookie, port: u16, path: &str) -> Vec<TargetKey> {
+        let path = path.split('?').next().unwrap_or(path);
+        let inner = self.lock();
+        inner
+            .by_port
+            .get(&(cookie, port))
+            .map(|keys| keys.iter().filter(|k| k.path == path).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Records a response. An observed reply never replaces a newer result.
+    pub fn record(&self, key: &TargetKey, outcome: Outcome) {
+        let mut inner = self.lock();
+        if let Some(target) = inner.targets.get_mut(key) {
+            if target.latest.as_ref().is_some_and(|l| l.at > outcome.at) {
+                return;
+            }
+            let previous = target.latest.as_ref().map(|l| l.result.as_ref().err());
+            match (&outcome.result, previous) {
+                // Log changes of state only, not every failed scrape of a broken app.
+                (Err(reason), prev) if prev != Some(Some(reason)) => log::warn!(
+                    "pod {} endpoint {} ({}:{}{}): {} response failed: {reason}",
+                    key.pod,
+                    target.identity.endpoint,
+                    target.identity.container,
+                    key.port,
+                    key.path,
+                    outcome.origin.as_str(),
+                ),
+                (Ok(_), Some(Some(_))) => log::info!(
+                    "pod {} endpoint {}: recovered",
+                    key.pod,
+                    target.identity.endpoint
+                ),
+                _ => {}
+            }
+            target.latest = Some(outcome);
+        }
+    }
+
+    /// Keys of targets without a result younger than `freshness`, with their fetch locks.
+    pub fn stale(
+        &self,
+        now: Instant,
+        freshness: Duration,
+    ) -> Vec<(TargetKey, Arc<tokio::sync::Mutex<()>>)> {
+        let inner = self.lock();
+        inner
+            .targets
+            .iter()
+            .filter(|(_, t)| !t.is_fresh(now, freshness))
+            .map(|(k, t)| (k.clone(), t.fetch_lock.clone()))
+            .collect()
+    }
+
+    pub fn is_fresh(&self, key: &TargetKey, now: Instant, freshness: Duration) -> bool {
+        let inner = self.lock();
+        inner
+            .targets
+            .get(key)
+            .is_some_and(|t| t.is_fresh(now, freshness))
+    }
+
+    /// A copy of every target's identity and latest result, in stable order.
+    pub fn view(&self) -> Vec<(TargetKey, Identity, Option<Outcome>)> {
+        let inner = self.lock();
+        inner
+            .targets
+            .iter()
+            .map(|(k, t)| (k.clone(), t.identity.clone(), t.latest.clone()))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().targets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(pod: &str, port: u16) -> TargetKey {
+        TargetKey {
+            pod: PodKey {
+                namespace: "ns".into(),
+                name: pod.into(),
+            },
+            port,
+            path: "/metrics".into(),
+        }
+    }
+
+    fn identity(pod: &str) -> Identity {
+        Identity {
+            namespace: "ns".into(),
+            pod: pod.into(),
+            container: String::new(),
+            endpoint: "8080".into(),
+        }
+    }
+
+    fn ns(cookie: NetnsCookie) -> Resolved {
+        Ok((Arc::new(Netns::current().unwrap()), cookie))
+    }
+
+    fn good(at: Instant, origin: Origin) -> Outcome {
+        Outcome {
+            at,
+            origin,
+            duration: Duration::ZERO,
+            result: Ok(Arc::new(Snapshot {
+                body: Bytes::from_static(b"a 1\n"),
+                format: Format::Text,
+                samples: 1,
+            })),
+        }
+    }
+
+    #[test]
+    fn observed_replies_match_by_namespace_port_and_path() {
+        let store = Store::default();
+        store.set_targets(vec![
+            (key("a", 8080), identity("a"), ns(1)),
+            (key("b", 8080), identity("b"), ns(2)),
+        ]);
+        assert_eq!(
+            store.match_observed(1, 8080, "/metrics?x=1"),
+            vec![key("a", 8080)]
+        );
+        assert!(store.match_observed(1, 8080, "/other").is_empty());
+        assert!(store.match_observed(3, 8080, "/metrics").is_empty());
+    }
+
+    #[test]
+    fn removed_targets_vanish_and_kept_ones_keep_their_result() {
+        let store = Store::default();
+        store.set_targets(vec![
+            (key("a", 1), identity("a"), ns(1)),
+            (key("b", 1), identity("b"), ns(1)),
+        ]);
+        let now = Instant::now();
+        store.record(&key("a", 1), good(now, Origin::Fetched));
+        store.set_targets(vec![(key("a", 1), identity("a"), ns(1))]);
+        let view = store.view();
+        assert_eq!(view.len(), 1);
+        assert!(view[0].2.is_some());
+        // Same pod, new namespace (pod restarted): the old result must not carry over.
+        store.set_targets(vec![(key("a", 1), identity("a"), ns(9))]);
+        assert!(store.view()[0].2.is_none());
+    }
+
+    #[test]
+    fn freshness_and_ordering_of_results() {
+        let store = Store::default();
+        store.set_targets(vec![(key("a", 1), identity("a"), ns(1))]);
+        let t0 = Instant::now();
+        let fresh = Duration::from_secs(10);
+        assert_eq!(store.stale(t0, fresh).len(), 1);
+        store.record(
+            &key("a", 1),
+            good(t0 + Duration::from_secs(5), Origin::Fetched),
+        );
+        assert!(store.is_fresh(&key("a", 1), t0 + Duration::from_secs(6), fresh));
+        assert!(!store.is_fresh(&key("a", 1), t0 + Duration::from_secs(16), fresh));
+        // An older observation arriving late does not replace the newer fetch.
+        store.record(&key("a", 1), good(t0, Origin::Observed));
+        assert_eq!(store.view()[0].2.as_ref().unwrap().origin, Origin::Fetched);
+    }
+}

@@ -1,2 +1,117 @@
 //! Plain types shared by the eBPF programs and the agent. `no_std`, `repr(C)`, no pointers.
+//!
+//! Every ring-buffer record the capture program emits is a [`SegmentHeader`] followed by
+//! `payload_len` bytes of TCP payload (then unspecified padding up to the record's size class).
 #![no_std]
+
+/// Name of the TC classifier program (also the netlink filter name used to find stale filters).
+pub const PROGRAM_NAME: &str = "loupe_lo_egress";
+/// Ring buffer of [`SegmentHeader`] records.
+pub const SEGMENTS_MAP: &str = "SEGMENTS";
+/// Hash map `PortKey -> u8`: server ports whose traffic is copied, per namespace.
+pub const WATCHED_PORTS_MAP: &str = "WATCHED_PORTS";
+/// Hash map `PortKey -> u8`: client ports of the agent's own requests, never copied.
+pub const OWN_FLOWS_MAP: &str = "OWN_FLOWS";
+/// Per-CPU array with one [`DropCounters`] at index 0.
+pub const DROPS_MAP: &str = "DROPS";
+
+/// Entries of [`WATCHED_PORTS_MAP`] (namespaces times ports).
+pub const MAX_WATCHED_PORTS: u32 = 4096;
+/// Entries of [`OWN_FLOWS_MAP`] (the agent's concurrent requests).
+pub const MAX_OWN_FLOWS: u32 = 4096;
+/// Ring size compiled into the object; the agent overrides it at load time.
+pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
+
+/// Largest payload one record carries. A bigger (GSO) packet becomes several records.
+pub const CHUNK_BYTES: usize = 4096;
+/// Most records one packet becomes; payload beyond `MAX_CHUNKS * CHUNK_BYTES` is counted as dropped.
+pub const MAX_CHUNKS: usize = 64;
+
+/// `SegmentHeader::direction` of client-to-server segments (destination port is watched).
+pub const DIRECTION_REQUEST: u8 = 0;
+/// `SegmentHeader::direction` of server-to-client segments (source port is watched).
+pub const DIRECTION_RESPONSE: u8 = 1;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+
+/// Head of every ring-buffer record. 40 bytes, all integers in host byte order.
+///
+/// A packet with payload becomes one record per [`CHUNK_BYTES`] of payload, chunk `i` with
+/// `seq = packet seq + i * CHUNK_BYTES` (wrapping). SYN, FIN and RST packets without payload
+/// become one record with `payload_len == 0`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// `bpf_get_netns_cookie(skb)`: equals `SO_NETNS_COOKIE` of a socket in that namespace.
+    pub netns_cookie: u64,
+    /// IPv4 source address as a host-order integer (`Ipv4Addr::from(saddr)`).
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    /// Sequence number of this record's first payload byte (for SYN: the SYN's own seq).
+    pub seq: u32,
+    pub ack: u32,
+    /// Payload bytes following this header in the record (0..=CHUNK_BYTES).
+    pub payload_len: u16,
+    /// TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10).
+    pub flags: u8,
+    /// [`DIRECTION_REQUEST`] or [`DIRECTION_RESPONSE`].
+    pub direction: u8,
+    /// Payload of the whole packet this record was cut from.
+    pub packet_payload_len: u32,
+    /// Index of this record within its packet (0 for the first).
+    pub chunk: u16,
+    pub _reserved: u16,
+}
+
+/// Size of [`SegmentHeader`], the offset of the payload in a record.
+pub const SEGMENT_HEADER_LEN: usize = core::mem::size_of::<SegmentHeader>();
+
+/// Key of [`WATCHED_PORTS_MAP`] and [`OWN_FLOWS_MAP`]. Padding is explicit so the kernel's
+/// byte-wise key comparison sees zeros on both sides.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    pub netns_cookie: u64,
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+impl PortKey {
+    pub const fn new(netns_cookie: u64, port: u16) -> Self {
+        Self {
+            netns_cookie,
+            port,
+            _pad: [0; 6],
+        }
+    }
+}
+
+/// What the program could not put into the ring: records not emitted and payload bytes lost
+/// (ring full, or a packet longer than `MAX_CHUNKS * CHUNK_BYTES`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropCounters {
+    pub events: u64,
+    pub bytes: u64,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: repr(C) structs of integers with explicit padding fields: every bit pattern is a
+    // valid value and there are no implicit padding bytes.
+    unsafe impl aya::Pod for super::SegmentHeader {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PortKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DropCounters {}
+}
+
+const _: () = assert!(SEGMENT_HEADER_LEN == 40);
+const _: () = assert!(core::mem::size_of::<PortKey>() == 16);
+const _: () = assert!(core::mem::size_of::<DropCounters>() == 16);

@@ -1,1 +1,1010 @@
-//! HTTP/1.x message parsing over a reassembled byte stream.
+//! HTTP/1.x message parsing over a reassembled byte stream: request heads (so each response is
+//! known to answer a given method and path) and complete responses (Content-Length, chunked,
+//! close-delimited, no-body cases; gzip/deflate content coding). Incremental: bytes arrive in
+//! arbitrary pieces. A head that arrives whole in one piece is parsed in place; otherwise it is
+//! buffered up to `max_header_bytes`. No I/O, no counters: outcomes go back to [`super::flow`],
+//! which counts them.
+
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::io::Read;
+
+/// Header lines per message beyond which the message is malformed (httparse needs a fixed array).
+const MAX_HEADERS: usize = 128;
+/// A chunk-size line (size plus extensions) longer than this is malformed.
+const MAX_CHUNK_LINE: usize = 4096;
+/// The request line of a resync point must end within this many bytes of a segment's start.
+const MAX_REQUEST_LINE: usize = 8192;
+/// Methods accepted at a request resync point (RFC 9110 plus PATCH).
+const METHODS: &[&[u8]] = &[
+    b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH",
+];
+
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: usize,
+    pub max_pending_requests: usize,
+}
+
+/// The stream is not HTTP/1.x (or not one this parser accepts): the current message is lost and
+/// the stream must resynchronize.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("{what} head is not valid HTTP/1.x: {source}")]
+    Head {
+        what: &'static str,
+        source: httparse::Error,
+    },
+    #[error("{what} head exceeds the {limit}-byte header limit")]
+    HeadTooLarge { what: &'static str, limit: usize },
+    #[error("{what} has an invalid Content-Length {value:?}")]
+    ContentLength { what: &'static str, value: String },
+    #[error("{what} has an unsupported Transfer-Encoding {value:?}")]
+    TransferEncoding { what: &'static str, value: String },
+    #[error("{what} body has invalid chunked coding: {reason}")]
+    Chunked {
+        what: &'static str,
+        reason: &'static str,
+    },
+    #[error("more than {limit} requests are awaiting a response")]
+    TooManyPending { limit: usize },
+}
+
+/// The response body's content coding could not be removed.
+#[derive(Debug, thiserror::Error)]
+pub enum ContentError {
+    #[error("decoding the {coding} body failed: {source}")]
+    Decode {
+        coding: &'static str,
+        source: std::io::Error,
+    },
+    #[error("the body exceeds {limit} bytes once decoded")]
+    TooLarge { limit: usize },
+    #[error("unsupported Content-Encoding {0:?}")]
+    Unsupported(String),
+}
+
+/// What a response answers: its request's method and target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingRequest {
+    pub method: String,
+    pub path: String,
+}
+
+impl PendingRequest {
+    fn is_head(&self) -> bool {
+        self.method == "HEAD"
+    }
+
+    fn is_connect(&self) -> bool {
+        self.method == "CONNECT"
+    }
+}
+
+/// A complete response with the request it answers; the body has its codings removed.
+#[derive(Debug)]
+pub struct Response {
+    pub request: PendingRequest,
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: Bytes,
+}
+
+/// Why a response that was framed correctly is not published.
+#[derive(Debug)]
+pub enum Discard {
+    /// The body exceeded `max_body_bytes` on the wire.
+    TooLarge,
+    /// Its content coding failed or was too large once decoded.
+    Content(ContentError),
+    /// No request was known for it.
+    Unmatched,
+    /// The connection ended (FIN, RST, idle) before the response did.
+    Truncated,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Complete(Response),
+    Discarded(Discard),
+    /// 101 Switching Protocols or an accepted CONNECT: the rest of the connection is not HTTP/1.x.
+    Upgraded,
+}
+
+/// Is this segment's payload the start of an HTTP/1.x request: a known method, SP, a target, SP,
+/// `HTTP/1.0` or `HTTP/1.1`, and the line's end, all within the payload? Used to resynchronize a
+/// request stream whose start was not seen.
+pub fn is_request_start(payload: &[u8]) -> bool {
+    let window = &payload[..payload.len().min(MAX_REQUEST_LINE)];
+    let Some(eol) = window.iter().position(|&b| b == b'\n') else {
+        return false;
+    };
+    let line = window[..eol].strip_suffix(b"\r").unwrap_or(&window[..eol]);
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    METHODS.contains(&method)
+        && !target.is_empty()
+        && target.iter().all(|&b| b.is_ascii_graphic())
+        && (version == b"HTTP/1.1" || version == b"HTTP/1.0")
+}
+
+/// Is this segment's payload the start of an HTTP/1.x response (`HTTP/1.x NNN`)?
+pub fn is_response_start(payload: &[u8]) -> bool {
+    payload.len() >= 12
+        && (payload.starts_with(b"HTTP/1.1 ") || payload.starts_with(b"HTTP/1.0 "))
+        && payload[9..12].iter().all(u8::is_ascii_digit)
+        && payload.get(12).is_none_or(|&b| b == b' ' || b == b'\r')
+}
+
+/// Parses the request stream: queues what each request asks, skips request bodies.
+#[derive(Default)]
+pub struct RequestParser {
+    head: Vec<u8>,
+    body: Option<BodyFraming>,
+}
+
+impl RequestParser {
+    pub fn feed(
+        &mut self,
+        mut data: &[u8],
+        queue: &mut VecDeque<PendingRequest>,
+        limits: &HttpLimits,
+    ) -> Result<(), HttpError> {
+        while !data.is_empty() {
+            if let Some(body) = &mut self.body {
+                let (used, done) = body.advance(data, &mut |_| {})?;
+                data = &data[used..];
+                if done {
+                    self.body = None;
+                }
+                continue;
+            }
+            let used = self.parse_head(data, queue, limits)?;
+            data = &data[used..];
+        }
+        Ok(())
+    }
+
+    /// Parses (or buffers) a request head from `data`; returns how many bytes of `data` it used.
+    fn parse_head(
+        &mut self,
+        data: &[u8],
+        queue: &mut VecDeque<PendingRequest>,
+        limits: &HttpLimits,
+    ) -> Result<usize, HttpError> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let buffered = self.head.len();
+        let (input, used) = head_input(&mut self.head, data, limits.max_header_bytes);
+        let status = input.map_or(Ok(httparse::Status::Partial), |buf| req.parse(buf));
+        let status = status.map_err(|source| HttpError::Head {
+            what: "request",
+            source,
+        })?;
+        let httparse::Status::Complete(head_len) = status else {
+            if buffered + used > limits.max_header_bytes {
+                return Err(HttpError::HeadTooLarge {
+                    what: "request",
+                    limit: limits.max_header_bytes,
+                });
+            }
+            if buffered == 0 {
+                self.head.extend_from_slice(data);
+            }
+            return Ok(used);
+        };
+        if head_len > limits.max_header_bytes {
+            return Err(HttpError::HeadTooLarge {
+                what: "request",
+                limit: limits.max_header_bytes,
+            });
+        }
+        let request = PendingRequest {
+            method: req.method.unwrap_or_default().to_owned(),
+            path: req.path.unwrap_or_default().to_owned(),
+        };
+        let framing = match body_framing("request", req.headers, limits.max_header_bytes)? {
+            Some(BodyFraming::Length(0)) | None => None,
+            // A request without Content-Length or chunked coding has no body (RFC 9112 6.3).
+            Some(BodyFraming::Close) => None,
+            Some(f) => Some(f),
+        };
+        if queue.len() >= limits.max_pending_requests {
+            return Err(HttpError::TooManyPending {
+                limit: limits.max_pending_requests,
+            });
+        }
+        queue.push_back(request);
+        self.body = framing;
+        clear_head(&mut self.head);
+        Ok(head_len - buffered)
+    }
+
+    /// Bytes held for a head not yet complete.
+    pub fn buffered(&self) -> usize {
+        self.head.len()
+    }
+
+    pub fn reset(&mut self) {
+        self.head = Vec::new();
+        self.body = None;
+    }
+}
+
+/// Parses the response stream into [`Outcome`]s, matching each final response to the oldest
+/// pending request (HTTP/1.x answers in order).
+#[derive(Default)]
+pub struct ResponseParser {
+    head: Vec<u8>,
+    state: ResponseState,
+    /// The request stream lost sync: after the response in progress, responses cannot be matched.
+    stop_after_current: bool,
+}
+
+#[derive(Default)]
+enum ResponseState {
+    #[default]
+    Head,
+    Body(Box<InProgress>),
+    /// Stopped on purpose (see `stop_after_current`) or tunnelled: ignores all further bytes.
+    Stopped,
+}
+
+struct InProgress {
+    request: Option<PendingRequest>,
+    status: u16,
+    content_type: Option<String>,
+    coding: Coding,
+    framing: BodyFraming,
+    body: BytesMut,
+    over_limit: bool,
+}
+
+impl ResponseParser {
+    pub fn feed(
+        &mut self,
+        mut data: &[u8],
+        queue: &mut VecDeque<PendingRequest>,
+        limits: &HttpLimits,
+        emit: &mut impl FnMut(Outcome),
+    ) -> Result<(), HttpError> {
+        while !data.is_empty() {
+            match &mut self.state {
+                ResponseState::Stopped => return Ok(()),
+                ResponseState::Body(msg) => {
+                    let InProgress {
+                        framing,
+                        body,
+                        over_limit,
+                        ..
+                    } = &mut **msg;
+                    let (used, done) = framing.advance(data, &mut |piece| {
+                        append_bounded(body, over_limit, piece, limits.max_body_bytes)
+                    })?;
+                    data = &data[used..];
+                    if done {
+                        self.complete(limits, emit);
+                    }
+                }
+                ResponseState::Head => {
+                    let used = self.parse_head(data, queue, limits, emit)?;
+                    data = &data[used..];
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn parse_head(
+        &mut self,
+        data: &[u8],
+        queue: &mut VecDeque<PendingRequest>,
+        limits: &HttpLimits,
+        emit: &mut impl FnMut(Outcome),
+    ) -> Result<usize, HttpError> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        let buffered = self.head.len();
+        let (input, used) = head_input(&mut self.head, data, limits.max_header_bytes);
+        let status = input.map_or(Ok(httparse::Status::Partial), |buf| resp.parse(buf));
+        let status = status.map_err(|source| HttpError::Head {
+            what: "response",
+            source,
+        })?;
+        let httparse::Status::Complete(head_len) = status else {
+            if buffered + used > limits.max_header_bytes {
+                return Err(HttpError::HeadTooLarge {
+                    what: "response",
+                    limit: limits.max_header_bytes,
+                });
+            }
+            if buffered == 0 {
+                self.head.extend_from_slice(data);
+            }
+            return Ok(used);
+        };
+        if head_len > limits.max_header_bytes {
+            return Err(HttpError::HeadTooLarge {
+                what: "response",
+                limit: limits.max_header_bytes,
+            });
+        }
+        let used = head_len - buffered;
+        let code = resp.code.unwrap_or_default();
+        if (100..200).contains(&code) {
+            clear_head(&mut self.head);
+            if code == 101 {
+                self.state = ResponseState::Stopped;
+                emit(Outcome::Upgraded);
+            }
+            // Other 1xx are interim: the final response still answers the same request.
+            return Ok(used);
+        }
+        let request = queue.pop_front();
+        if code / 100 == 2 && request.as_ref().is_some_and(PendingRequest::is_connect) {
+            clear_head(&mut self.head);
+            self.state = ResponseState::Stopped;
+            emit(Outcome::Upgraded);
+            return Ok(used);
+        }
+        let no_body =
+            code == 204 || code == 304 || request.as_ref().is_some_and(PendingRequest::is_head);
+        let framing = if no_body {
+            BodyFraming::Length(0)
+        } else {
+            body_framing("response", resp.headers, limits.max_header_bytes)?
+                .unwrap_or(BodyFraming::Close)
+        };
+        let mut content_type = None;
+        let mut encodings: Vec<&[u8]> = Vec::new();
+        for h in resp.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-type") {
+                content_type = Some(String::from_utf8_lossy(h.value).trim().to_owned());
+            } else if h.name.eq_ignore_ascii_case("content-encoding") {
+                encodings.push(h.value);
+            }
+        }
+        let coding = Coding::from_headers(&encodings);
+        let mut over_limit = false;
+        let body = match framing {
+            BodyFraming::Length(n) if n > limits.max_body_bytes as u64 => {
+                over_limit = true;
+                BytesMut::new()
+            }
+            BodyFraming::Length(n) => BytesMut::with_capacity(n as usize),
+            _ => BytesMut::new(),
+        };
+        let done = matches!(framing, BodyFraming::Length(0));
+        clear_head(&mut self.head);
+        self.state = ResponseState::Body(Box::new(InProgress {
+            request,
+            status: code,
+            content_type,
+            coding,
+            framing,
+            body,
+            over_limit,
+        }));
+        if done {
+            self.complete(limits, emit);
+        }
+        Ok(used)
+    }
+
+    /// The body is complete: decode it and emit the outcome.
+    fn complete(&mut self, limits: &HttpLimits, emit: &mut impl FnMut(Outcome)) {
+        let next = if self.stop_after_current {
+            ResponseState::Stopped
+        } else {
+            ResponseState::Head
+        };
+        let ResponseState::Body(msg) = std::mem::replace(&mut self.state, next) else {
+            return;
+        };
+        let InProgress {
+            request,
+            status,
+            content_type,
+            coding,
+            body,
+            over_limit,
+            ..
+        } = *msg;
+        let outcome = match request {
+            None => Outcome::Discarded(Discard::Unmatched),
+            Some(_) if over_limit => Outcome::Discarded(Discard::TooLarge),
+            Some(request) => match coding.decode(body, limits.max_body_bytes) {
+                Ok(body) => Outcome::Complete(Response {
+                    request,
+                    status,
+                    content_type,
+                    body,
+                }),
+                Err(e) => Outcome::Discarded(Discard::Content(e)),
+            },
+        };
+        emit(outcome);
+    }
+
+    /// The stream ended cleanly (FIN with nothing missing): a close-delimited body is complete,
+    /// anything else in progress is truncated.
+    pub fn finish(&mut self, limits: &HttpLimits, emit: &mut impl FnMut(Outcome)) {
+        match &self.state {
+            ResponseState::Body(msg) if matches!(msg.framing, BodyFraming::Close) => {
+                self.complete(limits, emit)
+            }
+            _ => {
+                if self.in_message() {
+                    emit(Outcome::Discarded(Discard::Truncated));
+                }
+                self.reset();
+            }
+        }
+    }
+
+    /// After the response in progress (or right away when none is), stop parsing: the stream
+    /// must resynchronize before further responses can be matched to requests.
+    pub fn stop_after_current(&mut self) {
+        if self.in_message() {
+            self.stop_after_current = true;
+        } else {
+            self.state = ResponseState::Stopped;
+        }
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        matches!(self.state, ResponseState::Stopped)
+    }
+
+    /// Is a response partly parsed (head or body)?
+    pub fn in_message(&self) -> bool {
+        !self.head.is_empty() || matches!(self.state, ResponseState::Body(_))
+    }
+
+    /// Bytes held for the response in progress (partial head, body so far).
+    pub fn buffered(&self) -> usize {
+        let body = match &self.state {
+            ResponseState::Body(msg) => msg.body.len(),
+            _ => 0,
+        };
+        self.head.len() + body
+    }
+
+    /// Drops the body gathered so far (memory pressure); the response is framed to its end and
+    /// then discarded as too large. Returns the bytes released.
+    pub fn drop_body(&mut self) -> usize {
+        match &mut self.state {
+            ResponseState::Body(msg) => {
+                msg.over_limit = true;
+                std::mem::take(&mut msg.body).len()
+            }
+            _ => 0,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.head = Vec::new();
+        self.state = ResponseState::Head;
+        self.stop_after_current = false;
+    }
+}
+
+/// Gathers a head that may span pieces. Returns what to parse (the piece itself when nothing is
+/// buffered, else the buffer with the piece appended up to one byte past the limit), or `None`
+/// when the new bytes hold no line end so the head cannot be complete yet (no quadratic
+/// re-parsing of a head trickling in); and how many bytes of `data` were taken.
+fn head_input<'a>(head: &'a mut Vec<u8>, data: &'a [u8], max: usize) -> (Option<&'a [u8]>, usize) {
+    if head.is_empty() {
+        return (data.contains(&b'\n').then_some(data), data.len());
+    }
+    let take = data.len().min((max + 1).saturating_sub(head.len()));
+    head.extend_from_slice(&data[..take]);
+    let complete_possible = data[..take].contains(&b'\n');
+    (complete_possible.then_some(&head[..]), take)
+}
+
+/// Empties a head buffer, releasing it when a large head grew it (so idle flows hold little).
+fn clear_head(head: &mut Vec<u8>) {
+    if head.capacity() > 4096 {
+        *head = Vec::new();
+    } else {
+        head.clear();
+    }
+}
+
+fn append_bounded(body: &mut BytesMut, over_limit: &mut bool, piece: &[u8], max: usize) {
+    if *over_limit {
+        return;
+    }
+    if body.len() + piece.len() > max {
+        *over_limit = true;
+        *body = BytesMut::new();
+        return;
+    }
+    body.extend_from_slice(piece);
+}
+
+/// How a message body ends (RFC 9112 section 6.3), from its framing headers. `None`: neither
+/// Transfer-Encoding nor Content-Length present.
+fn body_framing(
+    what: &'static str,
+    headers: &[httparse::Header<'_>],
+    max_trailer_bytes: usize,
+) -> Result<Option<BodyFraming>, HttpError> {
+    let mut length: Option<u64> = None;
+    let mut transfer_codings = 0usize;
+    let mut chunked_last = false;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            for coding in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if coding.is_empty() {
+                    continue;
+                }
+                transfer_codings += 1;
+                chunked_last = coding.eq_ignore_ascii_case(b"chunked");
+                if !chunked_last {
+                    return Err(HttpError::TransferEncoding {
+                        what,
+                        value: String::from_utf8_lossy(h.value).into_owned(),
+                    });
+                }
+            }
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            for v in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                let invalid = || HttpError::ContentLength {
+                    what,
+                    value: String::from_utf8_lossy(h.value).into_owned(),
+                };
+                if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+                    return Err(invalid());
+                }
+                let n = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or_else(invalid)?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(invalid());
+                }
+                length = Some(n);
+            }
+        }
+    }
+    if transfer_codings > 0 {
+        // Only "chunked" is accepted (checked above); Transfer-Encoding overrides Content-Length.
+        if transfer_codings > 1 || !chunked_last {
+            return Err(HttpError::TransferEncoding {
+                what,
+                value: "chunked applied more than once".to_owned(),
+            });
+        }
+        return Ok(Some(BodyFraming::Chunked(Chunked::new(
+            what,
+            max_trailer_bytes,
+        ))));
+    }
+    Ok(length.map(BodyFraming::Length))
+}
+
+enum BodyFraming {
+    /// This many body bytes remain.
+    Length(u64),
+    Chunked(Chunked),
+    /// Until the connection closes.
+    Close,
+}
+
+impl BodyFraming {
+    /// Consumes body bytes from `data`, handing the payload to `sink`; returns the bytes used
+    /// and whether the body is complete.
+    fn advance(
+        &mut self,
+        data: &[u8],
+        sink: &mut impl FnMut(&[u8]),
+    ) -> Result<(usize, bool), HttpError> {
+        match self {
+            BodyFraming::Length(remaining) => {
+                let n = data
+                    .len()
+                    .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                sink(&data[..n]);
+                *remaining -= n as u64;
+                Ok((n, *remaining == 0))
+            }
+            BodyFraming::Close => {
+                sink(data);
+                Ok((data.len(), false))
+            }
+            BodyFraming::Chunked(c) => c.advance(data, sink),
+        }
+    }
+}
+
+/// Chunked transfer coding (RFC 9112 section 7.1): size lines with optional extensions, data,
+/// CRLF, a last chunk, optional trailer fields, and an empty line.
+struct Chunked {
+    what: &'static str,
+    state: ChunkState,
+    line: Vec<u8>,
+    max_trailer_bytes: usize,
+}
+
+enum ChunkState {
+    Size,
+    Data(u64),
+    DataEnd { cr: bool },
+    Trailers { line_len: usize, total: usize },
+}
+
+impl Chunked {
+    fn new(what: &'static str, max_trailer_bytes: usize) -> Self {
+        Self {
+            what,
+            state: ChunkState::Size,
+            line: Vec::new(),
+            max_trailer_bytes,
+        }
+    }
+
+    fn err(&self, reason: &'static str) -> HttpError {
+        HttpError::Chunked {
+            what: self.what,
+            reason,
+        }
+    }
+
+    fn advance(
+        &mut self,
+        data: &[u8],
+        sink: &mut impl FnMut(&[u8]),
+    ) -> Result<(usize, bool), HttpError> {
+        let mut i = 0;
+        while i < data.len() {
+            match &mut self.state {
+                ChunkState::Size => {
+                    let rest = &data[i..];
+                    let (piece, complete) = match rest.iter().position(|&b| b == b'\n') {
+                        Some(p) => (&rest[..p], true),
+                        None => (rest, false),
+                    };
+                    if self.line.len() + piece.len() > MAX_CHUNK_LINE {
+                        return Err(self.err("chunk-size line too long"));
+                    }
+                    self.line.extend_from_slice(piece);
+                    i += piece.len();
+                    if complete {
+                        i += 1;
+                        let size = parse_chunk_size(&self.line)
+                            .ok_or_else(|| self.err("invalid chunk size"))?;
+                        self.line.clear();
+                        self.state = if size == 0 {
+                            ChunkState::Trailers {
+                                line_len: 0,
+                                total: 0,
+                            }
+                        } else {
+                            ChunkState::Data(size)
+                        };
+                    }
+                }
+                ChunkState::Data(remaining) => {
+                    let n = (data.len() - i).min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                    sink(&data[i..i + n]);
+                    i += n;
+                    *remaining -= n as u64;
+                    if *remaining == 0 {
+                        self.state = ChunkState::DataEnd { cr: false };
+                    }
+                }
+                ChunkState::DataEnd { cr } => {
+                    let b = data[i];
+                    i += 1;
+                    match (b, *cr) {
+                        (b'\r', false) => *cr = true,
+                        (b'\n', _) => self.state = ChunkState::Size,
+                        _ => return Err(self.err("chunk data not followed by CRLF")),
+                    }
+                }
+                ChunkState::Trailers { line_len, total } => {
+                    let b = data[i];
+                    i += 1;
+                    *total += 1;
+                    if *total > self.max_trailer_bytes {
+                        return Err(self.err("trailer section too large"));
+                    }
+                    match b {
+                        b'\n' if *line_len == 0 => return Ok((i, true)),
+                        b'\n' => *line_len = 0,
+                        b'\r' => {}
+                        _ => *line_len += 1,
+                    }
+                }
+            }
+        }
+        Ok((i, false))
+    }
+}
+
+/// `1*HEXDIG [ BWS ; extensions ] [CR]`, at most 16 hex digits.
+fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let size = match line.iter().position(|&b| b == b';') {
+        Some(p) => &line[..p],
+        None => line,
+    }
+    .trim_ascii();
+    if size.is_empty() || size.len() > 16 {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(size).ok()?, 16).ok()
+}
+
+/// The response's content coding (Content-Encoding), removed before publishing.
+enum Coding {
+    Identity,
+    Gzip,
+    Deflate,
+    Unsupported(String),
+}
+
+impl Coding {
+    fn from_headers(values: &[&[u8]]) -> Self {
+        let applied: Vec<&[u8]> = values
+            .iter()
+            .flat_map(|v| v.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"identity"))
+            .collect();
+        match applied.as_slice() {
+            [] => Coding::Identity,
+            [c] if c.eq_ignore_ascii_case(b"gzip") || c.eq_ignore_ascii_case(b"x-gzip") => {
+                Coding::Gzip
+            }
+            [c] if c.eq_ignore_ascii_case(b"deflate") => Coding::Deflate,
+            _ => Coding::Unsupported(
+                applied
+                    .iter()
+                    .map(|c| String::from_utf8_lossy(c))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+        }
+    }
+
+    /// Removes the coding, producing at most `max` bytes (more is a decompression bomb).
+    fn decode(self, body: BytesMut, max: usize) -> Result<Bytes, ContentError> {
+        match self {
+            Coding::Identity => Ok(body.freeze()),
+            Coding::Gzip => read_bounded("gzip", flate2::read::MultiGzDecoder::new(&body[..]), max),
+            Coding::Deflate => {
+                read_bounded("deflate", flate2::read::ZlibDecoder::new(&body[..]), max)
+            }
+            Coding::Unsupported(name) => Err(ContentError::Unsupported(name)),
+        }
+    }
+}
+
+/// Removes a `Content-Encoding` (gzip, deflate, identity) from a whole body, producing at most
+/// `max` bytes. The fetch path decodes its own responses with this too.
+pub fn decode_content(
+    content_encoding: &[u8],
+    body: &[u8],
+    max: usize,
+) -> Result<Bytes, ContentError> {
+    Coding::from_headers(&[content_encoding]).decode(BytesMut::from(body), max)
+}
+
+fn read_bounded(
+    coding: &'static str,
+    reader: impl Read,
+    max: usize,
+) -> Result<Bytes, ContentError> {
+    let mut out = Vec::new();
+    reader
+        .take(max as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|source| ContentError::Decode { coding, source })?;
+    if out.len() > max {
+        return Err(ContentError::TooLarge { limit: max });
+    }
+    Ok(Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HttpLimits = HttpLimits {
+        max_header_bytes: 4096,
+        max_body_bytes: 1 << 20,
+        max_pending_requests: 4,
+    };
+
+    fn request(method: &str, path: &str) -> PendingRequest {
+        PendingRequest {
+            method: method.to_owned(),
+            path: path.to_owned(),
+        }
+    }
+
+    /// Feeds `data` in pieces of `step` bytes to a response parser answering one GET.
+    fn responses(data: &[u8], step: usize) -> Result<Vec<Outcome>, HttpError> {
+        let mut queue: VecDeque<PendingRequest> = (0..3).map(|_| request("GET", "/m")).collect();
+        let mut p = ResponseParser::default();
+        let mut out = Vec::new();
+        for piece in data.chunks(step) {
+            p.feed(piece, &mut queue, &LIMITS, &mut |o| out.push(o))?;
+        }
+        Ok(out)
+    }
+
+    fn body_of(o: &Outcome) -> &[u8] {
+        match o {
+            Outcome::Complete(r) => &r.body,
+            other => panic!("expected a complete response, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn request_start_needs_a_whole_request_line() {
+        assert!(is_request_start(
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+        ));
+        assert!(is_request_start(b"POST /x?y=1 HTTP/1.0\n"));
+        assert!(
+            !is_request_start(b"GET /metrics HTTP/1.1"),
+            "line end missing"
+        );
+        assert!(!is_request_start(b"GET /metrics HTTP/2.0\r\n"));
+        assert!(!is_request_start(b"get /metrics HTTP/1.1\r\n"));
+        assert!(!is_request_start(b"FOO /metrics HTTP/1.1\r\n"));
+        assert!(!is_request_start(b"GET /a b HTTP/1.1\r\n"));
+        assert!(!is_request_start(b"metric_total 1\nGET / HTTP/1.1\r\n"));
+    }
+
+    #[test]
+    fn response_start_needs_a_status_code() {
+        assert!(is_response_start(b"HTTP/1.1 200 OK\r\n"));
+        assert!(is_response_start(b"HTTP/1.0 404\r\n"));
+        assert!(!is_response_start(b"HTTP/1.1 2x0 OK\r\n"));
+        assert!(!is_response_start(b"HTTP/2 200\r\n"));
+        assert!(!is_response_start(b"xHTTP/1.1 200 OK\r\n"));
+        assert!(!is_response_start(b"HTTP/1.1 2000 OK"));
+    }
+
+    #[test]
+    fn chunk_size_lines() {
+        assert_eq!(parse_chunk_size(b"1a\r"), Some(26));
+        assert_eq!(parse_chunk_size(b"1A;name=\"v\";x\r"), Some(26));
+        assert_eq!(parse_chunk_size(b"0 ; ext"), Some(0));
+        assert_eq!(parse_chunk_size(b""), None);
+        assert_eq!(parse_chunk_size(b"g\r"), None);
+        assert_eq!(parse_chunk_size(b"-1\r"), None);
+        assert_eq!(parse_chunk_size(b"11111111111111111\r"), None);
+    }
+
+    #[test]
+    fn transfer_encoding_wins_over_content_length() {
+        let data =
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        let out = responses(data, 5).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(body_of(&out[0]), b"abc");
+    }
+
+    #[test]
+    fn conflicting_content_lengths_are_rejected() {
+        let err = responses(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            100,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                HttpError::ContentLength {
+                    what: "response",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Repeated equal values are allowed (RFC 9110 8.6).
+        let out = responses(b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\nabc", 100).unwrap();
+        assert_eq!(body_of(&out[0]), b"abc");
+    }
+
+    #[test]
+    fn unknown_transfer_coding_is_rejected() {
+        let err = responses(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            100,
+        )
+        .unwrap_err();
+        assert!(matches!(err, HttpError::TransferEncoding { .. }), "{err}");
+    }
+
+    #[test]
+    fn content_codings() {
+        let data = b"hello world";
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, data).unwrap();
+        let gz = gz.finish().unwrap();
+        let mut zl = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut zl, data).unwrap();
+        let zl = zl.finish().unwrap();
+        for (header, encoded) in [("GZIP", &gz), ("x-gzip", &gz), ("deflate", &zl)] {
+            let c = Coding::from_headers(&[header.as_bytes()]);
+            let decoded = c.decode(BytesMut::from(&encoded[..]), 100).unwrap();
+            assert_eq!(&decoded[..], data, "{header}");
+        }
+        let c = Coding::from_headers(&[b"identity".as_slice()]);
+        assert_eq!(
+            &c.decode(BytesMut::from(&b"raw"[..]), 100).unwrap()[..],
+            b"raw"
+        );
+        let c = Coding::from_headers(&[b"br".as_slice()]);
+        assert!(matches!(
+            c.decode(BytesMut::new(), 100),
+            Err(ContentError::Unsupported(name)) if name == "br"
+        ));
+        // Exactly at the limit is fine; one more byte is a bomb.
+        let c = Coding::from_headers(&[b"gzip".as_slice()]);
+        assert!(c.decode(BytesMut::from(&gz[..]), data.len()).is_ok());
+        let c = Coding::from_headers(&[b"gzip".as_slice()]);
+        assert!(matches!(
+            c.decode(BytesMut::from(&gz[..]), data.len() - 1),
+            Err(ContentError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn request_bodies_are_skipped_and_pipelining_is_bounded() {
+        let mut queue = VecDeque::new();
+        let mut p = RequestParser::default();
+        let data = b"POST /a HTTP/1.1\r\nContent-Length: 4\r\n\r\nGET PUT /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nxy\r\n0\r\n\r\nGET /c HTTP/1.1\r\n\r\n";
+        for piece in data.chunks(3) {
+            p.feed(piece, &mut queue, &LIMITS).unwrap();
+        }
+        let paths: Vec<&str> = queue.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(paths, ["/a", "/b", "/c"]);
+        assert_eq!(p.buffered(), 0);
+        let err = p
+            .feed(
+                b"GET /d HTTP/1.1\r\n\r\nGET /e HTTP/1.1\r\n\r\n",
+                &mut queue,
+                &LIMITS,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, HttpError::TooManyPending { limit: 4 }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn request_head_is_bounded() {
+        let mut queue = VecDeque::new();
+        let mut p = RequestParser::default();
+        p.feed(b"GET / HTTP/1.1\r\n", &mut queue, &LIMITS).unwrap();
+        let mut result = Ok(());
+        for _ in 0..1000 {
+            result = p.feed(b"X-Filler: aaaaaaaaaaaaaaaaaaaa\r\n", &mut queue, &LIMITS);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert!(matches!(
+            result,
+            Err(HttpError::HeadTooLarge {
+                what: "request",
+                ..
+            })
+        ));
+        assert!(p.buffered() <= LIMITS.max_header_bytes + 1);
+    }
+}

@@ -56,3 +56,73 @@ pub struct Exchange {
     pub body: Bytes,
     pub completed_at: Instant,
 }
+
+use crate::store::{Origin, Outcome, Snapshot, Store};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Bodies above this size are validated on the blocking pool, not on the capture task.
+const INLINE_DECODE_BYTES: usize = 256 << 10;
+
+/// The observing loop: segments -> flows -> exchanges -> store. Runs until the stream ends.
+pub async fn observe(mut segments: probe::SegmentStream, store: Store, limits: flow::FlowLimits) {
+    let mut table = flow::FlowTable::new(limits);
+    let mut exchanges = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            segment = segments.next() => {
+                let segment = match segment {
+                    Ok(segment) => segment,
+                    Err(e) => {
+                        log::error!("reading captured segments stopped: {e}; only fetching from now on");
+                        return;
+                    }
+                };
+                // push may decode a large gzip body: keep the runtime's other tasks going.
+                tokio::task::block_in_place(|| table.push(segment, Instant::now(), &mut exchanges));
+                for exchange in exchanges.drain(..) {
+                    record_observed(&store, exchange);
+                }
+            }
+            _ = tick.tick() => table.expire(Instant::now()),
+        }
+    }
+}
+
+/// Stores an observed reply for every target it answers (usually one).
+fn record_observed(store: &Store, exchange: Exchange) {
+    if exchange.method != "GET" {
+        return;
+    }
+    let port = exchange.flow.server.port();
+    let keys = store.match_observed(exchange.flow.netns, port, &exchange.path);
+    if keys.is_empty() {
+        return;
+    }
+    let store = store.clone();
+    let large = exchange.body.len() > INLINE_DECODE_BYTES;
+    let work = move || {
+        let result = if exchange.status == 200 {
+            Snapshot::decode(exchange.body, exchange.content_type.as_deref()).map(Arc::new)
+        } else {
+            Err(format!("HTTP status {}", exchange.status))
+        };
+        for key in &keys {
+            store.record(
+                key,
+                Outcome {
+                    at: exchange.completed_at,
+                    origin: Origin::Observed,
+                    duration: Duration::ZERO,
+                    result: result.clone(),
+                },
+            );
+        }
+    };
+    if large {
+        tokio::task::spawn_blocking(work);
+    } else {
+        work();
+    }
+}

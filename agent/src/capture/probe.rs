@@ -1,1 +1,749 @@
 //! Loading the eBPF object, attaching it in pod namespaces, reading its ring buffer.
+//!
+//! One [`Probe`] loads the capture program once and attaches it on `lo` egress in every watched
+//! pod's network namespace (TCX links where the kernel has them, netlink `clsact` filters
+//! otherwise). Which flows are copied is decided by two kernel maps the probe edits: watched
+//! server ports per namespace ([`Probe::watch_port`]) and the agent's own client ports
+//! ([`OwnFlows`]), so the fetch path's requests are never copied.
+//!
+//! Ring-buffer records (layout: [`loupe_common::SegmentHeader`]) become [`Segment`]s. A packet
+//! with more than [`CHUNK_BYTES`] of payload (loopback GSO makes packets of 32 KiB up to about
+//! 128 KiB) arrives as several segments with consecutive sequence numbers. When the ring is full
+//! the program drops the rest of that packet and counts it ([`Probe::dropped`]); the flow then
+//! has a sequence gap.
+//!
+//! For flow reassembly ([`super::flow`]):
+//! - Sort by `seq`: records of different CPUs interleave in the ring, and the two directions of
+//!   a flow are emitted independently. Chunks of one packet carry consecutive `seq`s
+//!   (`packet seq + i * 4096`); only the first keeps SYN, only the last keeps FIN/PSH/RST.
+//! - A SYN arrives as a record without payload whose `seq` is the initial sequence number; data
+//!   starts at `seq + 1`. FIN and RST without payload also arrive alone; a FIN occupies the
+//!   sequence number after the last payload byte of its segment.
+//! - When the ring is full, the rest of that packet is not emitted (counted in
+//!   [`Probe::dropped`]); later packets of the flow may arrive again: a gap in `seq` is the only
+//!   sign in the stream. The SYN or FIN of a flow can be lost the same way.
+//! - Flows already open before [`Probe::watch_port`] start without a SYN.
+//! - IPv4 only: loopback traffic over `::1` is not seen. A flow whose two ports are both watched
+//!   counts as a request to its destination port.
+//! - Own flows are skipped entirely (SYN to FIN) while registered; a FIN or ACK sent after the
+//!   guard is dropped can still show up as a lone segment of an unknown flow.
+//!
+//! Kernel needs: see `ebpf/src/main.rs` (netns cookie helper for TC programs, about Linux 6.14/6.15+;
+//! `bpf_loop`; TCX 6.6+, else netlink). On an older kernel [`Probe::load`] fails with the
+//! verifier's message.
+//!
+//! Leftovers: a TCX link is released with its file descriptor, so even `kill -9` leaves nothing
+//! attached. A netlink filter outlives the process, so [`Probe::attach`] first removes every
+//! filter named [`PROGRAM_NAME`] from that namespace's `lo` egress.
+
+use std::collections::{BTreeSet, HashMap as StdHashMap};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf};
+use aya::programs::links::Link as _;
+use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError};
+use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+use aya_log::EbpfLogger;
+use bytes::Bytes;
+use loupe_common::{
+    DropCounters, PortKey, SegmentHeader, CHUNK_BYTES, DEFAULT_RING_BYTES, DIRECTION_REQUEST,
+    DIRECTION_RESPONSE, DROPS_MAP, OWN_FLOWS_MAP, PROGRAM_NAME, SEGMENTS_MAP, SEGMENT_HEADER_LEN,
+    WATCHED_PORTS_MAP,
+};
+use tokio::io::unix::AsyncFd;
+
+use super::{Direction, FlowKey, NetnsCookie, Segment};
+use crate::resolve::netns::{Netns, NetnsError};
+use crate::telemetry::Counter;
+
+pub use loupe_common::PROGRAM_NAME as CAPTURE_PROGRAM_NAME;
+
+/// The capture object built by `agent/build.rs` from `ebpf/`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loupe"));
+
+/// The interface the program observes in each namespace.
+const LOOPBACK: &str = "lo";
+
+pub static EVENTS: Counter = Counter::new(
+    "loupe_capture_events_total",
+    "Segment records read from the capture ring buffer (payload chunks and SYN/FIN/RST).",
+);
+pub static PAYLOAD_BYTES: Counter = Counter::new(
+    "loupe_capture_payload_bytes_total",
+    "TCP payload bytes read from the capture ring buffer.",
+);
+pub static MALFORMED_RECORDS: Counter = Counter::new(
+    "loupe_capture_malformed_records_total",
+    "Ring-buffer records too short or inconsistent to decode; skipped.",
+);
+pub static RINGBUF_DROPPED_EVENTS: Counter = Counter::new(
+    "loupe_ringbuf_dropped_events_total",
+    "Segment records the eBPF program could not emit (ring buffer full, or a packet beyond 64 chunks).",
+);
+pub static RINGBUF_DROPPED_BYTES: Counter = Counter::new(
+    "loupe_ringbuf_dropped_bytes_total",
+    "TCP payload bytes the eBPF program could not emit.",
+);
+pub static ATTACH_FAILURES: Counter = Counter::new(
+    "loupe_capture_attach_failures_total",
+    "Failed attempts to attach the capture program in a pod's network namespace.",
+);
+pub static STALE_FILTERS_REMOVED: Counter = Counter::new(
+    "loupe_capture_stale_filters_removed_total",
+    "Namespaces where netlink filters left by an earlier loupe process were removed.",
+);
+pub static OWN_FLOWS_REJECTED: Counter = Counter::new(
+    "loupe_capture_own_flows_rejected_total",
+    "Own requests that could not be registered for skipping (table full); their replies are also observed.",
+);
+
+pub static COUNTERS: &[&Counter] = &[
+    &EVENTS,
+    &PAYLOAD_BYTES,
+    &MALFORMED_RECORDS,
+    &RINGBUF_DROPPED_EVENTS,
+    &RINGBUF_DROPPED_BYTES,
+    &ATTACH_FAILURES,
+    &STALE_FILTERS_REMOVED,
+    &OWN_FLOWS_REJECTED,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("ring buffer size {bytes} is not a power of two of at least one page (4096)")]
+    RingSize { bytes: u32 },
+    #[error("cannot load the eBPF capture object: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("the eBPF capture object has no {kind} named {name}")]
+    Missing {
+        kind: &'static str,
+        name: &'static str,
+    },
+    #[error("eBPF capture program {PROGRAM_NAME}: {what}: {source}")]
+    Program {
+        what: &'static str,
+        source: ProgramError,
+    },
+    #[error("eBPF map {name}: {what}: {source}")]
+    Map {
+        name: &'static str,
+        what: &'static str,
+        source: MapError,
+    },
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("cannot attach {PROGRAM_NAME} on lo egress in network namespace {netns}: {reason}")]
+    Attach { netns: String, reason: String },
+    #[error("the segment stream was already taken from this probe")]
+    SegmentsTaken,
+    #[error("cannot watch the capture ring buffer for readiness: {0}")]
+    Poll(#[source] std::io::Error),
+}
+
+/// How the program is attached on `lo` egress.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttachMode {
+    /// TCX when the kernel has it (6.6+), else netlink `clsact`.
+    #[default]
+    Auto,
+    /// TCX only.
+    Tcx,
+    /// Netlink `clsact` + `cls_bpf` only (filters outlive the process; cleaned up on attach).
+    Netlink,
+}
+
+/// How an attachment was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachedVia {
+    Tcx,
+    Netlink,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeConfig {
+    /// Bytes of the segment ring buffer shared by all namespaces: a power of two, at least 4096.
+    pub ring_bytes: u32,
+    pub attach_mode: AttachMode,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            ring_bytes: DEFAULT_RING_BYTES,
+            attach_mode: AttachMode::Auto,
+        }
+    }
+}
+
+struct Attachment {
+    link: SchedClassifierLink,
+    via: AttachedVia,
+    /// Kept only for netlink filters, which must be removed from inside the namespace.
+    netns: Option<Netns>,
+}
+
+enum LogForwarding {
+    /// A tokio task moves the program's log records into the `log` crate.
+    Task(tokio::task::JoinHandle<()>),
+    /// No runtime at load time: the records stay in the kernel (the map must stay open).
+    Idle(#[allow(dead_code)] Box<EbpfLogger<&'static dyn log::Log>>),
+    None,
+}
+
+/// The loaded capture program and its maps.
+pub struct Probe {
+    ebpf: Ebpf,
+    attach_mode: AttachMode,
+    attachments: StdHashMap<NetnsCookie, Attachment>,
+    watched: HashMap<MapData, PortKey, u8>,
+    watched_ports: StdHashMap<NetnsCookie, BTreeSet<u16>>,
+    own_flows: OwnFlows,
+    drops: PerCpuArray<MapData, DropCounters>,
+    drops_seen_events: AtomicU64,
+    drops_seen_bytes: AtomicU64,
+    segments: Option<RingBuf<MapData>>,
+    log_forwarding: LogForwarding,
+}
+
+impl std::fmt::Debug for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probe")
+            .field("attach_mode", &self.attach_mode)
+            .field("attached", &self.attachments.keys().collect::<Vec<_>>())
+            .field("watched_ports", &self.watched_ports)
+            .finish_non_exhaustive()
+    }
+}
+
+// The agent moves these handles into tasks and threads.
+const _: () = {
+    const fn send<T: Send + 'static>() {}
+    const fn sync<T: Sync>() {}
+    send::<Probe>();
+    send::<SegmentStream>();
+    send::<OwnFlows>();
+    send::<OwnFlowGuard>();
+    sync::<OwnFlows>();
+};
+
+fn map_err(name: &'static str, what: &'static str) -> impl FnOnce(MapError) -> ProbeError {
+    move |source| ProbeError::Map { name, what, source }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
+    ebpf.take_map(name)
+        .ok_or(ProbeError::Missing { kind: "map", name })
+}
+
+impl Probe {
+    /// Loads the object into the kernel (maps and program, nothing attached yet) and, inside a
+    /// tokio runtime, starts forwarding the program's aya-log records to the `log` crate.
+    pub fn load(config: &ProbeConfig) -> Result<Probe, ProbeError> {
+        if !config.ring_bytes.is_power_of_two() || config.ring_bytes < 4096 {
+            return Err(ProbeError::RingSize {
+                bytes: config.ring_bytes,
+            });
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(SEGMENTS_MAP, config.ring_bytes)
+            .load(OBJECT)
+            .map_err(ProbeError::Load)?;
+        let log_forwarding = match EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => LogForwarding::Task(runtime.spawn(forward_logs(logger))),
+                Err(_) => {
+                    log::warn!("no tokio runtime while loading the capture program: its log records are not forwarded");
+                    LogForwarding::Idle(Box::new(logger))
+                }
+            },
+            Err(e) => {
+                log::warn!("capture program log records are not forwarded: {e}");
+                LogForwarding::None
+            }
+        };
+        let program = classifier(&mut ebpf)?;
+        program.load().map_err(|source| ProbeError::Program {
+            what: "load (verifier)",
+            source,
+        })?;
+        let watched = HashMap::try_from(take_map(&mut ebpf, WATCHED_PORTS_MAP)?)
+            .map_err(map_err(WATCHED_PORTS_MAP, "open"))?;
+        let own_flows = HashMap::try_from(take_map(&mut ebpf, OWN_FLOWS_MAP)?)
+            .map_err(map_err(OWN_FLOWS_MAP, "open"))?;
+        let drops = PerCpuArray::try_from(take_map(&mut ebpf, DROPS_MAP)?)
+            .map_err(map_err(DROPS_MAP, "open"))?;
+        let segments = RingBuf::try_from(take_map(&mut ebpf, SEGMENTS_MAP)?)
+            .map_err(map_err(SEGMENTS_MAP, "open"))?;
+        Ok(Probe {
+            ebpf,
+            attach_mode: config.attach_mode,
+            attachments: StdHashMap::new(),
+            watched,
+            watched_ports: StdHashMap::new(),
+            own_flows: OwnFlows {
+                map: Arc::new(Mutex::new(own_flows)),
+            },
+            drops,
+            drops_seen_events: AtomicU64::new(0),
+            drops_seen_bytes: AtomicU64::new(0),
+            segments: Some(segments),
+            log_forwarding,
+        })
+    }
+
+    /// Attaches the program on `lo` egress inside `netns` and returns the namespace's cookie
+    /// (the one segments carry). Attaching a namespace twice is a no-op. Netlink filters named
+    /// [`PROGRAM_NAME`] already there (a crashed earlier run) are removed first.
+    pub fn attach(&mut self, netns: &Netns) -> Result<NetnsCookie, ProbeError> {
+        let cookie = netns.cookie()?;
+        if self.attachments.contains_key(&cookie) {
+            return Ok(cookie);
+        }
+        let mode = self.attach_mode;
+        let program = classifier(&mut self.ebpf)?;
+        let attached = netns.run(|| attach_here(program, mode))?;
+        let (link, via) = attached.map_err(|reason| {
+            ATTACH_FAILURES.inc();
+            ProbeError::Attach {
+                netns: netns.path().display().to_string(),
+                reason,
+            }
+        })?;
+        let netns = match via {
+            AttachedVia::Tcx => None,
+            AttachedVia::Netlink => Some(netns.try_clone()?),
+        };
+        self.attachments
+            .insert(cookie, Attachment { link, via, netns });
+        Ok(cookie)
+    }
+
+    /// How the namespace with this cookie is attached, if it is.
+    pub fn attached_via(&self, cookie: NetnsCookie) -> Option<AttachedVia> {
+        self.attachments.get(&cookie).map(|a| a.via)
+    }
+
+    /// Detaches from that namespace and forgets its watched ports. Call it when the pod goes
+    /// away: a netlink attachment holds the namespace open until then.
+    pub fn detach(&mut self, cookie: NetnsCookie) {
+        let ports: Vec<u16> = self
+            .watched_ports
+            .get(&cookie)
+            .map(|ports| ports.iter().copied().collect())
+            .unwrap_or_default();
+        for port in ports {
+            self.unwatch_port(cookie, port);
+        }
+        if let Some(attachment) = self.attachments.remove(&cookie) {
+            detach_attachment(cookie, attachment);
+        }
+    }
+
+    /// Copies the traffic of server port `port` in the namespace with this cookie.
+    pub fn watch_port(&mut self, cookie: NetnsCookie, port: u16) -> Result<(), ProbeError> {
+        self.watched
+            .insert(PortKey::new(cookie, port), 1, 0)
+            .map_err(map_err(WATCHED_PORTS_MAP, "insert"))?;
+        self.watched_ports.entry(cookie).or_default().insert(port);
+        Ok(())
+    }
+
+    pub fn unwatch_port(&mut self, cookie: NetnsCookie, port: u16) {
+        if let Err(e) = self.watched.remove(&PortKey::new(cookie, port)) {
+            log::debug!("unwatching port {port} in netns cookie {cookie}: {e}");
+        }
+        if let Some(ports) = self.watched_ports.get_mut(&cookie) {
+            ports.remove(&port);
+            if ports.is_empty() {
+                self.watched_ports.remove(&cookie);
+            }
+        }
+    }
+
+    /// A handle for the fetch path to mark its own flows as not to be copied.
+    pub fn own_flows(&self) -> OwnFlows {
+        self.own_flows.clone()
+    }
+
+    /// The stream of captured segments. The ring buffer has one reader: a second call fails.
+    /// Needs a tokio runtime with I/O enabled.
+    pub fn segments(&mut self) -> Result<SegmentStream, ProbeError> {
+        let ring = self.segments.take().ok_or(ProbeError::SegmentsTaken)?;
+        let ring = register_readable(ring).map_err(ProbeError::Poll)?;
+        Ok(SegmentStream { ring })
+    }
+
+    /// Records and payload bytes the program dropped since load, summed over CPUs; also brings
+    /// the `loupe_ringbuf_dropped_*` counters up to date.
+    pub fn dropped(&self) -> (u64, u64) {
+        let values = match self.drops.get(&0, 0) {
+            Ok(values) => values,
+            Err(e) => {
+                log::warn!("cannot read the capture drop counters ({DROPS_MAP}): {e}");
+                return (
+                    self.drops_seen_events.load(Ordering::Relaxed),
+                    self.drops_seen_bytes.load(Ordering::Relaxed),
+                );
+            }
+        };
+        let (events, bytes) = values.iter().fold((0u64, 0u64), |(e, b), c| {
+            (e.wrapping_add(c.events), b.wrapping_add(c.bytes))
+        });
+        let prev_events = self.drops_seen_events.fetch_max(events, Ordering::Relaxed);
+        RINGBUF_DROPPED_EVENTS.add(events.saturating_sub(prev_events));
+        let prev_bytes = self.drops_seen_bytes.fetch_max(bytes, Ordering::Relaxed);
+        RINGBUF_DROPPED_BYTES.add(bytes.saturating_sub(prev_bytes));
+        (events, bytes)
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        for (cookie, attachment) in std::mem::take(&mut self.attachments) {
+            detach_attachment(cookie, attachment);
+        }
+        if let LogForwarding::Task(task) = &self.log_forwarding {
+            task.abort();
+        }
+    }
+}
+
+fn classifier(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, ProbeError> {
+    ebpf.program_mut(PROGRAM_NAME)
+        .ok_or(ProbeError::Missing {
+            kind: "program",
+            name: PROGRAM_NAME,
+        })?
+        .try_into()
+        .map_err(|source| ProbeError::Program {
+            what: "not a TC classifier",
+            source,
+        })
+}
+
+/// Runs inside the target namespace: removes stale netlink filters, then attaches. The link is
+/// taken out of aya's program so that dropping the `Ebpf` never detaches by interface index in
+/// the agent's own namespace.
+fn attach_here(
+    program: &mut SchedClassifier,
+    mode: AttachMode,
+) -> Result<(SchedClassifierLink, AttachedVia), String> {
+    remove_stale_filters();
+    let take = |program: &mut SchedClassifier, id| {
+        program
+            .take_link(id)
+            .map_err(|e| format!("cannot take the new link: {e}"))
+    };
+    if mode != AttachMode::Netlink {
+        let tcx = program.attach_with_options(
+            LOOPBACK,
+            TcAttachType::Egress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        );
+        match tcx {
+            Ok(id) => return Ok((take(program, id)?, AttachedVia::Tcx)),
+            Err(e) if mode == AttachMode::Tcx => return Err(format!("TCX: {e}")),
+            Err(e) => log::info!("TCX attach on lo failed ({e}); using a netlink clsact filter"),
+        }
+    }
+    // Fails with EEXIST when the qdisc is there already; a real problem shows in the attach.
+    if let Err(e) = tc::qdisc_add_clsact(LOOPBACK) {
+        log::debug!("adding clsact on lo: {e}");
+    }
+    let id = program
+        .attach_with_options(
+            LOOPBACK,
+            TcAttachType::Egress,
+            TcAttachOptions::Netlink(NlOptions::default()),
+        )
+        .map_err(|e| format!("netlink clsact filter: {e}"))?;
+    Ok((take(program, id)?, AttachedVia::Netlink))
+}
+
+/// Removes netlink filters named [`PROGRAM_NAME`] on this namespace's `lo` egress.
+fn remove_stale_filters() {
+    match tc::qdisc_detach_program(LOOPBACK, TcAttachType::Egress, PROGRAM_NAME) {
+        Ok(()) => {
+            STALE_FILTERS_REMOVED.inc();
+            log::info!("removed {PROGRAM_NAME} netlink filters left on lo by an earlier run");
+        }
+        Err(TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+        // Typically: no clsact qdisc on lo, so there is nothing to remove.
+        Err(e) => log::debug!("looking for stale {PROGRAM_NAME} filters on lo: {e}"),
+    }
+}
+
+fn detach_attachment(cookie: NetnsCookie, attachment: Attachment) {
+    let Attachment { link, via, netns } = attachment;
+    let result = match (via, netns) {
+        // A TCX link lives in its file descriptor; closing it detaches, from any namespace.
+        (AttachedVia::Tcx, _) => link.detach().map_err(|e| e.to_string()),
+        (AttachedVia::Netlink, Some(netns)) => match netns.run(move || link.detach()) {
+            Ok(detached) => detached.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+        (AttachedVia::Netlink, None) => Err("namespace handle missing".to_owned()),
+    };
+    if let Err(e) = result {
+        log::warn!("detaching {PROGRAM_NAME} from netns cookie {cookie}: {e}");
+    }
+}
+
+/// Registers a ring-buffer reader with the tokio reactor for readability.
+fn register_readable<T: std::os::fd::AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
+    // SAFETY: the ring buffers (segments, aya-log) own their map's file descriptor for their
+    // whole life and always return that same descriptor; the AsyncFd owns them.
+    unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+}
+
+async fn forward_logs(logger: EbpfLogger<&'static dyn log::Log>) {
+    let mut logger = match register_readable(logger) {
+        Ok(fd) => fd,
+        Err(e) => {
+            log::warn!("cannot poll the capture program's log ring buffer: {e}");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match logger.readable_mut().await {
+            Ok(guard) => guard,
+            Err(e) => {
+                log::warn!("capture program log forwarding stopped: {e}");
+                return;
+            }
+        };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}
+
+/// The fetch path's flows, which the program skips: keyed by (namespace cookie, client port).
+/// Register the port before the first packet: bind the socket, register, then connect.
+#[derive(Clone)]
+pub struct OwnFlows {
+    map: Arc<Mutex<HashMap<MapData, PortKey, u8>>>,
+}
+
+impl std::fmt::Debug for OwnFlows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnFlows").finish_non_exhaustive()
+    }
+}
+
+impl OwnFlows {
+    fn lock(&self) -> MutexGuard<'_, HashMap<MapData, PortKey, u8>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Marks the flow from `client_port` in that namespace as the agent's own until the guard
+    /// is dropped. Fails when the table is full (the flow is then observed as well).
+    pub fn register(
+        &self,
+        cookie: NetnsCookie,
+        client_port: u16,
+    ) -> Result<OwnFlowGuard, ProbeError> {
+        let key = PortKey::new(cookie, client_port);
+        self.lock().insert(key, 1, 0).map_err(|source| {
+            OWN_FLOWS_REJECTED.inc();
+            ProbeError::Map {
+                name: OWN_FLOWS_MAP,
+                what: "insert",
+                source,
+            }
+        })?;
+        Ok(OwnFlowGuard {
+            flows: self.clone(),
+            key,
+        })
+    }
+
+    pub fn unregister(&self, cookie: NetnsCookie, client_port: u16) {
+        if let Err(e) = self.lock().remove(&PortKey::new(cookie, client_port)) {
+            log::debug!("unregistering own flow port {client_port} in netns cookie {cookie}: {e}");
+        }
+    }
+}
+
+/// Unregisters its own flow when dropped.
+#[derive(Debug)]
+pub struct OwnFlowGuard {
+    flows: OwnFlows,
+    key: PortKey,
+}
+
+impl Drop for OwnFlowGuard {
+    fn drop(&mut self) {
+        self.flows.unregister(self.key.netns_cookie, self.key.port);
+    }
+}
+
+/// Captured segments, in the order the program emitted them (one ring for all CPUs).
+pub struct SegmentStream {
+    ring: AsyncFd<RingBuf<MapData>>,
+}
+
+impl std::fmt::Debug for SegmentStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentStream").finish_non_exhaustive()
+    }
+}
+
+impl SegmentStream {
+    /// Waits for the next segment.
+    pub async fn next(&mut self) -> Result<Segment, ProbeError> {
+        loop {
+            if let Some(segment) = self.try_next() {
+                return Ok(segment);
+            }
+            let mut guard = self.ring.readable_mut().await.map_err(ProbeError::Poll)?;
+            if let Some(segment) = next_segment(guard.get_inner_mut()) {
+                return Ok(segment);
+            }
+            guard.clear_ready();
+        }
+    }
+
+    /// The next segment already in the ring, without waiting.
+    pub fn try_next(&mut self) -> Option<Segment> {
+        next_segment(self.ring.get_mut())
+    }
+}
+
+fn next_segment(ring: &mut RingBuf<MapData>) -> Option<Segment> {
+    loop {
+        let item = ring.next()?;
+        match decode_record(&item) {
+            Some(segment) => {
+                EVENTS.inc();
+                PAYLOAD_BYTES.add(segment.payload.len() as u64);
+                return Some(segment);
+            }
+            None => MALFORMED_RECORDS.inc(),
+        }
+    }
+}
+
+/// Decodes one ring-buffer record: a [`SegmentHeader`] then `payload_len` payload bytes.
+pub fn decode_record(record: &[u8]) -> Option<Segment> {
+    let head = record.get(..SEGMENT_HEADER_LEN)?;
+    // SAFETY: `head` holds exactly size_of::<SegmentHeader>() bytes, and SegmentHeader is a
+    // repr(C) struct of integers (aya::Pod) for which every bit pattern is valid.
+    let header: SegmentHeader =
+        unsafe { std::ptr::read_unaligned(head.as_ptr().cast::<SegmentHeader>()) };
+    let len = usize::from(header.payload_len);
+    if len > CHUNK_BYTES {
+        return None;
+    }
+    let payload = record.get(SEGMENT_HEADER_LEN..SEGMENT_HEADER_LEN + len)?;
+    let source = SocketAddrV4::new(Ipv4Addr::from(header.saddr), header.sport);
+    let destination = SocketAddrV4::new(Ipv4Addr::from(header.daddr), header.dport);
+    let (direction, client, server) = match header.direction {
+        DIRECTION_REQUEST => (Direction::Request, source, destination),
+        DIRECTION_RESPONSE => (Direction::Response, destination, source),
+        _ => return None,
+    };
+    Some(Segment {
+        flow: FlowKey {
+            netns: header.netns_cookie,
+            client,
+            server,
+        },
+        direction,
+        seq: header.seq,
+        flags: header.flags,
+        payload: Bytes::copy_from_slice(payload),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(header: &SegmentHeader, payload: &[u8], pad: usize) -> Vec<u8> {
+        // SAFETY: SegmentHeader is repr(C) plain integers without implicit padding.
+        let head = unsafe {
+            std::slice::from_raw_parts(
+                (header as *const SegmentHeader).cast::<u8>(),
+                SEGMENT_HEADER_LEN,
+            )
+        };
+        let mut out = head.to_vec();
+        out.extend_from_slice(payload);
+        out.resize(out.len() + pad, 0xAA);
+        out
+    }
+
+    fn header(direction: u8, payload_len: u16) -> SegmentHeader {
+        SegmentHeader {
+            netns_cookie: 77,
+            saddr: u32::from(Ipv4Addr::new(127, 0, 0, 1)),
+            daddr: u32::from(Ipv4Addr::new(127, 0, 0, 2)),
+            sport: 40000,
+            dport: 8080,
+            seq: 1000,
+            ack: 5,
+            payload_len,
+            flags: 0x18,
+            direction,
+            packet_payload_len: u32::from(payload_len),
+            chunk: 0,
+            _reserved: 0,
+        }
+    }
+
+    #[test]
+    fn request_record_decodes_with_client_as_source() {
+        let bytes = record(&header(DIRECTION_REQUEST, 3), b"GET", 253);
+        let seg = decode_record(&bytes).expect("decodes");
+        assert_eq!(seg.direction, Direction::Request);
+        assert_eq!(seg.flow.netns, 77);
+        assert_eq!(seg.flow.client, "127.0.0.1:40000".parse().unwrap());
+        assert_eq!(seg.flow.server, "127.0.0.2:8080".parse().unwrap());
+        assert_eq!(seg.seq, 1000);
+        assert_eq!(seg.flags, 0x18);
+        assert_eq!(
+            &seg.payload[..],
+            b"GET",
+            "size-class padding is not payload"
+        );
+    }
+
+    #[test]
+    fn response_record_swaps_client_and_server() {
+        let bytes = record(&header(DIRECTION_RESPONSE, 2), b"OK", 0);
+        let seg = decode_record(&bytes).expect("decodes");
+        assert_eq!(seg.direction, Direction::Response);
+        assert_eq!(seg.flow.client, "127.0.0.2:8080".parse().unwrap());
+        assert_eq!(seg.flow.server, "127.0.0.1:40000".parse().unwrap());
+    }
+
+    #[test]
+    fn inconsistent_records_are_rejected() {
+        assert!(decode_record(&[0u8; 10]).is_none(), "shorter than a header");
+        let truncated = record(&header(DIRECTION_REQUEST, 10), b"GET", 0);
+        assert!(
+            decode_record(&truncated).is_none(),
+            "payload_len beyond the record"
+        );
+        let bad_direction = record(&header(7, 0), b"", 0);
+        assert!(decode_record(&bad_direction).is_none());
+    }
+
+    #[test]
+    fn ring_size_must_be_a_power_of_two_page_multiple() {
+        for bytes in [0, 1000, 4095, 12288] {
+            let err = Probe::load(&ProbeConfig {
+                ring_bytes: bytes,
+                ..ProbeConfig::default()
+            })
+            .unwrap_err();
+            assert!(matches!(err, ProbeError::RingSize { .. }), "{bytes}: {err}");
+        }
+    }
+}

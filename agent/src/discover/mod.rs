@@ -2,6 +2,8 @@
 //! endpoints each one has. Every source publishes whole snapshots of its pods on a
 //! `tokio::sync::watch` channel; the rest of the agent reconciles against the latest snapshot.
 
+pub mod annotations;
+pub mod kubernetes;
 pub mod pods_file;
 
 use std::fmt;

@@ -1,1 +1,347 @@
-//! The pods file: discovery without Kubernetes (format in README.md), reloaded when it changes.
+//! The pods file: discovery without Kubernetes, reloaded when it changes.
+//!
+//! ```yaml
+//! pods:
+//!   - namespace: shop
+//!     name: cart-7d9f
+//!     netns: /var/run/netns/cart     # or  pid: 1234
+//!     endpoints:
+//!       - port: 8080
+//!         path: /metrics             # default /metrics
+//!         container: app             # optional
+//!         name: http-metrics         # optional; the endpoint label, default the port number
+//! ```
+//!
+//! A file with any error is rejected whole, with the line and field named, and the agent keeps the
+//! pods of the last good version: a typo must not make every pod's series vanish.
+
+use super::{Endpoint, NetnsRef, Pod};
+use crate::telemetry::Counter;
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub static RELOADS: Counter = Counter::new(
+    "loupe_pods_file_reloads_total",
+    "Times the pods file was read and accepted.",
+);
+pub static ERRORS: Counter = Counter::new(
+    "loupe_pods_file_errors_total",
+    "Times the pods file was rejected (the previous pods were kept).",
+);
+pub static COUNTERS: &[&Counter] = &[&RELOADS, &ERRORS];
+
+/// How often the file is checked for changes. Polling, rather than inotify, also sees the
+/// symlink swaps a Kubernetes ConfigMap volume makes.
+const POLL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodsFileError {
+    #[error("cannot read pods file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("pods file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDoc {
+    #[serde(default)]
+    pods: Vec<PodEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PodEntry {
+    namespace: String,
+    name: String,
+    #[serde(default)]
+    uid: String,
+    netns: Option<PathBuf>,
+    pid: Option<u32>,
+    #[serde(default)]
+    endpoints: Vec<EndpointEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointEntry {
+    port: u16,
+    path: Option<String>,
+    container: Option<String>,
+    name: Option<String>,
+}
+
+/// Parses and validates a pods file's text. Errors name the line and the field.
+pub fn parse(path: &Path, text: &str) -> Result<Vec<Pod>, PodsFileError> {
+    let invalid = |message: String| PodsFileError::Invalid {
+        path: path.to_owned(),
+        message,
+    };
+    // serde_yaml's messages carry the field path (`pods[1].endpoints[0].port`) and the line.
+    let doc: FileDoc = serde_yaml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    let mut seen = HashSet::new();
+    let mut pods = Vec::with_capacity(doc.pods.len());
+    for (i, entry) in doc.pods.into_iter().enumerate() {
+        let at = format!("pods[{i}]");
+        let line = line_of_entry(text, i);
+        let at = match line {
+            Some(line) => format!("{at} (line {line})"),
+            None => at,
+        };
+        for (field, value) in [("namespace", &entry.namespace), ("name", &entry.name)] {
+            if !is_dns_label(value) {
+                return Err(invalid(format!(
+                    "{at}.{field}: '{value}' is not a valid Kubernetes name (lowercase letters, digits and '-', at most 253 characters)"
+                )));
+            }
+        }
+        let netns = match (entry.netns, entry.pid) {
+            (Some(path), None) => NetnsRef::Path(path),
+            (None, Some(pid)) if pid > 0 => NetnsRef::Pid(pid),
+            (None, Some(_)) => {
+                return Err(invalid(format!("{at}.pid: must be a positive process id")))
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(format!("{at}: give either netns or pid, not both")))
+            }
+            (None, None) => {
+                return Err(invalid(format!(
+                    "{at}: missing netns (a namespace file) or pid (a process in the pod)"
+                )))
+            }
+        };
+        if !seen.insert((entry.namespace.clone(), entry.name.clone())) {
+            return Err(invalid(format!(
+                "{at}: pod {}/{} is listed twice",
+                entry.namespace, entry.name
+            )));
+        }
+        let mut endpoints = Vec::with_capacity(entry.endpoints.len());
+        let mut seen_endpoints = HashSet::new();
+        for (j, e) in entry.endpoints.into_iter().enumerate() {
+            let at = format!("{at}.endpoints[{j}]");
+            if e.port == 0 {
+                return Err(invalid(format!("{at}.port: must be between 1 and 65535")));
+            }
+            let path = e.path.unwrap_or_else(|| "/metrics".to_owned());
+            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid(format!(
+                    "{at}.path: '{path}' must start with '/' and contain no spaces"
+                )));
+            }
+            if let Some(name) = &e.name {
+                if name.is_empty() {
+                    return Err(invalid(format!("{at}.name: must not be empty")));
+                }
+            }
+            if !seen_endpoints.insert((e.port, path.clone())) {
+                return Err(invalid(format!(
+                    "{at}: port {} path {path} is listed twice",
+                    e.port
+                )));
+            }
+            endpoints.push(Endpoint {
+                port: e.port,
+                path,
+                container: e.container.filter(|c| !c.is_empty()),
+                name: e.name,
+            });
+        }
+        pods.push(Pod {
+            namespace: entry.namespace,
+            name: entry.name,
+            uid: entry.uid,
+            netns,
+            endpoints,
+        });
+    }
+    Ok(pods)
+}
+
+/// The 1-based line where the `i`-th item of `pods:` starts, for error messages.
+fn line_of_entry(text: &str, i: usize) -> Option<usize> {
+    let indent = text.lines().find_map(|l| {
+        let t = l.trim_start();
+        t.starts_with("- ").then(|| l.len() - t.len())
+    })?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            l.len() > indent && l[indent..].starts_with("- ") && l[..indent].trim().is_empty()
+        })
+        .nth(i)
+        .map(|(n, _)| n + 1)
+}
+
+/// RFC 1123 subdomain, as Kubernetes requires of namespace and pod names.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !s.starts_with(['-', '.'])
+        && !s.ends_with(['-', '.'])
+}
+
+/// Reads and parses the file once.
+pub fn load(path: &Path) -> Result<Vec<Pod>, PodsFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PodsFileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Publishes the file's pods, and again each time its content changes. A rejected version is
+/// logged and counted and the previous pods stay published. Runs until the receivers are gone.
+pub async fn watch(path: PathBuf, pods: watch::Sender<Vec<Pod>>) {
+    let mut last_text: Option<String> = None;
+    let mut interval = tokio::time::interval(POLL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if pods.is_closed() {
+            return;
+        }
+        let text = match tokio::fs::read_to_string(&path).await {
+            Ok(text) => text,
+            Err(source) => {
+                if last_text.is_some() || pods.borrow().is_empty() {
+                    log::error!(
+                        "{}; keeping the previous pods",
+                        PodsFileError::Read {
+                            path: path.clone(),
+                            source
+                        }
+                    );
+                    ERRORS.inc();
+                }
+                // Report a missing file once per disappearance, not every second.
+                last_text = Some(String::new());
+                continue;
+            }
+        };
+        if last_text.as_deref() == Some(text.as_str()) {
+            continue;
+        }
+        match parse(&path, &text) {
+            Ok(new) => {
+                RELOADS.inc();
+                log::info!("pods file {}: {} pods", path.display(), new.len());
+                pods.send_replace(new);
+            }
+            Err(e) => {
+                ERRORS.inc();
+                log::error!("{e}; keeping the previous pods");
+            }
+        }
+        last_text = Some(text);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<Vec<Pod>, PodsFileError> {
+        parse(Path::new("pods.yaml"), text)
+    }
+
+    #[test]
+    fn parses_the_documented_example() {
+        let pods = p("pods:\n  - namespace: shop\n    name: cart-7d9f\n    netns: /var/run/netns/cart\n    endpoints:\n      - port: 8080\n        path: /metrics\n        container: app\n        name: http-metrics\n      - port: 9090\n  - namespace: shop\n    name: web\n    pid: 1234\n").unwrap();
+        assert_eq!(pods.len(), 2);
+        assert_eq!(pods[0].netns, NetnsRef::Path("/var/run/netns/cart".into()));
+        assert_eq!(pods[0].endpoints[0].label(), "http-metrics");
+        assert_eq!(pods[0].endpoints[0].container.as_deref(), Some("app"));
+        assert_eq!(pods[0].endpoints[1].label(), "9090");
+        assert_eq!(pods[0].endpoints[1].path, "/metrics");
+        assert_eq!(pods[1].netns, NetnsRef::Pid(1234));
+        assert!(pods[1].endpoints.is_empty());
+    }
+
+    #[test]
+    fn a_bad_port_names_field_and_line() {
+        let err = p("pods:\n  - namespace: shop\n    name: cart\n    pid: 1\n    endpoints:\n      - port: eighty\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("pods[0].endpoints[0].port"), "{msg}");
+        assert!(msg.contains("line 6"), "{msg}");
+    }
+
+    #[test]
+    fn an_unknown_field_is_rejected() {
+        let msg = p("pods:\n  - namespace: shop\n    name: cart\n    pid: 1\n    prot: 8080\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("prot"), "{msg}");
+        assert!(msg.contains("line 5"), "{msg}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_entry_and_its_line() {
+        let msg = p("pods:\n  - namespace: shop\n    name: a\n    pid: 1\n  - namespace: shop\n    name: b\n    netns: /x\n    pid: 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("pods[1] (line 5)"), "{msg}");
+        assert!(msg.contains("not both"), "{msg}");
+
+        let msg = p("pods:\n  - namespace: Shop\n    name: a\n    pid: 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("pods[0] (line 2).namespace"), "{msg}");
+
+        let msg = p("pods:\n  - namespace: shop\n    name: a\n    pid: 1\n    endpoints:\n      - port: 1\n        path: metrics\n").unwrap_err().to_string();
+        assert!(msg.contains("endpoints[0].path"), "{msg}");
+
+        let msg = p("pods:\n  - namespace: shop\n    name: a\n    pid: 1\n  - namespace: shop\n    name: a\n    pid: 2\n").unwrap_err().to_string();
+        assert!(msg.contains("listed twice"), "{msg}");
+
+        let msg = p("pods:\n  - namespace: shop\n    name: a\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("missing netns"), "{msg}");
+    }
+
+    #[test]
+    fn empty_file_means_no_pods() {
+        assert!(p("pods: []\n").unwrap().is_empty());
+        assert!(p("{}\n").unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn watch_keeps_previous_pods_when_the_file_breaks() {
+        let dir = std::env::temp_dir().join(format!("loupe-podsfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pods.yaml");
+        std::fs::write(&file, "pods:\n  - namespace: a\n    name: b\n    pid: 1\n").unwrap();
+        let (tx, mut rx) = watch::channel(Vec::new());
+        let task = tokio::spawn(watch(file.clone(), tx));
+        rx.changed().await.unwrap();
+        assert_eq!(rx.borrow().len(), 1);
+        let errors_before = ERRORS.get();
+        std::fs::write(&file, "pods:\n  - namespace: a\n    nme: b\n").unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while ERRORS.get() == errors_before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "broken file was not noticed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(rx.borrow().len(), 1, "previous pods must be kept");
+        std::fs::write(&file, "pods:\n  - namespace: a\n    name: b\n    pid: 1\n  - namespace: a\n    name: c\n    pid: 2\n").unwrap();
+        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rx.borrow().len(), 2);
+        task.abort();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -189,9 +189,92 @@ pub fn socket_netns_cookie(socket: &impl AsRawFd) -> std::io::Result<u64> {
     Ok(cookie)
 }
 
+/// Scratch namespaces for the agent's own tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// Whether this process may create namespaces. Without root the caller's test is skipped with
+    /// the reason printed; under CI (`CI=true`) that is a failure instead.
+    pub fn require_root(test: &str) -> bool {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            return true;
+        }
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test} needs root (network namespaces), and CI=true forbids skipping it"
+        );
+        eprintln!("skipping {test}: needs root to create network namespaces");
+        false
+    }
+
+    /// A new, empty network namespace with `lo` up. It lives as long as the handle: nothing to
+    /// clean up, even when the test fails.
+    pub fn scratch() -> Netns {
+        std::thread::spawn(|| {
+            // SAFETY: unshare only changes this short-lived thread's namespace.
+            assert_eq!(
+                unsafe { libc::unshare(libc::CLONE_NEWNET) },
+                0,
+                "unshare: {}",
+                std::io::Error::last_os_error()
+            );
+            set_loopback_up();
+            Netns::open(Path::new("/proc/thread-self/ns/net")).expect("open new netns")
+        })
+        .join()
+        .expect("scratch namespace thread")
+    }
+
+    fn set_loopback_up() {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0");
+        // A UDP bind works with lo down; the socket is only an ioctl handle.
+        let socket = socket.expect("ioctl socket");
+        // SAFETY: ifreq is plain data; the name is NUL-terminated; the fd is a valid socket.
+        unsafe {
+            let mut req: libc::ifreq = std::mem::zeroed();
+            req.ifr_name[0] = b'l' as libc::c_char;
+            req.ifr_name[1] = b'o' as libc::c_char;
+            assert_eq!(
+                libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req),
+                0
+            );
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            assert_eq!(
+                libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req),
+                0
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scratch_namespace_has_its_own_loopback() {
+        if !testing::require_root("scratch_namespace_has_its_own_loopback") {
+            return;
+        }
+        let ns = testing::scratch();
+        assert_ne!(
+            ns.cookie().unwrap(),
+            Netns::current().unwrap().cookie().unwrap()
+        );
+        let listener = ns
+            .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap()
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // The host's loopback does not reach the namespace's.
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+        assert!(ns
+            .run(move || std::net::TcpStream::connect(("127.0.0.1", port)))
+            .unwrap()
+            .is_ok());
+    }
 
     #[test]
     fn own_namespace_has_a_stable_cookie() {

@@ -1,0 +1,175 @@
+//! The node: applies each discovery snapshot. Resolves every pod's network namespace, attaches
+//! the probe there, watches the endpoints' ports, and makes the store's targets match, so a
+//! deleted pod's series vanish with the next scrape. A pod that cannot be resolved keeps its
+//! targets, reported down with the reason; it never affects another pod.
+
+use crate::capture::probe::Probe;
+use crate::capture::NetnsCookie;
+use crate::discover::{NetnsRef, Pod, PodKey};
+use crate::resolve::{self, cgroup::ProcIndex, netns::Netns};
+use crate::store::{Identity, Origin, Outcome, Resolved, Store, TargetKey};
+use crate::telemetry::Counter;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub static RESOLVE_ERRORS: Counter = Counter::new(
+    "loupe_resolve_errors_total",
+    "Times a pod's network namespace could not be found or entered.",
+);
+pub static ATTACH_ERRORS: Counter = Counter::new(
+    "loupe_attach_errors_total",
+    "Times the probe could not be attached in a pod's namespace or a port not watched.",
+);
+pub static COUNTERS: &[&Counter] = &[&RESOLVE_ERRORS, &ATTACH_ERRORS];
+
+/// What is attached where, so the next snapshot changes only the difference.
+pub struct Node {
+    probe: Probe,
+    store: Store,
+    /// Attached namespaces with the ports watched in each.
+    attached: HashMap<NetnsCookie, HashSet<u16>>,
+    /// Last error per pod, to log changes only.
+    errors: HashMap<PodKey, String>,
+}
+
+impl Node {
+    pub fn new(probe: Probe, store: Store) -> Self {
+        Self {
+            probe,
+            store,
+            attached: HashMap::new(),
+            errors: HashMap::new(),
+        }
+    }
+
+    pub fn probe_mut(&mut self) -> &mut Probe {
+        &mut self.probe
+    }
+
+    /// Brings attachments and targets in line with `pods`.
+    pub fn apply(&mut self, pods: &[Pod]) {
+        let mut targets = Vec::new();
+        let mut wanted: HashMap<NetnsCookie, HashSet<u16>> = HashMap::new();
+        let mut failures = Vec::new();
+        let mut errors = HashMap::new();
+        let procs = self.scan_procs(pods);
+        for pod in pods {
+            let resolved = self.resolve_and_attach(pod, procs.as_ref());
+            if let Err(reason) = &resolved {
+                if self.errors.get(&pod.key()) != Some(reason) {
+                    log::warn!("pod {}: {reason}", pod.key());
+                }
+                errors.insert(pod.key(), reason.clone());
+            } else if self.errors.contains_key(&pod.key()) {
+                log::info!("pod {}: namespace resolved", pod.key());
+            }
+            for endpoint in &pod.endpoints {
+                let key = TargetKey {
+                    pod: pod.key(),
+                    port: endpoint.port,
+                    path: endpoint.path.clone(),
+                };
+                let identity = Identity {
+                    namespace: pod.namespace.clone(),
+                    pod: pod.name.clone(),
+                    container: endpoint.container.clone().unwrap_or_default(),
+                    endpoint: endpoint.label(),
+                };
+                if let Ok((_, cookie)) = &resolved {
+                    wanted.entry(*cookie).or_default().insert(endpoint.port);
+                } else if let Err(reason) = &resolved {
+                    failures.push((key.clone(), reason.clone()));
+                }
+                targets.push((key, identity, resolved.clone()));
+            }
+        }
+        self.errors = errors;
+        self.sync_probe(wanted);
+        self.store.set_targets(targets);
+        for (key, reason) in failures {
+            self.store.record(
+                &key,
+                Outcome {
+                    at: Instant::now(),
+                    origin: Origin::Fetched,
+                    duration: Default::default(),
+                    result: Err(reason),
+                },
+            );
+        }
+    }
+
+    /// Indexes `/proc` once when some pod is known by container IDs only.
+    fn scan_procs(&self, pods: &[Pod]) -> Option<ProcIndex> {
+        if !pods
+            .iter()
+            .any(|p| matches!(p.netns, NetnsRef::Containers(_)))
+        {
+            return None;
+        }
+        match ProcIndex::scan(Path::new("/proc")) {
+            Ok(index) => Some(index),
+            Err(e) => {
+                RESOLVE_ERRORS.inc();
+                log::error!("cannot index processes by container: {e}");
+                None
+            }
+        }
+    }
+
+    fn resolve_and_attach(&mut self, pod: &Pod, procs: Option<&ProcIndex>) -> Resolved {
+        let netns = resolve::resolve(&pod.netns, procs).map_err(|e| {
+            RESOLVE_ERRORS.inc();
+            e.to_string()
+        })?;
+        let cookie = self.attach(&netns)?;
+        Ok((Arc::new(netns), cookie))
+    }
+
+    fn attach(&mut self, netns: &Netns) -> Result<NetnsCookie, String> {
+        self.probe.attach(netns).map_err(|e| {
+            ATTACH_ERRORS.inc();
+            format!("attaching the probe in {}: {e}", netns.path().display())
+        })
+    }
+
+    /// Watches wanted ports, unwatches the rest, detaches namespaces no pod uses any more.
+    fn sync_probe(&mut self, wanted: HashMap<NetnsCookie, HashSet<u16>>) {
+        for (cookie, ports) in &wanted {
+            let watched = self.attached.entry(*cookie).or_default();
+            for port in ports.difference(&watched.clone()) {
+                match self.probe.watch_port(*cookie, *port) {
+                    Ok(()) => {
+                        watched.insert(*port);
+                    }
+                    Err(e) => {
+                        ATTACH_ERRORS.inc();
+                        log::warn!(
+                            "watching port {port} in namespace {cookie}: {e}; only fetching there"
+                        );
+                    }
+                }
+            }
+            for port in watched.difference(ports).copied().collect::<Vec<_>>() {
+                self.probe.unwatch_port(*cookie, port);
+                watched.remove(&port);
+            }
+        }
+        let gone: Vec<NetnsCookie> = self
+            .attached
+            .keys()
+            .filter(|c| !wanted.contains_key(c))
+            .copied()
+            .collect();
+        for cookie in gone {
+            if let Some(ports) = self.attached.remove(&cookie) {
+                for port in ports {
+                    self.probe.unwatch_port(cookie, port);
+                }
+            }
+            self.probe.detach(cookie);
+        }
+    }
+}

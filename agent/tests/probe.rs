@@ -1,0 +1,601 @@
+//! The capture probe against the real kernel: network namespaces made with `ip netns`, the eBPF
+//! program attached on their `lo`, real TCP traffic inside them. Needs root and a BPF-capable
+//! kernel; skips otherwise (fails instead when `CI=true`).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use aya::programs::{SchedClassifier, TcAttachType};
+use loupe_agent::capture::probe::{
+    AttachMode, AttachedVia, OwnFlows, Probe, ProbeConfig, SegmentStream, CAPTURE_PROGRAM_NAME,
+    RINGBUF_DROPPED_EVENTS, STALE_FILTERS_REMOVED,
+};
+use loupe_agent::capture::{Direction, Segment};
+use loupe_agent::resolve::netns::Netns;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const CHILD_NETNS_VAR: &str = "LOUPE_PROBE_TEST_CHILD_NETNS";
+const CHILD_MODE_VAR: &str = "LOUPE_PROBE_TEST_CHILD_MODE";
+
+/// True when the test can run; otherwise says why (and panics under `CI=true`).
+fn can_run(test: &str) -> bool {
+    let reason = if unsafe_geteuid() != 0 {
+        "needs root (network namespaces, BPF)"
+    } else if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        "needs a kernel with BTF"
+    } else if Command::new("ip").arg("-V").output().is_err() {
+        "needs iproute2 (`ip`)"
+    } else {
+        return true;
+    };
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: {reason}, and CI=true forbids skipping");
+    }
+    eprintln!("skipping {test}: {reason}");
+    false
+}
+
+/// Keeps every log line, so a test can see the eBPF program's aya-log records arrive.
+struct CapturingLogger {
+    lines: std::sync::Mutex<Vec<String>>,
+}
+
+impl log::Log for CapturingLogger {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        lines.push(record.args().to_string());
+    }
+    fn flush(&self) {}
+}
+
+static LOGGER: CapturingLogger = CapturingLogger {
+    lines: std::sync::Mutex::new(Vec::new()),
+};
+
+fn capture_logs() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        log::set_logger(&LOGGER).expect("install test logger");
+        log::set_max_level(log::LevelFilter::Trace);
+    });
+}
+
+fn logged(needle: &str) -> bool {
+    let lines = LOGGER.lines.lock().unwrap_or_else(|p| p.into_inner());
+    lines.iter().any(|line| line.contains(needle))
+}
+
+fn unsafe_geteuid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// A named network namespace with `lo` up, deleted on drop (also when the test panics).
+struct TestNetns {
+    name: String,
+    netns: Netns,
+}
+
+impl TestNetns {
+    fn new() -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "loupe-probe-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        run("ip", &["netns", "add", &name]);
+        // From here on the guard deletes the namespace even if a later step panics.
+        let netns = Netns::open(&PathBuf::from(format!("/var/run/netns/{name}")));
+        let guard_name = name.clone();
+        let netns = match netns {
+            Ok(netns) => netns,
+            Err(e) => {
+                let _ = Command::new("ip")
+                    .args(["netns", "del", &guard_name])
+                    .status();
+                panic!("open netns {name}: {e}");
+            }
+        };
+        let ns = Self { name, netns };
+        run("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn listen(&self) -> TcpListener {
+        self.netns
+            .run(|| TcpListener::bind("127.0.0.1:0"))
+            .expect("enter netns")
+            .expect("bind listener")
+    }
+
+    /// Netlink filters on lo egress whose line names the loupe program.
+    fn loupe_netlink_filters(&self) -> usize {
+        self.tc_egress_filters()
+            .lines()
+            .filter(|line| line.contains(CAPTURE_PROGRAM_NAME))
+            .count()
+    }
+
+    fn tc_egress_filters(&self) -> String {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &self.name, "tc", "filter", "show", "dev", "lo", "egress",
+            ])
+            .output()
+            .expect("run tc");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Loupe programs attached with TCX on this namespace's lo egress.
+    fn loupe_tcx_programs(&self) -> usize {
+        let programs = self
+            .netns
+            .run(|| SchedClassifier::query_tcx("lo", TcAttachType::Egress))
+            .expect("enter netns")
+            .expect("query tcx");
+        programs
+            .1
+            .iter()
+            .filter(|p| p.name_as_str() == Some(CAPTURE_PROGRAM_NAME))
+            .count()
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn run(program: &str, args: &[&str]) {
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("run {program} {args:?}: {e}"));
+    assert!(status.success(), "{program} {args:?}: {status}");
+}
+
+fn load(ring_bytes: u32, attach_mode: AttachMode) -> Probe {
+    Probe::load(&ProbeConfig {
+        ring_bytes,
+        attach_mode,
+    })
+    .unwrap_or_else(|e| panic!("load probe: {e}"))
+}
+
+/// Serves `count` connections: reads one request head, answers `body` with Content-Length,
+/// closes.
+fn serve(listener: TcpListener, body: Vec<u8>, count: usize) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for _ in 0..count {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).expect("read request");
+                assert!(n > 0, "client closed before the request head ended");
+                head.extend_from_slice(&buf[..n]);
+            }
+            conn.write_all(&response_for(&body))
+                .expect("write response");
+        }
+    })
+}
+
+fn response_for(body: &[u8]) -> Vec<u8> {
+    let mut response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    response.extend_from_slice(body);
+    response
+}
+
+const REQUEST: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: */*\r\n\r\n";
+
+/// One request from inside `ns` to `port`; returns the client port and the whole response.
+/// With `own`, the client port is registered as the agent's own before connecting.
+async fn get(ns: &TestNetns, port: u16, own: Option<&OwnFlows>) -> (u16, Vec<u8>) {
+    let socket = ns
+        .netns
+        .run(|| -> std::io::Result<tokio::net::TcpSocket> {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0).into())?;
+            Ok(socket)
+        })
+        .expect("enter netns")
+        .expect("client socket");
+    let client_port = socket.local_addr().expect("local addr").port();
+    let cookie = ns.netns.cookie().expect("cookie");
+    let _guard = own.map(|flows| {
+        flows
+            .register(cookie, client_port)
+            .expect("register own flow")
+    });
+    let mut stream = socket
+        .connect(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port).into())
+        .await
+        .expect("connect");
+    stream.write_all(REQUEST).await.expect("send request");
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .await
+        .expect("read response");
+    (client_port, response)
+}
+
+/// Reads segments until both directions of the flow from `client_port` have shown a FIN.
+async fn collect_flow(stream: &mut SegmentStream, client_port: u16) -> Vec<Segment> {
+    let mut segments = Vec::new();
+    let (mut fin_request, mut fin_response) = (false, false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !(fin_request && fin_response) {
+        let segment = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no FIN in both directions of client port {client_port} within 30 s; got {} segments",
+                    segments.len()
+                )
+            })
+            .expect("read ring");
+        if segment.flow.client.port() == client_port && segment.flags & TCP_FIN != 0 {
+            match segment.direction {
+                Direction::Request => fin_request = true,
+                Direction::Response => fin_response = true,
+            }
+        }
+        segments.push(segment);
+    }
+    segments
+}
+
+/// The payload of one direction, put together by sequence number from the SYN's seq. A segment
+/// that repeats bytes already placed (a TCP retransmission under load) is trimmed; a gap or a
+/// retransmission with different bytes panics, as does a missing SYN.
+fn reassemble(segments: &[Segment], client_port: u16, direction: Direction) -> Vec<u8> {
+    let mut mine: Vec<&Segment> = segments
+        .iter()
+        .filter(|s| s.flow.client.port() == client_port && s.direction == direction)
+        .collect();
+    let syn = mine
+        .iter()
+        .find(|s| s.flags & TCP_SYN != 0)
+        .unwrap_or_else(|| panic!("no SYN for {direction:?}"));
+    let isn = syn.seq;
+    mine.retain(|s| !s.payload.is_empty());
+    mine.sort_by_key(|s| s.seq.wrapping_sub(isn));
+    let mut out: Vec<u8> = Vec::new();
+    for s in mine {
+        let offset = s.seq.wrapping_sub(isn.wrapping_add(1)) as usize;
+        assert!(
+            offset <= out.len(),
+            "{direction:?}: gap: segment at offset {offset} where {} was expected",
+            out.len()
+        );
+        let overlap = (out.len() - offset).min(s.payload.len());
+        assert_eq!(
+            &out[offset..offset + overlap],
+            &s.payload[..overlap],
+            "{direction:?}: retransmitted bytes differ at offset {offset}"
+        );
+        out.extend_from_slice(&s.payload[overlap..]);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_directions_arrive_with_flow_identity_and_continuous_seq() {
+    if !can_run("both_directions_arrive_with_flow_identity_and_continuous_seq") {
+        return;
+    }
+    let ns = TestNetns::new();
+    let listener = ns.listen();
+    let port = listener.local_addr().expect("addr").port();
+    let body = b"# TYPE up gauge\nup 1\n".to_vec();
+    let server = serve(listener, body.clone(), 1);
+
+    let mut probe = load(1 << 20, AttachMode::Auto);
+    let cookie = probe.attach(&ns.netns).expect("attach");
+    assert_eq!(cookie, ns.netns.cookie().expect("cookie"));
+    assert_eq!(probe.attach(&ns.netns).expect("attach twice"), cookie);
+    assert_eq!(probe.attached_via(cookie), Some(AttachedVia::Tcx));
+    probe.watch_port(cookie, port).expect("watch");
+    let mut stream = probe.segments().expect("segments");
+
+    let (client_port, response) = get(&ns, port, None).await;
+    server.join().expect("server");
+    assert_eq!(response, response_for(&body));
+    let segments = collect_flow(&mut stream, client_port).await;
+
+    for s in segments
+        .iter()
+        .filter(|s| s.flow.client.port() == client_port)
+    {
+        assert_eq!(s.flow.netns, cookie);
+        assert_eq!(
+            s.flow.client,
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, client_port)
+        );
+        assert_eq!(s.flow.server, SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
+    }
+    assert_eq!(
+        reassemble(&segments, client_port, Direction::Request),
+        REQUEST
+    );
+    assert_eq!(
+        reassemble(&segments, client_port, Direction::Response),
+        response_for(&body)
+    );
+    assert_eq!(probe.dropped(), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwatched_ports_and_own_flows_are_not_copied() {
+    if !can_run("unwatched_ports_and_own_flows_are_not_copied") {
+        return;
+    }
+    let ns = TestNetns::new();
+    let watched = ns.listen();
+    let watched_port = watched.local_addr().expect("addr").port();
+    let unwatched = ns.listen();
+    let unwatched_port = unwatched.local_addr().expect("addr").port();
+    let watched_server = serve(watched, b"watched\n".to_vec(), 2);
+    let unwatched_server = serve(unwatched, b"unwatched\n".to_vec(), 1);
+
+    let mut probe = load(1 << 20, AttachMode::Auto);
+    let cookie = probe.attach(&ns.netns).expect("attach");
+    probe.watch_port(cookie, watched_port).expect("watch");
+    let own = probe.own_flows();
+    let mut stream = probe.segments().expect("segments");
+
+    let (_, unwatched_reply) = get(&ns, unwatched_port, None).await;
+    assert_eq!(unwatched_reply, response_for(b"unwatched\n"));
+    let (own_port, own_reply) = get(&ns, watched_port, Some(&own)).await;
+    assert_eq!(own_reply, response_for(b"watched\n"));
+    // The ring is ordered: anything the first two flows produced would come before this one.
+    let (marker_port, _) = get(&ns, watched_port, None).await;
+    let segments = collect_flow(&mut stream, marker_port).await;
+    watched_server.join().expect("server");
+    unwatched_server.join().expect("server");
+
+    assert!(segments
+        .iter()
+        .all(|s| s.flow.server.port() != unwatched_port));
+    assert!(segments.iter().all(|s| s.flow.client.port() != own_port));
+    assert!(segments.iter().any(|s| s.flow.client.port() == marker_port));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_megabyte_response_arrives_byte_identical() {
+    if !can_run("five_megabyte_response_arrives_byte_identical") {
+        return;
+    }
+    let ns = TestNetns::new();
+    let listener = ns.listen();
+    let port = listener.local_addr().expect("addr").port();
+    let body: Vec<u8> = (0..5_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let server = serve(listener, body.clone(), 1);
+
+    let mut probe = load(16 << 20, AttachMode::Auto);
+    let cookie = probe.attach(&ns.netns).expect("attach");
+    probe.watch_port(cookie, port).expect("watch");
+    let mut stream = probe.segments().expect("segments");
+
+    let (client_port, response) = get(&ns, port, None).await;
+    server.join().expect("server");
+    let expected = response_for(&body);
+    assert_eq!(response.len(), expected.len());
+    let segments = collect_flow(&mut stream, client_port).await;
+    let captured = reassemble(&segments, client_port, Direction::Response);
+    assert_eq!(captured.len(), expected.len());
+    assert!(
+        captured == expected,
+        "captured response differs from the one sent"
+    );
+    assert!(
+        segments.iter().all(|s| s.payload.len() <= 4096),
+        "records are at most one chunk"
+    );
+    assert_eq!(probe.dropped(), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_ring_counts_drops() {
+    if !can_run("a_full_ring_counts_drops") {
+        return;
+    }
+    let ns = TestNetns::new();
+    let listener = ns.listen();
+    let port = listener.local_addr().expect("addr").port();
+    let body = vec![b'x'; 200_000];
+    let server = serve(listener, body.clone(), 1);
+
+    capture_logs();
+    // One page: a 4 KiB chunk record (4 KiB + header) never fits.
+    let mut probe = load(4096, AttachMode::Auto);
+    let cookie = probe.attach(&ns.netns).expect("attach");
+    probe.watch_port(cookie, port).expect("watch");
+    let before = RINGBUF_DROPPED_EVENTS.get();
+
+    let (_, response) = get(&ns, port, None).await;
+    server.join().expect("server");
+    assert_eq!(response, response_for(&body), "traffic is never changed");
+    let (events, bytes) = probe.dropped();
+    assert!(events > 0, "no dropped records counted");
+    assert!(bytes >= 100_000, "only {bytes} dropped bytes counted");
+    assert!(RINGBUF_DROPPED_EVENTS.get() >= before + events);
+    // The program reports drops through aya-log, forwarded into the `log` crate.
+    let mut forwarded = logged("records dropped on this CPU");
+    for _ in 0..100 {
+        if forwarded {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        forwarded = logged("records dropped on this CPU");
+    }
+    assert!(
+        forwarded,
+        "the program's drop warning did not reach the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detach_and_drop_leave_no_program_attached() {
+    if !can_run("detach_and_drop_leave_no_program_attached") {
+        return;
+    }
+    let ns = TestNetns::new();
+    let mut probe = load(1 << 20, AttachMode::Auto);
+    let cookie = probe.attach(&ns.netns).expect("attach");
+    assert_eq!(ns.loupe_tcx_programs(), 1);
+    probe.detach(cookie);
+    assert_eq!(ns.loupe_tcx_programs(), 0, "still attached after detach");
+
+    probe.attach(&ns.netns).expect("attach again");
+    assert_eq!(ns.loupe_tcx_programs(), 1);
+    drop(probe);
+    assert_eq!(ns.loupe_tcx_programs(), 0, "still attached after drop");
+}
+
+/// Starts this test binary as a child that attaches in `ns` and waits to be killed.
+fn spawn_attached_child(ns: &TestNetns, mode: &str) -> std::process::Child {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut child = Command::new(exe)
+        .args([
+            "--exact",
+            "attached_child_process",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_NETNS_VAR, ns.netns.path())
+        .env(CHILD_MODE_VAR, mode)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn child");
+    let stdout = child.stdout.take().expect("child stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let attached = lines.any(|line| line.map(|l| l.contains("CHILD ATTACHED")).unwrap_or(false));
+    if !attached {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("child did not attach");
+    }
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_leaves_no_tcx_program() {
+    if !can_run("kill_9_leaves_no_tcx_program") {
+        return;
+    }
+    let ns = TestNetns::new();
+    let mut child = spawn_attached_child(&ns, "tcx");
+    assert_eq!(ns.loupe_tcx_programs(), 1, "child's TCX link not seen");
+    child.kill().expect("SIGKILL child");
+    child.wait().expect("reap child");
+    // The kernel releases the link with the dead process's file descriptors.
+    let mut remaining = ns.loupe_tcx_programs();
+    for _ in 0..50 {
+        if remaining == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        remaining = ns.loupe_tcx_programs();
+    }
+    assert_eq!(remaining, 0, "TCX program left attached after kill -9");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netlink_filters_left_by_a_killed_agent_are_removed_on_attach() {
+    if !can_run("netlink_filters_left_by_a_killed_agent_are_removed_on_attach") {
+        return;
+    }
+    let ns = TestNetns::new();
+    let mut child = spawn_attached_child(&ns, "netlink");
+    child.kill().expect("SIGKILL child");
+    child.wait().expect("reap child");
+    assert_eq!(
+        ns.loupe_netlink_filters(),
+        1,
+        "the killed child's netlink filter should outlive it: {}",
+        ns.tc_egress_filters()
+    );
+
+    let removed_before = STALE_FILTERS_REMOVED.get();
+    let listener = ns.listen();
+    let port = listener.local_addr().expect("addr").port();
+    let server = serve(listener, b"netlink\n".to_vec(), 1);
+    let mut probe = load(1 << 20, AttachMode::Netlink);
+    let cookie = probe.attach(&ns.netns).expect("attach");
+    assert_eq!(probe.attached_via(cookie), Some(AttachedVia::Netlink));
+    assert!(STALE_FILTERS_REMOVED.get() > removed_before);
+    assert_eq!(
+        ns.loupe_netlink_filters(),
+        1,
+        "exactly our own filter: {}",
+        ns.tc_egress_filters()
+    );
+
+    // The netlink attachment captures like the TCX one.
+    probe.watch_port(cookie, port).expect("watch");
+    let mut stream = probe.segments().expect("segments");
+    let (client_port, _) = get(&ns, port, None).await;
+    server.join().expect("server");
+    let segments = collect_flow(&mut stream, client_port).await;
+    assert_eq!(
+        reassemble(&segments, client_port, Direction::Response),
+        response_for(b"netlink\n")
+    );
+
+    drop(probe);
+    assert_eq!(
+        ns.loupe_netlink_filters(),
+        0,
+        "filter left after drop: {}",
+        ns.tc_egress_filters()
+    );
+}
+
+/// Not a test of its own: the child process of the kill -9 tests (started with its env vars).
+#[test]
+#[ignore = "helper process for the kill -9 tests"]
+fn attached_child_process() {
+    let (Ok(path), Ok(mode)) = (
+        std::env::var(CHILD_NETNS_VAR),
+        std::env::var(CHILD_MODE_VAR),
+    ) else {
+        // Run with --include-ignored outside the kill -9 tests: nothing to do.
+        eprintln!("helper only: started by the kill -9 tests with {CHILD_NETNS_VAR}");
+        return;
+    };
+    let netns = Netns::open(&PathBuf::from(path)).expect("open netns");
+    let mode = if mode == "netlink" {
+        AttachMode::Netlink
+    } else {
+        AttachMode::Tcx
+    };
+    let mut probe = load(1 << 16, mode);
+    probe.attach(&netns).expect("attach");
+    println!("CHILD ATTACHED");
+    std::io::stdout().flush().expect("flush");
+    std::thread::sleep(Duration::from_secs(120));
+    drop(probe);
+}
