@@ -246,7 +246,26 @@ impl Loupe {
             if pred(&exp) {
                 Ok(Some((text, exp)))
             } else {
-                Err(format!("{} samples, condition not met", exp.samples.len()))
+                let up: Vec<String> = exp
+                    .find("loupe_target_up", &[])
+                    .map(|s| {
+                        format!(
+                            "{}/{}={}",
+                            s.label("pod").unwrap_or("?"),
+                            s.label("endpoint").unwrap_or("?"),
+                            s.value
+                        )
+                    })
+                    .collect();
+                let mut per_pod = std::collections::BTreeMap::new();
+                for s in exp.samples.iter().filter(|s| !s.name.starts_with("loupe_")) {
+                    *per_pod.entry(s.label("pod").unwrap_or("-")).or_insert(0) += 1;
+                }
+                Err(format!(
+                    "{} samples, condition not met; loupe_target_up: {}; other samples per pod: {per_pod:?}",
+                    exp.samples.len(),
+                    up.join(" ")
+                ))
             }
         })
     }
