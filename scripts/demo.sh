@@ -5,7 +5,8 @@
 # the mesh's certificate, starts loupe on the pods, prints what its merged /metrics has of each pod,
 # and leaves loupe serving until Ctrl-C. Everything is removed on exit.
 #
-#   sudo scripts/demo.sh            (LOUPE_DEMO_LISTEN=127.0.0.1:9897, LOUPE_DEMO_PODS=3)
+#   sudo scripts/demo.sh      (env: LOUPE_DEMO_LISTEN=127.0.0.1:9897, LOUPE_DEMO_PODS=3,
+#                              LOUPE_BIN=another loupe binary than target/debug/loupe)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -67,7 +68,7 @@ say "the pods file loupe reads ($WORK/pods.yaml)"
 cat "$WORK/pods.yaml"
 
 say "starting loupe on $LISTEN"
-RUST_LOG=${RUST_LOG:-info} "$ROOT/target/debug/loupe" run --pods-file "$WORK/pods.yaml" --listen "$LISTEN" \
+RUST_LOG=${RUST_LOG:-info} "${LOUPE_BIN:-$ROOT/target/debug/loupe}" run --pods-file "$WORK/pods.yaml" --listen "$LISTEN" \
   >"$WORK/loupe.log" 2>&1 &
 LOUPE_PID=$!
 if ! wait_until 30 curl -sf "http://$LISTEN/readyz"; then
