@@ -26,7 +26,12 @@ fn node(om: bool) -> Node {
     Node {
         bodies: (0..PODS).map(|p| corpus::body(p, SERIES, om)).collect(),
         ids: (0..PODS)
-            .map(|p| (format!("team-{}", p % 7), format!("checkout-{p}-5d8f7c9b4-x{p:04}")))
+            .map(|p| {
+                (
+                    format!("team-{}", p % 7),
+                    format!("checkout-{p}-5d8f7c9b4-x{p:04}"),
+                )
+            })
             .collect(),
     }
 }
@@ -90,7 +95,11 @@ fn bench(c: &mut Criterion) {
     let series: usize = text
         .bodies
         .iter()
-        .map(|b| validate(b.as_bytes(), Format::Text).expect("corpus is valid").samples)
+        .map(|b| {
+            validate(b.as_bytes(), Format::Text)
+                .expect("corpus is valid")
+                .samples
+        })
         .sum();
     eprintln!("node: {PODS} pods, {series} series, {bytes} bytes of text bodies");
 

@@ -24,8 +24,12 @@ fn main() {
     let pods: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let series: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
     for out in [Format::Text, Format::OpenMetrics] {
-        let bodies: Vec<String> = (0..pods).map(|p| corpus::body(p, series, p % 2 == 1)).collect();
-        let ids: Vec<String> = (0..pods).map(|p| format!("checkout-{p}-5d8f7c9b4-x{p:04}")).collect();
+        let bodies: Vec<String> = (0..pods)
+            .map(|p| corpus::body(p, series, p % 2 == 1))
+            .collect();
+        let ids: Vec<String> = (0..pods)
+            .map(|p| format!("checkout-{p}-5d8f7c9b4-x{p:04}"))
+            .collect();
         let sources: Vec<Source<'_>> = bodies
             .iter()
             .zip(&ids)
@@ -38,11 +42,16 @@ fn main() {
                     endpoint: ":8080/metrics",
                 }),
                 body: b.as_bytes(),
-                format: if p % 2 == 1 { Format::OpenMetrics } else { Format::Text },
+                format: if p % 2 == 1 {
+                    Format::OpenMetrics
+                } else {
+                    Format::Text
+                },
             })
             .collect();
         let input: usize = bodies.iter().map(String::len).sum();
-        std::fs::write("/proc/self/clear_refs", "5").expect("reset peak RSS via /proc/self/clear_refs");
+        std::fs::write("/proc/self/clear_refs", "5")
+            .expect("reset peak RSS via /proc/self/clear_refs");
         let before = status_kib("VmHWM:");
         let rss_before = status_kib("VmRSS:");
         let t = std::time::Instant::now();

@@ -11,8 +11,23 @@ mod strict;
 use loupe_agent::decode::{merge, validate, Format, Identity, Source};
 use proptest::prelude::*;
 
-const NAMES: [&str; 5] = ["http_requests", "queue_depth", "latency_seconds", "job:temp:avg", "errors"];
-const LABELS: [&str; 8] = ["pod", "namespace", "exported_pod", "container", "endpoint", "path", "code", "a"];
+const NAMES: [&str; 5] = [
+    "http_requests",
+    "queue_depth",
+    "latency_seconds",
+    "job:temp:avg",
+    "errors",
+];
+const LABELS: [&str; 8] = [
+    "pod",
+    "namespace",
+    "exported_pod",
+    "container",
+    "endpoint",
+    "path",
+    "code",
+    "a",
+];
 
 #[derive(Debug, Clone)]
 struct Fam {
@@ -47,7 +62,9 @@ const NASTY: &str = "[a-z0-9 ,=}{#\"\\\\\n\u{e9}\u{2603}]{0,8}";
 const PLAIN: &str = "[a-z0-9]{0,8}";
 
 fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Writes families as a valid body of `format` (one family per name, unique label sets).
@@ -94,7 +111,11 @@ fn write(fams: &[Fam], format: Format) -> String {
         };
         match f.kind {
             0 => {
-                let fname = if om { n.to_string() } else { format!("{n}_total") };
+                let fname = if om {
+                    n.to_string()
+                } else {
+                    format!("{n}_total")
+                };
                 out += &format!("# HELP {fname} Help for {n}.\n# TYPE {fname} counter\n");
                 for (i, (s, v)) in series.iter().enumerate() {
                     out += &format!("{n}_total{} {v}{}\n", lbl(s, ""), ts(i));
@@ -264,17 +285,25 @@ fn oracle(body: &str) -> Vec<String> {
 #[test]
 fn strict_checker_catches_what_it_must() {
     let bad_text = [
-        "# TYPE a gauge\na 1\n# TYPE b gauge\nb 1\na 2\n",       // family twice
-        "a{x=\"1\"} 1\na{x=\"1\"} 2\n",                           // duplicate series
-        "a{x=\"1\",y=\"2\"} 1\na{y=\"2\",x=\"1\"} 2\n",           // same, other order
-        "# TYPE a gauge\na 1\n# HELP a late\n",                   // metadata after samples
+        "# TYPE a gauge\na 1\n# TYPE b gauge\nb 1\na 2\n", // family twice
+        "a{x=\"1\"} 1\na{x=\"1\"} 2\n",                    // duplicate series
+        "a{x=\"1\",y=\"2\"} 1\na{y=\"2\",x=\"1\"} 2\n",    // same, other order
+        "# TYPE a gauge\na 1\n# HELP a late\n",            // metadata after samples
         "# TYPE h histogram\nh_bucket{le=\"1\"} 1\n# TYPE h_sum gauge\nh_sum 1\n", // owned name
-        "a{x=\"1\",x=\"2\"} 1\n",                                 // label twice
+        "a{x=\"1\",x=\"2\"} 1\n",                          // label twice
     ];
     for b in bad_text {
         assert!(strict::check(b, false).is_err(), "{b}");
     }
     assert!(strict::check("a 1\n", true).is_err(), "missing # EOF");
-    assert!(strict::check("# TYPE c counter\nc_total 1\n# TYPE c_created gauge\nc_created 1\n# EOF\n", true).is_err());
-    strict::check("# HELP a x\n# TYPE a gauge\na{x=\"1\"} 1\na{x=\"2\"} 1\n", false).unwrap();
+    assert!(strict::check(
+        "# TYPE c counter\nc_total 1\n# TYPE c_created gauge\nc_created 1\n# EOF\n",
+        true
+    )
+    .is_err());
+    strict::check(
+        "# HELP a x\n# TYPE a gauge\na{x=\"1\"} 1\na{x=\"2\"} 1\n",
+        false,
+    )
+    .unwrap();
 }

@@ -34,7 +34,8 @@ fn promtool(body: &[u8]) -> (i32, String) {
         .expect("spawn promtool");
     child.stdin.take().unwrap().write_all(body).unwrap();
     let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code().unwrap_or(-1), text)
 }
 
@@ -54,7 +55,14 @@ fn promtool_accepts_merged_pods() {
     let bodies: Vec<(String, Format)> = (0..pods.len())
         .map(|i| {
             let om = i % 2 == 1;
-            (corpus::body(i, 200, om), if om { Format::OpenMetrics } else { Format::Text })
+            (
+                corpus::body(i, 200, om),
+                if om {
+                    Format::OpenMetrics
+                } else {
+                    Format::Text
+                },
+            )
         })
         .collect();
     let sources: Vec<Source<'_>> = bodies
@@ -100,16 +108,30 @@ fn promtool_accepts_tricky_merges() {
              # TYPE lat histogram\nlat_bucket{le=\"1\"} 1\nlat_bucket{le=\"+Inf\"} 2\nlat_count 2\nlat_sum 1.5\nlat_created 1.7e9\n# EOF\n";
     let sources = [
         Source {
-            identity: Some(Identity { namespace: "ns", pod: "p1", container: "c", endpoint: "m" }),
+            identity: Some(Identity {
+                namespace: "ns",
+                pod: "p1",
+                container: "c",
+                endpoint: "m",
+            }),
             body: a.as_bytes(),
             format: Format::Text,
         },
         Source {
-            identity: Some(Identity { namespace: "ns", pod: "p2", container: "c", endpoint: "m" }),
+            identity: Some(Identity {
+                namespace: "ns",
+                pod: "p2",
+                container: "c",
+                endpoint: "m",
+            }),
             body: b.as_bytes(),
             format: Format::OpenMetrics,
         },
-        Source { identity: None, body: b"# HELP loupe_x_total X.\n# TYPE loupe_x_total counter\nloupe_x_total 1\n", format: Format::Text },
+        Source {
+            identity: None,
+            body: b"# HELP loupe_x_total X.\n# TYPE loupe_x_total counter\nloupe_x_total 1\n",
+            format: Format::Text,
+        },
     ];
     let mut buf = Vec::new();
     let st = merge(&sources, Format::Text, &mut buf);
@@ -120,6 +142,9 @@ fn promtool_accepts_tricky_merges() {
     let (code, text) = promtool(&buf);
     // Exit 0, or 3 for lint findings only (e.g. "counter metrics should have _total suffix"
     // is not expected here, but HELP-less families are lint findings); never a parse error.
-    assert!(code == 0 || (code == 3 && !text.contains("error while linting")), "promtool exit {code}:\n{text}\n{out}");
+    assert!(
+        code == 0 || (code == 3 && !text.contains("error while linting")),
+        "promtool exit {code}:\n{text}\n{out}"
+    );
     assert!(!text.contains("parsing error"), "{text}\n{out}");
 }

@@ -49,6 +49,49 @@ pub(crate) fn is_label_char(b: u8) -> bool {
     CLASS[b as usize] & 8 != 0
 }
 
+/// Byte-slice equality without a call into libc's memcmp: the slices compared on the hot path
+/// (label names, family names) are short, where the call costs more than the comparison.
+#[inline]
+pub(crate) fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i + 8 <= a.len() {
+        let x = u64::from_ne_bytes([
+            a[i],
+            a[i + 1],
+            a[i + 2],
+            a[i + 3],
+            a[i + 4],
+            a[i + 5],
+            a[i + 6],
+            a[i + 7],
+        ]);
+        let y = u64::from_ne_bytes([
+            b[i],
+            b[i + 1],
+            b[i + 2],
+            b[i + 3],
+            b[i + 4],
+            b[i + 5],
+            b[i + 6],
+            b[i + 7],
+        ]);
+        if x != y {
+            return false;
+        }
+        i += 8;
+    }
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// Index of the end of the metric name starting at `i` (== `i` if none).
 #[inline]
 pub(crate) fn scan_name(b: &[u8], i: usize) -> usize {
@@ -289,6 +332,8 @@ pub(crate) fn lex_labels(
         j += 1;
         let vs = j;
         loop {
+            // Jump to the next quote or backslash; `b` ends at the line's end.
+            j = memchr::memchr2(b'"', b'\\', &b[j..]).map_or(b.len(), |k| j + k);
             match b.get(j) {
                 Some(b'"') => break,
                 Some(b'\\') => {
@@ -309,7 +354,7 @@ pub(crate) fn lex_labels(
             }
         }
         let name_bytes = &b[name.0 as usize..name.1 as usize];
-        if out.iter().any(|l| l.name(b) == name_bytes) {
+        if out.iter().any(|l| bytes_eq(l.name(b), name_bytes)) {
             return Err((name.0 as usize, "duplicate label name"));
         }
         out.push(Label {

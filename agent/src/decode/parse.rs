@@ -116,9 +116,28 @@ impl Suffix {
     }
 }
 
+#[inline]
 fn match_suffix(family: &[u8], sample: &[u8], allowed: &[Suffix]) -> Option<Suffix> {
-    let rest = sample.strip_prefix(family)?;
-    allowed.iter().copied().find(|s| s.text() == rest)
+    if sample.len() < family.len() || !lex::bytes_eq(&sample[..family.len()], family) {
+        return None;
+    }
+    let rest = &sample[family.len()..];
+    allowed
+        .iter()
+        .copied()
+        .find(|s| lex::bytes_eq(s.text(), rest))
+}
+
+/// Whether a label name is one of the identity labels.
+#[inline]
+fn is_identity_name(n: &[u8]) -> bool {
+    match (n.len(), n.first()) {
+        (9, Some(b'n')) => n == b"namespace",
+        (3, Some(b'p')) => n == b"pod",
+        (9, Some(b'c')) => n == b"container",
+        (8, Some(b'e')) => n == b"endpoint",
+        _ => false,
+    }
 }
 
 /// One metric family of a parsed body.
@@ -182,8 +201,6 @@ pub(crate) fn parse(body: &[u8], format: Format) -> Result<Parsed<'_>, ParseErro
 }
 
 type Res<T> = Result<T, (usize, &'static str)>;
-
-const IDENTITY_NAMES: [&[u8]; 4] = [b"namespace", b"pod", b"container", b"endpoint"];
 
 /// Histogram/summary state of one metric (label set without `le`/`quantile`).
 struct Group {
@@ -285,10 +302,7 @@ impl<'a> Parser<'a> {
         }
         let mut ls = 0;
         while ls < b.len() {
-            let le = b[ls..]
-                .iter()
-                .position(|&c| c == b'\n')
-                .map_or(b.len(), |p| ls + p);
+            let le = memchr::memchr(b'\n', &b[ls..]).map_or(b.len(), |p| ls + p);
             if self.eof {
                 return Err((ls, "text after # EOF"));
             }
@@ -645,15 +659,15 @@ impl<'a> Parser<'a> {
             let n = l.name(b);
             let v = l.value(b);
             let h = pair_hash(n, v);
-            if n == special {
+            if !special.is_empty() && lex::bytes_eq(n, special) {
                 special_value = Some(v);
             } else {
                 group_key = group_key.wrapping_add(h);
             }
-            if IDENTITY_NAMES.contains(&n) {
+            if is_identity_name(n) {
                 flags |= IDENT_LABEL;
             }
-            if mtype == MType::StateSet && n == fam_name {
+            if mtype == MType::StateSet && lex::bytes_eq(n, fam_name) {
                 stateset_label = true;
             }
         }

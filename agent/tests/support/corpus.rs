@@ -38,11 +38,23 @@ pub fn body(pod: usize, series: usize, om: bool) -> String {
     let mut r = Rng(0x9e37_79b9_7f4a_7c15 ^ (pod as u64 + 1).wrapping_mul(0x2545_f491));
     let mut out = String::with_capacity(series * 120);
     let per = series / 5;
-    let inst = format!("10.{}.{}.{}:8080", pod / 65536 % 256, pod / 256 % 256, pod % 256);
+    let inst = format!(
+        "10.{}.{}.{}:8080",
+        pod / 65536 % 256,
+        pod / 256 % 256,
+        pod % 256
+    );
 
     // Counter, 4 labels.
-    let c = if om { "http_server_requests" } else { "http_server_requests_total" };
-    let _ = writeln!(out, "# HELP {c} Requests served, by method, route and status.");
+    let c = if om {
+        "http_server_requests"
+    } else {
+        "http_server_requests_total"
+    };
+    let _ = writeln!(
+        out,
+        "# HELP {c} Requests served, by method, route and status."
+    );
     let _ = writeln!(out, "# TYPE {c} counter");
     for i in 0..per {
         let _ = writeln!(
@@ -80,7 +92,12 @@ pub fn body(pod: usize, series: usize, om: bool) -> String {
         }
         cum += r.next() % 10;
         let _ = writeln!(out, "{h}_bucket{{{labels},le=\"+Inf\"}} {cum}");
-        let _ = writeln!(out, "{h}_sum{{{labels}}} {}.{:03}", cum / 7, r.next() % 1000);
+        let _ = writeln!(
+            out,
+            "{h}_sum{{{labels}}} {}.{:03}",
+            cum / 7,
+            r.next() % 1000
+        );
         let _ = writeln!(out, "{h}_count{{{labels}}} {cum}");
     }
     // Gauge, 5 labels.
@@ -95,7 +112,11 @@ pub fn body(pod: usize, series: usize, om: bool) -> String {
         );
     }
     // Counter, 6 labels.
-    let rc = if om { "rpc_client_calls" } else { "rpc_client_calls_total" };
+    let rc = if om {
+        "rpc_client_calls"
+    } else {
+        "rpc_client_calls_total"
+    };
     let _ = writeln!(out, "# HELP {rc} Outgoing RPCs.");
     let _ = writeln!(out, "# TYPE {rc} counter");
     for i in 0..(series - 4 * per) {

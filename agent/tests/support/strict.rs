@@ -113,7 +113,9 @@ pub fn check(body: &str, om: bool) -> Result<(), String> {
         if let Some(rest) = line.strip_prefix("# ") {
             let mut it = rest.splitn(3, ' ');
             let kind = it.next().unwrap_or("");
-            let name = it.next().ok_or_else(|| ctx("metadata without name".into()))?;
+            let name = it
+                .next()
+                .ok_or_else(|| ctx("metadata without name".into()))?;
             let arg = it.next().unwrap_or("");
             if !["HELP", "TYPE", "UNIT"].contains(&kind) || (kind == "UNIT" && !om) {
                 return Err(ctx("unexpected comment".into()));
@@ -130,7 +132,16 @@ pub fn check(body: &str, om: bool) -> Result<(), String> {
             }
             if kind == "TYPE" {
                 let valid: &[&str] = if om {
-                    &["counter", "gauge", "histogram", "gaugehistogram", "summary", "info", "stateset", "unknown"]
+                    &[
+                        "counter",
+                        "gauge",
+                        "histogram",
+                        "gaugehistogram",
+                        "summary",
+                        "info",
+                        "stateset",
+                        "unknown",
+                    ]
                 } else {
                     &["counter", "gauge", "histogram", "summary", "untyped"]
                 };
