@@ -12,7 +12,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use loupe_agent::decode::{merge, validate, Format, Identity, Source};
+use loupe_agent::decode::{
+    merge, merge_prepared, prepare, validate, Format, Identity, PreparedSource, Source,
+};
 
 const PODS: usize = 100;
 const SERIES: usize = 1000;
@@ -125,6 +127,26 @@ fn bench(c: &mut Criterion) {
             let mut out = Vec::new();
             let st = merge(black_box(&text_sources), Format::Text, &mut out);
             assert!(st.rejected.is_empty());
+            black_box(out)
+        })
+    });
+    let prepared: Vec<_> = text_sources
+        .iter()
+        .map(|s| prepare(s.body, s.format).expect("corpus is valid"))
+        .collect();
+    let prepared_sources: Vec<PreparedSource<'_>> = text_sources
+        .iter()
+        .zip(&prepared)
+        .map(|(s, p)| PreparedSource {
+            identity: s.identity,
+            body: s.body,
+            prepared: p,
+        })
+        .collect();
+    g.bench_function("merge_prepared_text_to_text", |b| {
+        b.iter(|| {
+            let mut out = Vec::new();
+            merge_prepared(black_box(&prepared_sources), Format::Text, &mut out);
             black_box(out)
         })
     });

@@ -3,6 +3,7 @@
 //! in. Only lines that need it (identity-named app labels, text-only spellings, format
 //! conversion of timestamps and exemplars) take the slower path that re-lexes the line.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
@@ -10,7 +11,9 @@ use super::lex::{self, lex_labels, name_hash, pair_hash, to_f64, BlockInfo, Esca
 use super::parse::{
     parse, Family, MType, Parsed, SampleRef, Suffix, HAS_LABELS, IDENT_LABEL, SLOW,
 };
-use super::{Format, Identity, MergeStats, Source, DUPLICATE_SERIES, FAMILY_CONFLICTS};
+use super::{
+    Format, Identity, MergeStats, PreparedSource, Source, DUPLICATE_SERIES, FAMILY_CONFLICTS,
+};
 
 const ALL: u16 = u16::MAX;
 
@@ -167,33 +170,74 @@ fn push_entries<'a>(
     }
 }
 
+fn parse_or_reject<'a>(
+    i: usize,
+    body: &'a [u8],
+    format: Format,
+    identity: Option<Identity<'_>>,
+    srcs: &mut Vec<Src<'a>>,
+    stats: &mut MergeStats,
+) {
+    match parse(body, format) {
+        Ok(p) => srcs.push(Src::new(p, identity)),
+        Err(e) => {
+            if let Some(id) = identity {
+                log::warn!(
+                    "metrics of pod {}/{} endpoint {:?} rejected: {e}",
+                    id.namespace,
+                    id.pod,
+                    id.endpoint
+                );
+            } else {
+                log::warn!("agent metrics rejected: {e}");
+            }
+            stats.rejected.push((i, e));
+        }
+    }
+}
+
 /// Merges `sources` into `buf` in format `out`; see the module docs for the rules.
 pub fn merge(sources: &[Source<'_>], out: Format, buf: &mut Vec<u8>) -> MergeStats {
     let mut stats = MergeStats::default();
     let mut srcs: Vec<Src<'_>> = Vec::with_capacity(sources.len());
-    let mut src_index: Vec<usize> = Vec::with_capacity(sources.len());
     for (i, s) in sources.iter().enumerate() {
-        match parse(s.body, s.format) {
-            Ok(p) => {
-                srcs.push(Src::new(p, s.identity));
-                src_index.push(i);
-            }
-            Err(e) => {
-                if let Some(id) = s.identity {
-                    log::warn!(
-                        "metrics of pod {}/{} endpoint {:?} rejected: {e}",
-                        id.namespace,
-                        id.pod,
-                        id.endpoint
-                    );
-                } else {
-                    log::warn!("agent metrics rejected: {e}");
-                }
-                stats.rejected.push((i, e));
-            }
-        }
+        parse_or_reject(i, s.body, s.format, s.identity, &mut srcs, &mut stats);
     }
+    merge_parsed(srcs, out, buf, stats)
+}
 
+/// [`merge`] for bodies checked earlier with [`super::prepare`]: no parsing, only regrouping
+/// and rendering. A source whose index does not fit its body (another length) is parsed again.
+pub fn merge_prepared(
+    sources: &[PreparedSource<'_>],
+    out: Format,
+    buf: &mut Vec<u8>,
+) -> MergeStats {
+    let mut stats = MergeStats::default();
+    let mut srcs: Vec<Src<'_>> = Vec::with_capacity(sources.len());
+    for (i, s) in sources.iter().enumerate() {
+        let p = s.prepared;
+        if p.len != s.body.len() {
+            parse_or_reject(i, s.body, p.format, s.identity, &mut srcs, &mut stats);
+            continue;
+        }
+        let parsed = Parsed {
+            body: s.body,
+            format: p.format,
+            families: p.families.iter().map(|f| f.family(s.body)).collect(),
+            samples: Cow::Borrowed(&p.samples),
+        };
+        srcs.push(Src::new(parsed, s.identity));
+    }
+    merge_parsed(srcs, out, buf, stats)
+}
+
+fn merge_parsed(
+    srcs: Vec<Src<'_>>,
+    out: Format,
+    buf: &mut Vec<u8>,
+    mut stats: MergeStats,
+) -> MergeStats {
     // Output families, sorted by name; equal names keep source order (stable sort).
     let mut entries: Vec<Entry<'_>> = Vec::new();
     for (si, s) in srcs.iter().enumerate() {
@@ -928,6 +972,43 @@ mod tests {
         let a = "a{x=\"b\\\\a\\z\"} 1\n# EOF\n";
         let (s, _) = run(&[om("p", a)], Format::Text);
         assert!(s.contains("x=\"b\\\\a\\\\z\""), "{s}");
+    }
+
+    #[test]
+    fn prepared_merge_equals_merge() {
+        let a = "# TYPE a counter\na_total{pod=\"x\"} 1 # {t=\"1\"} 1\n# TYPE h histogram\nh_bucket{le=\"+Inf\"} 1\nh_count 1\nh_sum 1\n# EOF\n";
+        let b = "# HELP a_total A.\n# TYPE a_total counter\na_total{ q = \"1\" } 2 5\n";
+        let srcs = [om("p1", a), text("p2", b)];
+        let preps: Vec<_> = srcs
+            .iter()
+            .map(|s| super::super::prepare(s.body, s.format).unwrap())
+            .collect();
+        let psrcs: Vec<_> = srcs
+            .iter()
+            .zip(&preps)
+            .map(|(s, p)| PreparedSource {
+                identity: s.identity,
+                body: s.body,
+                prepared: p,
+            })
+            .collect();
+        for out in [Format::Text, Format::OpenMetrics] {
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            assert_eq!(
+                merge(&srcs, out, &mut x),
+                merge_prepared(&psrcs, out, &mut y)
+            );
+            assert_eq!(x, y);
+        }
+        // An index that does not fit its body: the body is parsed again.
+        let wrong = PreparedSource {
+            identity: None,
+            body: b"# TYPE z gauge\nz 1\n",
+            prepared: &preps[1],
+        };
+        let mut z = Vec::new();
+        merge_prepared(&[wrong], Format::Text, &mut z);
+        assert_eq!(z, b"# TYPE z gauge\nz 1\n");
     }
 
     #[test]

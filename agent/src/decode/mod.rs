@@ -87,7 +87,7 @@ mod parse;
 
 use crate::telemetry::Counter;
 
-pub use merge::merge;
+pub use merge::{merge, merge_prepared};
 
 pub static FAMILY_CONFLICTS: Counter = Counter::new(
     "loupe_family_conflicts_total",
@@ -171,6 +171,63 @@ pub fn validate(body: &[u8], format: Format) -> Result<Summary, ParseError> {
         samples: p.samples.len(),
         families: p.families.len(),
     })
+}
+
+/// A body's checked index, kept beside the body (e.g. in the store, from the time the body
+/// arrived) so that [`merge_prepared`] need not parse it again at every scrape. It holds offsets
+/// into the body (about 32 bytes per sample), never a copy of it, and is only valid with the very
+/// body it was prepared from.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    format: Format,
+    len: usize,
+    families: Vec<parse::FamilyAt>,
+    samples: Vec<parse::SampleRef>,
+}
+
+impl Prepared {
+    pub fn summary(&self) -> Summary {
+        Summary {
+            samples: self.samples.len(),
+            families: self.families.len(),
+        }
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Heap bytes held by the index.
+    pub fn index_bytes(&self) -> usize {
+        self.samples.capacity() * std::mem::size_of::<parse::SampleRef>()
+            + self.families.capacity() * std::mem::size_of::<parse::FamilyAt>()
+    }
+}
+
+/// Checks a whole body, like [`validate`], and keeps its index for [`merge_prepared`].
+pub fn prepare(body: &[u8], format: Format) -> Result<Prepared, ParseError> {
+    let p = parse::parse(body, format)?;
+    let families = p
+        .families
+        .iter()
+        .map(|f| parse::FamilyAt::from_family(body, f))
+        .collect();
+    let mut samples = p.samples.into_owned();
+    samples.shrink_to_fit();
+    Ok(Prepared {
+        format,
+        len: body.len(),
+        families,
+        samples,
+    })
+}
+
+/// One body with its [`Prepared`] index, for [`merge_prepared`].
+#[derive(Clone, Copy, Debug)]
+pub struct PreparedSource<'a> {
+    pub identity: Option<Identity<'a>>,
+    pub body: &'a [u8],
+    pub prepared: &'a Prepared,
 }
 
 /// Who a body belongs to. An empty value omits that label.

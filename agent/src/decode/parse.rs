@@ -2,6 +2,7 @@
 //! an index into the body (families, and per sample the offsets of its name, label block and line
 //! end). Nothing is copied; the only allocations are per body and per family, never per sample.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use super::lex::{
@@ -188,7 +189,57 @@ pub(crate) struct Parsed<'a> {
     pub body: &'a [u8],
     pub format: Format,
     pub families: Vec<Family<'a>>,
-    pub samples: Vec<SampleRef>,
+    /// Borrowed when the index was prepared earlier ([`super::Prepared`]).
+    pub samples: Cow<'a, [SampleRef]>,
+}
+
+/// A family with its slices as offsets into the body, so that it can be kept beside the body.
+#[derive(Clone, Debug)]
+pub(crate) struct FamilyAt {
+    name: (u32, u32),
+    help: Option<(u32, u32)>,
+    unit: Option<(u32, u32)>,
+    mtype: MType,
+    samples: (u32, u32),
+    suffixes: u16,
+    om_ok: bool,
+}
+
+fn offsets(body: &[u8], s: &[u8]) -> (u32, u32) {
+    let start = (s.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
+    (start as u32, (start + s.len()) as u32)
+}
+
+fn slice(body: &[u8], (a, b): (u32, u32)) -> &[u8] {
+    body.get(a as usize..b as usize).unwrap_or_default()
+}
+
+impl FamilyAt {
+    pub(crate) fn from_family(body: &[u8], f: &Family<'_>) -> FamilyAt {
+        FamilyAt {
+            name: offsets(body, f.name),
+            help: f.help.map(|h| offsets(body, h)),
+            unit: f.unit.map(|u| offsets(body, u)),
+            mtype: f.mtype,
+            samples: f.samples,
+            suffixes: f.suffixes,
+            om_ok: f.om_ok,
+        }
+    }
+
+    pub(crate) fn family<'a>(&self, body: &'a [u8]) -> Family<'a> {
+        Family {
+            name: slice(body, self.name),
+            mtype: self.mtype,
+            help: self.help.map(|h| slice(body, h)),
+            unit: self.unit.map(|u| slice(body, u)),
+            samples: self.samples,
+            suffixes: self.suffixes,
+            om_ok: self.om_ok,
+            has_samples: self.samples.1 > self.samples.0,
+            has_type: true,
+        }
+    }
 }
 
 /// Parses and checks a whole body.
@@ -288,7 +339,7 @@ impl<'a> Parser<'a> {
             body: self.b,
             format: self.format,
             families: self.families,
-            samples: self.samples,
+            samples: Cow::Owned(self.samples),
         }
     }
 
