@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use super::lex::{self, lex_labels, name_hash, pair_hash, to_f64, BlockInfo, Escaped, Label};
 use super::parse::{
-    parse, Family, MType, Parsed, SampleRef, Suffix, HAS_LABELS, IDENT_LABEL, SLOW,
+    parse, Family, MType, Parsed, SampleRef, Suffix, DUP, HAS_LABELS, IDENT_LABEL, SLOW,
 };
 use super::{
     Format, Identity, MergeStats, PreparedSource, Source, DUPLICATE_SERIES, FAMILY_CONFLICTS,
@@ -25,6 +25,8 @@ struct Src<'a> {
     /// Non-empty identity labels: name and escaped value.
     ident: Vec<(&'static str, Vec<u8>)>,
     ident_hash: u64,
+    /// Another source has the same identity, so their series may collide.
+    shared: bool,
 }
 
 impl<'a> Src<'a> {
@@ -53,6 +55,7 @@ impl<'a> Src<'a> {
             prefix,
             ident,
             ident_hash,
+            shared: false,
         }
     }
 }
@@ -233,11 +236,26 @@ pub fn merge_prepared(
 }
 
 fn merge_parsed(
-    srcs: Vec<Src<'_>>,
+    mut srcs: Vec<Src<'_>>,
     out: Format,
     buf: &mut Vec<u8>,
     mut stats: MergeStats,
 ) -> MergeStats {
+    let mut by_prefix: HashMap<&[u8], usize> = HashMap::new();
+    let mut shared = vec![false; srcs.len()];
+    for (i, s) in srcs.iter().enumerate() {
+        if let Some(&j) = by_prefix.get(s.prefix.as_slice()) {
+            shared[i] = true;
+            shared[j] = true;
+        } else {
+            by_prefix.insert(&s.prefix, i);
+        }
+    }
+    drop(by_prefix);
+    for (s, sh) in srcs.iter_mut().zip(shared) {
+        s.shared = sh;
+    }
+
     // Output families, sorted by name; equal names keep source order (stable sort).
     let mut entries: Vec<Entry<'_>> = Vec::new();
     for (si, s) in srcs.iter().enumerate() {
@@ -451,7 +469,32 @@ impl Renderer {
             write_help(buf);
         }
 
-        // Samples, with duplicates found by sorting their series hashes.
+        // Samples. Duplicates inside a body were marked by the parser; series of two sources
+        // can only collide when the sources share an identity or app labels were renamed.
+        let cross = entries.iter().any(|e| {
+            let s = &srcs[e.src as usize];
+            !e.dropped
+                && (s.shared
+                    || (!s.ident.is_empty() && s.parsed.families[e.fam as usize].ident_labels))
+        });
+        if !cross {
+            for e in entries.iter().filter(|e| !e.dropped) {
+                let s = &srcs[e.src as usize];
+                let (lo, hi) = s.parsed.families[e.fam as usize].samples;
+                for sample in &s.parsed.samples[lo as usize..hi as usize] {
+                    if e.filter & sample.suffix.bit() == 0 {
+                        continue;
+                    }
+                    if sample.flags & DUP != 0 {
+                        self.duplicates += 1;
+                        continue;
+                    }
+                    self.sample(s, sample, buf);
+                }
+            }
+            return;
+        }
+        // Otherwise duplicates are found by sorting series hashes.
         self.items.clear();
         self.keys.clear();
         for (ei, e) in entries.iter().enumerate() {
@@ -463,6 +506,10 @@ impl Renderer {
             for si in lo..hi {
                 let sample = &s.parsed.samples[si as usize];
                 if e.filter & sample.suffix.bit() == 0 {
+                    continue;
+                }
+                if sample.flags & DUP != 0 {
+                    self.duplicates += 1;
                     continue;
                 }
                 let h = if sample.flags & IDENT_LABEL != 0 && !s.ident.is_empty() {

@@ -156,6 +156,8 @@ pub(crate) struct Family<'a> {
     /// Text families: whether the family also satisfies OpenMetrics' rules, so that it may keep
     /// its type when rendered as OpenMetrics. Always true for OpenMetrics bodies.
     pub om_ok: bool,
+    /// Some sample has a label named like an identity label.
+    pub ident_labels: bool,
     has_samples: bool,
     has_type: bool,
 }
@@ -167,6 +169,64 @@ pub(crate) const IDENT_LABEL: u8 = 2;
 /// The line can't be copied as it is: blanks or a trailing comma only text allows, or an
 /// unknown escape that must be re-escaped.
 pub(crate) const SLOW: u8 = 4;
+
+/// The same series appeared earlier in the body (a duplicate, or a later sample of a series
+/// with timestamps); the merge writes the first only.
+pub(crate) const DUP: u8 = 8;
+
+/// A hasher for keys that already are hashes.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type SeriesMap = HashMap<u64, u32, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// Whether two sample lines of one body are the same series: same name, same labels in any
+/// order, values compared unescaped. Only called when their hashes are equal.
+pub(crate) fn same_series(b: &[u8], strict: bool, x: &SampleRef, y: &SampleRef) -> bool {
+    let name = |s: &SampleRef| &b[s.start as usize..s.name_end as usize];
+    if name(x) != name(y) {
+        return false;
+    }
+    series_labels(b, strict, x) == series_labels(b, strict, y)
+}
+
+/// The sorted, unescaped labels of a sample line (rare paths only: it allocates).
+pub(crate) fn series_labels(b: &[u8], strict: bool, s: &SampleRef) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    if s.flags & HAS_LABELS == 0 {
+        return out;
+    }
+    let mut i = s.name_end as usize;
+    while b[i] == b' ' || b[i] == b'\t' {
+        i += 1;
+    }
+    let mut labels = Vec::new();
+    let mut info = BlockInfo::default();
+    if lex_labels(&b[..s.end as usize], i, strict, &mut labels, &mut info).is_err() {
+        return out;
+    }
+    for l in &labels {
+        let mut v = Vec::new();
+        lex::unescape(l.value(b), &mut v);
+        out.push((l.name(b).to_vec(), v));
+    }
+    out.sort();
+    out
+}
 
 /// One sample line: offsets into the body.
 #[derive(Clone, Copy, Debug)]
@@ -203,6 +263,7 @@ pub(crate) struct FamilyAt {
     samples: (u32, u32),
     suffixes: u16,
     om_ok: bool,
+    ident_labels: bool,
 }
 
 fn offsets(body: &[u8], s: &[u8]) -> (u32, u32) {
@@ -224,6 +285,7 @@ impl FamilyAt {
             samples: f.samples,
             suffixes: f.suffixes,
             om_ok: f.om_ok,
+            ident_labels: f.ident_labels,
         }
     }
 
@@ -236,6 +298,7 @@ impl FamilyAt {
             samples: self.samples,
             suffixes: self.suffixes,
             om_ok: self.om_ok,
+            ident_labels: self.ident_labels,
             has_samples: self.samples.1 > self.samples.0,
             has_type: true,
         }
@@ -295,6 +358,8 @@ struct Parser<'a> {
     group: Option<Group>,
     groups_done: HashSet<u64>,
     prev_series: Option<(u64, Option<(usize, usize)>)>,
+    /// Series seen so far in the body: hash → first sample.
+    seen: SeriesMap,
     eof: bool,
 }
 
@@ -315,6 +380,7 @@ impl<'a> Parser<'a> {
             group: None,
             groups_done: HashSet::new(),
             prev_series: None,
+            seen: SeriesMap::default(),
             eof: false,
         }
     }
@@ -494,6 +560,7 @@ impl<'a> Parser<'a> {
             samples: (0, 0),
             suffixes: 0,
             om_ok: true,
+            ident_labels: false,
             has_samples: false,
             has_type: false,
         });
@@ -843,7 +910,8 @@ impl<'a> Parser<'a> {
         let fam = &mut self.families[f as usize];
         fam.has_samples = true;
         fam.suffixes |= suffix.bit();
-        self.samples.push(SampleRef {
+        fam.ident_labels |= flags & IDENT_LABEL != 0;
+        let mut sample = SampleRef {
             start: start as u32,
             name_end: name_end as u32,
             labels_end: labels_end as u32,
@@ -852,7 +920,19 @@ impl<'a> Parser<'a> {
             hash,
             suffix,
             flags,
-        });
+        };
+        let idx = self.samples.len() as u32;
+        match self.seen.entry(hash) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(idx);
+            }
+            std::collections::hash_map::Entry::Occupied(o) => {
+                if same_series(b, strict, &self.samples[*o.get() as usize], &sample) {
+                    sample.flags |= DUP;
+                }
+            }
+        }
+        self.samples.push(sample);
         Ok(())
     }
 
