@@ -94,13 +94,21 @@ fn good_cases_round_trip() {
         let t = validate(&text, Format::Text)
             .unwrap_or_else(|e| panic!("{}: text output invalid: {e}", c.name));
         assert_eq!(t.samples, s.samples, "{}", c.name);
-        // Text has no `_created` of a counter, only a gauge of that name, which clashes with
-        // the counter in OpenMetrics and is dropped (see the decode module's rules).
+        // Text has no `_created`, only gauges of that name: a counter's folds back into the
+        // counter, a histogram's or summary's clashes in OpenMetrics and is dropped (see the
+        // decode module's rules).
         let created = count_created(&om);
         let (back, _) = merged(&text, Format::Text, Format::OpenMetrics);
         let b = validate(&back, Format::OpenMetrics)
             .unwrap_or_else(|e| panic!("{}: output invalid: {e}", c.name));
-        assert_eq!(b.samples, s.samples - created, "{}", c.name);
+        assert!(
+            b.samples <= s.samples && b.samples + created >= s.samples,
+            "{}",
+            c.name
+        );
+        if c.name == "counter_unit" {
+            assert_eq!(b.samples, s.samples, "a counter's _created comes back");
+        }
     }
 }
 

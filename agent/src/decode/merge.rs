@@ -84,6 +84,8 @@ struct Entry<'a> {
     filter: u16,
     /// Whether this entry carries its family's UNIT.
     unit: bool,
+    /// A text gauge `x_created` folded into OpenMetrics counter `x`: its HELP is not the family's.
+    created_part: bool,
     dropped: bool,
 }
 
@@ -126,6 +128,7 @@ fn push_entries<'a>(
                 fam: fam_idx,
                 filter,
                 unit,
+                created_part: false,
                 dropped: false,
             });
         }
@@ -259,7 +262,41 @@ fn merge_parsed(
     // Output families, sorted by name; equal names keep source order (stable sort).
     let mut entries: Vec<Entry<'_>> = Vec::new();
     for (si, s) in srcs.iter().enumerate() {
+        let text_to_om = s.parsed.format == Format::Text && out == Format::OpenMetrics;
+        let counters: std::collections::HashSet<&[u8]> = if text_to_om {
+            s.parsed
+                .families
+                .iter()
+                .filter(|f| f.mtype == MType::Counter && f.om_ok && f.suffixes != 0)
+                .map(|f| &f.name[..f.name.len() - 6])
+                .collect()
+        } else {
+            Default::default()
+        };
         for (fi, fam) in s.parsed.families.iter().enumerate() {
+            // A text gauge `x_created` beside counter `x_total` is that counter's `_created`
+            // in OpenMetrics (as client libraries write text).
+            let created_of = fam.name.strip_suffix(b"_created");
+            if let Some(stem) = created_of.filter(|s| {
+                text_to_om
+                    && matches!(fam.mtype, MType::Gauge | MType::Unknown)
+                    && fam.suffixes != 0
+                    && counters.contains(s)
+            }) {
+                entries.push(Entry {
+                    base: fam.name,
+                    strip: fam.name.len() - stem.len(),
+                    add: b"",
+                    mtype: MType::Counter,
+                    src: si as u32,
+                    fam: fi as u32,
+                    filter: ALL,
+                    unit: false,
+                    created_part: true,
+                    dropped: false,
+                });
+                continue;
+            }
             push_entries(
                 &mut entries,
                 si as u32,
@@ -299,7 +336,7 @@ fn merge_parsed(
             let p = &srcs[e.src as usize].parsed;
             let fam = &p.families[e.fam as usize];
             let mut conflict = false;
-            if let Some(h) = fam.help {
+            if let Some(h) = fam.help.filter(|_| !e.created_part) {
                 match help {
                     None => help = Some((e.src as usize, h, p.format)),
                     Some((hs, h0, f0)) => {
@@ -422,10 +459,13 @@ impl Renderer {
         };
         let out = self.out;
         // Metadata.
-        let help = entries.iter().filter(|e| !e.dropped).find_map(|e| {
-            let p = &srcs[e.src as usize].parsed;
-            p.families[e.fam as usize].help.map(|h| (h, p.format))
-        });
+        let help = entries
+            .iter()
+            .filter(|e| !e.dropped && !e.created_part)
+            .find_map(|e| {
+                let p = &srcs[e.src as usize].parsed;
+                p.families[e.fam as usize].help.map(|h| (h, p.format))
+            });
         let unit = entries
             .iter()
             .filter(|e| !e.dropped && e.unit)
@@ -1001,6 +1041,25 @@ mod tests {
              # TYPE r counter\n# HELP r Requests \\\"all\\\".\nr_total{code=\"200\"} 3 1.500\n\
              # TYPE x unknown\nx 7 -0.005\n# EOF\n"
         );
+    }
+
+    #[test]
+    fn text_created_gauges_fold_into_om_counters() {
+        let a = "# HELP c_total C.\n# TYPE c_total counter\nc_total{x=\"1\"} 1\n\
+                 # HELP c_created C.\n# TYPE c_created gauge\nc_created{x=\"1\"} 1.7e9\n\
+                 # TYPE g_created gauge\ng_created 5\n";
+        let src = Source {
+            identity: None,
+            body: a.as_bytes(),
+            format: Format::Text,
+        };
+        let (s, st) = run(&[src], Format::OpenMetrics);
+        assert_eq!(
+            s,
+            "# TYPE c counter\n# HELP c C.\nc_total{x=\"1\"} 1\nc_created{x=\"1\"} 1.7e9\n\
+             # TYPE g_created gauge\ng_created 5\n# EOF\n"
+        );
+        assert_eq!(st.family_conflicts, 0);
     }
 
     #[test]

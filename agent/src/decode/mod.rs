@@ -61,14 +61,23 @@
 //!      becomes histogram `g` (buckets) plus gauges `g_gcount`, `g_gsum`; info `i` becomes gauge
 //!      `i_info`; stateset becomes gauge; unknown becomes untyped; UNIT and exemplars are
 //!      dropped; timestamps go from seconds to milliseconds (rounded).
-//!    - text → OpenMetrics: counter `x_total` becomes counter `x`; untyped becomes unknown;
-//!      timestamps go from milliseconds to seconds (exact decimal). A text family that breaks an
+//!    - text → OpenMetrics: counter `x_total` becomes counter `x`, and a gauge `x_created` of
+//!      the same body (as client libraries write it) becomes that counter's `_created` samples;
+//!      untyped becomes unknown; timestamps go from milliseconds to seconds (exact decimal). A
+//!      histogram's or summary's `_created` gauge cannot be folded back (OpenMetrics wants it
+//!      inside each histogram's group) and clashes with the histogram: it is dropped (rule 3). A text family that breaks an
 //!      OpenMetrics rule (a counter not named `*_total` or with a negative value, a histogram
 //!      without `+Inf` bucket, ...) is written as `unknown` families, one per sample name, so
 //!      that the output stays valid and the series keep their names.
 //!    - `# EOF` ends every OpenMetrics output. gzip is the HTTP layer's job.
 //!
 //! The output is always a valid body in the chosen format, whatever the inputs.
+//!
+//! # Preparing bodies
+//! A body is checked when it arrives ([`validate`], or [`prepare`], which also keeps the index
+//! beside the body); [`merge_prepared`] then merges prepared bodies without parsing them again,
+//! which is what makes a scrape of the node target cheap (BENCHMARKS.md). [`merge`] takes raw
+//! bodies and parses them itself.
 //!
 //! # Why not `prometheus-parse`
 //! The crate `prometheus-parse` (which was asked for) matches lines with regular expressions,
