@@ -1063,6 +1063,18 @@ mod tests {
     }
 
     #[test]
+    fn fuzz_regressions() {
+        // Text allows le="+INF"; OpenMetrics only "+Inf": the family must not keep its type.
+        let src = Source {
+            identity: None,
+            body: b"# TYPE a histogram\na_bucket{le=\"+INF\"} 0\n",
+            format: Format::Text,
+        };
+        let (s, _) = run(&[src], Format::OpenMetrics);
+        assert!(s.contains("# TYPE a_bucket unknown"), "{s}");
+    }
+
+    #[test]
     fn rejected_sources_contribute_nothing() {
         let (s, st) = run(
             &[text("p1", "a 1\n"), text("p2", "b{ 1\n"), om("p3", "c 1\n")],

@@ -2,7 +2,7 @@
 //! OpenMetrics 1.0, validation, and the merge of many pods' bodies into one node target. No I/O.
 //!
 //! # Parsing
-//! [`validate`] and [`merge`] run one parser ([`parse`](self::parse)) over a body's bytes. Each
+//! [`validate`] and [`merge`] run one parser (`parse.rs`) over a body's bytes. Each
 //! line is checked against its format; the result is an index of offsets into the body (per
 //! family: name, type, HELP, UNIT; per sample: where its name, label block and line end are, and
 //! a hash of its series), never a copy of it. No allocation happens per sample.

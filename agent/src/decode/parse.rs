@@ -1049,7 +1049,6 @@ impl<'a> Parser<'a> {
             }
             self.group = Some(Group::new(key));
         }
-        let strict = self.strict;
         let g = self.group.as_mut().ok_or("internal: no group")?;
         match (mtype, suffix) {
             (MType::Summary, Suffix::Bare) => {
@@ -1065,7 +1064,7 @@ impl<'a> Parser<'a> {
             }
             (_, Suffix::Bucket) => {
                 let le = special
-                    .and_then(|q| bound_value(q, strict))
+                    .and_then(|q| bound_value(q, true))
                     .ok_or("histogram bucket without a valid le label")?;
                 if le.is_nan() || le <= g.last_le {
                     return Err("histogram buckets are not in increasing le order");
