@@ -8,9 +8,24 @@ use loupe_agent::decode::{merge, validate, Format, Identity, Source};
 
 const IDS: [Option<Identity<'static>>; 4] = [
     None,
-    Some(Identity { namespace: "ns", pod: "p1", container: "c", endpoint: "m" }),
-    Some(Identity { namespace: "ns", pod: "p2", container: "", endpoint: "" }),
-    Some(Identity { namespace: "ns", pod: "p1", container: "c", endpoint: "m" }),
+    Some(Identity {
+        namespace: "ns",
+        pod: "p1",
+        container: "c",
+        endpoint: "m",
+    }),
+    Some(Identity {
+        namespace: "ns",
+        pod: "p2",
+        container: "",
+        endpoint: "",
+    }),
+    Some(Identity {
+        namespace: "ns",
+        pod: "p1",
+        container: "c",
+        endpoint: "m",
+    }),
 ];
 
 fuzz_target!(|data: &[u8]| {
@@ -19,8 +34,16 @@ fuzz_target!(|data: &[u8]| {
         .take(8)
         .filter_map(|part| {
             let (&sel, body) = part.split_first()?;
-            let format = if sel & 1 == 0 { Format::Text } else { Format::OpenMetrics };
-            Some(Source { identity: IDS[(sel as usize >> 1) % 4], body, format })
+            let format = if sel & 1 == 0 {
+                Format::Text
+            } else {
+                Format::OpenMetrics
+            };
+            Some(Source {
+                identity: IDS[(sel as usize >> 1) % 4],
+                body,
+                format,
+            })
         })
         .collect();
     for out in [Format::Text, Format::OpenMetrics] {

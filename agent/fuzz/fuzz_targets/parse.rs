@@ -12,13 +12,24 @@ fuzz_target!(|data: &[u8]| {
         };
         for out in [Format::Text, Format::OpenMetrics] {
             let mut buf = Vec::new();
-            let st = merge(&[Source { identity: None, body: data, format }], out, &mut buf);
+            let st = merge(
+                &[Source {
+                    identity: None,
+                    body: data,
+                    format,
+                }],
+                out,
+                &mut buf,
+            );
             assert!(st.rejected.is_empty());
             let merged = validate(&buf, out).unwrap_or_else(|e| {
                 panic!("invalid output ({e}):\n{}", String::from_utf8_lossy(&buf))
             });
             if format == out && st.family_conflicts == 0 {
-                assert_eq!(merged.samples as u64 + st.duplicate_series, summary.samples as u64);
+                assert_eq!(
+                    merged.samples as u64 + st.duplicate_series,
+                    summary.samples as u64
+                );
             }
         }
     }

@@ -1069,7 +1069,7 @@ impl<'a> Parser<'a> {
                 if le.is_nan() || le <= g.last_le {
                     return Err("histogram buckets are not in increasing le order");
                 }
-                if !(x >= 0.0) {
+                if x.is_nan() || x < 0.0 {
                     return Err("bucket value is NaN or negative");
                 }
                 if x < g.last_bucket {
@@ -1085,7 +1085,7 @@ impl<'a> Parser<'a> {
                 g.last_bucket = x;
             }
             (_, Suffix::Count) | (_, Suffix::GCount) => {
-                if !(x >= 0.0) {
+                if x.is_nan() || x < 0.0 {
                     return Err("count is NaN or negative");
                 }
                 g.count = Some(x);
@@ -1097,7 +1097,7 @@ impl<'a> Parser<'a> {
                 g.sum = Some(x);
             }
             (_, Suffix::Sum) => {
-                if !(x >= 0.0) {
+                if x.is_nan() || x < 0.0 {
                     return Err("sum is NaN or negative");
                 }
                 g.sum = Some(x);

@@ -5,6 +5,11 @@
 
 use std::collections::{HashMap, HashSet};
 
+/// Decoded labels, in line order.
+pub type Labels = Vec<(String, String)>;
+/// Name, sorted labels, rest of the line.
+pub type Sample = (String, Labels, String);
+
 fn owned(name: &str, typ: &str, om: bool) -> Vec<String> {
     let suffixes: &[&str] = match (om, typ) {
         (true, "counter") => &["_total", "_created"],
@@ -20,7 +25,7 @@ fn owned(name: &str, typ: &str, om: bool) -> Vec<String> {
 }
 
 /// Parses `{a="x",b="y"}` at the start of `s`; returns decoded labels and the rest.
-fn labels(s: &str) -> Result<(Vec<(String, String)>, &str), String> {
+fn labels(s: &str) -> Result<(Labels, &str), String> {
     let mut out = Vec::new();
     let mut chars = s.char_indices().peekable();
     if chars.next() != Some((0, '{')) {
@@ -67,7 +72,6 @@ fn labels(s: &str) -> Result<(Vec<(String, String)>, &str), String> {
     }
 }
 
-#[allow(clippy::type_complexity)]
 fn start(
     name: &str,
     typ: &str,
@@ -192,7 +196,7 @@ pub fn check(body: &str, om: bool) -> Result<(), String> {
 
 /// The samples of a body (text or OpenMetrics, as written by loupe): name, sorted decoded labels
 /// and the rest of the line (value, timestamp, exemplar).
-pub fn samples(body: &str) -> Vec<(String, Vec<(String, String)>, String)> {
+pub fn samples(body: &str) -> Vec<Sample> {
     let mut out = Vec::new();
     for line in body.lines() {
         if line.starts_with('#') || line.trim().is_empty() {
