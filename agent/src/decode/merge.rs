@@ -1072,6 +1072,19 @@ mod tests {
         };
         let (s, _) = run(&[src], Format::OpenMetrics);
         assert!(s.contains("# TYPE a_bucket unknown"), "{s}");
+        // The same series first as an untyped family, then inside a histogram: the histogram
+        // keeps all its buckets (the untyped family clashes with it and is dropped).
+        let body = "foo_bucket{le=\"+Inf\"} 1\n# TYPE foo histogram\nfoo_bucket{le=\"1\"} 1\nfoo_bucket{le=\"+Inf\"} 1\n";
+        for out in [Format::Text, Format::OpenMetrics] {
+            let src = Source {
+                identity: None,
+                body: body.as_bytes(),
+                format: Format::Text,
+            };
+            let (s, st) = run(&[src], out);
+            assert_eq!(st.family_conflicts, 1);
+            assert!(s.contains("foo_bucket{le=\"+Inf\"} 1\n"), "{s}");
+        }
     }
 
     #[test]

@@ -927,7 +927,10 @@ impl<'a> Parser<'a> {
                 v.insert(idx);
             }
             std::collections::hash_map::Entry::Occupied(o) => {
-                if same_series(b, strict, &self.samples[*o.get() as usize], &sample) {
+                let first = &self.samples[*o.get() as usize];
+                // A text body may repeat a series under two families (one is dropped by the
+                // merge as a clash); only a repeat within the family is a duplicate.
+                if first.family == f && same_series(b, strict, first, &sample) {
                     sample.flags |= DUP;
                 }
             }
