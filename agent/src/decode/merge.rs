@@ -27,6 +27,9 @@ struct Src<'a> {
     ident_hash: u64,
     /// Another source has the same identity, so their series may collide.
     shared: bool,
+    /// `prefix` followed by `,`, and `{prefix}` (empty without identity).
+    prefix_comma: Vec<u8>,
+    prefix_braced: Vec<u8>,
 }
 
 impl<'a> Src<'a> {
@@ -52,10 +55,16 @@ impl<'a> Src<'a> {
         }
         Src {
             parsed,
-            prefix,
             ident,
             ident_hash,
             shared: false,
+            prefix_comma: [&prefix[..], b","].concat(),
+            prefix_braced: if prefix.is_empty() {
+                Vec::new()
+            } else {
+                [&b"{"[..], &prefix, b"}"].concat()
+            },
+            prefix,
         }
     }
 }
@@ -606,8 +615,33 @@ impl Renderer {
         }
     }
 
+    #[inline]
     fn sample(&mut self, s: &Src<'_>, sm: &SampleRef, buf: &mut Vec<u8>) {
         let b = s.parsed.body;
+        if sm.flags & (SLOW | IDENT_LABEL) == 0 && s.parsed.format == self.out {
+            // The common case: at most three copies, the identity spliced into the label block.
+            let (start, ne, end) = (sm.start as usize, sm.name_end as usize, sm.end as usize);
+            let line_end = if b.get(end) == Some(&b'\n') {
+                end + 1
+            } else {
+                end
+            };
+            if sm.flags & HAS_LABELS == 0 {
+                buf.extend_from_slice(&b[start..ne]);
+                buf.extend_from_slice(&s.prefix_braced);
+                buf.extend_from_slice(&b[sm.labels_end as usize..line_end]);
+            } else if s.prefix.is_empty() {
+                buf.extend_from_slice(&b[start..line_end]);
+            } else {
+                buf.extend_from_slice(&b[start..=ne]);
+                buf.extend_from_slice(&s.prefix_comma);
+                buf.extend_from_slice(&b[ne + 1..line_end]);
+            }
+            if line_end == end {
+                buf.push(b'\n');
+            }
+            return;
+        }
         let needs_labels = sm.flags & (SLOW | IDENT_LABEL) != 0;
         if needs_labels {
             self.sample_slow(s, sm, buf);
