@@ -9,7 +9,9 @@
 #[path = "../tests/support/corpus.rs"]
 mod corpus;
 
-use loupe_agent::decode::{merge, Format, Identity, Source};
+use loupe_agent::decode::{
+    merge, merge_prepared, prepare, Format, Identity, PreparedSource, Source,
+};
 
 fn status_kib(field: &str) -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
@@ -74,5 +76,37 @@ fn main() {
             st.family_conflicts,
         );
         drop(buf);
+
+        // The same with indexes prepared when the bodies arrived (kept by the store).
+        let prepared: Vec<_> = sources
+            .iter()
+            .map(|s| prepare(s.body, s.format).expect("corpus is valid"))
+            .collect();
+        let index: usize = prepared.iter().map(|p| p.index_bytes()).sum();
+        let psources: Vec<PreparedSource<'_>> = sources
+            .iter()
+            .zip(&prepared)
+            .map(|(s, p)| PreparedSource {
+                identity: s.identity,
+                body: s.body,
+                prepared: p,
+            })
+            .collect();
+        std::fs::write("/proc/self/clear_refs", "5").expect("reset peak RSS");
+        let before = status_kib("VmHWM:").min(status_kib("VmRSS:"));
+        let t = std::time::Instant::now();
+        let mut buf = Vec::new();
+        merge_prepared(&psources, out, &mut buf);
+        let elapsed = t.elapsed();
+        let grew = (status_kib("VmHWM:") - before) * 1024;
+        println!(
+            "{out:?} out, prepared: index held beside the bodies {:.1} MiB ({:.2}x input), \
+             peak RSS growth during merge {:.1} MiB = {:.2}x output, merge took {:.0?}",
+            index as f64 / 1048576.0,
+            index as f64 / input as f64,
+            grew as f64 / 1048576.0,
+            grew as f64 / buf.len() as f64,
+            elapsed,
+        );
     }
 }
