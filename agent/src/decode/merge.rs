@@ -682,7 +682,7 @@ impl Renderer {
             return;
         }
         let mut i = sm.name_end as usize;
-        while b[i] == b' ' || b[i] == b'\t' {
+        while i < sm.end as usize && (b[i] == b' ' || b[i] == b'\t') {
             i += 1;
         }
         let mut info = BlockInfo::default();
@@ -1174,6 +1174,18 @@ mod tests {
         let mut z = Vec::new();
         merge_prepared(&[wrong], Format::Text, &mut z);
         assert_eq!(z, b"# TYPE z gauge\nz 1\n");
+        // Another body of the same length is a caller's bug; it must still not panic.
+        for fill in [b' ', b'{', b'"', b'\n', 0xff] {
+            let other = vec![fill; b.len()];
+            let bad = PreparedSource {
+                identity: srcs[1].identity,
+                body: &other,
+                prepared: &preps[1],
+            };
+            for out in [Format::Text, Format::OpenMetrics] {
+                merge_prepared(&[bad], out, &mut Vec::new());
+            }
+        }
     }
 
     #[test]

@@ -211,7 +211,7 @@ pub(crate) fn series_labels(b: &[u8], strict: bool, s: &SampleRef) -> Vec<(Vec<u
         return out;
     }
     let mut i = s.name_end as usize;
-    while b[i] == b' ' || b[i] == b'\t' {
+    while i < s.end as usize && (b[i] == b' ' || b[i] == b'\t') {
         i += 1;
     }
     let mut labels = Vec::new();
