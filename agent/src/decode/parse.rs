@@ -380,7 +380,7 @@ impl<'a> Parser<'a> {
             group: None,
             groups_done: HashSet::new(),
             prev_series: None,
-            seen: SeriesMap::default(),
+            seen: SeriesMap::with_capacity_and_hasher(b.len() / 96, Default::default()),
             eof: false,
         }
     }
@@ -721,7 +721,19 @@ impl<'a> Parser<'a> {
             }
         }
         let start = i;
-        let name_end = lex::scan_name(&b[..le], i);
+        // Most lines start with the current family's (already checked) name: compare it by
+        // words and scan only what follows, instead of classifying every byte.
+        let known = self.current.map(|c| self.families[c as usize].name);
+        let name_end = match known {
+            Some(n) if le - i >= n.len() && lex::bytes_eq(&b[i..i + n.len()], n) => {
+                let mut j = i + n.len();
+                while j < le && lex::is_name_char(b[j]) {
+                    j += 1;
+                }
+                j
+            }
+            _ => lex::scan_name(&b[..le], i),
+        };
         if name_end == i {
             return Err((i, "invalid metric name"));
         }
