@@ -272,6 +272,10 @@ pub(crate) struct BlockInfo {
     pub odd_escape: bool,
 }
 
+/// Labels allowed on one line. The duplicate-name check is quadratic, so a hostile body could
+/// otherwise make a single line cost seconds; real expositions have a handful.
+pub(crate) const MAX_LABELS: usize = 1024;
+
 /// A lexing error: byte offset and reason.
 pub(crate) type LexError = (usize, &'static str);
 
@@ -352,6 +356,9 @@ pub(crate) fn lex_labels(
                 Some(b'\n') | None => return Err((j, "unterminated label value")),
                 Some(_) => j += 1,
             }
+        }
+        if out.len() >= MAX_LABELS {
+            return Err((name.0 as usize, "more than 1024 labels on one line"));
         }
         let name_bytes = &b[name.0 as usize..name.1 as usize];
         if out.iter().any(|l| bytes_eq(l.name(b), name_bytes)) {
@@ -518,6 +525,20 @@ mod tests {
         assert!(lex_labels(br#"{ a = "1" , }"#, 0, false, &mut v, &mut info).is_ok());
         assert!(info.noncanonical);
         assert!(lex_labels(br#"{a="\z"}"#, 0, false, &mut v, &mut info).is_err());
+    }
+
+    #[test]
+    fn label_count_is_bounded() {
+        let mut line = String::from("{");
+        for i in 0..=MAX_LABELS {
+            line += &format!("l{i}=\"\",");
+        }
+        line.pop();
+        line.push('}');
+        let mut v = Vec::new();
+        let mut info = BlockInfo::default();
+        let e = lex_labels(line.as_bytes(), 0, true, &mut v, &mut info).unwrap_err();
+        assert!(e.1.contains("1024"));
     }
 
     #[test]

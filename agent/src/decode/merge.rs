@@ -197,14 +197,14 @@ fn parse_or_reject<'a>(
         Ok(p) => srcs.push(Src::new(p, identity)),
         Err(e) => {
             if let Some(id) = identity {
-                log::warn!(
+                log::debug!(
                     "metrics of pod {}/{} endpoint {:?} rejected: {e}",
                     id.namespace,
                     id.pod,
                     id.endpoint
                 );
             } else {
-                log::warn!("agent metrics rejected: {e}");
+                log::debug!("agent metrics rejected: {e}");
             }
             stats.rejected.push((i, e));
         }

@@ -23,7 +23,8 @@
 //!   values) and `\\`, `\n` (HELP) are errors, HELP/TYPE come before a family's samples and once.
 //!   Hexadecimal floats (which Go would accept) are rejected.
 //!
-//! A body that fails is rejected whole: [`ParseError`] names the line, the column (bytes, from
+//! Limits: a body must be smaller than 4 GiB (offsets are 32-bit) and a line may carry at most
+//! 1024 labels. A body that fails is rejected whole: [`ParseError`] names the line, the column (bytes, from
 //! 1) and the reason, and the body contributes nothing to the merge.
 //!
 //! # Merging rules
