@@ -717,6 +717,9 @@ impl Renderer {
         if conflicting.is_empty() {
             return;
         }
+        // Empty values are absent labels (Prometheus): they neither block an `exported_` name
+        // nor may stay beside the label that takes it.
+        out.retain(|(_, l)| !l.value(b).is_empty());
         conflicting.sort_by_key(|l| l.name.1 - l.name.0);
         let taken = |out: &Vec<(usize, Label)>, k: usize, name: &[u8]| -> bool {
             // Is `exported_` * k + name already a label?
@@ -971,6 +974,16 @@ mod tests {
             s,
             "# TYPE a untyped\n\
              a{namespace=\"ns\",pod=\"p1\",container=\"c\",endpoint=\"metrics\",exported_pod=\"e\",z=\"1\",exported_exported_pod=\"app\"} 1\n"
+        );
+        // An empty app label does not block the exported_ name.
+        let (s, _) = run(
+            &[text("p1", "a{pod=\"app\",exported_pod=\"\"} 1\n")],
+            Format::Text,
+        );
+        assert_eq!(
+            s,
+            "# TYPE a untyped\n\
+             a{namespace=\"ns\",pod=\"p1\",container=\"c\",endpoint=\"metrics\",exported_pod=\"app\"} 1\n"
         );
         // Empty identity values omit the label and leave the app's alone.
         let src = Source {
