@@ -546,12 +546,32 @@ impl Renderer {
         // Otherwise duplicates are found by sorting series hashes.
         self.items.clear();
         self.keys.clear();
+        // OpenMetrics wants each histogram or summary whole and in one piece, which keeping
+        // the first of each series could break when two sources share an identity: there the
+        // later source's samples of the family all count as duplicates.
+        let grouped = out == Format::OpenMetrics
+            && matches!(
+                first.mtype,
+                MType::Histogram | MType::GaugeHistogram | MType::Summary
+            );
         for (ei, e) in entries.iter().enumerate() {
             if e.dropped {
                 continue;
             }
             let s = &srcs[e.src as usize];
             let (lo, hi) = s.parsed.families[e.fam as usize].samples;
+            if grouped
+                && s.shared
+                && entries[..ei].iter().any(|p| {
+                    !p.dropped && p.src != e.src && srcs[p.src as usize].prefix == s.prefix
+                })
+            {
+                self.duplicates += s.parsed.samples[lo as usize..hi as usize]
+                    .iter()
+                    .filter(|x| e.filter & x.suffix.bit() != 0)
+                    .count() as u64;
+                continue;
+            }
             for si in lo..hi {
                 let sample = &s.parsed.samples[si as usize];
                 if e.filter & sample.suffix.bit() == 0 {
@@ -1043,6 +1063,15 @@ mod tests {
         let b = "m{pod=\"x\"} 1\nm{exported_pod=\"x\"} 2\n";
         let (_, st) = run(&[text("p1", b)], Format::Text);
         assert_eq!(st.duplicate_series, 1);
+    }
+
+    #[test]
+    fn shared_identity_keeps_histograms_whole() {
+        let a = "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 1\n# EOF\n";
+        let b = "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"2\"} 1\nh_bucket{le=\"+Inf\"} 1\n# EOF\n";
+        let (s, st) = run(&[om("p1", a), om("p1", b)], Format::OpenMetrics);
+        assert_eq!(st.duplicate_series, 3);
+        assert!(!s.contains("le=\"2\""), "{s}");
     }
 
     #[test]

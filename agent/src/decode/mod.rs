@@ -54,7 +54,10 @@
 //! 5. **Duplicates.** A series (name and label set, identity labels included, label order
 //!    ignored) that would appear twice is written once, the first occurrence, and every other
 //!    occurrence counts in `loupe_duplicate_series_total`. This includes OpenMetrics' repeated
-//!    samples of one series with increasing timestamps: the earliest is kept.
+//!    samples of one series with increasing timestamps: the earliest is kept. Two sources with
+//!    the same identity should not happen; if they do, in OpenMetrics output the later one's
+//!    histograms and summaries are dropped whole (as duplicates), since OpenMetrics does not
+//!    allow a histogram in pieces.
 //! 6. **Formats.** The output is text 0.0.4 or OpenMetrics 1.0.0 ([`Format::negotiate`]),
 //!    whatever the sources' formats, keeping the series names Prometheus would store:
 //!    - OpenMetrics → text: counter `a` becomes counter `a_total` plus gauge `a_created`;
