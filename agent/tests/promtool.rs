@@ -148,3 +148,39 @@ fn promtool_accepts_tricky_merges() {
     );
     assert!(!text.contains("parsing error"), "{text}\n{out}");
 }
+
+#[test]
+fn show_a_small_merge() {
+    // Prints a small merged target in both formats (cargo test -p loupe-agent --test promtool
+    // -- --nocapture show_a_small_merge) and checks it is valid.
+    let a = corpus::body(1, 12, false);
+    let b = corpus::body(2, 12, true);
+    let sources = [
+        Source {
+            identity: Some(Identity {
+                namespace: "shop",
+                pod: "cart-1",
+                container: "app",
+                endpoint: ":8080/metrics",
+            }),
+            body: a.as_bytes(),
+            format: Format::Text,
+        },
+        Source {
+            identity: Some(Identity {
+                namespace: "shop",
+                pod: "cart-2",
+                container: "app",
+                endpoint: ":8080/metrics",
+            }),
+            body: b.as_bytes(),
+            format: Format::OpenMetrics,
+        },
+    ];
+    for out in [Format::Text, Format::OpenMetrics] {
+        let mut buf = Vec::new();
+        merge(&sources, out, &mut buf);
+        assert!(validate(&buf, out).is_ok());
+        println!("{}", String::from_utf8_lossy(&buf));
+    }
+}
