@@ -7,7 +7,7 @@
 //!   OpenMetrics; gzip when accepted.
 //! - `/healthz`: the process serves. `/readyz`: the first discovery result has been applied.
 
-use crate::decode::{self, Format, Identity as LabelSet, Source};
+use crate::decode::{self, Format, Identity as LabelSet, PreparedSource};
 use crate::fetch::Refresher;
 use crate::store::{Identity, Outcome};
 use crate::telemetry::{render_counters, Counter};
@@ -117,30 +117,38 @@ impl Server {
         let now = Instant::now();
         let view = self.refresher.store.view();
         let own = self.own_series(&view, now);
+        // loupe's own series are well-formed by construction; a failure here is a bug, logged below.
+        let own_prepared = decode::prepare(own.as_bytes(), Format::Text);
         let mut sources = Vec::with_capacity(view.len() + 1);
-        for (_, identity, outcome) in &view {
+        // The view entry of each source, to name a rejected body's pod.
+        let mut owners = Vec::with_capacity(view.len());
+        for (at, (_, identity, outcome)) in view.iter().enumerate() {
             if let Some(Outcome {
                 result: Ok(snapshot),
                 ..
             }) = outcome
             {
-                sources.push(Source {
+                owners.push(at);
+                sources.push(PreparedSource {
                     identity: Some(labels(identity)),
                     body: &snapshot.body,
-                    format: snapshot.format,
+                    prepared: &snapshot.prepared,
                 });
             }
         }
-        sources.push(Source {
-            identity: None,
-            body: own.as_bytes(),
-            format: Format::Text,
-        });
+        match &own_prepared {
+            Ok(prepared) => sources.push(PreparedSource {
+                identity: None,
+                body: own.as_bytes(),
+                prepared,
+            }),
+            Err(e) => log::error!("loupe's own series do not parse: {e}"),
+        }
         let mut out = Vec::with_capacity(sources.iter().map(|s| s.body.len() * 5 / 4).sum());
-        let stats = decode::merge(&sources, format, &mut out);
+        let stats = decode::merge_prepared(&sources, format, &mut out);
         for (index, error) in stats.rejected {
             REJECTED_BODIES.inc();
-            match view.get(index) {
+            match owners.get(index).and_then(|&at| view.get(at)) {
                 Some((key, identity, _)) => log::warn!(
                     "pod {} endpoint {}: body rejected by the merge: {error}",
                     key.pod,
@@ -174,7 +182,7 @@ impl Server {
             (
                 "loupe_target_samples",
                 "Samples in the endpoint's latest good body.",
-                |o, _| o.result.as_ref().ok().map(|s| s.samples as f64),
+                |o, _| o.result.as_ref().ok().map(|s| s.samples() as f64),
             ),
             (
                 "loupe_target_body_bytes",

@@ -390,7 +390,10 @@ mod tests {
         if !require_root("gzip_bodies_are_decoded_and_oversized_ones_refused") {
             return;
         }
-        let body = b"# TYPE a gauge\na 1\n".repeat(1000);
+        let mut body = b"# TYPE a gauge\n".to_vec();
+        for i in 0..1000 {
+            body.extend_from_slice(format!("a{{i=\"{i}\"}} 1\n").as_bytes());
+        }
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(&body).unwrap();
         let reply = response(

@@ -48,25 +48,25 @@ impl Origin {
     }
 }
 
-/// A validated body.
+/// A validated body with its merge index, made once when the body arrives so that scrapes only
+/// regroup and render.
 #[derive(Debug)]
 pub struct Snapshot {
     pub body: Bytes,
-    pub format: Format,
-    pub samples: usize,
+    pub prepared: decode::Prepared,
 }
 
 impl Snapshot {
-    /// Validates a 200 response's body. Observed and fetched bodies both come through here.
+    /// Checks a 200 response's body. Observed and fetched bodies both come through here.
     pub fn decode(body: Bytes, content_type: Option<&str>) -> Result<Snapshot, String> {
         let format = Format::from_content_type(content_type);
-        let summary =
-            decode::validate(&body, format).map_err(|e| format!("unparsable body: {e}"))?;
-        Ok(Snapshot {
-            body,
-            format,
-            samples: summary.samples,
-        })
+        let prepared =
+            decode::prepare(&body, format).map_err(|e| format!("unparsable body: {e}"))?;
+        Ok(Snapshot { body, prepared })
+    }
+
+    pub fn samples(&self) -> usize {
+        self.prepared.summary().samples
     }
 }
 
@@ -278,11 +278,9 @@ mod tests {
             at,
             origin,
             duration: Duration::ZERO,
-            result: Ok(Arc::new(Snapshot {
-                body: Bytes::from_static(b"a 1\n"),
-                format: Format::Text,
-                samples: 1,
-            })),
+            result: Ok(Arc::new(
+                Snapshot::decode(Bytes::from_static(b"a 1\n"), None).unwrap(),
+            )),
         }
     }
 

@@ -1,26 +1,140 @@
 //! Decode: the exposition codec. Exact, streaming parsing of Prometheus text 0.0.4 and
 //! OpenMetrics 1.0, validation, and the merge of many pods' bodies into one node target. No I/O.
 //!
-//! TEMPORARY STAND-IN with the codec's interface, replaced by the real codec (issue 3).
+//! # Parsing
+//! [`validate`] and [`merge`] run one parser (`parse.rs`) over a body's bytes. Each
+//! line is checked against its format; the result is an index of offsets into the body (per
+//! family: name, type, HELP, UNIT; per sample: where its name, label block and line end are, and
+//! a hash of its series), never a copy of it. No allocation happens per sample.
+//!
+//! - **OpenMetrics 1.0.0** is held to the specification and to every case of the OpenMetrics
+//!   conformance suite (`agent/tests/openmetrics-conformance`): `# EOF` last, no blank lines,
+//!   metadata before samples and once per family, families never interleaved or repeated,
+//!   sample names that clash with another family's (`a_created` vs counter `a`) rejected,
+//!   histogram/summary rules (`+Inf` bucket, ascending `le`, cumulative counts, `_count` equal to
+//!   the `+Inf` bucket, `_sum`/`_count` together, no `_sum` with negative buckets), counter,
+//!   info and stateset values, exemplars only on counter totals and buckets (≤128 characters of
+//!   labels), timestamps in seconds that never go backwards within a series. Unknown escapes in
+//!   label values and HELP (`\z`) are accepted and mean a literal backslash, as in the reference
+//!   parsers; they are re-escaped (`\\z`) on output.
+//! - **Text 0.0.4** is held to that format's rules as Prometheus' Go parser (expfmt) applies
+//!   them: blanks between tokens and a trailing comma in label sets are allowed, comments are
+//!   ignored, timestamps are integer milliseconds, escapes other than `\\`, `\"`, `\n` (label
+//!   values) and `\\`, `\n` (HELP) are errors, HELP/TYPE come before a family's samples and once.
+//!   Hexadecimal floats (which Go would accept) are rejected.
+//!
+//! Limits: a body must be smaller than 4 GiB (offsets are 32-bit) and a line may carry at most
+//! 1024 labels. A body that fails is rejected whole: [`ParseError`] names the line, the column (bytes, from
+//! 1) and the reason, and the body contributes nothing to the merge.
+//!
+//! # Merging rules
+//! [`merge`] parses every source, then writes one body:
+//!
+//! 1. **One family, one group.** Every family appears once, with one TYPE, at most one HELP and
+//!    (OpenMetrics) at most one UNIT, followed by all its samples. Histogram and summary samples
+//!    (`_bucket`, `_sum`, `_count`, `_created`, `_gsum`, `_gcount`) stay with their family.
+//!    Families are sorted by output name (byte order); within a family, samples keep source order
+//!    and, within a source, body order.
+//! 2. **Identity.** The source's non-empty identity labels `namespace`, `pod`, `container`,
+//!    `endpoint` are added to every sample (first, in that order). An app label with one of those
+//!    names and a non-empty value is renamed `exported_<name>`; if that name is taken too, the
+//!    prefix is added again (`exported_exported_<name>`), as Prometheus does with
+//!    `honor_labels: false`. An app label with an empty value counts as absent. A source without
+//!    identity (the agent's own series) is added as it is.
+//! 3. **TYPE conflicts: the first source wins.** Sources are taken in the order given. The first
+//!    source that has a family fixes its type; a later source whose family has another type
+//!    contributes none of that family's samples, and each such source counts once in
+//!    `loupe_family_conflicts_total`. Sample names clash across families too (counter `a` owns
+//!    `a_total` and `a_created`; histogram `h` owns `h_bucket`, ...): of two clashing output
+//!    families the one whose first source comes first (then the smaller name) is kept, and the
+//!    other is dropped whole and counted the same way.
+//! 4. **HELP and UNIT conflicts: the first one wins.** The first source with a HELP (UNIT)
+//!    provides it; a later source with a different one still contributes its samples and counts
+//!    once in `loupe_family_conflicts_total`.
+//! 5. **Duplicates.** A series (name and label set, identity labels included, label order
+//!    ignored) that would appear twice is written once, the first occurrence, and every other
+//!    occurrence counts in `loupe_duplicate_series_total`. This includes OpenMetrics' repeated
+//!    samples of one series with increasing timestamps: the earliest is kept. Two sources with
+//!    the same identity should not happen; if they do, in OpenMetrics output the later one's
+//!    histograms and summaries are dropped whole (as duplicates), since OpenMetrics does not
+//!    allow a histogram in pieces.
+//! 6. **Formats.** The output is text 0.0.4 or OpenMetrics 1.0.0 ([`Format::negotiate`]),
+//!    whatever the sources' formats, keeping the series names Prometheus would store:
+//!    - OpenMetrics → text: counter `a` becomes counter `a_total` plus gauge `a_created`;
+//!      histogram/summary `_created` samples become gauge `<name>_created`; gaugehistogram `g`
+//!      becomes histogram `g` (buckets) plus gauges `g_gcount`, `g_gsum`; info `i` becomes gauge
+//!      `i_info`; stateset becomes gauge; unknown becomes untyped; UNIT and exemplars are
+//!      dropped; timestamps go from seconds to milliseconds (rounded).
+//!    - text → OpenMetrics: counter `x_total` becomes counter `x`, and a gauge `x_created` of
+//!      the same body (as client libraries write it) becomes that counter's `_created` samples;
+//!      untyped becomes unknown; timestamps go from milliseconds to seconds (exact decimal). A
+//!      histogram's or summary's `_created` gauge cannot be folded back (OpenMetrics wants it
+//!      inside each histogram's group) and clashes with the histogram: it is dropped (rule 3). A text family that breaks an
+//!      OpenMetrics rule (a counter not named `*_total` or with a negative value, a histogram
+//!      without `+Inf` bucket, ...) is written as `unknown` families, one per sample name, so
+//!      that the output stays valid and the series keep their names.
+//!    - `# EOF` ends every OpenMetrics output. gzip is the HTTP layer's job.
+//!
+//! The output is always a valid body in the chosen format, whatever the inputs.
+//!
+//! # Preparing bodies
+//! A body is checked when it arrives ([`validate`], or [`prepare`], which also keeps the index
+//! beside the body); [`merge_prepared`] then merges prepared bodies without parsing them again,
+//! which is what makes a scrape of the node target cheap (BENCHMARKS.md). [`merge`] takes raw
+//! bodies and parses them itself.
+//!
+//! # Why not `prometheus-parse`
+//! The crate `prometheus-parse` (which was asked for) matches lines with regular expressions,
+//! splits label sets on `,` and `=`, and skips lines it cannot read. It therefore corrupts label
+//! values containing `,`, `=`, `}` or `#` (all legal inside quotes), silently drops what it does
+//! not understand instead of rejecting the body, knows neither OpenMetrics' `# EOF`, `UNIT`,
+//! `info`, `stateset`, `gaugehistogram` nor exemplars, and builds an owned object per sample.
+//! loupe relies on it nowhere: this module has its own lexer over bytes. `prometheus-parse` is
+//! kept as a dev-dependency only, as a differential oracle in the tests on inputs inside its
+//! grammar (label values without those characters), and as the baseline of the benchmark.
 
-use std::fmt;
+mod lex;
+mod merge;
+mod negotiate;
+mod parse;
 
+use crate::telemetry::Counter;
+
+pub use merge::{merge, merge_prepared};
+
+pub static FAMILY_CONFLICTS: Counter = Counter::new(
+    "loupe_family_conflicts_total",
+    "Sources whose family disagreed with an earlier source's TYPE, HELP or UNIT, or whose family clashed with another family's sample names; see the decode module's merging rules.",
+);
+pub static DUPLICATE_SERIES: Counter = Counter::new(
+    "loupe_duplicate_series_total",
+    "Samples dropped from the merged target because their series was already written.",
+);
+pub static COUNTERS: &[&Counter] = &[&FAMILY_CONFLICTS, &DUPLICATE_SERIES];
+
+/// An exposition format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
+    /// Prometheus text format 0.0.4.
     Text,
+    /// OpenMetrics 1.0.0.
     OpenMetrics,
 }
 
 impl Format {
+    /// The format of an app's response body, from its `Content-Type` (as Prometheus picks its
+    /// parser): `application/openmetrics-text` is OpenMetrics, anything else is text.
     pub fn from_content_type(content_type: Option<&str>) -> Format {
-        match content_type {
-            Some(ct) if ct.contains("openmetrics") => Format::OpenMetrics,
-            _ => Format::Text,
-        }
+        negotiate::from_content_type(content_type)
     }
+
+    /// The format to answer a scraper with, from its `Accept` header, as Prometheus' client
+    /// libraries negotiate it (highest q first; text when nothing else matches).
     pub fn negotiate(accept: Option<&str>) -> Format {
-        Self::from_content_type(accept)
+        negotiate::negotiate(accept)
     }
+
+    /// The `Content-Type` of a body in this format.
     pub fn content_type(self) -> &'static str {
         match self {
             Format::Text => "text/plain; version=0.0.4; charset=utf-8",
@@ -29,54 +143,108 @@ impl Format {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Why a body was rejected, and where.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}, column {column}: {reason}")]
 pub struct ParseError {
+    /// From 1.
     pub line: usize,
+    /// Byte column, from 1.
     pub column: usize,
     pub reason: String,
 }
 
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "line {}, column {}: {}",
-            self.line, self.column, self.reason
-        )
+impl ParseError {
+    fn at(body: &[u8], pos: usize, reason: &str) -> ParseError {
+        let pos = pos.min(body.len());
+        let line_start = body[..pos]
+            .iter()
+            .rposition(|&c| c == b'\n')
+            .map_or(0, |p| p + 1);
+        let line = body[..pos].iter().filter(|&&c| c == b'\n').count() + 1;
+        ParseError {
+            line,
+            column: pos - line_start + 1,
+            reason: reason.to_string(),
+        }
     }
 }
 
+/// What a valid body holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
     pub samples: usize,
     pub families: usize,
 }
 
-pub fn validate(body: &[u8], _format: Format) -> Result<Summary, ParseError> {
-    let text = std::str::from_utf8(body).map_err(|e| ParseError {
-        line: 1,
-        column: e.valid_up_to() + 1,
-        reason: "invalid UTF-8".into(),
-    })?;
-    let mut samples = 0;
-    for (i, line) in text.lines().enumerate() {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        if !line.contains(' ') {
-            return Err(ParseError {
-                line: i + 1,
-                column: 1,
-                reason: "expected a value".into(),
-            });
-        }
-        samples += 1;
-    }
+/// Checks a whole body.
+pub fn validate(body: &[u8], format: Format) -> Result<Summary, ParseError> {
+    let p = parse::parse(body, format)?;
     Ok(Summary {
-        samples,
-        families: 0,
+        samples: p.samples.len(),
+        families: p.families.len(),
     })
 }
 
+/// A body's checked index, kept beside the body (e.g. in the store, from the time the body
+/// arrived) so that [`merge_prepared`] need not parse it again at every scrape. It holds offsets
+/// into the body (about 32 bytes per sample), never a copy of it, and is only valid with the very
+/// body it was prepared from.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    format: Format,
+    len: usize,
+    families: Vec<parse::FamilyAt>,
+    samples: Vec<parse::SampleRef>,
+}
+
+impl Prepared {
+    pub fn summary(&self) -> Summary {
+        Summary {
+            samples: self.samples.len(),
+            families: self.families.len(),
+        }
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Heap bytes held by the index.
+    pub fn index_bytes(&self) -> usize {
+        self.samples.capacity() * std::mem::size_of::<parse::SampleRef>()
+            + self.families.capacity() * std::mem::size_of::<parse::FamilyAt>()
+    }
+}
+
+/// Checks a whole body, like [`validate`], and keeps its index for [`merge_prepared`].
+pub fn prepare(body: &[u8], format: Format) -> Result<Prepared, ParseError> {
+    let p = parse::parse(body, format)?;
+    let families = p
+        .families
+        .iter()
+        .map(|f| parse::FamilyAt::from_family(body, f))
+        .collect();
+    let mut samples = p.samples.into_owned();
+    samples.shrink_to_fit();
+    Ok(Prepared {
+        format,
+        len: body.len(),
+        families,
+        samples,
+    })
+}
+
+/// One body with its [`Prepared`] index, for [`merge_prepared`].
+#[derive(Clone, Copy, Debug)]
+pub struct PreparedSource<'a> {
+    pub identity: Option<Identity<'a>>,
+    pub body: &'a [u8],
+    pub prepared: &'a Prepared,
+}
+
+/// Who a body belongs to. An empty value omits that label.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Identity<'a> {
     pub namespace: &'a str,
     pub pod: &'a str,
@@ -84,25 +252,72 @@ pub struct Identity<'a> {
     pub endpoint: &'a str,
 }
 
+impl<'a> Identity<'a> {
+    /// The labels in output order, empty ones included.
+    pub(crate) fn labels(&self) -> [(&'static str, &'a str); 4] {
+        [
+            ("namespace", self.namespace),
+            ("pod", self.pod),
+            ("container", self.container),
+            ("endpoint", self.endpoint),
+        ]
+    }
+}
+
+/// One body to merge. `identity: None` marks the agent's own series, added as they are.
+#[derive(Clone, Copy, Debug)]
 pub struct Source<'a> {
     pub identity: Option<Identity<'a>>,
     pub body: &'a [u8],
     pub format: Format,
 }
 
-#[derive(Default)]
+/// What a merge dropped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MergeStats {
     pub family_conflicts: u64,
     pub duplicate_series: u64,
+    /// Sources rejected whole, by index into the `sources` given to [`merge`].
     pub rejected: Vec<(usize, ParseError)>,
 }
 
-pub fn merge(sources: &[Source<'_>], _out: Format, buf: &mut Vec<u8>) -> MergeStats {
-    for s in sources {
-        buf.extend_from_slice(s.body);
-    }
-    MergeStats::default()
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-use crate::telemetry::Counter;
-pub static COUNTERS: &[&Counter] = &[];
+    #[test]
+    fn parse_error_display_names_line_and_column() {
+        let e = validate(b"a 1\nb{x=1} 2\n", Format::Text).unwrap_err();
+        assert_eq!(e.line, 2);
+        assert_eq!(e.column, 5);
+        assert!(e.to_string().starts_with("line 2, column 5: "), "{e}");
+    }
+
+    #[test]
+    fn validate_counts() {
+        let s = validate(
+            b"# TYPE a counter\na_total 1\na_created 2\n# TYPE b gauge\nb 1\n# EOF\n",
+            Format::OpenMetrics,
+        )
+        .unwrap();
+        assert_eq!(
+            s,
+            Summary {
+                samples: 3,
+                families: 2
+            }
+        );
+    }
+
+    #[test]
+    fn counters_are_listed() {
+        let names: Vec<_> = COUNTERS.iter().map(|c| c.name).collect();
+        assert_eq!(
+            names,
+            [
+                "loupe_family_conflicts_total",
+                "loupe_duplicate_series_total"
+            ]
+        );
+    }
+}

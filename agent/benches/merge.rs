@@ -1,0 +1,185 @@
+//! `cargo bench -p loupe-agent --bench merge`: merging a node of 100 pods x 1,000 series
+//! (counters, gauges, histograms, 3 to 6 labels) against
+//! (a) plain concatenation of the same 100 bodies (what Istio does; the floor for any merger) and
+//! (b) parsing each body with prometheus-parse and rendering it back.
+//! Goals (BENCHMARKS.md): merge within 3x of (a), at least 10x faster than (b).
+
+#[path = "../tests/support/corpus.rs"]
+mod corpus;
+
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use loupe_agent::decode::{
+    merge, merge_prepared, prepare, validate, Format, Identity, PreparedSource, Source,
+};
+
+const PODS: usize = 100;
+const SERIES: usize = 1000;
+
+struct Node {
+    bodies: Vec<String>,
+    ids: Vec<(String, String)>,
+}
+
+fn node(om: bool) -> Node {
+    Node {
+        bodies: (0..PODS).map(|p| corpus::body(p, SERIES, om)).collect(),
+        ids: (0..PODS)
+            .map(|p| {
+                (
+                    format!("team-{}", p % 7),
+                    format!("checkout-{p}-5d8f7c9b4-x{p:04}"),
+                )
+            })
+            .collect(),
+    }
+}
+
+fn sources<'a>(n: &'a Node, f: Format) -> Vec<Source<'a>> {
+    n.bodies
+        .iter()
+        .zip(&n.ids)
+        .map(|(b, (ns, pod))| Source {
+            identity: Some(Identity {
+                namespace: ns,
+                pod,
+                container: "app",
+                endpoint: ":8080/metrics",
+            }),
+            body: b.as_bytes(),
+            format: f,
+        })
+        .collect()
+}
+
+/// Baseline (b): prometheus-parse each body and render its samples back as text.
+fn prometheus_parse_roundtrip(bodies: &[String], out: &mut String) {
+    for b in bodies {
+        let lines = b.lines().map(|l| Ok(l.to_string()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("parse");
+        for s in &scrape.samples {
+            match &s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => {
+                    let _ = writeln!(out, "{}{{{}}} {v}", s.metric, s.labels);
+                }
+                prometheus_parse::Value::Histogram(hs) => {
+                    for h in hs {
+                        let _ = writeln!(
+                            out,
+                            "{}_bucket{{{},le=\"{}\"}} {}",
+                            s.metric, s.labels, h.less_than, h.count
+                        );
+                    }
+                }
+                prometheus_parse::Value::Summary(qs) => {
+                    for q in qs {
+                        let _ = writeln!(
+                            out,
+                            "{}{{{},quantile=\"{}\"}} {}",
+                            s.metric, s.labels, q.quantile, q.count
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let text = node(false);
+    let om = node(true);
+    let bytes: usize = text.bodies.iter().map(String::len).sum();
+    let series: usize = text
+        .bodies
+        .iter()
+        .map(|b| {
+            validate(b.as_bytes(), Format::Text)
+                .expect("corpus is valid")
+                .samples
+        })
+        .sum();
+    eprintln!("node: {PODS} pods, {series} series, {bytes} bytes of text bodies");
+
+    let mut g = c.benchmark_group("node_100x1000");
+    g.sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5))
+        .throughput(Throughput::Elements(series as u64));
+
+    g.bench_function("a_concatenate", |b| {
+        b.iter(|| {
+            let mut out = Vec::new();
+            for body in &text.bodies {
+                out.extend_from_slice(body.as_bytes());
+            }
+            black_box(out)
+        })
+    });
+    let text_sources = sources(&text, Format::Text);
+    let om_sources = sources(&om, Format::OpenMetrics);
+    g.bench_function("merge_text_to_text", |b| {
+        b.iter(|| {
+            let mut out = Vec::new();
+            let st = merge(black_box(&text_sources), Format::Text, &mut out);
+            assert!(st.rejected.is_empty());
+            black_box(out)
+        })
+    });
+    let prepared: Vec<_> = text_sources
+        .iter()
+        .map(|s| prepare(s.body, s.format).expect("corpus is valid"))
+        .collect();
+    let prepared_sources: Vec<PreparedSource<'_>> = text_sources
+        .iter()
+        .zip(&prepared)
+        .map(|(s, p)| PreparedSource {
+            identity: s.identity,
+            body: s.body,
+            prepared: p,
+        })
+        .collect();
+    g.bench_function("merge_prepared_text_to_text", |b| {
+        b.iter(|| {
+            let mut out = Vec::new();
+            merge_prepared(black_box(&prepared_sources), Format::Text, &mut out);
+            black_box(out)
+        })
+    });
+    g.bench_function("merge_om_to_om", |b| {
+        b.iter(|| {
+            let mut out = Vec::new();
+            merge(black_box(&om_sources), Format::OpenMetrics, &mut out);
+            black_box(out)
+        })
+    });
+    g.bench_function("merge_om_to_text", |b| {
+        b.iter(|| {
+            let mut out = Vec::new();
+            merge(black_box(&om_sources), Format::Text, &mut out);
+            black_box(out)
+        })
+    });
+    g.bench_function("validate_text", |b| {
+        b.iter(|| {
+            for s in &text_sources {
+                black_box(validate(s.body, Format::Text).ok());
+            }
+        })
+    });
+    g.bench_function("b_prometheus_parse_and_render", |b| {
+        b.iter(|| {
+            let mut out = String::new();
+            prometheus_parse_roundtrip(&text.bodies, &mut out);
+            black_box(out)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

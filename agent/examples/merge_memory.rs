@@ -1,0 +1,112 @@
+//! Peak memory of merging a node of 1,000 pods x 1,000 series (1M series), for BENCHMARKS.md:
+//!
+//!     cargo run --release -p loupe-agent --example merge_memory [pods] [series]
+//!
+//! The input bodies are built first (the store holds them anyway); then the process' peak RSS is
+//! reset (`/proc/self/clear_refs`, 5) and the merge runs; the peak RSS growth during the merge is
+//! compared with the size of the output (goal: at most 1.5x).
+
+#[path = "../tests/support/corpus.rs"]
+mod corpus;
+
+use loupe_agent::decode::{
+    merge, merge_prepared, prepare, Format, Identity, PreparedSource, Source,
+};
+
+fn status_kib(field: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    s.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("field in /proc/self/status")
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let pods: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let series: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
+    for out in [Format::Text, Format::OpenMetrics] {
+        let bodies: Vec<String> = (0..pods)
+            .map(|p| corpus::body(p, series, p % 2 == 1))
+            .collect();
+        let ids: Vec<String> = (0..pods)
+            .map(|p| format!("checkout-{p}-5d8f7c9b4-x{p:04}"))
+            .collect();
+        let sources: Vec<Source<'_>> = bodies
+            .iter()
+            .zip(&ids)
+            .enumerate()
+            .map(|(p, (b, pod))| Source {
+                identity: Some(Identity {
+                    namespace: "shop",
+                    pod,
+                    container: "app",
+                    endpoint: ":8080/metrics",
+                }),
+                body: b.as_bytes(),
+                format: if p % 2 == 1 {
+                    Format::OpenMetrics
+                } else {
+                    Format::Text
+                },
+            })
+            .collect();
+        let input: usize = bodies.iter().map(String::len).sum();
+        std::fs::write("/proc/self/clear_refs", "5")
+            .expect("reset peak RSS via /proc/self/clear_refs");
+        let before = status_kib("VmHWM:");
+        let rss_before = status_kib("VmRSS:");
+        let t = std::time::Instant::now();
+        let mut buf = Vec::new();
+        let st = merge(&sources, out, &mut buf);
+        let elapsed = t.elapsed();
+        let after = status_kib("VmHWM:");
+        assert!(st.rejected.is_empty());
+        let grew = (after - before.min(rss_before)) * 1024;
+        println!(
+            "{out:?} out: {pods} pods x {series} series, input {:.1} MiB, output {:.1} MiB, \
+             peak RSS growth during merge {:.1} MiB = {:.2}x output, merge took {:.0?}, \
+             duplicates {}, conflicts {}",
+            input as f64 / 1048576.0,
+            buf.len() as f64 / 1048576.0,
+            grew as f64 / 1048576.0,
+            grew as f64 / buf.len() as f64,
+            elapsed,
+            st.duplicate_series,
+            st.family_conflicts,
+        );
+        drop(buf);
+
+        // The same with indexes prepared when the bodies arrived (kept by the store).
+        let prepared: Vec<_> = sources
+            .iter()
+            .map(|s| prepare(s.body, s.format).expect("corpus is valid"))
+            .collect();
+        let index: usize = prepared.iter().map(|p| p.index_bytes()).sum();
+        let psources: Vec<PreparedSource<'_>> = sources
+            .iter()
+            .zip(&prepared)
+            .map(|(s, p)| PreparedSource {
+                identity: s.identity,
+                body: s.body,
+                prepared: p,
+            })
+            .collect();
+        std::fs::write("/proc/self/clear_refs", "5").expect("reset peak RSS");
+        let before = status_kib("VmHWM:").min(status_kib("VmRSS:"));
+        let t = std::time::Instant::now();
+        let mut buf = Vec::new();
+        merge_prepared(&psources, out, &mut buf);
+        let elapsed = t.elapsed();
+        let grew = (status_kib("VmHWM:") - before) * 1024;
+        println!(
+            "{out:?} out, prepared: index held beside the bodies {:.1} MiB ({:.2}x input), \
+             peak RSS growth during merge {:.1} MiB = {:.2}x output, merge took {:.0?}",
+            index as f64 / 1048576.0,
+            index as f64 / input as f64,
+            grew as f64 / 1048576.0,
+            grew as f64 / buf.len() as f64,
+            elapsed,
+        );
+    }
+}

@@ -1,0 +1,309 @@
+//! Property tests of the codec on generated bodies with nasty label values (`,` `=` `}` `#` `"`
+//! `\` newlines, UTF-8) and identity-named app labels:
+//! - render(parse(x)) keeps every sample (a single source merged without identity);
+//! - any merge of several sources (both formats in, both formats out, repeated and missing
+//!   identities, type conflicts) passes the project's strict checker and loupe's own validator;
+//! - prometheus-parse, on inputs inside its grammar, sees the same samples before and after.
+
+#[path = "support/strict.rs"]
+mod strict;
+
+use loupe_agent::decode::{merge, validate, Format, Identity, Source};
+use proptest::prelude::*;
+
+const NAMES: [&str; 5] = [
+    "http_requests",
+    "queue_depth",
+    "latency_seconds",
+    "job:temp:avg",
+    "errors",
+];
+const LABELS: [&str; 8] = [
+    "pod",
+    "namespace",
+    "exported_pod",
+    "container",
+    "endpoint",
+    "path",
+    "code",
+    "a",
+];
+
+#[derive(Debug, Clone)]
+struct Fam {
+    name: usize,
+    kind: u8, // 0 counter, 1 gauge, 2 histogram, 3 summary, 4 untyped
+    ts: Option<u32>,
+    series: Vec<(Vec<(usize, String)>, u32)>,
+}
+
+fn fam(values: &'static str) -> impl Strategy<Value = Fam> {
+    (
+        0..NAMES.len(),
+        0u8..5,
+        proptest::option::of(1u32..2_000_000_000),
+        prop::collection::vec(
+            (
+                prop::collection::vec((0..LABELS.len(), values), 0..4),
+                0u32..1000,
+            ),
+            1..5,
+        ),
+    )
+        .prop_map(|(name, kind, ts, series)| Fam {
+            name,
+            kind,
+            ts,
+            series,
+        })
+}
+
+const NASTY: &str = "[a-z0-9 ,=}{#\"\\\\\n\u{e9}\u{2603}]{0,8}";
+const PLAIN: &str = "[a-z0-9]{0,8}";
+
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Writes families as a valid body of `format` (one family per name, unique label sets).
+fn write(fams: &[Fam], format: Format) -> String {
+    let om = format == Format::OpenMetrics;
+    let mut out = String::new();
+    let mut used = std::collections::HashSet::new();
+    for f in fams {
+        if !used.insert(f.name) {
+            continue;
+        }
+        let n = NAMES[f.name];
+        let mut seen = std::collections::HashSet::new();
+        let series: Vec<(String, u32)> = f
+            .series
+            .iter()
+            .filter_map(|(ls, v)| {
+                let mut names = std::collections::HashSet::new();
+                let mut parts: Vec<(usize, &String)> = Vec::new();
+                for (l, val) in ls {
+                    if names.insert(*l) {
+                        parts.push((*l, val));
+                    }
+                }
+                parts.sort();
+                let s = parts
+                    .iter()
+                    .map(|(l, val)| format!("{}=\"{}\"", LABELS[*l], esc(val)))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                seen.insert(s.clone()).then_some((s, *v))
+            })
+            .collect();
+        let lbl = |s: &str, extra: &str| match (s.is_empty(), extra.is_empty()) {
+            (true, true) => String::new(),
+            (true, false) => format!("{{{extra}}}"),
+            (false, true) => format!("{{{s}}}"),
+            (false, false) => format!("{{{s},{extra}}}"),
+        };
+        let ts = |i: usize| match f.ts {
+            Some(t) if om => format!(" {}", t as usize + i),
+            Some(t) => format!(" {}", (t as usize + i) * 1000),
+            None => String::new(),
+        };
+        match f.kind {
+            0 => {
+                let fname = if om {
+                    n.to_string()
+                } else {
+                    format!("{n}_total")
+                };
+                out += &format!("# HELP {fname} Help for {n}.\n# TYPE {fname} counter\n");
+                for (i, (s, v)) in series.iter().enumerate() {
+                    out += &format!("{n}_total{} {v}{}\n", lbl(s, ""), ts(i));
+                }
+            }
+            1 | 4 => {
+                let t = match (f.kind, om) {
+                    (1, _) => "gauge",
+                    (_, true) => "unknown",
+                    _ => "untyped",
+                };
+                out += &format!("# TYPE {n} {t}\n");
+                for (i, (s, v)) in series.iter().enumerate() {
+                    out += &format!("{n}{} {v}{}\n", lbl(s, ""), ts(i));
+                }
+            }
+            2 => {
+                out += &format!("# TYPE {n} histogram\n");
+                for (i, (s, v)) in series.iter().enumerate() {
+                    let half = v / 2;
+                    out += &format!("{n}_bucket{} {half}{}\n", lbl(s, "le=\"0.5\""), ts(i));
+                    out += &format!("{n}_bucket{} {v}{}\n", lbl(s, "le=\"+Inf\""), ts(i));
+                    out += &format!("{n}_sum{} {}.5{}\n", lbl(s, ""), v, ts(i));
+                    out += &format!("{n}_count{} {v}{}\n", lbl(s, ""), ts(i));
+                }
+            }
+            _ => {
+                out += &format!("# TYPE {n} summary\n");
+                for (i, (s, v)) in series.iter().enumerate() {
+                    out += &format!("{n}{} {v}{}\n", lbl(s, "quantile=\"0.9\""), ts(i));
+                    out += &format!("{n}_sum{} {v}{}\n", lbl(s, ""), ts(i));
+                    out += &format!("{n}_count{} {v}{}\n", lbl(s, ""), ts(i));
+                }
+            }
+        }
+    }
+    if om {
+        out += "# EOF\n";
+    }
+    out
+}
+
+const IDS: [Option<Identity<'static>>; 4] = [
+    None,
+    Some(Identity {
+        namespace: "shop",
+        pod: "cart-1",
+        container: "app",
+        endpoint: "metrics",
+    }),
+    Some(Identity {
+        namespace: "shop",
+        pod: "cart-2",
+        container: "app",
+        endpoint: "metrics",
+    }),
+    Some(Identity {
+        namespace: "we\"ird\\ns",
+        pod: "",
+        container: "",
+        endpoint: ":9090/metrics",
+    }),
+];
+
+fn fmt(om: bool) -> Format {
+    if om {
+        Format::OpenMetrics
+    } else {
+        Format::Text
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn render_parse_keeps_every_sample(fams in prop::collection::vec(fam(NASTY), 1..6), om in any::<bool>()) {
+        let f = fmt(om);
+        let body = write(&fams, f);
+        prop_assert!(validate(body.as_bytes(), f).is_ok(), "generated body invalid: {:?}\n{}", validate(body.as_bytes(), f), body);
+        let mut buf = Vec::new();
+        let st = merge(&[Source { identity: None, body: body.as_bytes(), format: f }], f, &mut buf);
+        let out = String::from_utf8(buf).unwrap();
+        prop_assert!(st.rejected.is_empty());
+        prop_assert_eq!(st.duplicate_series, 0);
+        let mut a = strict::samples(&body);
+        let mut b = strict::samples(&out);
+        a.sort();
+        b.sort();
+        prop_assert_eq!(a, b, "in:\n{}\nout:\n{}", body, out);
+    }
+
+    #[test]
+    fn merge_output_passes_strict_checks(
+        srcs in prop::collection::vec((0usize..4, prop::collection::vec(fam(NASTY), 1..5), any::<bool>()), 1..6),
+        out_om in any::<bool>(),
+    ) {
+        let bodies: Vec<(usize, String, Format)> = srcs
+            .iter()
+            .map(|(id, fams, om)| (*id, write(fams, fmt(*om)), fmt(*om)))
+            .collect();
+        let sources: Vec<Source<'_>> = bodies
+            .iter()
+            .map(|(id, b, f)| Source { identity: IDS[*id], body: b.as_bytes(), format: *f })
+            .collect();
+        let out = fmt(out_om);
+        let mut buf = Vec::new();
+        let st = merge(&sources, out, &mut buf);
+        let text = String::from_utf8(buf).unwrap();
+        prop_assert!(st.rejected.is_empty(), "{:?}", st.rejected);
+        if let Err(e) = strict::check(&text, out_om) {
+            prop_assert!(false, "strict check: {}\n{}", e, text);
+        }
+        let v = validate(text.as_bytes(), out);
+        prop_assert!(v.is_ok(), "{:?}\n{}", v, text);
+        if st.family_conflicts == 0 {
+            let inputs: usize = bodies.iter().map(|(_, b, f)| validate(b.as_bytes(), *f).unwrap().samples).sum();
+            prop_assert_eq!(v.unwrap().samples as u64 + st.duplicate_series, inputs as u64);
+        }
+    }
+
+    #[test]
+    fn prometheus_parse_sees_the_same_samples(fams in prop::collection::vec(fam(PLAIN), 1..6)) {
+        // Inside prometheus-parse's grammar: text, \w+ names, plain label values.
+        let fams: Vec<Fam> = fams.into_iter().filter(|f| !NAMES[f.name].contains(':')).collect();
+        let body = write(&fams, Format::Text);
+        let ours = validate(body.as_bytes(), Format::Text).unwrap();
+        let theirs_lines = body
+            .lines()
+            .filter(|l| matches!(prometheus_parse::LineInfo::parse(l), prometheus_parse::LineInfo::Sample { .. }))
+            .count();
+        prop_assert_eq!(ours.samples, theirs_lines);
+        let before = oracle(&body);
+        for via in [Format::Text, Format::OpenMetrics] {
+            let mut mid = Vec::new();
+            merge(&[Source { identity: None, body: body.as_bytes(), format: Format::Text }], via, &mut mid);
+            let mut back = Vec::new();
+            merge(&[Source { identity: None, body: &mid, format: via }], Format::Text, &mut back);
+            let after = oracle(std::str::from_utf8(&back).unwrap());
+            prop_assert_eq!(&before, &after, "via {:?}\n{}\n{}", via, body, String::from_utf8_lossy(&back));
+        }
+    }
+}
+
+fn oracle(body: &str) -> Vec<String> {
+    // A fixed time for samples without a timestamp (epoch, taken from a parsed sample so that
+    // chrono need not be a dependency), so the two sides compare equal.
+    let epoch = prometheus_parse::Scrape::parse(std::iter::once(Ok("x 1 0".to_string())))
+        .unwrap()
+        .samples[0]
+        .timestamp;
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse_at(lines, epoch).unwrap();
+    let mut v: Vec<String> = scrape
+        .samples
+        .iter()
+        .map(|s| {
+            let mut labels: Vec<_> = s.labels.iter().collect();
+            labels.sort();
+            format!("{} {:?} {:?} {:?}", s.metric, labels, s.value, s.timestamp)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn strict_checker_catches_what_it_must() {
+    let bad_text = [
+        "# TYPE a gauge\na 1\n# TYPE b gauge\nb 1\na 2\n", // family twice
+        "a{x=\"1\"} 1\na{x=\"1\"} 2\n",                    // duplicate series
+        "a{x=\"1\",y=\"2\"} 1\na{y=\"2\",x=\"1\"} 2\n",    // same, other order
+        "# TYPE a gauge\na 1\n# HELP a late\n",            // metadata after samples
+        "# TYPE h histogram\nh_bucket{le=\"1\"} 1\n# TYPE h_sum gauge\nh_sum 1\n", // owned name
+        "a{x=\"1\",x=\"2\"} 1\n",                          // label twice
+    ];
+    for b in bad_text {
+        assert!(strict::check(b, false).is_err(), "{b}");
+    }
+    assert!(strict::check("a 1\n", true).is_err(), "missing # EOF");
+    assert!(strict::check(
+        "# TYPE c counter\nc_total 1\n# TYPE c_created gauge\nc_created 1\n# EOF\n",
+        true
+    )
+    .is_err());
+    strict::check(
+        "# HELP a x\n# TYPE a gauge\na{x=\"1\"} 1\na{x=\"2\"} 1\n",
+        false,
+    )
+    .unwrap();
+}

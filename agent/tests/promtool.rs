@@ -1,0 +1,186 @@
+//! Merge outputs checked by Prometheus' own parser and linter: `promtool check metrics`
+//! (Debian package `prometheus`). Skips with a reason when promtool is missing, and fails then
+//! when `CI=true`.
+
+#[path = "support/corpus.rs"]
+mod corpus;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use loupe_agent::decode::{merge, validate, Format, Identity, Source};
+
+const PROMTOOL: &str = "/usr/bin/promtool";
+
+fn promtool_available() -> bool {
+    if std::path::Path::new(PROMTOOL).exists() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{PROMTOOL} is missing and CI=true (install the Debian package prometheus)");
+    }
+    eprintln!("SKIPPED: {PROMTOOL} is missing (install the Debian package prometheus)");
+    false
+}
+
+/// Runs `promtool check metrics` on `body`; returns (exit code, output).
+fn promtool(body: &[u8]) -> (i32, String) {
+    let mut child = Command::new(PROMTOOL)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn promtool");
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn ids(n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| (format!("team-{}", i % 3), format!("app-{i}-7c9f8d-x2k{i}")))
+        .collect()
+}
+
+#[test]
+fn promtool_accepts_merged_pods() {
+    if !promtool_available() {
+        return;
+    }
+    let pods = ids(6);
+    // Mixed formats in, text out (promtool reads text 0.0.4).
+    let bodies: Vec<(String, Format)> = (0..pods.len())
+        .map(|i| {
+            let om = i % 2 == 1;
+            (
+                corpus::body(i, 200, om),
+                if om {
+                    Format::OpenMetrics
+                } else {
+                    Format::Text
+                },
+            )
+        })
+        .collect();
+    let sources: Vec<Source<'_>> = bodies
+        .iter()
+        .zip(&pods)
+        .map(|((b, f), (ns, pod))| Source {
+            identity: Some(Identity {
+                namespace: ns,
+                pod,
+                container: "app",
+                endpoint: ":8080/metrics",
+            }),
+            body: b.as_bytes(),
+            format: *f,
+        })
+        .collect();
+    let mut buf = Vec::new();
+    let st = merge(&sources, Format::Text, &mut buf);
+    assert!(st.rejected.is_empty(), "{:?}", st.rejected);
+    assert_eq!(st.family_conflicts, 0);
+    let s = validate(&buf, Format::Text).unwrap();
+    assert!(s.samples > 1000);
+    let (code, out) = promtool(&buf);
+    assert_eq!(code, 0, "promtool check metrics failed:\n{out}");
+}
+
+#[test]
+fn promtool_accepts_tricky_merges() {
+    if !promtool_available() {
+        return;
+    }
+    // Identity-named app labels, nasty label values, HELP escapes, a TYPE conflict, duplicates,
+    // an OpenMetrics counter with _created and exemplars, info and stateset.
+    let a = "# HELP jobs_total Jobs \\\\ done.\\nSecond line.\n# TYPE jobs_total counter\n\
+             jobs_total{pod=\"inner\",exported_pod=\"x\",q=\"a,b=c}#\\\"\"} 3 1700000000000\n\
+             jobs_total{pod=\"inner\",exported_pod=\"x\",q=\"a,b=c}#\\\"\"} 4\n\
+             # TYPE temp gauge\ntemp{room=\"\u{e9}t\u{e9}\"} -1.5e3\n";
+    let b = "# TYPE jobs counter\n# HELP jobs Jobs \\\\ done.\\nSecond line.\n\
+             jobs_total{q=\"1\"} 1 # {trace_id=\"abc\"} 1 1700000000.5\njobs_created{q=\"1\"} 1.7e9\n\
+             # TYPE temp counter\ntemp_total 1\n\
+             # TYPE build info\nbuild_info{version=\"1.2.3\"} 1\n\
+             # TYPE feature stateset\nfeature{feature=\"a\"} 1\nfeature{feature=\"b\"} 0\n\
+             # TYPE lat histogram\nlat_bucket{le=\"1\"} 1\nlat_bucket{le=\"+Inf\"} 2\nlat_count 2\nlat_sum 1.5\nlat_created 1.7e9\n# EOF\n";
+    let sources = [
+        Source {
+            identity: Some(Identity {
+                namespace: "ns",
+                pod: "p1",
+                container: "c",
+                endpoint: "m",
+            }),
+            body: a.as_bytes(),
+            format: Format::Text,
+        },
+        Source {
+            identity: Some(Identity {
+                namespace: "ns",
+                pod: "p2",
+                container: "c",
+                endpoint: "m",
+            }),
+            body: b.as_bytes(),
+            format: Format::OpenMetrics,
+        },
+        Source {
+            identity: None,
+            body: b"# HELP loupe_x_total X.\n# TYPE loupe_x_total counter\nloupe_x_total 1\n",
+            format: Format::Text,
+        },
+    ];
+    let mut buf = Vec::new();
+    let st = merge(&sources, Format::Text, &mut buf);
+    assert!(st.rejected.is_empty(), "{:?}", st.rejected);
+    assert_eq!(st.duplicate_series, 1);
+    let out = String::from_utf8_lossy(&buf).into_owned();
+    assert!(out.contains("exported_exported_pod=\"inner\""), "{out}");
+    let (code, text) = promtool(&buf);
+    // Exit 0, or 3 for lint findings only (e.g. "counter metrics should have _total suffix"
+    // is not expected here, but HELP-less families are lint findings); never a parse error.
+    assert!(
+        code == 0 || (code == 3 && !text.contains("error while linting")),
+        "promtool exit {code}:\n{text}\n{out}"
+    );
+    assert!(!text.contains("parsing error"), "{text}\n{out}");
+}
+
+#[test]
+fn show_a_small_merge() {
+    // Prints a small merged target in both formats (cargo test -p loupe-agent --test promtool
+    // -- --nocapture show_a_small_merge) and checks it is valid.
+    let a = corpus::body(1, 12, false);
+    let b = corpus::body(2, 12, true);
+    let sources = [
+        Source {
+            identity: Some(Identity {
+                namespace: "shop",
+                pod: "cart-1",
+                container: "app",
+                endpoint: ":8080/metrics",
+            }),
+            body: a.as_bytes(),
+            format: Format::Text,
+        },
+        Source {
+            identity: Some(Identity {
+                namespace: "shop",
+                pod: "cart-2",
+                container: "app",
+                endpoint: ":8080/metrics",
+            }),
+            body: b.as_bytes(),
+            format: Format::OpenMetrics,
+        },
+    ];
+    for out in [Format::Text, Format::OpenMetrics] {
+        let mut buf = Vec::new();
+        merge(&sources, out, &mut buf);
+        assert!(validate(&buf, out).is_ok());
+        println!("{}", String::from_utf8_lossy(&buf));
+    }
+}
