@@ -23,13 +23,17 @@ fi
 export RUSTC_BOOTSTRAP=1
 
 cd "$fuzz"
-# Seeds: every conformance case's exposition, copied once (idempotent).
+# Seeds: every OpenMetrics conformance case's exposition (read from ../shared beside the project,
+# never copied into the repository), copied once into the local, ignored corpus.
+conformance="${LOUPE_CONFORMANCE_DIR:-$root/../shared/conformance/openmetrics}"
 for t in parse merge; do
     mkdir -p "corpus/$t"
-    for d in "$root"/agent/tests/openmetrics-conformance/*/; do
-        seed="corpus/$t/conformance_$(basename "$d")"
-        [ -e "$seed" ] || cp "$d/metrics" "$seed"
-    done
+    if [ -d "$conformance" ]; then
+        for d in "$conformance"/*/; do
+            seed="corpus/$t/conformance_$(basename "$d")"
+            [ -e "$seed" ] || cp "$d/metrics" "$seed"
+        done
+    fi
 done
 
 extra=()

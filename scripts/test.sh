@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 ./scripts/setup.sh
 
-step() { printf '\n==> %s\n' "$*" >&2; }
+step() { printf '\n==> [%ds] %s\n' "$SECONDS" "$*" >&2; }
 
 step "format and lints"
 cargo fmt --all -- --check
@@ -24,3 +24,5 @@ if [ -x scripts/fuzz.sh ]; then
   step "fuzzing the codec briefly"
   ./scripts/fuzz.sh "${LOUPE_FUZZ_SECONDS:-30}"
 fi
+
+step "all tests passed"
