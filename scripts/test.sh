@@ -18,7 +18,19 @@ step "build (the eBPF object and the loupe binary the end-to-end tests start)"
 cargo build --all-targets --quiet
 
 step "tests"
-cargo test --no-fail-fast
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+set +e
+cargo test --no-fail-fast 2>&1 | tee "$results"
+test_status=${PIPESTATUS[0]}
+set -e
+passed=$(awk '/^test result:/ { sum += $4 } END { print sum + 0 }' "$results")
+failed=$(awk '/^test result:/ { sum += $6 } END { print sum + 0 }' "$results")
+if [ "$test_status" -ne 0 ]; then
+  step "tests failed"
+  echo "tests: $passed passed, $failed failed"
+  exit "$test_status"
+fi
 
 if [ -x scripts/fuzz.sh ]; then
   step "fuzzing the codec briefly"
@@ -26,3 +38,4 @@ if [ -x scripts/fuzz.sh ]; then
 fi
 
 step "all tests passed"
+echo "tests: $passed passed, $failed failed"
