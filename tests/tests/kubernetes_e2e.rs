@@ -679,7 +679,7 @@ fn churn_of_fifty_pods_while_scraping() {
                 let start = Instant::now();
                 let result = scrape_addr(&listen).and_then(|(text, exp)| {
                     // promtool on every 4th scrape: a process per scrape would load the cores.
-                    if n % 4 == 0 {
+                    if n.is_multiple_of(4) {
                         expo::promtool_check(&text).map_err(|e| e.to_string())?;
                     }
                     Ok(pods_in(&exp))
@@ -700,6 +700,7 @@ fn churn_of_fifty_pods_while_scraping() {
     let mut alive: Vec<(KubePod, Instant)> = Vec::new();
     let mut deleted: Vec<(KubePod, Instant)> = Vec::new();
     let mut deletions: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut creations: BTreeMap<String, Instant> = BTreeMap::new();
     let mut leftovers = Vec::new();
     let mut created = 0usize;
     while created < CHURN || !alive.is_empty() || !deleted.is_empty() {
@@ -716,6 +717,7 @@ fn churn_of_fifty_pods_while_scraping() {
                 &[app("app", 8080, SERIES)],
             );
             cluster.create(&pod, NODE, prometheus_annotations("8080"));
+            creations.insert(pod.name.clone(), Instant::now());
             alive.push((pod, Instant::now()));
             created += 1;
         }
@@ -802,6 +804,32 @@ fn churn_of_fifty_pods_while_scraping() {
     assert!(
         leftovers.is_empty(),
         "attachments left behind: {leftovers:?}"
+    );
+    // For the record: how soon pods showed up and went away, as scrapes saw it.
+    let mut appear = Vec::new();
+    let mut vanish = Vec::new();
+    for (name, at) in &deletions {
+        let ok = || {
+            scrapes
+                .iter()
+                .filter_map(|s| Some((s.start, s.result.as_ref().ok()?)))
+        };
+        if let (Some(created), Some((first, _))) = (
+            creations.get(name),
+            ok().find(|(_, pods)| pods.contains(name)),
+        ) {
+            appear.push(first.saturating_duration_since(*created));
+        }
+        if let Some((last, _)) = ok().filter(|(_, pods)| pods.contains(name)).next_back() {
+            vanish.push(last.saturating_duration_since(*at));
+        }
+    }
+    eprintln!(
+        "churn: {} scrapes in {churn_took:?}; first scrape showing a pod after its creation: max {:?}; \
+         last scrape showing it after its deletion: max {:?}",
+        scrapes.len(),
+        appear.iter().max(),
+        vanish.iter().max()
     );
 
     // The survivors: served, one attachment each, and loupe holds exactly that many links.
