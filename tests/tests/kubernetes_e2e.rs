@@ -820,7 +820,7 @@ fn churn_of_fifty_pods_while_scraping() {
         ) {
             appear.push(first.saturating_duration_since(*created));
         }
-        if let Some((last, _)) = ok().filter(|(_, pods)| pods.contains(name)).next_back() {
+        if let Some((last, _)) = ok().rfind(|(_, pods)| pods.contains(name)) {
             vanish.push(last.saturating_duration_since(*at));
         }
     }
