@@ -121,6 +121,8 @@ pub struct Loupe {
     pub pods_file: PathBuf,
     pub log_file: PathBuf,
     pub args: Vec<String>,
+    /// Whether `--pods-file` is passed; false when `args` name another discovery source.
+    uses_pods_file: bool,
     proc: Option<Proc>,
     dir: TempDir,
 }
@@ -137,12 +139,38 @@ impl Loupe {
             pods_file: dir.path().join("pods.yaml"),
             log_file: dir.path().join("loupe.log"),
             args: extra_args.iter().map(|s| s.to_string()).collect(),
+            uses_pods_file: true,
             proc: None,
             dir,
         };
         loupe.write_pods(&pods_yaml(pods))?;
         loupe.spawn()?;
         Ok(loupe)
+    }
+
+    /// Starts loupe without a pods file, its discovery given by `args` (e.g. `--kubernetes
+    /// --node-name n1 --kubeconfig FILE`); returns once `/readyz` is 200.
+    pub fn start_with_args(args: &[&str]) -> Result<Loupe> {
+        let bin = loupe_bin()?;
+        let dir = TempDir::new("loupe-agent")?;
+        let listen = format!("127.0.0.1:{}", free_port()?);
+        let mut loupe = Loupe {
+            bin,
+            listen,
+            pods_file: dir.path().join("pods.yaml"),
+            log_file: dir.path().join("loupe.log"),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            uses_pods_file: false,
+            proc: None,
+            dir,
+        };
+        loupe.spawn()?;
+        Ok(loupe)
+    }
+
+    /// Whether the loupe process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.proc.as_mut().is_some_and(Proc::running)
     }
 
     pub fn dir(&self) -> &Path {
@@ -168,8 +196,12 @@ impl Loupe {
             .try_clone()
             .map_err(io_err("duplicating the log handle"))?;
         let pods = self.pods_file.to_string_lossy().into_owned();
-        let child = Command::new(&self.bin)
-            .args(["run", "--pods-file", &pods, "--listen", &self.listen])
+        let mut command = Command::new(&self.bin);
+        command.args(["run", "--listen", &self.listen]);
+        if self.uses_pods_file {
+            command.args(["--pods-file", &pods]);
+        }
+        let child = command
             .args(&self.args)
             .env(
                 "RUST_LOG",

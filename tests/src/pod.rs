@@ -4,9 +4,12 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::{io_err, run, unique_suffix, wait_for, Proc, Result, TempDir};
+
+static POD_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A network namespace with a veth to the host. Dropping it kills every process inside and removes
 /// the namespace and the veth.
@@ -24,9 +27,11 @@ impl Pod {
     pub fn new() -> Result<Pod> {
         let (pid, n) = unique_suffix();
         let name = format!("loupe-{pid}-{n}");
-        // Interface names are limited to 15 bytes.
-        let host_if = format!("lp{}x{}", pid % 10_000_000, n % 100);
-        let peer_if = format!("lq{}x{}", pid % 10_000_000, n % 100);
+        // Interface names are limited to 15 bytes; a counter of pods only (not of every unique
+        // name) keeps the short suffix from wrapping onto a pod that still exists.
+        let k = POD_COUNTER.fetch_add(1, Ordering::Relaxed) % 10_000;
+        let host_if = format!("lp{}x{k}", pid % 10_000_000);
+        let peer_if = format!("lq{}x{k}", pid % 10_000_000);
         let (host_ip, pod_ip) = free_slash30(pid, n)?;
         let logs = TempDir::new(&format!("{name}-logs"))?;
         run("ip", &["netns", "add", &name])?;

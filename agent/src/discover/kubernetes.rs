@@ -115,6 +115,7 @@ pub async fn run_with(
         .backoff(CappedBackoff::new(backoff));
     let mut stream = std::pin::pin!(stream);
     let mut state = State::new(config.sidecar_stats);
+    let mut synced = false;
     log::info!(
         "kubernetes: watching pods on node {} (field selector {selector})",
         config.node_name
@@ -126,8 +127,11 @@ pub async fn run_with(
                 Some(Ok(event)) => {
                     if state.apply(event) {
                         let snapshot = state.snapshot();
+                        // The first result is always sent, even an empty node's: it is what
+                        // makes the agent ready.
+                        let first = !std::mem::replace(&mut synced, true);
                         pods.send_if_modified(|current| {
-                            if *current == snapshot {
+                            if *current == snapshot && !first {
                                 false
                             } else {
                                 *current = snapshot;
