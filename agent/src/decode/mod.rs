@@ -97,10 +97,12 @@ mod lex;
 mod merge;
 mod negotiate;
 mod parse;
+mod rendered;
 
 use crate::telemetry::Counter;
 
 pub use merge::{merge, merge_prepared};
+pub use rendered::{merge_rendered, render_source, try_merge_rendered, Rendered, RenderedSource};
 
 pub static FAMILY_CONFLICTS: Counter = Counter::new(
     "loupe_family_conflicts_total",
@@ -110,7 +112,11 @@ pub static DUPLICATE_SERIES: Counter = Counter::new(
     "loupe_duplicate_series_total",
     "Samples dropped from the merged target because their series was already written.",
 );
-pub static COUNTERS: &[&Counter] = &[&FAMILY_CONFLICTS, &DUPLICATE_SERIES];
+pub static RENDERED_FALLBACKS: Counter = Counter::new(
+    "loupe_merge_rendered_fallbacks_total",
+    "Scrapes merged from the parsed index instead of the bodies rendered at ingest, because two sources share an identity or a family with identity-named app labels could hold one series twice.",
+);
+pub static COUNTERS: &[&Counter] = &[&FAMILY_CONFLICTS, &DUPLICATE_SERIES, &RENDERED_FALLBACKS];
 
 /// An exposition format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -316,7 +322,8 @@ mod tests {
             names,
             [
                 "loupe_family_conflicts_total",
-                "loupe_duplicate_series_total"
+                "loupe_duplicate_series_total",
+                "loupe_merge_rendered_fallbacks_total"
             ]
         );
     }
