@@ -529,7 +529,17 @@ pub fn try_merge_rendered(
     stats.family_conflicts = conflicts;
 
     // Write.
-    buf.reserve(bytes + plans.len() * 64 + 8);
+    // Exactly enough (HELP may grow by its escapes): a regrown buffer costs more than the merge.
+    let headers: usize = plans
+        .iter()
+        .map(|p| {
+            3 * p.name.len()
+                + 2 * p.help.map_or(0, |h| h.0.len())
+                + p.unit.map_or(0, <[u8]>::len)
+                + 48
+        })
+        .sum();
+    buf.reserve(bytes + headers + 8);
     let mut duplicates = 0u64;
     for plan in plans.iter().filter(|p| !p.dropped) {
         header(plan, out, buf);
