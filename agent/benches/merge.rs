@@ -196,6 +196,7 @@ fn bench(c: &mut Criterion) {
     merge_prepared(&prepared_sources, Format::Text, &mut x);
     assert!(try_merge_rendered(&text_rsrcs, Format::Text, &mut y).is_some());
     assert!(x == y, "merge_rendered differs from merge_prepared");
+    eprintln!("merged output (text): {} bytes", x.len());
     g.bench_function("merge_rendered_text_to_text", |b| {
         b.iter(|| {
             let mut out = Vec::new();
