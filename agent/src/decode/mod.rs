@@ -102,7 +102,9 @@ mod rendered;
 use crate::telemetry::Counter;
 
 pub use merge::{merge, merge_prepared};
-pub use rendered::{merge_rendered, render_source, try_merge_rendered, Rendered, RenderedSource};
+pub use rendered::{
+    merge_rendered, render_source, render_within, try_merge_rendered, Rendered, RenderedSource,
+};
 
 pub static FAMILY_CONFLICTS: Counter = Counter::new(
     "loupe_family_conflicts_total",
@@ -116,7 +118,16 @@ pub static RENDERED_FALLBACKS: Counter = Counter::new(
     "loupe_merge_rendered_fallbacks_total",
     "Scrapes merged from the parsed index instead of the bodies rendered at ingest, because two sources share an identity or a family with identity-named app labels could hold one series twice.",
 );
-pub static COUNTERS: &[&Counter] = &[&FAMILY_CONFLICTS, &DUPLICATE_SERIES, &RENDERED_FALLBACKS];
+pub static RENDERED_OVERSIZE: Counter = Counter::new(
+    "loupe_rendered_oversize_total",
+    "Bodies not rendered at ingest because their rendering would pass the store's bound (a multiple of the body's size); they are rendered at every scrape instead.",
+);
+pub static COUNTERS: &[&Counter] = &[
+    &FAMILY_CONFLICTS,
+    &DUPLICATE_SERIES,
+    &RENDERED_FALLBACKS,
+    &RENDERED_OVERSIZE,
+];
 
 /// An exposition format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -323,7 +334,8 @@ mod tests {
             [
                 "loupe_family_conflicts_total",
                 "loupe_duplicate_series_total",
-                "loupe_merge_rendered_fallbacks_total"
+                "loupe_merge_rendered_fallbacks_total",
+                "loupe_rendered_oversize_total"
             ]
         );
     }

@@ -24,7 +24,7 @@ use super::merge::{help_eq, help_kind, merge_prepared, source_entries, Entry, Re
 use super::parse::{parse, IdHasher, MType, Parsed, Suffix, DUP};
 use super::{
     Format, Identity, MergeStats, ParseError, Prepared, PreparedSource, DUPLICATE_SERIES,
-    FAMILY_CONFLICTS, RENDERED_FALLBACKS,
+    FAMILY_CONFLICTS, RENDERED_FALLBACKS, RENDERED_OVERSIZE,
 };
 
 /// Identity label values in output order (`namespace`, `pod`, `container`, `endpoint`).
@@ -244,6 +244,41 @@ pub fn render_source(
     r.text.shrink_to_fit();
     r.metas.shrink_to_fit();
     r
+}
+
+/// [`render_source`], unless the rendering would take more than `limit` bytes (estimated
+/// before rendering from the body and the identity labels on every sample line, and checked
+/// after), in which case nothing is rendered, `loupe_rendered_oversize_total` counts it and `None` is
+/// returned; [`merge_rendered`] then renders that body at every scrape instead of keeping it.
+pub fn render_within(
+    body: &[u8],
+    prepared: &Prepared,
+    identity: Option<Identity<'_>>,
+    out: Format,
+    limit: usize,
+) -> Option<Rendered> {
+    let prefix: usize = identity
+        .map(|i| {
+            i.labels()
+                .iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(n, v)| n.len() + 2 * v.len() + 4)
+                .sum()
+        })
+        .unwrap_or(0);
+    // Format conversion adds at most a few bytes per line (`_total`, a decimal point).
+    let estimate = body.len() + prepared.samples.len() * (prefix + 8) + 64;
+    if estimate > limit {
+        RENDERED_OVERSIZE.inc();
+        return None;
+    }
+    // Timestamps converted to milliseconds and renamed labels can still pass the estimate.
+    let rendered = render_source(body, prepared, identity, out);
+    if rendered.heap_bytes() > limit {
+        RENDERED_OVERSIZE.inc();
+        return None;
+    }
+    Some(rendered)
 }
 
 /// Whether two written (not duplicate) samples of the entries have the same series hash.
