@@ -641,3 +641,157 @@ fn header(plan: &Plan<'_>, out: Format, buf: &mut Vec<u8>) {
         write_help(buf);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::prepare;
+    use super::*;
+
+    fn id(pod: &str) -> Option<Identity<'_>> {
+        Some(Identity {
+            namespace: "ns",
+            pod,
+            container: "c",
+            endpoint: "metrics",
+        })
+    }
+
+    const A: &str = "# HELP r_total R.\n# TYPE r_total counter\nr_total{code=\"200\"} 1\n# TYPE g gauge\ng{pod=\"x\"} 2\n";
+    const B: &str = "# TYPE r counter\n# HELP r R.\nr_total{code=\"200\"} 3 1.5\nr_created{code=\"200\"} 1.7e9\n# TYPE g gauge\ng{pod=\"y\"} 4\n# EOF\n";
+
+    /// Both merges of (identity, body, format) sources; the rendered ones made by `rendering`.
+    fn both(
+        srcs: &[(Option<Identity<'_>>, &str, Format)],
+        out: Format,
+        rendering: impl Fn(usize, &PreparedSource<'_>) -> Option<Rendered>,
+    ) -> (Vec<u8>, MergeStats, Option<MergeStats>) {
+        let preps: Vec<Prepared> = srcs
+            .iter()
+            .map(|(_, b, f)| prepare(b.as_bytes(), *f).unwrap())
+            .collect();
+        let psrcs: Vec<PreparedSource<'_>> = srcs
+            .iter()
+            .zip(&preps)
+            .map(|((i, b, _), p)| PreparedSource {
+                identity: *i,
+                body: b.as_bytes(),
+                prepared: p,
+            })
+            .collect();
+        let rendered: Vec<Option<Rendered>> = psrcs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| rendering(i, s))
+            .collect();
+        let rsrcs: Vec<RenderedSource<'_>> = psrcs
+            .iter()
+            .zip(&rendered)
+            .map(|(s, r)| RenderedSource {
+                identity: s.identity,
+                body: s.body,
+                prepared: s.prepared,
+                rendered: r.as_ref(),
+            })
+            .collect();
+        let (mut x, mut y, mut z) = (Vec::new(), Vec::new(), Vec::new());
+        let sx = merge_prepared(&psrcs, out, &mut x);
+        let sy = merge_rendered(&rsrcs, out, &mut y);
+        assert_eq!(sx, sy);
+        assert_eq!(String::from_utf8_lossy(&x), String::from_utf8_lossy(&y));
+        let sz = try_merge_rendered(&rsrcs, out, &mut z);
+        if sz.is_some() {
+            assert_eq!(x, z);
+        }
+        (x, sx, sz)
+    }
+
+    #[test]
+    fn pods_merge_from_their_blocks() {
+        for out in [Format::Text, Format::OpenMetrics] {
+            let srcs = [
+                (id("p1"), A, Format::Text),
+                (id("p2"), B, Format::OpenMetrics),
+                (None, "# TYPE loupe_up gauge\nloupe_up 1\n", Format::Text),
+            ];
+            let (text, st, fast) = both(&srcs, out, |_, s| {
+                Some(render_source(s.body, s.prepared, s.identity, out))
+            });
+            assert!(fast.is_some(), "fell back");
+            assert_eq!(st.family_conflicts, 0);
+            let text = String::from_utf8(text).unwrap();
+            assert!(text.contains("exported_pod=\"y\""), "{text}");
+        }
+    }
+
+    #[test]
+    fn renderings_that_do_not_fit_are_made_again() {
+        let srcs = [(id("p1"), A, Format::Text), (id("p2"), A, Format::Text)];
+        for out in [Format::Text, Format::OpenMetrics] {
+            let other = match out {
+                Format::Text => Format::OpenMetrics,
+                Format::OpenMetrics => Format::Text,
+            };
+            // Another format, another identity, none at all.
+            let (_, _, fast) = both(&srcs, out, |i, s| match i {
+                0 => Some(render_source(s.body, s.prepared, s.identity, other)),
+                _ => Some(render_source(s.body, s.prepared, id("p9"), out)),
+            });
+            assert!(fast.is_some());
+            let (_, _, fast) = both(&srcs, out, |_, _| None);
+            assert!(fast.is_some());
+        }
+    }
+
+    #[test]
+    fn shared_identities_fall_back() {
+        let srcs = [(id("p1"), A, Format::Text), (id("p1"), A, Format::Text)];
+        for out in [Format::Text, Format::OpenMetrics] {
+            let (_, st, fast) = both(&srcs, out, |_, s| {
+                Some(render_source(s.body, s.prepared, s.identity, out))
+            });
+            assert!(fast.is_none());
+            assert_eq!(st.duplicate_series, 2);
+        }
+        // The agent's own series naming a pod, beside that pod's own with identity-named
+        // labels: the same series may come from both.
+        let srcs = [
+            (id("p1"), "m{pod=\"q\"} 1\n", Format::Text),
+            (
+                None,
+                "m{namespace=\"ns\",pod=\"p1\",container=\"c\",endpoint=\"metrics\",exported_pod=\"q\"} 1\n",
+                Format::Text,
+            ),
+        ];
+        let (_, st, fast) = both(&srcs, Format::Text, |_, s| {
+            Some(render_source(s.body, s.prepared, s.identity, Format::Text))
+        });
+        assert!(fast.is_none());
+        assert_eq!(st.duplicate_series, 1);
+    }
+
+    #[test]
+    fn a_mismatched_index_is_parsed_again_or_rejected() {
+        let good = prepare(b"a 1\n", Format::Text).unwrap();
+        let body = b"b{ 1\n";
+        let r = render_source(body, &good, None, Format::Text);
+        assert!(r.rejected.is_some());
+        let src = RenderedSource {
+            identity: None,
+            body,
+            prepared: &good,
+            rendered: Some(&r),
+        };
+        let st = merge_rendered(&[src], Format::Text, &mut Vec::new());
+        assert_eq!(st.rejected.len(), 1);
+    }
+
+    #[test]
+    fn renderings_are_bounded() {
+        let body = b"a 1\nb 2\n";
+        let p = prepare(body, Format::Text).unwrap();
+        assert!(render_within(body, &p, id("p1"), Format::Text, 1 << 20).is_some());
+        let before = RENDERED_OVERSIZE.get();
+        assert!(render_within(body, &p, id("p1"), Format::Text, 100).is_none());
+        assert!(RENDERED_OVERSIZE.get() > before);
+    }
+}
