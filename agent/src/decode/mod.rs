@@ -77,11 +77,25 @@
 //!
 //! The output is always a valid body in the chosen format, whatever the inputs.
 //!
-//! # Preparing bodies
+//! # Preparing and rendering bodies
 //! A body is checked when it arrives ([`validate`], or [`prepare`], which also keeps the index
-//! beside the body); [`merge_prepared`] then merges prepared bodies without parsing them again,
-//! which is what makes a scrape of the node target cheap (BENCHMARKS.md). [`merge`] takes raw
-//! bodies and parses them itself.
+//! beside the body); [`merge_prepared`] then merges prepared bodies without parsing them again.
+//! [`merge`] takes raw bodies and parses them itself.
+//!
+//! A scrape of the node target goes one step further ([`merge_rendered`], `rendered.rs`): each
+//! body is rendered once when it arrives ([`render_source`], per output format) into one block of
+//! output lines per output family, identity labels spliced in, duplicates within the body left
+//! out, and each family's TYPE/HELP/UNIT kept beside the block. A scrape then walks the union
+//! of family names in order, decides rules 3 and 4 per family (the first source's type wins,
+//! then clashes between families' sample names, first HELP and UNIT) and copies each source's
+//! block, writing byte for byte what [`merge_prepared`] writes (a property test and the fuzz
+//! target hold them equal). Rule 5 across sources cannot be decided per family in two cases,
+//! where the whole scrape is merged by [`merge_prepared`] instead (counted in
+//! `loupe_merge_rendered_fallbacks_total`): two sources with the same identity, and a family
+//! with identity-named app labels shared by sources whose identities do not differ in a label
+//! both set (the agent's own series, or identities with empty labels). A rendering costs about
+//! 1.6x to 1.9x its body in memory (BENCHMARKS.md) and is bounded by the caller
+//! ([`render_within`]).
 //!
 //! # Why not `prometheus-parse`
 //! The crate `prometheus-parse` (which was asked for) matches lines with regular expressions,
