@@ -38,6 +38,8 @@ pub struct Rendered {
     out: Format,
     from: Format,
     identity: Option<Labels>,
+    /// Hash of the identity's labels (no identity hashes as all labels empty).
+    identity_hash: u64,
     body_len: usize,
     rejected: Option<ParseError>,
     /// Sorted by name.
@@ -152,6 +154,7 @@ pub fn render_source(
         out,
         from: prepared.format,
         identity: identity.map(|i| i.labels().map(|(_, v)| v.to_string())),
+        identity_hash: 0,
         body_len: body.len(),
         rejected: None,
         fams: Vec::new(),
@@ -160,6 +163,10 @@ pub fn render_source(
         text: Vec::new(),
         blocks: Vec::new(),
     };
+    r.identity_hash = r
+        .labels()
+        .iter()
+        .fold(0u64, |h, v| lex::fmix(h ^ name_hash(v.as_bytes())));
     let parsed = if prepared.len == body.len() {
         Parsed {
             body,
@@ -399,9 +406,11 @@ pub fn try_merge_rendered(
         }
     }
 
-    // Two sources with one identity: their series may collide anywhere (rule 5).
-    let mut identities: HashSet<[&str; 4]> = HashSet::with_capacity(rs.len());
-    if !rs.iter().all(|r| identities.insert(r.labels())) {
+    // Two sources with one identity: their series may collide anywhere (rule 5). (Two
+    // identities with one hash fall back too, which is slower but as exact.)
+    let mut identities: HashSet<u64, BuildHasherDefault<IdHasher>> =
+        HashSet::with_capacity_and_hasher(rs.len(), Default::default());
+    if !rs.iter().all(|r| identities.insert(r.identity_hash)) {
         return None;
     }
 
