@@ -10,7 +10,8 @@
 mod corpus;
 
 use loupe_agent::decode::{
-    merge, merge_prepared, prepare, Format, Identity, PreparedSource, Source,
+    merge, merge_prepared, merge_rendered, prepare, render_source, Format, Identity,
+    PreparedSource, RenderedSource, Source,
 };
 
 fn status_kib(field: &str) -> u64 {
@@ -104,6 +105,43 @@ fn main() {
              peak RSS growth during merge {:.1} MiB = {:.2}x output, merge took {:.0?}",
             index as f64 / 1048576.0,
             index as f64 / input as f64,
+            grew as f64 / 1048576.0,
+            grew as f64 / buf.len() as f64,
+            elapsed,
+        );
+        drop(buf);
+
+        // The same with the bodies rendered when they arrived (kept by the store).
+        let t = std::time::Instant::now();
+        let rendered: Vec<_> = psources
+            .iter()
+            .map(|s| render_source(s.body, s.prepared, s.identity, out))
+            .collect();
+        let render_time = t.elapsed();
+        let held: usize = rendered.iter().map(|r| r.heap_bytes()).sum();
+        let rsources: Vec<RenderedSource<'_>> = psources
+            .iter()
+            .zip(&rendered)
+            .map(|(s, r)| RenderedSource {
+                identity: s.identity,
+                body: s.body,
+                prepared: s.prepared,
+                rendered: Some(r),
+            })
+            .collect();
+        std::fs::write("/proc/self/clear_refs", "5").expect("reset peak RSS");
+        let before = status_kib("VmHWM:").min(status_kib("VmRSS:"));
+        let t = std::time::Instant::now();
+        let mut buf = Vec::new();
+        merge_rendered(&rsources, out, &mut buf);
+        let elapsed = t.elapsed();
+        let grew = (status_kib("VmHWM:") - before) * 1024;
+        println!(
+            "{out:?} out, rendered: renderings held beside the bodies {:.1} MiB ({:.2}x input, \
+             made in {render_time:.0?}), peak RSS growth during merge {:.1} MiB = {:.2}x output, \
+             merge took {:.0?}",
+            held as f64 / 1048576.0,
+            held as f64 / input as f64,
             grew as f64 / 1048576.0,
             grew as f64 / buf.len() as f64,
             elapsed,

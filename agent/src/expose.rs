@@ -1,13 +1,14 @@
 //! Expose: the HTTP server (hyper) that renders the merged node target.
 //!
 //! - `/metrics`: every target's latest good body, merged with its identity labels, plus the
-//!   per-target health series (`loupe_target_*`) and the agent's counters. Targets without a
+//!   per-target health series (`loupe_target_*`) and the agent's counters. The bodies were
+//!   rendered for the merge when they arrived (`store::Snapshot`); the scrape copies blocks. Targets without a
 //!   fresh result are fetched first, in parallel, within the scrape's timeout
 //!   (`X-Prometheus-Scrape-Timeout-Seconds`). Text 0.0.4 unless the Accept header asks for
 //!   OpenMetrics; gzip when accepted.
 //! - `/healthz`: the process serves. `/readyz`: the first discovery result has been applied.
 
-use crate::decode::{self, Format, Identity as LabelSet, PreparedSource};
+use crate::decode::{self, Format, RenderedSource};
 use crate::fetch::Refresher;
 use crate::store::{Identity, Outcome};
 use crate::telemetry::{render_counters, Counter};
@@ -119,6 +120,8 @@ impl Server {
         let own = self.own_series(&view, now);
         // loupe's own series are well-formed by construction; a failure here is a bug, logged below.
         let own_prepared = decode::prepare(own.as_bytes(), Format::Text);
+        // Bodies arriving next are rendered at ingest for this format.
+        crate::store::note_format(format);
         let mut sources = Vec::with_capacity(view.len() + 1);
         // The view entry of each source, to name a rejected body's pod.
         let mut owners = Vec::with_capacity(view.len());
@@ -129,23 +132,26 @@ impl Server {
             }) = outcome
             {
                 owners.push(at);
-                sources.push(PreparedSource {
-                    identity: Some(labels(identity)),
+                sources.push(RenderedSource {
+                    identity: Some(identity.labels()),
                     body: &snapshot.body,
                     prepared: &snapshot.prepared,
+                    rendered: snapshot.rendered(identity, format),
                 });
             }
         }
         match &own_prepared {
-            Ok(prepared) => sources.push(PreparedSource {
+            // Small, and new at every scrape: rendered by the merge.
+            Ok(prepared) => sources.push(RenderedSource {
                 identity: None,
                 body: own.as_bytes(),
                 prepared,
+                rendered: None,
             }),
             Err(e) => log::error!("loupe's own series do not parse: {e}"),
         }
-        let mut out = Vec::with_capacity(sources.iter().map(|s| s.body.len() * 5 / 4).sum());
-        let stats = decode::merge_prepared(&sources, format, &mut out);
+        let mut out = Vec::new();
+        let stats = decode::merge_rendered(&sources, format, &mut out);
         for (index, error) in stats.rejected {
             REJECTED_BODIES.inc();
             match owners.get(index).and_then(|&at| view.get(at)) {
@@ -226,15 +232,6 @@ impl Server {
             render_counters(counters, &mut out);
         }
         out
-    }
-}
-
-fn labels(identity: &Identity) -> LabelSet<'_> {
-    LabelSet {
-        namespace: &identity.namespace,
-        pod: &identity.pod,
-        container: &identity.container,
-        endpoint: &identity.endpoint,
     }
 }
 

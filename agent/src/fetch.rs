@@ -235,7 +235,9 @@ impl Refresher {
                 };
                 match fetch(request, self.own.as_ref()).await {
                     Ok(f) => {
-                        Snapshot::decode(f.body, f.content_type.as_deref()).map(std::sync::Arc::new)
+                        let identity = self.store.identity(key);
+                        Snapshot::decode(f.body, f.content_type.as_deref(), identity.as_ref())
+                            .map(std::sync::Arc::new)
                     }
                     Err(e) => Err(e.to_string()),
                 }

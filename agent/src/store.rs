@@ -5,12 +5,13 @@
 //! samples are withheld, as Prometheus itself drops a failed target's series.
 
 use crate::capture::NetnsCookie;
-use crate::decode::{self, Format};
+use crate::decode::{self, Format, Rendered};
 use crate::discover::PodKey;
 use crate::resolve::netns::Netns;
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU8, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 /// One endpoint of one pod.
@@ -28,6 +29,18 @@ pub struct Identity {
     pub pod: String,
     pub container: String,
     pub endpoint: String,
+}
+
+impl Identity {
+    /// The labels as the merge takes them.
+    pub fn labels(&self) -> decode::Identity<'_> {
+        decode::Identity {
+            namespace: &self.namespace,
+            pod: &self.pod,
+            container: &self.container,
+            endpoint: &self.endpoint,
+        }
+    }
 }
 
 /// Where a body came from.
@@ -48,25 +61,105 @@ impl Origin {
     }
 }
 
-/// A validated body with its merge index, made once when the body arrives so that scrapes only
-/// regroup and render.
+/// A validated body with its merge index, made once when the body arrives, and its renderings
+/// for the merged target (`decode::render_source`: every sample line with the target's identity
+/// labels, grouped by family), so that a scrape only decides the merging rules per family and
+/// copies blocks (`decode::merge_rendered`).
+///
+/// Memory: the index is about 32 bytes per sample; a rendering about 1.6x to 1.9x the body (the
+/// identity labels repeat on every line), bounded at [`RENDERED_LIMIT_FACTOR`] times the body
+/// (plus 64 KiB): a body whose rendering would be larger is rendered at every scrape instead,
+/// and counted in `loupe_rendered_oversize_total`. The format scrapers last asked for
+/// ([`note_format`]) is rendered when the body arrives, the other one at the first scrape that
+/// asks for it; both go with the snapshot when the next body replaces it.
 #[derive(Debug)]
 pub struct Snapshot {
     pub body: Bytes,
     pub prepared: decode::Prepared,
+    /// The identity the renderings are made with.
+    identity: Option<Identity>,
+    text: OnceLock<Option<Rendered>>,
+    open_metrics: OnceLock<Option<Rendered>>,
+}
+
+/// A rendering may take this many times its body's size (plus 64 KiB).
+pub const RENDERED_LIMIT_FACTOR: usize = 4;
+
+/// The format of the latest scrape of the node target (0 text, 1 OpenMetrics): rendered eagerly
+/// when a body arrives.
+static LAST_FORMAT: AtomicU8 = AtomicU8::new(0);
+
+/// Records the format a scraper asked for, so that bodies arriving next are rendered for it.
+pub fn note_format(format: Format) {
+    LAST_FORMAT.store(
+        match format {
+            Format::Text => 0,
+            Format::OpenMetrics => 1,
+        },
+        AtomicOrdering::Relaxed,
+    );
+}
+
+fn last_format() -> Format {
+    match LAST_FORMAT.load(AtomicOrdering::Relaxed) {
+        0 => Format::Text,
+        _ => Format::OpenMetrics,
+    }
 }
 
 impl Snapshot {
-    /// Checks a 200 response's body. Observed and fetched bodies both come through here.
-    pub fn decode(body: Bytes, content_type: Option<&str>) -> Result<Snapshot, String> {
+    /// Checks a 200 response's body and renders it with `identity` (the target's) for the
+    /// format scrapers last asked for. Observed and fetched bodies both come through here.
+    pub fn decode(
+        body: Bytes,
+        content_type: Option<&str>,
+        identity: Option<&Identity>,
+    ) -> Result<Snapshot, String> {
         let format = Format::from_content_type(content_type);
         let prepared =
             decode::prepare(&body, format).map_err(|e| format!("unparsable body: {e}"))?;
-        Ok(Snapshot { body, prepared })
+        let snapshot = Snapshot {
+            body,
+            prepared,
+            identity: identity.cloned(),
+            text: OnceLock::new(),
+            open_metrics: OnceLock::new(),
+        };
+        snapshot.render(last_format());
+        Ok(snapshot)
     }
 
     pub fn samples(&self) -> usize {
         self.prepared.summary().samples
+    }
+
+    /// The rendering for `format` with `identity`, made now if it was not yet. `None` when the
+    /// snapshot was made for another identity (the target's changed, or one observed reply
+    /// answered several targets) or the rendering would pass the bound: the merge then renders
+    /// the body itself.
+    pub fn rendered(&self, identity: &Identity, format: Format) -> Option<&Rendered> {
+        if self.identity.as_ref() != Some(identity) {
+            return None;
+        }
+        self.render(format)
+    }
+
+    fn render(&self, format: Format) -> Option<&Rendered> {
+        let identity = self.identity.as_ref()?;
+        let cell = match format {
+            Format::Text => &self.text,
+            Format::OpenMetrics => &self.open_metrics,
+        };
+        cell.get_or_init(|| {
+            decode::render_within(
+                &self.body,
+                &self.prepared,
+                Some(identity.labels()),
+                format,
+                self.body.len() * RENDERED_LIMIT_FACTOR + 64 * 1024,
+            )
+        })
+        .as_ref()
     }
 }
 
@@ -155,6 +248,11 @@ impl Store {
             }
             inner.targets.insert(key, target);
         }
+    }
+
+    /// The identity labels of a target.
+    pub fn identity(&self, key: &TargetKey) -> Option<Identity> {
+        self.lock().targets.get(key).map(|t| t.identity.clone())
     }
 
     /// The namespace to fetch a target from.
@@ -279,9 +377,28 @@ mod tests {
             origin,
             duration: Duration::ZERO,
             result: Ok(Arc::new(
-                Snapshot::decode(Bytes::from_static(b"a 1\n"), None).unwrap(),
+                Snapshot::decode(Bytes::from_static(b"a 1\n"), None, Some(&identity("a"))).unwrap(),
             )),
         }
+    }
+
+    #[test]
+    fn snapshots_render_for_their_identity_only() {
+        let body = Bytes::from_static(b"# TYPE a gauge\na{x=\"1\"} 1\n");
+        let snap = Snapshot::decode(body.clone(), None, Some(&identity("a"))).unwrap();
+        for format in [Format::Text, Format::OpenMetrics] {
+            let r = snap.rendered(&identity("a"), format).expect("rendered");
+            assert_eq!(r.format(), format);
+            assert!(r.heap_bytes() > 0);
+        }
+        assert!(snap.rendered(&identity("b"), Format::Text).is_none());
+        let anonymous = Snapshot::decode(body, None, None).unwrap();
+        assert!(anonymous.rendered(&identity("a"), Format::Text).is_none());
+        // A rendering past the bound is not kept: short lines, a long identity.
+        let mut long = identity("a");
+        long.pod = "p".repeat(70_000);
+        let tiny = Snapshot::decode(Bytes::from_static(b"a 1\n"), None, Some(&long)).unwrap();
+        assert!(tiny.rendered(&long, Format::Text).is_none());
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! Several bodies (the input split on 0xFF; each body's first byte picks its format and
-//! identity), merged into both formats: the output is always valid, and exactly the bodies
-//! that fail validation are rejected.
+//! identity), merged into both formats: the output is always valid, exactly the bodies that
+//! fail validation are rejected, and the merge of bodies rendered at ingest (`merge_rendered`)
+//! writes the same bytes and stats as `merge_prepared`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use loupe_agent::decode::{merge, validate, Format, Identity, Source};
+use loupe_agent::decode::{
+    merge, merge_prepared, merge_rendered, prepare, render_source, validate, Format, Identity,
+    PreparedSource, RenderedSource, Source,
+};
 
 const IDS: [Option<Identity<'static>>; 4] = [
     None,
@@ -60,5 +64,38 @@ fuzz_target!(|data: &[u8]| {
             .map(|(i, _)| i)
             .collect();
         assert_eq!(rejected, expected);
+
+        // Rendered at ingest, merged at scrape: the same as merging the prepared bodies.
+        let prepared: Vec<_> = sources
+            .iter()
+            .filter_map(|s| Some((s, prepare(s.body, s.format).ok()?)))
+            .collect();
+        let psrcs: Vec<PreparedSource<'_>> = prepared
+            .iter()
+            .map(|(s, p)| PreparedSource {
+                identity: s.identity,
+                body: s.body,
+                prepared: p,
+            })
+            .collect();
+        let rendered: Vec<_> = psrcs
+            .iter()
+            .map(|s| render_source(s.body, s.prepared, s.identity, out))
+            .collect();
+        let rsrcs: Vec<RenderedSource<'_>> = psrcs
+            .iter()
+            .zip(&rendered)
+            .map(|(s, r)| RenderedSource {
+                identity: s.identity,
+                body: s.body,
+                prepared: s.prepared,
+                rendered: Some(r),
+            })
+            .collect();
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        let sx = merge_prepared(&psrcs, out, &mut x);
+        let sy = merge_rendered(&rsrcs, out, &mut y);
+        assert_eq!(sx, sy);
+        assert!(x == y, "merge_rendered differs from merge_prepared");
     }
 });

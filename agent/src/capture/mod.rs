@@ -104,7 +104,15 @@ fn record_observed(store: &Store, exchange: Exchange) {
     let large = exchange.body.len() > INLINE_DECODE_BYTES;
     let work = move || {
         let result = if exchange.status == 200 {
-            Snapshot::decode(exchange.body, exchange.content_type.as_deref()).map(Arc::new)
+            // Rendered with the first target's identity; another target answered by the same
+            // reply (rare) has its rendering made at scrape time.
+            let identity = keys.first().and_then(|k| store.identity(k));
+            Snapshot::decode(
+                exchange.body,
+                exchange.content_type.as_deref(),
+                identity.as_ref(),
+            )
+            .map(Arc::new)
         } else {
             Err(format!("HTTP status {}", exchange.status))
         };

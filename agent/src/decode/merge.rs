@@ -18,12 +18,12 @@ use super::{
 const ALL: u16 = u16::MAX;
 
 /// A source that parsed, with its identity labels pre-rendered.
-struct Src<'a> {
-    parsed: Parsed<'a>,
+pub(super) struct Src<'a> {
+    pub(super) parsed: Parsed<'a>,
     /// `namespace="..",pod=".."` (non-empty identity labels, escaped), spliced into every sample.
-    prefix: Vec<u8>,
+    pub(super) prefix: Vec<u8>,
     /// Non-empty identity labels: name and escaped value.
-    ident: Vec<(&'static str, Vec<u8>)>,
+    pub(super) ident: Vec<(&'static str, Vec<u8>)>,
     ident_hash: u64,
     /// Another source has the same identity, so their series may collide.
     shared: bool,
@@ -33,7 +33,7 @@ struct Src<'a> {
 }
 
 impl<'a> Src<'a> {
-    fn new(parsed: Parsed<'a>, identity: Option<Identity<'_>>) -> Src<'a> {
+    pub(super) fn new(parsed: Parsed<'a>, identity: Option<Identity<'_>>) -> Src<'a> {
         let mut prefix = Vec::new();
         let mut ident = Vec::new();
         let mut ident_hash = 0u64;
@@ -81,28 +81,28 @@ fn escape_label_value(v: &[u8], out: &mut Vec<u8>) {
 }
 
 /// One output family contributed by one source family.
-struct Entry<'a> {
+pub(super) struct Entry<'a> {
     /// Output name: `base[..base.len() - strip]` followed by `add`.
-    base: &'a [u8],
-    strip: usize,
-    add: &'static [u8],
-    mtype: MType,
-    src: u32,
-    fam: u32,
+    pub(super) base: &'a [u8],
+    pub(super) strip: usize,
+    pub(super) add: &'static [u8],
+    pub(super) mtype: MType,
+    pub(super) src: u32,
+    pub(super) fam: u32,
     /// Source-family sample suffixes that go to this output family.
-    filter: u16,
+    pub(super) filter: u16,
     /// Whether this entry carries its family's UNIT.
-    unit: bool,
+    pub(super) unit: bool,
     /// A text gauge `x_created` folded into OpenMetrics counter `x`: its HELP is not the family's.
-    created_part: bool,
-    dropped: bool,
+    pub(super) created_part: bool,
+    pub(super) dropped: bool,
 }
 
 impl Entry<'_> {
     fn stem(&self) -> &[u8] {
         &self.base[..self.base.len() - self.strip]
     }
-    fn name_cmp(&self, o: &Entry<'_>) -> Ordering {
+    pub(super) fn name_cmp(&self, o: &Entry<'_>) -> Ordering {
         if self.add.is_empty() && o.add.is_empty() {
             return self.stem().cmp(o.stem());
         }
@@ -110,7 +110,7 @@ impl Entry<'_> {
         let b = o.stem().iter().chain(o.add);
         a.cmp(b)
     }
-    fn name_vec(&self) -> Vec<u8> {
+    pub(super) fn name_vec(&self) -> Vec<u8> {
         let mut v = self.stem().to_vec();
         v.extend_from_slice(self.add);
         v
@@ -182,6 +182,47 @@ fn push_entries<'a>(
             }
             _ => push(0, b"", MType::Unknown, ALL, false),
         },
+    }
+}
+
+/// The output families of one source (module docs, rule 6), in the source's family order.
+pub(super) fn source_entries<'a>(entries: &mut Vec<Entry<'a>>, si: u32, s: &Src<'a>, out: Format) {
+    let text_to_om = s.parsed.format == Format::Text && out == Format::OpenMetrics;
+    let counters: std::collections::HashSet<&[u8]> = if text_to_om {
+        s.parsed
+            .families
+            .iter()
+            .filter(|f| f.mtype == MType::Counter && f.om_ok && f.suffixes != 0)
+            .map(|f| &f.name[..f.name.len() - 6])
+            .collect()
+    } else {
+        Default::default()
+    };
+    for (fi, fam) in s.parsed.families.iter().enumerate() {
+        // A text gauge `x_created` beside counter `x_total` is that counter's `_created`
+        // in OpenMetrics (as client libraries write text).
+        let created_of = fam.name.strip_suffix(b"_created");
+        if let Some(stem) = created_of.filter(|s| {
+            text_to_om
+                && matches!(fam.mtype, MType::Gauge | MType::Unknown)
+                && fam.suffixes != 0
+                && counters.contains(s)
+        }) {
+            entries.push(Entry {
+                base: fam.name,
+                strip: fam.name.len() - stem.len(),
+                add: b"",
+                mtype: MType::Counter,
+                src: si,
+                fam: fi as u32,
+                filter: ALL,
+                unit: false,
+                created_part: true,
+                dropped: false,
+            });
+            continue;
+        }
+        push_entries(entries, si, fi as u32, fam, s.parsed.format, out);
     }
 }
 
@@ -271,50 +312,7 @@ fn merge_parsed(
     // Output families, sorted by name; equal names keep source order (stable sort).
     let mut entries: Vec<Entry<'_>> = Vec::new();
     for (si, s) in srcs.iter().enumerate() {
-        let text_to_om = s.parsed.format == Format::Text && out == Format::OpenMetrics;
-        let counters: std::collections::HashSet<&[u8]> = if text_to_om {
-            s.parsed
-                .families
-                .iter()
-                .filter(|f| f.mtype == MType::Counter && f.om_ok && f.suffixes != 0)
-                .map(|f| &f.name[..f.name.len() - 6])
-                .collect()
-        } else {
-            Default::default()
-        };
-        for (fi, fam) in s.parsed.families.iter().enumerate() {
-            // A text gauge `x_created` beside counter `x_total` is that counter's `_created`
-            // in OpenMetrics (as client libraries write text).
-            let created_of = fam.name.strip_suffix(b"_created");
-            if let Some(stem) = created_of.filter(|s| {
-                text_to_om
-                    && matches!(fam.mtype, MType::Gauge | MType::Unknown)
-                    && fam.suffixes != 0
-                    && counters.contains(s)
-            }) {
-                entries.push(Entry {
-                    base: fam.name,
-                    strip: fam.name.len() - stem.len(),
-                    add: b"",
-                    mtype: MType::Counter,
-                    src: si as u32,
-                    fam: fi as u32,
-                    filter: ALL,
-                    unit: false,
-                    created_part: true,
-                    dropped: false,
-                });
-                continue;
-            }
-            push_entries(
-                &mut entries,
-                si as u32,
-                fi as u32,
-                fam,
-                s.parsed.format,
-                out,
-            );
-        }
+        source_entries(&mut entries, si as u32, s, out);
     }
     entries.sort_by(|a, b| a.name_cmp(b));
 
@@ -407,15 +405,7 @@ fn merge_parsed(
         .map(|s| s.parsed.body.len() + s.parsed.samples.len() * (s.prefix.len() + 2))
         .sum();
     buf.reserve(estimate + 64);
-    let mut r = Renderer {
-        out,
-        items: Vec::new(),
-        keys: Vec::new(),
-        dup: Vec::new(),
-        labels: Vec::new(),
-        labels2: Vec::new(),
-        duplicates: 0,
-    };
+    let mut r = Renderer::new(out);
     for (g, &(a, z)) in groups.iter().enumerate() {
         if group_dropped[g] {
             continue;
@@ -431,7 +421,14 @@ fn merge_parsed(
     stats
 }
 
-fn help_eq(a: &[u8], fa: Format, b: &[u8], fb: Format, sa: &mut Vec<u8>, sb: &mut Vec<u8>) -> bool {
+pub(super) fn help_eq(
+    a: &[u8],
+    fa: Format,
+    b: &[u8],
+    fb: Format,
+    sa: &mut Vec<u8>,
+    sb: &mut Vec<u8>,
+) -> bool {
     if fa == fb {
         return a == b;
     }
@@ -442,14 +439,14 @@ fn help_eq(a: &[u8], fa: Format, b: &[u8], fb: Format, sa: &mut Vec<u8>, sb: &mu
     sa == sb
 }
 
-fn help_kind(f: Format) -> Escaped {
+pub(super) fn help_kind(f: Format) -> Escaped {
     match f {
         Format::Text => Escaped::TextHelp,
         Format::OpenMetrics => Escaped::OmHelp,
     }
 }
 
-struct Renderer {
+pub(super) struct Renderer {
     out: Format,
     /// Samples of the current family in output order: (entry index, sample index).
     items: Vec<(u32, u32)>,
@@ -458,10 +455,22 @@ struct Renderer {
     dup: Vec<bool>,
     labels: Vec<Label>,
     labels2: Vec<Label>,
-    duplicates: u64,
+    pub(super) duplicates: u64,
 }
 
 impl Renderer {
+    pub(super) fn new(out: Format) -> Renderer {
+        Renderer {
+            out,
+            items: Vec::new(),
+            keys: Vec::new(),
+            dup: Vec::new(),
+            labels: Vec::new(),
+            labels2: Vec::new(),
+            duplicates: 0,
+        }
+    }
+
     fn family(&mut self, srcs: &[Src<'_>], entries: &[Entry<'_>], buf: &mut Vec<u8>) {
         let Some(first) = entries.iter().find(|e| !e.dropped) else {
             return;
@@ -518,14 +527,34 @@ impl Renderer {
             write_help(buf);
         }
 
-        // Samples. Duplicates inside a body were marked by the parser; series of two sources
-        // can only collide when the sources share an identity or app labels were renamed.
-        let cross = entries.iter().any(|e| {
+        self.samples(srcs, entries, buf);
+    }
+
+    /// Whether the series of a family's samples may collide across its entries, so that
+    /// duplicates must be found by comparing series rather than from the parser's marks (which
+    /// only cover one source family): the sources share an identity, app labels get renamed,
+    /// or two families of one source meet in this output family (a text untyped `h_bucket`
+    /// and a histogram `h` that both become OpenMetrics `unknown` `h_bucket`).
+    pub(super) fn cross(srcs: &[Src<'_>], entries: &[Entry<'_>]) -> bool {
+        let mut previous: Option<u32> = None;
+        entries.iter().filter(|e| !e.dropped).any(|e| {
             let s = &srcs[e.src as usize];
-            !e.dropped
-                && (s.shared
-                    || (!s.ident.is_empty() && s.parsed.families[e.fam as usize].ident_labels))
-        });
+            let same_source = previous == Some(e.src);
+            previous = Some(e.src);
+            same_source
+                || s.shared
+                || (!s.ident.is_empty() && s.parsed.families[e.fam as usize].ident_labels)
+        })
+    }
+
+    /// Writes the samples of one output family's (not dropped) entries, without duplicates.
+    pub(super) fn samples(&mut self, srcs: &[Src<'_>], entries: &[Entry<'_>], buf: &mut Vec<u8>) {
+        let Some(first) = entries.iter().find(|e| !e.dropped) else {
+            return;
+        };
+        // Duplicates inside a body were marked by the parser; series of two sources can only
+        // collide when the sources share an identity or app labels were renamed.
+        let cross = Self::cross(srcs, entries);
         if !cross {
             for e in entries.iter().filter(|e| !e.dropped) {
                 let s = &srcs[e.src as usize];
@@ -549,7 +578,7 @@ impl Renderer {
         // OpenMetrics wants each histogram or summary whole and in one piece, which keeping
         // the first of each series could break when two sources share an identity: there the
         // later source's samples of the family all count as duplicates.
-        let grouped = out == Format::OpenMetrics
+        let grouped = self.out == Format::OpenMetrics
             && matches!(
                 first.mtype,
                 MType::Histogram | MType::GaugeHistogram | MType::Summary
@@ -636,7 +665,7 @@ impl Renderer {
     }
 
     #[inline]
-    fn sample(&mut self, s: &Src<'_>, sm: &SampleRef, buf: &mut Vec<u8>) {
+    pub(super) fn sample(&mut self, s: &Src<'_>, sm: &SampleRef, buf: &mut Vec<u8>) {
         let b = s.parsed.body;
         if sm.flags & (SLOW | IDENT_LABEL) == 0 && s.parsed.format == self.out {
             // The common case: at most three copies, the identity spliced into the label block.
@@ -1160,6 +1189,23 @@ mod tests {
             let (s, st) = run(&[src], out);
             assert_eq!(st.family_conflicts, 1);
             assert!(s.contains("foo_bucket{le=\"+Inf\"} 1\n"), "{s}");
+        }
+    }
+
+    #[test]
+    fn two_families_of_one_body_in_one_output_family_are_deduplicated() {
+        // Untyped `h_bucket` and a histogram `h` without `+Inf`: both OpenMetrics `unknown`
+        // `h_bucket`, with the same series; it must be written once.
+        let body = "h_bucket{le=\"1\"} 1\n# TYPE h histogram\nh_bucket{le=\"1\"} 2\n";
+        for identity in [None, id("p1")] {
+            let src = Source {
+                identity,
+                body: body.as_bytes(),
+                format: Format::Text,
+            };
+            let (s, st) = run(&[src], Format::OpenMetrics);
+            assert_eq!(st.duplicate_series, 1, "{s}");
+            assert!(s.contains("} 1\n") && !s.contains("} 2\n"), "{s}");
         }
     }
 

@@ -77,11 +77,25 @@
 //!
 //! The output is always a valid body in the chosen format, whatever the inputs.
 //!
-//! # Preparing bodies
+//! # Preparing and rendering bodies
 //! A body is checked when it arrives ([`validate`], or [`prepare`], which also keeps the index
-//! beside the body); [`merge_prepared`] then merges prepared bodies without parsing them again,
-//! which is what makes a scrape of the node target cheap (BENCHMARKS.md). [`merge`] takes raw
-//! bodies and parses them itself.
+//! beside the body); [`merge_prepared`] then merges prepared bodies without parsing them again.
+//! [`merge`] takes raw bodies and parses them itself.
+//!
+//! A scrape of the node target goes one step further ([`merge_rendered`], `rendered.rs`): each
+//! body is rendered once when it arrives ([`render_source`], per output format) into one block of
+//! output lines per output family, identity labels spliced in, duplicates within the body left
+//! out, and each family's TYPE/HELP/UNIT kept beside the block. A scrape then walks the union
+//! of family names in order, decides rules 3 and 4 per family (the first source's type wins,
+//! then clashes between families' sample names, first HELP and UNIT) and copies each source's
+//! block, writing byte for byte what [`merge_prepared`] writes (a property test and the fuzz
+//! target hold them equal). Rule 5 across sources cannot be decided per family in two cases,
+//! where the whole scrape is merged by [`merge_prepared`] instead (counted in
+//! `loupe_merge_rendered_fallbacks_total`): two sources with the same identity, and a family
+//! with identity-named app labels shared by sources whose identities do not differ in a label
+//! both set (the agent's own series, or identities with empty labels). A rendering costs about
+//! 1.6x to 1.9x its body in memory (BENCHMARKS.md) and is bounded by the caller
+//! ([`render_within`]).
 //!
 //! # Why not `prometheus-parse`
 //! The crate `prometheus-parse` (which was asked for) matches lines with regular expressions,
@@ -97,10 +111,14 @@ mod lex;
 mod merge;
 mod negotiate;
 mod parse;
+mod rendered;
 
 use crate::telemetry::Counter;
 
 pub use merge::{merge, merge_prepared};
+pub use rendered::{
+    merge_rendered, render_source, render_within, try_merge_rendered, Rendered, RenderedSource,
+};
 
 pub static FAMILY_CONFLICTS: Counter = Counter::new(
     "loupe_family_conflicts_total",
@@ -110,7 +128,20 @@ pub static DUPLICATE_SERIES: Counter = Counter::new(
     "loupe_duplicate_series_total",
     "Samples dropped from the merged target because their series was already written.",
 );
-pub static COUNTERS: &[&Counter] = &[&FAMILY_CONFLICTS, &DUPLICATE_SERIES];
+pub static RENDERED_FALLBACKS: Counter = Counter::new(
+    "loupe_merge_rendered_fallbacks_total",
+    "Scrapes merged from the parsed index instead of the bodies rendered at ingest, because two sources share an identity or a family with identity-named app labels could hold one series twice.",
+);
+pub static RENDERED_OVERSIZE: Counter = Counter::new(
+    "loupe_rendered_oversize_total",
+    "Bodies not rendered at ingest because their rendering would pass the store's bound (a multiple of the body's size); they are rendered at every scrape instead.",
+);
+pub static COUNTERS: &[&Counter] = &[
+    &FAMILY_CONFLICTS,
+    &DUPLICATE_SERIES,
+    &RENDERED_FALLBACKS,
+    &RENDERED_OVERSIZE,
+];
 
 /// An exposition format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -316,7 +347,9 @@ mod tests {
             names,
             [
                 "loupe_family_conflicts_total",
-                "loupe_duplicate_series_total"
+                "loupe_duplicate_series_total",
+                "loupe_merge_rendered_fallbacks_total",
+                "loupe_rendered_oversize_total"
             ]
         );
     }

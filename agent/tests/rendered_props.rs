@@ -1,0 +1,437 @@
+//! Equivalence of the two scrape-time merges: `merge_rendered` (bodies rendered at ingest, one
+//! block per family) must write exactly the bytes and stats of `merge_prepared`, for random
+//! sources in both formats, both output formats, TYPE/HELP/UNIT conflicts, clashing sample
+//! names, text `_created` gauges folded into OpenMetrics counters, identity-named app labels,
+//! shared and partial identities.
+
+#[path = "support/strict.rs"]
+#[allow(dead_code)]
+mod strict;
+
+use loupe_agent::decode::{
+    merge_prepared, merge_rendered, prepare, render_source, try_merge_rendered, validate, Format,
+    Identity, Prepared, PreparedSource, Rendered, RenderedSource,
+};
+use proptest::prelude::*;
+
+/// Names chosen to clash: OpenMetrics counter `errors` owns `errors_total` and `errors_created`;
+/// a text counter `errors_total` with a gauge `errors_created` folds into one OpenMetrics counter.
+const NAMES: [&str; 7] = [
+    "http_requests",
+    "errors",
+    "errors_created",
+    "latency_seconds",
+    "job:temp:avg",
+    "errors_total",
+    "h_bucket",
+];
+const LABELS: [&str; 7] = [
+    "pod",
+    "namespace",
+    "exported_pod",
+    "container",
+    "path",
+    "code",
+    "a",
+];
+const NASTY: &str = "[a-z0-9 ,=}{#\"\\\\\n\u{e9}]{0,6}";
+
+#[derive(Debug, Clone)]
+struct Fam {
+    name: usize,
+    /// 0 counter, 1 gauge, 2 histogram, 3 summary, 4 untyped, 5 info, 6 gaugehistogram,
+    /// 7 counter with `_created`.
+    kind: u8,
+    help: u8,
+    unit: bool,
+    ts: Option<u32>,
+    series: Vec<(Vec<(usize, String)>, u32)>,
+}
+
+fn fam() -> impl Strategy<Value = Fam> {
+    (
+        0..NAMES.len(),
+        0u8..8,
+        0u8..4,
+        any::<bool>(),
+        proptest::option::of(1u32..2_000_000_000),
+        prop::collection::vec(
+            (
+                prop::collection::vec(
+                    (
+                        0..LABELS.len(),
+                        prop_oneof![Just(String::new()), NASTY.prop_map(|s| s)],
+                    ),
+                    0..3,
+                ),
+                0u32..1000,
+            ),
+            1..4,
+        ),
+    )
+        .prop_map(|(name, kind, help, unit, ts, series)| Fam {
+            name,
+            kind,
+            help,
+            unit,
+            ts,
+            series,
+        })
+}
+
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Writes families as a body of `format`; some are invalid (clashes, repeats) and are left out
+/// by the caller. Label sets may repeat (duplicates), and values may be empty.
+fn write(fams: &[Fam], om: bool) -> String {
+    let mut out = String::new();
+    for f in fams {
+        let n = NAMES[f.name];
+        let series: Vec<String> = f
+            .series
+            .iter()
+            .map(|(ls, _)| {
+                let mut names = std::collections::HashSet::new();
+                ls.iter()
+                    .filter(|(l, _)| names.insert(*l))
+                    .map(|(l, v)| format!("{}=\"{}\"", LABELS[*l], esc(v)))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect();
+        let lbl = |s: &str, extra: &str| match (s.is_empty(), extra.is_empty()) {
+            (true, true) => String::new(),
+            (true, false) => format!("{{{extra}}}"),
+            (false, true) => format!("{{{s}}}"),
+            (false, false) => format!("{{{s},{extra}}}"),
+        };
+        let ts = |i: usize| match f.ts {
+            Some(t) if om => format!(" {}", t as usize + i),
+            Some(t) => format!(" {}", (t as usize + i) * 1000),
+            None => String::new(),
+        };
+        let help = |fname: &str| match (f.help, om) {
+            (0, _) => String::new(),
+            (1, _) => format!("# HELP {fname} Help A.\n"),
+            (2, _) => format!("# HELP {fname} Help B \\\\ \\n.\n"),
+            (_, true) => format!("# HELP {fname} Say \\\"hi\\\".\n"),
+            (_, false) => format!("# HELP {fname} Say \"hi\".\n"),
+        };
+        let unit = |fname: &str| {
+            if om && f.unit && fname.ends_with("_seconds") {
+                format!("# UNIT {fname} seconds\n")
+            } else {
+                String::new()
+            }
+        };
+        let values = f.series.iter().map(|(_, v)| *v);
+        match f.kind {
+            0 | 7 => {
+                let fname = if om {
+                    n.to_string()
+                } else {
+                    format!("{n}_total")
+                };
+                out += &format!("# TYPE {fname} counter\n{}{}", help(&fname), unit(&fname));
+                for (i, (s, v)) in series.iter().zip(values).enumerate() {
+                    out += &format!("{n}_total{} {v}{}\n", lbl(s, ""), ts(i));
+                    if om && f.kind == 7 {
+                        out += &format!("{n}_created{} 1700000000.5{}\n", lbl(s, ""), ts(i));
+                    }
+                }
+                if !om && f.kind == 7 {
+                    out += &format!(
+                        "{}# TYPE {n}_created gauge\n",
+                        help(&format!("{n}_created"))
+                    );
+                    for (i, s) in series.iter().enumerate() {
+                        out += &format!("{n}_created{} 1700000000.5{}\n", lbl(s, ""), ts(i));
+                    }
+                }
+            }
+            1 | 4 | 5 if !(om && f.kind == 5) => {
+                let t = match (f.kind, om) {
+                    (1, _) | (5, _) => "gauge",
+                    (_, true) => "unknown",
+                    _ => "untyped",
+                };
+                out += &format!("# TYPE {n} {t}\n{}{}", help(n), unit(n));
+                for (i, (s, v)) in series.iter().zip(values).enumerate() {
+                    out += &format!("{n}{} {v}{}\n", lbl(s, ""), ts(i));
+                }
+            }
+            5 => {
+                out += &format!("# TYPE {n} info\n{}", help(n));
+                for (i, s) in series.iter().enumerate() {
+                    out += &format!("{n}_info{} 1{}\n", lbl(s, ""), ts(i));
+                }
+            }
+            2 | 6 => {
+                let gauge = om && f.kind == 6;
+                let t = if gauge { "gaugehistogram" } else { "histogram" };
+                out += &format!("# TYPE {n} {t}\n{}{}", help(n), unit(n));
+                let (sum, count) = if gauge {
+                    ("_gsum", "_gcount")
+                } else {
+                    ("_sum", "_count")
+                };
+                for (i, (s, v)) in series.iter().zip(values).enumerate() {
+                    let half = v / 2;
+                    out += &format!("{n}_bucket{} {half}{}\n", lbl(s, "le=\"0.5\""), ts(i));
+                    out += &format!("{n}_bucket{} {v}{}\n", lbl(s, "le=\"+Inf\""), ts(i));
+                    out += &format!("{n}{count}{} {v}{}\n", lbl(s, ""), ts(i));
+                    out += &format!("{n}{sum}{} {v}.5{}\n", lbl(s, ""), ts(i));
+                }
+            }
+            _ => {
+                out += &format!("# TYPE {n} summary\n{}{}", help(n), unit(n));
+                for (i, (s, v)) in series.iter().zip(values).enumerate() {
+                    out += &format!("{n}{} {v}{}\n", lbl(s, "quantile=\"0.9\""), ts(i));
+                    out += &format!("{n}_sum{} {v}{}\n", lbl(s, ""), ts(i));
+                    out += &format!("{n}_count{} {v}{}\n", lbl(s, ""), ts(i));
+                }
+            }
+        }
+    }
+    if om {
+        out += "# EOF\n";
+    }
+    out
+}
+
+const IDS: [Option<Identity<'static>>; 5] = [
+    None,
+    Some(Identity {
+        namespace: "shop",
+        pod: "cart-1",
+        container: "app",
+        endpoint: "metrics",
+    }),
+    Some(Identity {
+        namespace: "shop",
+        pod: "cart-2",
+        container: "app",
+        endpoint: "metrics",
+    }),
+    Some(Identity {
+        namespace: "we\"ird\\ns",
+        pod: "",
+        container: "",
+        endpoint: ":9090/metrics",
+    }),
+    Some(Identity {
+        namespace: "shop",
+        pod: "cart-3",
+        container: "app",
+        endpoint: "metrics",
+    }),
+];
+
+fn fmt(om: bool) -> Format {
+    if om {
+        Format::OpenMetrics
+    } else {
+        Format::Text
+    }
+}
+
+struct Body {
+    id: Option<Identity<'static>>,
+    body: Vec<u8>,
+    prepared: Prepared,
+}
+
+/// Runs both merges over `bodies` into `out`; `how` picks, per source, whether its rendering is
+/// given (0), missing (1) or made for the other format (2). Returns the output and whether the
+/// rendered path ran without falling back.
+fn both(bodies: &[Body], out: Format, how: &[u8]) -> (String, bool) {
+    let psrcs: Vec<PreparedSource<'_>> = bodies
+        .iter()
+        .map(|b| PreparedSource {
+            identity: b.id,
+            body: &b.body,
+            prepared: &b.prepared,
+        })
+        .collect();
+    let other = match out {
+        Format::Text => Format::OpenMetrics,
+        Format::OpenMetrics => Format::Text,
+    };
+    let rendered: Vec<Rendered> = bodies
+        .iter()
+        .zip(how.iter().cycle())
+        .map(|(b, h)| {
+            let f = if *h == 2 { other } else { out };
+            render_source(&b.body, &b.prepared, b.id, f)
+        })
+        .collect();
+    let rsrcs: Vec<RenderedSource<'_>> = bodies
+        .iter()
+        .zip(&rendered)
+        .zip(how.iter().cycle())
+        .map(|((b, r), h)| RenderedSource {
+            identity: b.id,
+            body: &b.body,
+            prepared: &b.prepared,
+            rendered: (*h != 1).then_some(r),
+        })
+        .collect();
+    let (mut x, mut y, mut z) = (Vec::new(), Vec::new(), Vec::new());
+    let sx = merge_prepared(&psrcs, out, &mut x);
+    let sy = merge_rendered(&rsrcs, out, &mut y);
+    assert_eq!(sx, sy, "stats differ");
+    assert_eq!(
+        String::from_utf8_lossy(&x),
+        String::from_utf8_lossy(&y),
+        "outputs differ"
+    );
+    let fast = try_merge_rendered(&rsrcs, out, &mut z);
+    if let Some(sz) = &fast {
+        assert_eq!(&sx, sz);
+        assert_eq!(x, z);
+    } else {
+        assert!(z.is_empty(), "a fallback must write nothing");
+    }
+    (String::from_utf8(x).unwrap(), fast.is_some())
+}
+
+fn bodies(srcs: &[(usize, Vec<Fam>, bool)]) -> Vec<Body> {
+    srcs.iter()
+        .filter_map(|(id, fams, om)| {
+            let body = write(fams, *om).into_bytes();
+            let prepared = prepare(&body, fmt(*om)).ok()?;
+            Some(Body {
+                id: IDS[*id],
+                body,
+                prepared,
+            })
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    #[test]
+    fn merge_rendered_equals_merge_prepared(
+        srcs in prop::collection::vec((0usize..5, prop::collection::vec(fam(), 1..5), any::<bool>()), 1..6),
+        how in prop::collection::vec(0u8..3, 1..4),
+    ) {
+        let bodies = bodies(&srcs);
+        for out in [Format::Text, Format::OpenMetrics] {
+            let (text, _) = both(&bodies, out, &how);
+            prop_assert!(validate(text.as_bytes(), out).is_ok(), "{}", text);
+        }
+    }
+
+    /// With distinct, complete identities (a node's pods) the rendered path must not fall back.
+    #[test]
+    fn distinct_pods_take_the_rendered_path(
+        srcs in prop::collection::vec((prop::collection::vec(fam(), 1..5), any::<bool>()), 1..4),
+    ) {
+        let srcs: Vec<(usize, Vec<Fam>, bool)> = srcs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (f, om))| ([1, 2, 4][i], f, om))
+            .collect();
+        let bodies = bodies(&srcs);
+        for out in [Format::Text, Format::OpenMetrics] {
+            let (text, fast) = both(&bodies, out, &[0]);
+            prop_assert!(fast, "fell back:\n{}", text);
+            if let Err(e) = strict::check(&text, out == Format::OpenMetrics) {
+                prop_assert!(false, "strict check: {}\n{}", e, text);
+            }
+        }
+    }
+}
+
+#[test]
+fn generated_bodies_are_mostly_valid() {
+    // The generator must not produce only bodies that fail (they would test nothing).
+    let f = |name, kind| Fam {
+        name,
+        kind,
+        help: 1,
+        unit: true,
+        ts: None,
+        series: vec![(vec![(0, "x".into())], 1)],
+    };
+    for kind in 0..8 {
+        for om in [false, true] {
+            let body = write(&[f(3, kind)], om);
+            assert!(validate(body.as_bytes(), fmt(om)).is_ok(), "{body}");
+        }
+    }
+}
+
+fn body(id: usize, text: &str, om: bool) -> Body {
+    let body = text.as_bytes().to_vec();
+    let prepared = prepare(&body, fmt(om)).unwrap();
+    Body {
+        id: IDS[id],
+        body,
+        prepared,
+    }
+}
+
+#[test]
+fn rendered_equals_prepared_on_chosen_cases() {
+    let cases: Vec<Vec<Body>> = vec![
+        // TYPE conflict; HELP conflict; HELP equal across formats.
+        vec![
+            body(1, "# HELP m one\n# TYPE m gauge\nm 1\n# HELP r_total Say \"hi\".\n# TYPE r_total counter\nr_total 1\n", false),
+            body(2, "# TYPE m counter\nm_total 2\n# HELP r Say \\\"hi\\\".\n# TYPE r counter\nr_total 2\n# EOF\n", true),
+            body(4, "# HELP m two\n# TYPE m gauge\nm 3\n", false),
+        ],
+        // Clashing names: OpenMetrics counter `a` against a gauge `a_created` of another pod.
+        vec![
+            body(1, "# TYPE a_created gauge\na_created 1\n# EOF\n", true),
+            body(2, "# TYPE a counter\na_total 1\na_created 2\n# EOF\n", true),
+        ],
+        // Text `_created` gauges folded into OpenMetrics counters; a histogram's cannot be.
+        vec![
+            body(1, "# HELP c_total C.\n# TYPE c_total counter\nc_total{x=\"1\"} 1\n# HELP c_created C.\n# TYPE c_created gauge\nc_created{x=\"1\"} 1.7e9\n# TYPE h histogram\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n# TYPE h_created gauge\nh_created 5\n", false),
+            body(2, "# TYPE c counter\nc_total{x=\"1\"} 1\nc_created{x=\"1\"} 5\n# EOF\n", true),
+        ],
+        // Identity-named app labels (renamed to exported_*) and duplicates they make.
+        vec![
+            body(1, "m{pod=\"x\"} 1\nm{exported_pod=\"x\"} 2\nm{pod=\"\"} 3\nm 4\n", false),
+            body(2, "m{pod=\"x\"} 1\n", false),
+        ],
+        // Same identity twice (two paths on one port): the fallback.
+        vec![
+            body(1, "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 1\nh_count 1\nh_sum 1\n# EOF\n", true),
+            body(1, "# TYPE h histogram\nh_bucket{le=\"+Inf\"} 1\nh_count 1\nh_sum 1\n# EOF\n", true),
+        ],
+        // The agent's own series (no identity) beside a pod whose app labels name its pod.
+        vec![
+            body(1, "up{container=\"c\"} 1\n", false),
+            body(0, "up{namespace=\"shop\",pod=\"cart-1\",container=\"app\",endpoint=\"metrics\"} 1\n", false),
+            body(3, "up{pod=\"cart-1\"} 1\n", false),
+        ],
+        // One text body gives two entries of one OpenMetrics family (an untyped `h_bucket`
+        // and a histogram `h` without `+Inf`, both `unknown` `h_bucket`), with their own HELPs.
+        vec![
+            body(1, "# HELP h_bucket X.\nh_bucket{le=\"1\"} 1\n# HELP h Y.\n# TYPE h histogram\nh_bucket{le=\"2\"} 1\n", false),
+            body(2, "# HELP h_bucket Z.\nh_bucket{le=\"1\"} 1\n", false),
+        ],
+        // Duplicates within one body, OpenMetrics repeated samples with timestamps.
+        vec![
+            body(1, "m{a=\"1\",b=\"2\"} 1\nm{b=\"2\",a=\"1\"} 2\nm{a=\"1\"} 3\n", false),
+            body(2, "# TYPE g gauge\ng 1 1\ng 2 2\n# EOF\n", true),
+        ],
+    ];
+    for (i, bodies) in cases.iter().enumerate() {
+        for out in [Format::Text, Format::OpenMetrics] {
+            for how in [[0u8], [1], [2]] {
+                let (text, _) = both(bodies, out, &how);
+                validate(text.as_bytes(), out)
+                    .unwrap_or_else(|e| panic!("case {i}: invalid output {e}\n{text}"));
+            }
+        }
+    }
+}
