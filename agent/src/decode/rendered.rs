@@ -18,6 +18,9 @@ use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::ops::Range;
+
+use bytes::Bytes;
 
 use super::lex::{self, name_hash, Escaped};
 use super::merge::{help_eq, help_kind, merge_prepared, source_entries, Entry, Renderer, Src};
@@ -48,7 +51,9 @@ pub struct Rendered {
     metas: Vec<RMeta>,
     /// Family names, HELP and UNIT texts.
     text: Vec<u8>,
-    blocks: Vec<u8>,
+    /// Refcounted, so that a scrape's chunk list ([`merge_rendered_chunks`]) slices it without
+    /// copying.
+    blocks: Bytes,
 }
 
 /// One output family of the source.
@@ -89,7 +94,7 @@ struct RMeta {
 impl Rendered {
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
-        self.blocks.capacity()
+        self.blocks.len()
             + self.text.capacity()
             + self.fams.capacity() * std::mem::size_of::<RFam>()
             + self.parts.capacity() * std::mem::size_of::<RPart>()
@@ -161,7 +166,7 @@ pub fn render_source(
         parts: Vec::new(),
         metas: Vec::new(),
         text: Vec::new(),
-        blocks: Vec::new(),
+        blocks: Bytes::new(),
     };
     r.identity_hash = r
         .labels()
@@ -188,7 +193,8 @@ pub fn render_source(
     source_entries(&mut entries, 0, &src, out);
     entries.sort_by(|a, b| a.name_cmp(b));
     let srcs = std::slice::from_ref(&src);
-    r.blocks
+    let mut blocks: Vec<u8> = Vec::new();
+    blocks
         .reserve(body.len() + src.parsed.samples.len() * (src.prefix.len() + 2) + 64);
     let mut renderer = Renderer::new(out);
     let mut hashes = Vec::new();
@@ -228,12 +234,12 @@ pub fn render_source(
             let cross = Renderer::cross(srcs, group);
             let maybe_more_dups = !cross && equal_hashes(&src, group, &mut hashes);
             let dups0 = renderer.duplicates;
-            let block_start = r.blocks.len();
-            renderer.samples(srcs, group, &mut r.blocks);
+            let block_start = blocks.len();
+            renderer.samples(srcs, group, &mut blocks);
             r.parts.push(RPart {
                 mtype: t,
                 metas: range(metas_start, r.metas.len()),
-                block: range(block_start, r.blocks.len()),
+                block: range(block_start, blocks.len()),
                 dups: renderer.duplicates - dups0,
                 cross,
                 maybe_more_dups,
@@ -247,7 +253,8 @@ pub fn render_source(
         });
         i = j;
     }
-    r.blocks.shrink_to_fit();
+    blocks.shrink_to_fit();
+    r.blocks = Bytes::from(blocks);
     r.text.shrink_to_fit();
     r.metas.shrink_to_fit();
     r
@@ -370,12 +377,115 @@ pub fn merge_rendered(
 ) -> MergeStats {
     match try_merge_rendered(sources, out, buf) {
         Some(stats) => stats,
+        None => fall_back(sources, out, buf),
+    }
+}
+
+fn fall_back(sources: &[RenderedSource<'_>], out: Format, buf: &mut Vec<u8>) -> MergeStats {
+    RENDERED_FALLBACKS.inc();
+    let prepared: Vec<PreparedSource<'_>> = sources.iter().map(RenderedSource::prepared).collect();
+    merge_prepared(&prepared, out, buf)
+}
+
+/// [`merge_rendered`] as a list of chunks whose concatenation is its output, byte for byte:
+/// the headers (and `# EOF`) in one owned buffer, sliced; every source's block a refcounted
+/// slice of its rendering, not copied. A scrape sends the chunks as they are, so it holds no
+/// output-sized buffer. Where the merge falls back to [`merge_prepared`], its output is the
+/// one chunk.
+pub fn merge_rendered_chunks(
+    sources: &[RenderedSource<'_>],
+    out: Format,
+) -> (Vec<Bytes>, MergeStats) {
+    let mut chunks = Chunks::default();
+    match try_merge_rendered_into(sources, out, &mut chunks) {
+        Some(stats) => (chunks.finish(), stats),
         None => {
-            RENDERED_FALLBACKS.inc();
-            let prepared: Vec<PreparedSource<'_>> =
-                sources.iter().map(RenderedSource::prepared).collect();
-            merge_prepared(&prepared, out, buf)
+            let mut buf = Vec::new();
+            let stats = fall_back(sources, out, &mut buf);
+            (vec![Bytes::from(buf)], stats)
         }
+    }
+}
+
+/// Where the merge walk writes: the headers it makes, and the sources' blocks.
+trait Sink {
+    fn reserve(&mut self, text: usize, blocks: usize);
+    /// The buffer the merge appends headers to.
+    fn text(&mut self) -> &mut Vec<u8>;
+    fn block(&mut self, blocks: &Bytes, range: Range<usize>);
+}
+
+/// Copies everything into one buffer.
+impl Sink for Vec<u8> {
+    fn reserve(&mut self, text: usize, blocks: usize) {
+        Vec::reserve(self, text + blocks);
+    }
+
+    fn text(&mut self) -> &mut Vec<u8> {
+        self
+    }
+
+    fn block(&mut self, blocks: &Bytes, range: Range<usize>) {
+        self.extend_from_slice(&blocks[range]);
+    }
+}
+
+/// Blocks below this size are copied into the owned text rather than sliced: a chunk each would
+/// cost more (refcount, an iovec, a frame) than the copy.
+const SMALL_BLOCK: usize = 256;
+
+/// The chunk list: every piece of owned text is a range of one buffer, frozen at the end.
+#[derive(Default)]
+struct Chunks {
+    text: Vec<u8>,
+    /// Owned text `text[start..end]` from `start`, the end being the next piece's start.
+    pieces: Vec<Piece>,
+    /// Start of the owned text not yet in `pieces`.
+    open: usize,
+}
+
+enum Piece {
+    Text(Range<usize>),
+    Block(Bytes),
+}
+
+impl Chunks {
+    fn close_text(&mut self) {
+        if self.text.len() > self.open {
+            self.pieces.push(Piece::Text(self.open..self.text.len()));
+            self.open = self.text.len();
+        }
+    }
+
+    fn finish(mut self) -> Vec<Bytes> {
+        self.close_text();
+        let text = Bytes::from(self.text);
+        self.pieces
+            .into_iter()
+            .map(|p| match p {
+                Piece::Text(r) => text.slice(r),
+                Piece::Block(b) => b,
+            })
+            .collect()
+    }
+}
+
+impl Sink for Chunks {
+    fn reserve(&mut self, text: usize, _blocks: usize) {
+        self.text.reserve(text);
+    }
+
+    fn text(&mut self) -> &mut Vec<u8> {
+        &mut self.text
+    }
+
+    fn block(&mut self, blocks: &Bytes, range: Range<usize>) {
+        if range.len() < SMALL_BLOCK {
+            self.text.extend_from_slice(&blocks[range]);
+            return;
+        }
+        self.close_text();
+        self.pieces.push(Piece::Block(blocks.slice(range)));
     }
 }
 
@@ -386,6 +496,15 @@ pub fn try_merge_rendered(
     sources: &[RenderedSource<'_>],
     out: Format,
     buf: &mut Vec<u8>,
+) -> Option<MergeStats> {
+    try_merge_rendered_into(sources, out, buf)
+}
+
+/// The one merge walk, into a buffer or a chunk list.
+fn try_merge_rendered_into<S: Sink>(
+    sources: &[RenderedSource<'_>],
+    out: Format,
+    sink: &mut S,
 ) -> Option<MergeStats> {
     let fresh: Vec<Option<Rendered>> = sources
         .iter()
@@ -583,10 +702,10 @@ pub fn try_merge_rendered(
                 + 48
         })
         .sum();
-    buf.reserve(bytes + headers + 8);
+    sink.reserve(headers + 8, bytes);
     let mut duplicates = 0u64;
     for plan in plans.iter().filter(|p| !p.dropped) {
-        header(plan, out, buf);
+        header(plan, out, sink.text());
         for m in plan.members.0..plan.members.1 {
             let p = kept_part[m as usize];
             if p == u32::MAX {
@@ -594,12 +713,12 @@ pub fn try_merge_rendered(
             }
             let r = rs[members[m as usize].0 as usize];
             let part = &r.parts[p as usize];
-            buf.extend_from_slice(&r.blocks[part.block.0 as usize..part.block.1 as usize]);
+            sink.block(&r.blocks, part.block.0 as usize..part.block.1 as usize);
             duplicates += part.dups;
         }
     }
     if out == Format::OpenMetrics {
-        buf.extend_from_slice(b"# EOF\n");
+        sink.text().extend_from_slice(b"# EOF\n");
     }
     stats.duplicate_series = duplicates;
     FAMILY_CONFLICTS.add(stats.family_conflicts);
@@ -711,6 +830,9 @@ mod tests {
         if sz.is_some() {
             assert_eq!(x, z);
         }
+        let (chunks, sc) = merge_rendered_chunks(&rsrcs, out);
+        assert_eq!(sc, sx);
+        assert_eq!(chunks.concat(), x);
         (x, sx, sz)
     }
 
@@ -730,6 +852,76 @@ mod tests {
             let text = String::from_utf8(text).unwrap();
             assert!(text.contains("exported_pod=\"y\""), "{text}");
         }
+    }
+
+    #[test]
+    fn chunks_slice_the_stored_blocks() {
+        let mut body = String::from("# TYPE big gauge\n");
+        for i in 0..100 {
+            body.push_str(&format!("big{{i=\"{i}\"}} {i}\n"));
+        }
+        for out in [Format::Text, Format::OpenMetrics] {
+            let srcs = [
+                (id("p1"), body.as_str(), Format::Text),
+                (id("p2"), body.as_str(), Format::Text),
+            ];
+            both(&srcs, out, |_, _| None);
+            let preps: Vec<Prepared> = srcs
+                .iter()
+                .map(|(_, b, f)| prepare(b.as_bytes(), *f).unwrap())
+                .collect();
+            let rendered: Vec<Rendered> = srcs
+                .iter()
+                .zip(&preps)
+                .map(|((i, b, _), p)| render_source(b.as_bytes(), p, *i, out))
+                .collect();
+            let rsrcs: Vec<RenderedSource<'_>> = srcs
+                .iter()
+                .zip(&preps)
+                .zip(&rendered)
+                .map(|(((i, b, _), p), r)| RenderedSource {
+                    identity: *i,
+                    body: b.as_bytes(),
+                    prepared: p,
+                    rendered: Some(r),
+                })
+                .collect();
+            let (chunks, _) = merge_rendered_chunks(&rsrcs, out);
+            let mut y = Vec::new();
+            merge_rendered(&rsrcs, out, &mut y);
+            assert_eq!(chunks.concat(), y);
+            // Header, p1's block, p2's block (and `# EOF`): the blocks are the stored bytes.
+            for (chunk, r) in chunks[1..3].iter().zip(&rendered) {
+                assert_eq!(chunk.as_ptr(), r.blocks.as_ptr());
+                assert_eq!(chunk.len(), r.blocks.len());
+            }
+            assert_eq!(chunks.len(), 3 + usize::from(out == Format::OpenMetrics));
+        }
+    }
+
+    #[test]
+    fn fallbacks_are_one_chunk() {
+        let srcs = [(id("p1"), A, Format::Text), (id("p1"), A, Format::Text)];
+        let preps: Vec<Prepared> = srcs
+            .iter()
+            .map(|(_, b, f)| prepare(b.as_bytes(), *f).unwrap())
+            .collect();
+        let rsrcs: Vec<RenderedSource<'_>> = srcs
+            .iter()
+            .zip(&preps)
+            .map(|((i, b, _), p)| RenderedSource {
+                identity: *i,
+                body: b.as_bytes(),
+                prepared: p,
+                rendered: None,
+            })
+            .collect();
+        let (chunks, st) = merge_rendered_chunks(&rsrcs, Format::Text);
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(st.duplicate_series, 2);
+        let mut y = Vec::new();
+        merge_rendered(&rsrcs, Format::Text, &mut y);
+        assert_eq!(chunks[0], y);
     }
 
     #[test]
