@@ -2,15 +2,16 @@
 //! block per family) must write exactly the bytes and stats of `merge_prepared`, for random
 //! sources in both formats, both output formats, TYPE/HELP/UNIT conflicts, clashing sample
 //! names, text `_created` gauges folded into OpenMetrics counters, identity-named app labels,
-//! shared and partial identities.
+//! shared and partial identities. `merge_rendered_chunks` must give the same bytes as chunks.
 
 #[path = "support/strict.rs"]
 #[allow(dead_code)]
 mod strict;
 
 use loupe_agent::decode::{
-    merge_prepared, merge_rendered, prepare, render_source, try_merge_rendered, validate, Format,
-    Identity, Prepared, PreparedSource, Rendered, RenderedSource,
+    merge_prepared, merge_rendered, merge_rendered_chunks, prepare, render_source,
+    try_merge_rendered, validate, Format, Identity, Prepared, PreparedSource, Rendered,
+    RenderedSource,
 };
 use proptest::prelude::*;
 
@@ -295,6 +296,13 @@ fn both(bodies: &[Body], out: Format, how: &[u8]) -> (String, bool) {
         assert_eq!(x, z);
     } else {
         assert!(z.is_empty(), "a fallback must write nothing");
+    }
+    // The chunk list a scrape sends is the same bytes.
+    let (chunks, sc) = merge_rendered_chunks(&rsrcs, out);
+    assert_eq!(sx, sc, "chunk stats differ");
+    assert!(chunks.concat() == x, "chunks differ");
+    if fast.is_none() {
+        assert_eq!(chunks.len(), 1, "a fallback is one chunk");
     }
     (String::from_utf8(x).unwrap(), fast.is_some())
 }

@@ -117,7 +117,8 @@ use crate::telemetry::Counter;
 
 pub use merge::{merge, merge_prepared};
 pub use rendered::{
-    merge_rendered, merge_rendered_chunks, render_source, render_within, try_merge_rendered, Rendered, RenderedSource,
+    merge_rendered, merge_rendered_chunks, render_source, render_within, try_merge_rendered,
+    Rendered, RenderedSource,
 };
 
 pub static FAMILY_CONFLICTS: Counter = Counter::new(
