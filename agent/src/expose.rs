@@ -2,8 +2,10 @@
 //!
 //! - `/metrics`: every target's latest good body, merged with its identity labels, plus the
 //!   per-target health series (`loupe_target_*`) and the agent's counters. The bodies were
-//!   rendered for the merge when they arrived (`store::Snapshot`); the scrape copies blocks. Targets without a
-//!   fresh result are fetched first, in parallel, within the scrape's timeout
+//!   rendered for the merge when they arrived (`store::Snapshot`); the scrape sends the merge as a
+//!   list of chunks ([`decode::merge_rendered_chunks`]): headers, and slices of the stored blocks,
+//!   not copied into an output buffer (one write frame each; hyper writes them vectored). With
+//!   gzip the chunks are compressed one after the other. Targets without a fresh result are fetched first, in parallel, within the scrape's timeout
 //!   (`X-Prometheus-Scrape-Timeout-Seconds`). Text 0.0.4 unless the Accept header asks for
 //!   OpenMetrics; gzip when accepted.
 //! - `/healthz`: the process serves. `/readyz`: the first discovery result has been applied.
@@ -13,15 +15,16 @@ use crate::fetch::Refresher;
 use crate::store::{Identity, Outcome};
 use crate::telemetry::{render_counters, Counter};
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::{header, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
@@ -70,7 +73,7 @@ impl Server {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(&self, req: Request<Incoming>) -> Response<ChunkBody> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
         }
@@ -83,7 +86,7 @@ impl Server {
         }
     }
 
-    async fn metrics(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn metrics(&self, req: &Request<Incoming>) -> Response<ChunkBody> {
         SCRAPES.inc();
         let get = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
         let format = Format::negotiate(get("accept"));
@@ -98,23 +101,30 @@ impl Server {
             .refresh_stale(tokio::time::Instant::now() + budget)
             .await;
 
-        let body = self.render(format);
+        let chunks = self.render_chunks(format);
         let mut builder = Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, format.content_type());
-        let body = if gzip {
+        let chunks = if gzip {
             builder = builder.header(header::CONTENT_ENCODING, "gzip");
-            gzip_bytes(&body)
+            vec![Bytes::from(gzip_chunks(&chunks))]
         } else {
-            body
+            chunks
         };
+        // The exact size hint gives the response its Content-Length.
         builder
-            .body(Full::new(Bytes::from(body)))
+            .body(ChunkBody::new(chunks))
             .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "response\n"))
     }
 
-    /// Merges every good body with the health series and counters.
+    /// [`Self::render_chunks`], joined.
     pub fn render(&self, format: Format) -> Vec<u8> {
+        self.render_chunks(format).concat()
+    }
+
+    /// Merges every good body with the health series and counters, as chunks whose
+    /// concatenation is the answer.
+    pub fn render_chunks(&self, format: Format) -> Vec<Bytes> {
         let now = Instant::now();
         let view = self.refresher.store.view();
         let own = self.own_series(&view, now);
@@ -150,8 +160,7 @@ impl Server {
             }),
             Err(e) => log::error!("loupe's own series do not parse: {e}"),
         }
-        let mut out = Vec::new();
-        let stats = decode::merge_rendered(&sources, format, &mut out);
+        let (chunks, stats) = decode::merge_rendered_chunks(&sources, format);
         for (index, error) in stats.rejected {
             REJECTED_BODIES.inc();
             match owners.get(index).and_then(|&at| view.get(at)) {
@@ -163,7 +172,7 @@ impl Server {
                 None => log::error!("loupe's own series rejected by the merge: {error}"),
             }
         }
-        out
+        chunks
     }
 
     /// `loupe_target_*` per target, then the agent's counters, in text format 0.0.4.
@@ -277,18 +286,62 @@ fn accepts_gzip(accept_encoding: &str) -> bool {
     })
 }
 
-fn gzip_bytes(data: &[u8]) -> Vec<u8> {
-    let mut encoder = flate2::write::GzEncoder::new(
-        Vec::with_capacity(data.len() / 4),
-        flate2::Compression::fast(),
-    );
-    // Writing into a Vec cannot fail.
-    let _ = encoder.write_all(data);
+/// One gzip stream of the chunks, fed one after the other.
+fn gzip_chunks(chunks: &[Bytes]) -> Vec<u8> {
+    let len: usize = chunks.iter().map(Bytes::len).sum();
+    let mut encoder =
+        flate2::write::GzEncoder::new(Vec::with_capacity(len / 4), flate2::Compression::fast());
+    for chunk in chunks {
+        // Writing into a Vec cannot fail.
+        let _ = encoder.write_all(chunk);
+    }
     encoder.finish().unwrap_or_default()
 }
 
-fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+/// A response body sent as the chunks it is made of, one data frame each, none joined.
+pub struct ChunkBody {
+    chunks: std::vec::IntoIter<Bytes>,
+    remaining: u64,
+}
+
+impl ChunkBody {
+    pub fn new(chunks: Vec<Bytes>) -> Self {
+        let remaining = chunks.iter().map(|c| c.len() as u64).sum();
+        ChunkBody {
+            chunks: chunks.into_iter(),
+            remaining,
+        }
+    }
+}
+
+impl Body for ChunkBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        for chunk in self.chunks.by_ref() {
+            if !chunk.is_empty() {
+                self.remaining -= chunk.len() as u64;
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+        }
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<ChunkBody> {
+    let mut response = Response::new(ChunkBody::new(vec![Bytes::from_static(text.as_bytes())]));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -300,6 +353,30 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn chunk_bodies_send_each_chunk_and_their_length() {
+        use http_body_util::BodyExt;
+        let chunks = vec![
+            Bytes::from_static(b"# TYPE a gauge\n"),
+            Bytes::new(),
+            Bytes::from_static(b"a 1\n"),
+        ];
+        let mut body = ChunkBody::new(chunks.clone());
+        assert_eq!(body.size_hint().exact(), Some(19));
+        let mut frames = Vec::new();
+        while let Some(frame) = body.frame().await {
+            frames.push(frame.unwrap().into_data().unwrap());
+        }
+        assert_eq!(frames, vec![chunks[0].clone(), chunks[2].clone()]);
+        assert!(body.is_end_stream());
+
+        let zipped = gzip_chunks(&chunks);
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&zipped[..]), &mut text)
+            .unwrap();
+        assert_eq!(text, chunks.concat());
+    }
 
     #[test]
     fn gzip_negotiation() {
