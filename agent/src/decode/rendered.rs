@@ -193,8 +193,8 @@ pub fn render_source(
     source_entries(&mut entries, 0, &src, out);
     entries.sort_by(|a, b| a.name_cmp(b));
     let srcs = std::slice::from_ref(&src);
-    let mut blocks: Vec<u8> = Vec::new();
-    blocks.reserve(body.len() + src.parsed.samples.len() * (src.prefix.len() + 2) + 64);
+    let mut blocks: Vec<u8> =
+        Vec::with_capacity(body.len() + src.parsed.samples.len() * (src.prefix.len() + 2) + 64);
     let mut renderer = Renderer::new(out);
     let mut hashes = Vec::new();
     let mut types: Vec<MType> = Vec::new();
