@@ -5,6 +5,8 @@
 //! Goals (BENCHMARKS.md): merge within 3x of (a), at least 10x faster than (b).
 //! `merge_rendered_*` is the scrape-time cost with the bodies rendered at ingest (outside the
 //! timed loop); `render_at_ingest_*` is that ingest cost for all 100 bodies.
+//! `merge_rendered_chunks_*` is the same merge producing the chunk list a scrape sends without
+//! joining it (headers, and refcounted slices of the stored blocks).
 
 #[path = "../tests/support/corpus.rs"]
 mod corpus;
@@ -15,8 +17,9 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use loupe_agent::decode::{
-    merge, merge_prepared, merge_rendered, prepare, render_source, try_merge_rendered, validate,
-    Format, Identity, PreparedSource, Rendered, RenderedSource, Source,
+    merge, merge_prepared, merge_rendered, merge_rendered_chunks, prepare, render_source,
+    try_merge_rendered, validate, Format, Identity, PreparedSource, Rendered, RenderedSource,
+    Source,
 };
 
 const PODS: usize = 100;
@@ -207,6 +210,13 @@ fn bench(c: &mut Criterion) {
             black_box(out)
         })
     });
+    let (chunks, _) = merge_rendered_chunks(&text_rsrcs, Format::Text);
+    assert!(chunks.concat() == x, "merge_rendered_chunks differs");
+    eprintln!("chunks (text): {}", chunks.len());
+    drop(chunks);
+    g.bench_function("merge_rendered_chunks_text_to_text", |b| {
+        b.iter(|| black_box(merge_rendered_chunks(black_box(&text_rsrcs), Format::Text)))
+    });
     g.bench_function("render_at_ingest_text", |b| {
         b.iter(|| black_box(rendered_sources(black_box(&prepared_sources), Format::Text)))
     });
@@ -248,6 +258,17 @@ fn bench(c: &mut Criterion) {
             let mut out = Vec::new();
             merge_rendered(black_box(&om_rsrcs), Format::OpenMetrics, &mut out);
             black_box(out)
+        })
+    });
+    let (chunks, _) = merge_rendered_chunks(&om_rsrcs, Format::OpenMetrics);
+    assert!(chunks.concat() == x, "merge_rendered_chunks differs");
+    drop(chunks);
+    g.bench_function("merge_rendered_chunks_om_to_om", |b| {
+        b.iter(|| {
+            black_box(merge_rendered_chunks(
+                black_box(&om_rsrcs),
+                Format::OpenMetrics,
+            ))
         })
     });
     g.bench_function("render_at_ingest_om", |b| {

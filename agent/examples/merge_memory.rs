@@ -10,8 +10,8 @@
 mod corpus;
 
 use loupe_agent::decode::{
-    merge, merge_prepared, merge_rendered, prepare, render_source, Format, Identity,
-    PreparedSource, RenderedSource, Source,
+    merge, merge_prepared, merge_rendered, merge_rendered_chunks, prepare, render_source, Format,
+    Identity, PreparedSource, RenderedSource, Source,
 };
 
 fn status_kib(field: &str) -> u64 {
@@ -144,6 +144,28 @@ fn main() {
             held as f64 / input as f64,
             grew as f64 / 1048576.0,
             grew as f64 / buf.len() as f64,
+            elapsed,
+        );
+        let output = buf.len();
+        drop(buf);
+
+        // What a scrape sends: the chunk list, slices of the renderings, no output buffer.
+        std::fs::write("/proc/self/clear_refs", "5").expect("reset peak RSS");
+        let before = status_kib("VmHWM:").min(status_kib("VmRSS:"));
+        let t = std::time::Instant::now();
+        let (chunks, _) = merge_rendered_chunks(&rsources, out);
+        let elapsed = t.elapsed();
+        let grew = (status_kib("VmHWM:") - before) * 1024;
+        let list = chunks.capacity() * std::mem::size_of::<bytes::Bytes>();
+        let total: usize = chunks.iter().map(|c| c.len()).sum();
+        assert_eq!(total, output, "the chunks are the output");
+        println!(
+            "{out:?} out, rendered chunks: {} chunks (list {:.1} MiB), peak RSS growth during \
+             merge {:.1} MiB = {:.3}x output, merge took {:.0?}",
+            chunks.len(),
+            list as f64 / 1048576.0,
+            grew as f64 / 1048576.0,
+            grew as f64 / output as f64,
             elapsed,
         );
     }
