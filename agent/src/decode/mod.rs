@@ -97,6 +97,11 @@
 //! 1.6x to 1.9x its body in memory (BENCHMARKS.md) and is bounded by the caller
 //! ([`render_within`]).
 //!
+//! The same walk can leave the blocks where they are ([`merge_rendered_chunks`]): the output as
+//! a list of chunks, the headers in one owned buffer and each block a refcounted slice of the
+//! stored rendering (`bytes::Bytes`). `/metrics` sends that list without joining it, so a scrape
+//! holds no output-sized buffer; a fallback is its one materialized buffer.
+//!
 //! # Why not `prometheus-parse`
 //! The crate `prometheus-parse` (which was asked for) matches lines with regular expressions,
 //! splits label sets on `,` and `=`, and skips lines it cannot read. It therefore corrupts label
