@@ -55,7 +55,13 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         max_body_bytes: args.max_body_bytes,
         ..FlowLimits::default()
     };
-    tokio::spawn(capture::observe(segments, store.clone(), limits));
+    let (detached_tx, detached_rx) = tokio::sync::mpsc::channel(node::DETACH_QUEUE);
+    tokio::spawn(capture::observe(
+        segments,
+        detached_rx,
+        store.clone(),
+        limits,
+    ));
 
     let (pods_tx, mut pods_rx) = watch::channel(Vec::<Pod>::new());
     let discovery = match &args.pods_file {
@@ -95,7 +101,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     log::info!("serving the node target on http://{}/metrics", args.listen);
     tokio::spawn(server.serve(listener));
 
-    let mut node = Node::new(probe, store);
+    let mut node = Node::new(probe, store, detached_tx);
     let mut reapply = tokio::time::interval(REAPPLY);
     // The ring-buffer drop counters live in the kernel; bring loupe's copies up to date.
     let mut counters = tokio::time::interval(Duration::from_secs(1));

@@ -22,12 +22,21 @@ pub static ATTACH_ERRORS: Counter = Counter::new(
     "loupe_attach_errors_total",
     "Times the probe could not be attached in a pod's namespace or a port not watched.",
 );
-pub static COUNTERS: &[&Counter] = &[&RESOLVE_ERRORS, &ATTACH_ERRORS];
+pub static DETACH_NOTICES_DROPPED: Counter = Counter::new(
+    "loupe_detach_notices_dropped_total",
+    "Detached namespaces the capture loop was not told about (queue full); their flows idle out instead.",
+);
+pub static COUNTERS: &[&Counter] = &[&RESOLVE_ERRORS, &ATTACH_ERRORS, &DETACH_NOTICES_DROPPED];
+
+/// Bound of the queue telling the capture loop which namespaces were detached.
+pub const DETACH_QUEUE: usize = 1024;
 
 /// What is attached where, so the next snapshot changes only the difference.
 pub struct Node {
     probe: Probe,
     store: Store,
+    /// Tells the capture loop to forget the flows of a detached namespace.
+    detached: tokio::sync::mpsc::Sender<NetnsCookie>,
     /// Attached namespaces with the ports watched in each.
     attached: HashMap<NetnsCookie, HashSet<u16>>,
     /// Last error per pod, to log changes only.
@@ -39,10 +48,15 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(probe: Probe, store: Store) -> Self {
+    pub fn new(
+        probe: Probe,
+        store: Store,
+        detached: tokio::sync::mpsc::Sender<NetnsCookie>,
+    ) -> Self {
         Self {
             probe,
             store,
+            detached,
             attached: HashMap::new(),
             errors: HashMap::new(),
             procs: None,
@@ -182,6 +196,9 @@ impl Node {
                 }
             }
             self.probe.detach(cookie);
+            if self.detached.try_send(cookie).is_err() {
+                DETACH_NOTICES_DROPPED.inc();
+            }
         }
     }
 }

@@ -64,8 +64,17 @@ use std::time::Duration;
 /// Bodies above this size are validated on the blocking pool, not on the capture task.
 const INLINE_DECODE_BYTES: usize = 256 << 10;
 
+/// Namespaces the probe was detached from, so their flows are forgotten at once rather than
+/// when they idle out.
+pub type Detached = tokio::sync::mpsc::Receiver<NetnsCookie>;
+
 /// The observing loop: segments -> flows -> exchanges -> store. Runs until the stream ends.
-pub async fn observe(mut segments: probe::SegmentStream, store: Store, limits: flow::FlowLimits) {
+pub async fn observe(
+    mut segments: probe::SegmentStream,
+    mut detached: Detached,
+    store: Store,
+    limits: flow::FlowLimits,
+) {
     let mut table = flow::FlowTable::new(limits);
     let mut exchanges = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -85,6 +94,7 @@ pub async fn observe(mut segments: probe::SegmentStream, store: Store, limits: f
                     record_observed(&store, exchange);
                 }
             }
+            Some(cookie) = detached.recv() => table.remove_netns(cookie),
             _ = tick.tick() => table.expire(Instant::now()),
         }
     }
