@@ -41,7 +41,6 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         ring_bytes: args.ring_bytes.max(4096).next_power_of_two(),
         ..Default::default()
     })?;
-    let segments = probe.segments()?;
     let store = Store::default();
     let refresher = Refresher {
         store: store.clone(),
@@ -56,12 +55,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         ..FlowLimits::default()
     };
     let (detached_tx, detached_rx) = tokio::sync::mpsc::channel(node::DETACH_QUEUE);
-    tokio::spawn(capture::observe(
-        segments,
-        detached_rx,
-        store.clone(),
-        limits,
-    ));
+    capture::spawn_observer(&mut probe, detached_rx, store.clone(), limits)?;
 
     let (pods_tx, mut pods_rx) = watch::channel(Vec::<Pod>::new());
     let discovery = match &args.pods_file {

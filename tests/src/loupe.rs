@@ -130,19 +130,7 @@ pub struct Loupe {
 impl Loupe {
     /// Writes the pods file and starts loupe with `extra_args`; returns once `/readyz` is 200.
     pub fn start(pods: &[PodSpec], extra_args: &[&str]) -> Result<Loupe> {
-        let bin = loupe_bin()?;
-        let dir = TempDir::new("loupe-agent")?;
-        let listen = format!("127.0.0.1:{}", free_port()?);
-        let mut loupe = Loupe {
-            bin,
-            listen,
-            pods_file: dir.path().join("pods.yaml"),
-            log_file: dir.path().join("loupe.log"),
-            args: extra_args.iter().map(|s| s.to_string()).collect(),
-            uses_pods_file: true,
-            proc: None,
-            dir,
-        };
+        let mut loupe = Loupe::new(extra_args, true)?;
         loupe.write_pods(&pods_yaml(pods))?;
         loupe.spawn()?;
         Ok(loupe)
@@ -151,21 +139,24 @@ impl Loupe {
     /// Starts loupe without a pods file, its discovery given by `args` (e.g. `--kubernetes
     /// --node-name n1 --kubeconfig FILE`); returns once `/readyz` is 200.
     pub fn start_with_args(args: &[&str]) -> Result<Loupe> {
-        let bin = loupe_bin()?;
+        let mut loupe = Loupe::new(args, false)?;
+        loupe.spawn()?;
+        Ok(loupe)
+    }
+
+    /// A loupe not started yet, with its own directory and a free port.
+    fn new(args: &[&str], uses_pods_file: bool) -> Result<Loupe> {
         let dir = TempDir::new("loupe-agent")?;
-        let listen = format!("127.0.0.1:{}", free_port()?);
-        let mut loupe = Loupe {
-            bin,
-            listen,
+        Ok(Loupe {
+            bin: loupe_bin()?,
+            listen: format!("127.0.0.1:{}", free_port()?),
             pods_file: dir.path().join("pods.yaml"),
             log_file: dir.path().join("loupe.log"),
             args: args.iter().map(|s| s.to_string()).collect(),
-            uses_pods_file: false,
+            uses_pods_file,
             proc: None,
             dir,
-        };
-        loupe.spawn()?;
-        Ok(loupe)
+        })
     }
 
     /// Whether the loupe process still runs.

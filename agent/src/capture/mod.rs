@@ -61,7 +61,8 @@ use crate::store::{Origin, Outcome, Snapshot, Store};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Bodies above this size are validated on the blocking pool, not on the capture task.
+/// Bodies above this size are validated on the blocking pool, so the capture loop keeps draining
+/// the ring buffer meanwhile.
 const INLINE_DECODE_BYTES: usize = 256 << 10;
 
 /// Namespaces the probe was detached from, so their flows are forgotten at once rather than
@@ -69,6 +70,8 @@ const INLINE_DECODE_BYTES: usize = 256 << 10;
 pub type Detached = tokio::sync::mpsc::Receiver<NetnsCookie>;
 
 /// The observing loop: segments -> flows -> exchanges -> store. Runs until the stream ends.
+/// It runs on its own thread ([`spawn_observer`]): reassembly and gzip decoding of large bodies
+/// then never hold up scrapes.
 pub async fn observe(
     mut segments: probe::SegmentStream,
     mut detached: Detached,
@@ -88,8 +91,7 @@ pub async fn observe(
                         return;
                     }
                 };
-                // push may decode a large gzip body: keep the runtime's other tasks going.
-                tokio::task::block_in_place(|| table.push(segment, Instant::now(), &mut exchanges));
+                table.push(segment, Instant::now(), &mut exchanges);
                 for exchange in exchanges.drain(..) {
                     record_observed(&store, exchange);
                 }
@@ -98,6 +100,28 @@ pub async fn observe(
             _ = tick.tick() => table.expire(Instant::now()),
         }
     }
+}
+
+/// Starts the observing loop on a dedicated thread with its own single-threaded runtime. The
+/// probe's segment stream is created inside that runtime, so its ring-buffer fd is registered
+/// with the reactor that polls it.
+pub fn spawn_observer(
+    probe: &mut probe::Probe,
+    detached: Detached,
+    store: Store,
+    limits: flow::FlowLimits,
+) -> Result<std::thread::JoinHandle<()>, Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let segments = {
+        let _entered = runtime.enter();
+        probe.segments()?
+    };
+    let thread = std::thread::Builder::new()
+        .name("loupe-capture".into())
+        .spawn(move || runtime.block_on(observe(segments, detached, store, limits)))?;
+    Ok(thread)
 }
 
 /// Stores an observed reply for every target it answers (usually one).
