@@ -1,0 +1,243 @@
+//! `cargo bench -p loupe-agent --bench scrape`: one whole scrape of a node target over real HTTP
+//! on loopback, for the node of `--bench merge` (100 pods x 1,000 series). The client is what
+//! Prometheus does: one kept-alive connection, `GET`, read the whole body.
+//!
+//! - `a_concatenate_and_send`: a server that joins the 100 stored bodies into one buffer and sends
+//!   it, unlabelled (Istio's metrics merging, with the bodies already at hand).
+//! - `a_bodies_as_they_are`: a server that sends the 100 stored bodies without joining them: the
+//!   floor for serving these bytes at all.
+//! - `loupe_*`: loupe's own `/metrics` (`expose::Server` over a `store::Store` holding the 100
+//!   bodies as the agent stores them): the merged, labelled node target, text or OpenMetrics as
+//!   negotiated, with and without gzip.
+//!
+//! `--bench merge` times the merge alone; this is what a scraper waits for, sending included.
+
+#[path = "../tests/support/corpus.rs"]
+mod corpus;
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use loupe_agent::discover::PodKey;
+use loupe_agent::expose::{ChunkBody, Server};
+use loupe_agent::fetch::{Refresher, MAX_CONCURRENT_FETCHES};
+use loupe_agent::store::{Identity, Origin, Outcome, Snapshot, Store, TargetKey};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+
+const PODS: usize = 100;
+const SERIES: usize = 1000;
+
+/// The node's bodies in the store, as the agent keeps them; fresh for the whole run, so that no
+/// scrape fetches.
+fn store(bodies: &[Bytes]) -> Store {
+    let store = Store::default();
+    let targets: Vec<(TargetKey, Identity)> = (0..PODS)
+        .map(|p| {
+            let (namespace, name) = (
+                format!("team-{}", p % 7),
+                format!("checkout-{p}-5d8f7c9b4-x{p:04}"),
+            );
+            let identity = Identity {
+                namespace: namespace.clone(),
+                pod: name.clone(),
+                container: "app".into(),
+                endpoint: "http-metrics".into(),
+            };
+            let key = TargetKey {
+                pod: PodKey { namespace, name },
+                port: 8080,
+                path: "/metrics".into(),
+            };
+            (key, identity)
+        })
+        .collect();
+    store.set_targets(
+        targets
+            .iter()
+            .map(|(k, i)| (k.clone(), i.clone(), Err("not resolved: benchmark".into())))
+            .collect(),
+    );
+    for ((key, identity), body) in targets.iter().zip(bodies) {
+        let snapshot = Snapshot::decode(
+            body.clone(),
+            Some("text/plain; version=0.0.4"),
+            Some(identity),
+        )
+        .expect("corpus is valid");
+        store.record(
+            key,
+            Outcome {
+                at: Instant::now(),
+                origin: Origin::Observed,
+                duration: Duration::ZERO,
+                result: Ok(Arc::new(snapshot)),
+            },
+        );
+    }
+    store
+}
+
+fn loupe(store: Store) -> Arc<Server> {
+    Arc::new(Server {
+        refresher: Refresher {
+            store,
+            own: None,
+            freshness: Duration::from_secs(24 * 3600),
+            fetch_timeout: Duration::from_secs(10),
+            max_body_bytes: 64 << 20,
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_FETCHES)),
+        },
+        ready: Arc::new(AtomicBool::new(true)),
+        counters: vec![loupe_agent::expose::COUNTERS],
+    })
+}
+
+/// A server answering every request with `respond()`.
+async fn serve_plain(
+    listener: TcpListener,
+    respond: impl Fn() -> ChunkBody + Clone + Send + Sync + 'static,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let respond = respond.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |_req| {
+                let body = respond();
+                async move { Ok::<_, Infallible>(Response::new(body)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn connect(addr: SocketAddr) -> SendRequest<Empty<Bytes>> {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+/// One scrape: the request, and every byte of the answer read. Returns the body's length.
+async fn scrape(
+    sender: &mut SendRequest<Empty<Bytes>>,
+    accept: &str,
+    accept_encoding: &str,
+) -> usize {
+    let req = Request::get("/metrics")
+        .header("host", "node")
+        .header("accept", accept)
+        .header("accept-encoding", accept_encoding)
+        .body(Empty::new())
+        .expect("request");
+    sender.ready().await.expect("connection");
+    let mut body = sender
+        .send_request(req)
+        .await
+        .expect("response")
+        .into_body();
+    let mut len = 0;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.expect("body").into_data() {
+            len += data.len();
+        }
+    }
+    len
+}
+
+const TEXT: &str = "text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+const OPEN_METRICS: &str = "application/openmetrics-text;version=1.0.0;q=0.9,text/plain;q=0.5";
+
+fn bench(c: &mut Criterion) {
+    let rt = Runtime::new().expect("runtime");
+    let bodies: Vec<Bytes> = (0..PODS)
+        .map(|p| Bytes::from(corpus::body(p, SERIES, false)))
+        .collect();
+    let input: usize = bodies.iter().map(Bytes::len).sum();
+
+    let (concat_addr, chunks_addr, loupe_addr) = rt.block_on(async {
+        let bind = || TcpListener::bind("127.0.0.1:0");
+        let (a, b, l) = (
+            bind().await.expect("bind"),
+            bind().await.expect("bind"),
+            bind().await.expect("bind"),
+        );
+        let addrs = (
+            a.local_addr().expect("addr"),
+            b.local_addr().expect("addr"),
+            l.local_addr().expect("addr"),
+        );
+        let joined = bodies.clone();
+        tokio::spawn(serve_plain(a, move || {
+            let mut out = Vec::new();
+            for body in &joined {
+                out.extend_from_slice(body);
+            }
+            ChunkBody::new(vec![Bytes::from(out)])
+        }));
+        let as_they_are = bodies.clone();
+        tokio::spawn(serve_plain(b, move || ChunkBody::new(as_they_are.clone())));
+        tokio::spawn(loupe(store(&bodies)).serve(l));
+        addrs
+    });
+    let mut concat = rt.block_on(connect(concat_addr));
+    let mut chunks = rt.block_on(connect(chunks_addr));
+    let mut node = rt.block_on(connect(loupe_addr));
+
+    // What each answer is, checked once before timing.
+    let merged = rt.block_on(scrape(&mut node, TEXT, "identity"));
+    assert_eq!(rt.block_on(scrape(&mut concat, TEXT, "identity")), input);
+    assert_eq!(rt.block_on(scrape(&mut chunks, TEXT, "identity")), input);
+    assert!(
+        merged > input,
+        "loupe's answer ({merged} bytes) lacks the pods' labelled series ({input} bytes in)"
+    );
+    let merged_om = rt.block_on(scrape(&mut node, OPEN_METRICS, "identity"));
+    let zipped = rt.block_on(scrape(&mut node, TEXT, "gzip"));
+    assert!(zipped > 0 && zipped < merged / 4, "gzip: {zipped} bytes");
+    eprintln!(
+        "node: {PODS} pods, {input} bytes of bodies; loupe's answer: {merged} bytes (text), \
+         {merged_om} (OpenMetrics), {zipped} gzipped"
+    );
+
+    let mut g = c.benchmark_group("scrape_100x1000");
+    g.sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5))
+        .throughput(Throughput::Bytes(input as u64));
+    g.bench_function("a_concatenate_and_send", |b| {
+        b.iter(|| black_box(rt.block_on(scrape(&mut concat, TEXT, "identity"))))
+    });
+    g.bench_function("a_bodies_as_they_are", |b| {
+        b.iter(|| black_box(rt.block_on(scrape(&mut chunks, TEXT, "identity"))))
+    });
+    g.bench_function("loupe_text", |b| {
+        b.iter(|| black_box(rt.block_on(scrape(&mut node, TEXT, "identity"))))
+    });
+    g.bench_function("loupe_openmetrics", |b| {
+        b.iter(|| black_box(rt.block_on(scrape(&mut node, OPEN_METRICS, "identity"))))
+    });
+    g.bench_function("loupe_text_gzip", |b| {
+        b.iter(|| black_box(rt.block_on(scrape(&mut node, TEXT, "gzip"))))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
