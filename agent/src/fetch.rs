@@ -5,7 +5,11 @@
 //! The socket is created on a thread inside the pod's namespace (it keeps that namespace for its
 //! life) and then used from the runtime like any other. Its local port is registered with the
 //! eBPF side before the request is sent, so the reply is not also captured as an observation.
+//!
+//! The app is asked on 127.0.0.1, and on [::1] when nothing listens there: an app that binds
+//! `localhost` may get only the IPv6 loopback (Node.js 17 and later resolve it so).
 
+use crate::capture::probe::OwnFlowGuard;
 use crate::capture::probe::OwnFlows;
 use crate::capture::NetnsCookie;
 use crate::resolve::netns::{Netns, NetnsError};
@@ -14,7 +18,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::header;
 use hyper_util::rt::TokioIo;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 pub static FETCHED: Counter = Counter::new(
@@ -35,8 +39,13 @@ const ACCEPT: &str =
 pub enum FetchError {
     #[error(transparent)]
     Netns(#[from] NetnsError),
-    #[error("cannot connect to 127.0.0.1:{port}: {source}")]
-    Connect { port: u16, source: std::io::Error },
+    #[error("cannot connect to {address}: {source}")]
+    Connect {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("nothing listens on 127.0.0.1:{port} or [::1]:{port} (connection refused)")]
+    NotListening { port: u16 },
     #[error("HTTP error: {0}")]
     Http(#[from] hyper::Error),
     #[error("bad request: {0}")]
@@ -92,30 +101,15 @@ async fn fetch_inner(
     req: &Request<'_>,
     own: Option<&OwnFlows>,
 ) -> Result<(Option<String>, Bytes), FetchError> {
-    let port = req.port;
-    let connect_err = |source| FetchError::Connect { port, source };
-    let socket = req
-        .netns
-        .run_async(|| {
-            let socket = tokio::net::TcpSocket::new_v4()?;
-            socket.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
-            Ok::<_, std::io::Error>(socket)
-        })
-        .await?
-        .map_err(connect_err)?;
-    let local_port = socket.local_addr().map_err(connect_err)?.port();
-    // If the own-flows map is full the reply is also observed; that is counted by the probe
-    // and harmless (the same body twice), so the fetch goes on.
-    let _registered = own.and_then(|own| own.register(req.cookie, local_port).ok());
-    let stream = socket
-        .connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
-        .await
-        .map_err(connect_err)?;
-
+    let (stream, _registered) = connect(req, own).await?;
+    let address = stream.peer_addr().map_err(|source| FetchError::Connect {
+        address: SocketAddr::from((Ipv4Addr::LOCALHOST, req.port)),
+        source,
+    })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     let conn = tokio::spawn(conn);
     let request = hyper::Request::get(req.path)
-        .header(header::HOST, format!("127.0.0.1:{port}"))
+        .header(header::HOST, address.to_string())
         .header(header::ACCEPT, ACCEPT)
         .header(header::ACCEPT_ENCODING, "gzip")
         .header(
@@ -169,6 +163,54 @@ async fn fetch_inner(
         None => body,
     };
     Ok((content_type, body))
+}
+
+/// Connects to the app's port on 127.0.0.1, or on [::1] when that is refused (or the namespace
+/// has no IPv4 loopback), with the socket's local port registered as the agent's own.
+async fn connect(
+    req: &Request<'_>,
+    own: Option<&OwnFlows>,
+) -> Result<(tokio::net::TcpStream, Option<OwnFlowGuard>), FetchError> {
+    for ip in [
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ] {
+        let address = SocketAddr::new(ip, req.port);
+        let connect_err = |source| FetchError::Connect { address, source };
+        let socket = req
+            .netns
+            .run_async(move || {
+                let socket = match ip {
+                    IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                    IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+                };
+                socket.bind(SocketAddr::new(ip, 0))?;
+                Ok::<_, std::io::Error>(socket)
+            })
+            .await?;
+        let attempt = async {
+            let socket = socket?;
+            let local_port = socket.local_addr()?.port();
+            // If the own-flows map is full the reply is also observed; that is counted by the
+            // probe and harmless (the same body twice), so the fetch goes on.
+            let registered = own.and_then(|own| own.register(req.cookie, local_port).ok());
+            Ok::<_, std::io::Error>((socket.connect(address).await?, registered))
+        };
+        match attempt.await {
+            Ok(connected) => return Ok(connected),
+            Err(e) if is_absent(&e) => continue,
+            Err(e) => return Err(connect_err(e)),
+        }
+    }
+    Err(FetchError::NotListening { port: req.port })
+}
+
+/// Nothing listens on that address, or the namespace has no such address (or no IPv6).
+fn is_absent(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable
+    ) || e.raw_os_error() == Some(libc::EAFNOSUPPORT)
 }
 
 /// What the refresh of stale targets needs.
@@ -263,10 +305,20 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    /// A one-response-per-connection HTTP app inside `netns`, answering `reply` after `delay`.
+    /// A one-response-per-connection HTTP app inside `netns` on 127.0.0.1, answering `reply`
+    /// after `delay`.
     fn app(netns: &Netns, reply: Vec<u8>, delay: Duration) -> (u16, Arc<AtomicUsize>) {
+        app_on(netns, "127.0.0.1:0", reply, delay)
+    }
+
+    fn app_on(
+        netns: &Netns,
+        address: &'static str,
+        reply: Vec<u8>,
+        delay: Duration,
+    ) -> (u16, Arc<AtomicUsize>) {
         let listener = netns
-            .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
+            .run(|| std::net::TcpListener::bind(address))
             .unwrap()
             .unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -299,8 +351,16 @@ mod tests {
     }
 
     fn setup(reply: Vec<u8>, delay: Duration) -> (Refresher, TargetKey, Arc<AtomicUsize>) {
+        setup_on("127.0.0.1:0", reply, delay)
+    }
+
+    fn setup_on(
+        address: &'static str,
+        reply: Vec<u8>,
+        delay: Duration,
+    ) -> (Refresher, TargetKey, Arc<AtomicUsize>) {
         let netns = scratch();
-        let (port, requests) = app(&netns, reply, delay);
+        let (port, requests) = app_on(&netns, address, reply, delay);
         let cookie = netns.cookie().unwrap();
         let store = Store::default();
         let key = TargetKey {
@@ -369,6 +429,39 @@ mod tests {
         // Fresh now: another scrape asks nothing.
         refresher.refresh_stale(deadline(5)).await;
         assert_eq!(requests.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_app_on_the_ipv6_loopback_only_is_fetched_there() {
+        if !require_root("an_app_on_the_ipv6_loopback_only_is_fetched_there") {
+            return;
+        }
+        let reply = response("200 OK", "", b"a 1\n");
+        let (refresher, _, requests) = setup_on("[::1]:0", reply, Duration::ZERO);
+        refresher.refresh_stale(deadline(5)).await;
+        let outcome = latest(&refresher);
+        assert_eq!(&outcome.result.expect("good body").body[..], b"a 1\n");
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nothing_listening_names_both_loopbacks() {
+        if !require_root("nothing_listening_names_both_loopbacks") {
+            return;
+        }
+        let (refresher, key, _) = setup(Vec::new(), Duration::ZERO);
+        // Another port of the same namespace, where nothing listens.
+        let (_, identity, _) = refresher.store.view().remove(0);
+        let resolved = refresher.store.resolved(&key).unwrap();
+        let port = if key.port == 1 { 2 } else { 1 };
+        let key = TargetKey { port, ..key };
+        refresher.store.set_targets(vec![(key, identity, resolved)]);
+        refresher.refresh_stale(deadline(5)).await;
+        let err = latest(&refresher).result.unwrap_err();
+        assert_eq!(
+            err,
+            format!("nothing listens on 127.0.0.1:{port} or [::1]:{port} (connection refused)")
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,7 +23,8 @@
 //!   [`Probe::dropped`]); later packets of the flow may arrive again: a gap in `seq` is the only
 //!   sign in the stream. The SYN or FIN of a flow can be lost the same way.
 //! - Flows already open before [`Probe::watch_port`] start without a SYN.
-//! - IPv4 only: loopback traffic over `::1` is not seen. A flow whose two ports are both watched
+//! - IPv4 only: loopback traffic over `::1` is not seen (such apps are fetched over `[::1]`,
+//!   see `fetch`). A flow whose two ports are both watched
 //!   counts as a request to its destination port.
 //! - Own flows are skipped entirely (SYN to FIN) while registered; a FIN or ACK sent after the
 //!   guard is dropped can still show up as a lone segment of an unknown flow.
