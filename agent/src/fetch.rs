@@ -305,13 +305,9 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    /// A one-response-per-connection HTTP app inside `netns` on 127.0.0.1, answering `reply`
+    /// A one-response-per-connection HTTP app inside `netns` on `address`, answering `reply`
     /// after `delay`.
-    fn app(netns: &Netns, reply: Vec<u8>, delay: Duration) -> (u16, Arc<AtomicUsize>) {
-        app_on(netns, "127.0.0.1:0", reply, delay)
-    }
-
-    fn app_on(
+    fn app(
         netns: &Netns,
         address: &'static str,
         reply: Vec<u8>,
@@ -360,7 +356,7 @@ mod tests {
         delay: Duration,
     ) -> (Refresher, TargetKey, Arc<AtomicUsize>) {
         let netns = scratch();
-        let (port, requests) = app_on(&netns, address, reply, delay);
+        let (port, requests) = app(&netns, address, reply, delay);
         let cookie = netns.cookie().unwrap();
         let store = Store::default();
         let key = TargetKey {
