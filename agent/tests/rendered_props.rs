@@ -9,9 +9,8 @@
 mod strict;
 
 use loupe_agent::decode::{
-    merge_prepared, merge_rendered, merge_rendered_chunks, prepare, render_source,
-    try_merge_rendered, validate, Format, Identity, Prepared, PreparedSource, Rendered,
-    RenderedSource,
+    merge_prepared, merge_rendered, merge_rendered_chunks, prepare, try_merge_rendered, validate,
+    Format, Identity, Prepared, PreparedSource, Rendered, RenderedSource,
 };
 use proptest::prelude::*;
 
@@ -252,34 +251,22 @@ struct Body {
 fn both(bodies: &[Body], out: Format, how: &[u8]) -> (String, bool) {
     let psrcs: Vec<PreparedSource<'_>> = bodies
         .iter()
-        .map(|b| PreparedSource {
-            identity: b.id,
-            body: &b.body,
-            prepared: &b.prepared,
-        })
+        .map(|b| PreparedSource::new(b.id, &b.body, &b.prepared))
         .collect();
     let other = match out {
         Format::Text => Format::OpenMetrics,
         Format::OpenMetrics => Format::Text,
     };
-    let rendered: Vec<Rendered> = bodies
+    let rendered: Vec<Rendered> = psrcs
         .iter()
         .zip(how.iter().cycle())
-        .map(|(b, h)| {
-            let f = if *h == 2 { other } else { out };
-            render_source(&b.body, &b.prepared, b.id, f)
-        })
+        .map(|(s, h)| s.render(if *h == 2 { other } else { out }))
         .collect();
-    let rsrcs: Vec<RenderedSource<'_>> = bodies
+    let rsrcs: Vec<RenderedSource<'_>> = psrcs
         .iter()
         .zip(&rendered)
         .zip(how.iter().cycle())
-        .map(|((b, r), h)| RenderedSource {
-            identity: b.id,
-            body: &b.body,
-            prepared: &b.prepared,
-            rendered: (*h != 1).then_some(r),
-        })
+        .map(|((s, r), h)| s.with_rendered((*h != 1).then_some(r)))
         .collect();
     let (mut x, mut y, mut z) = (Vec::new(), Vec::new(), Vec::new());
     let sx = merge_prepared(&psrcs, out, &mut x);
