@@ -17,9 +17,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use loupe_agent::decode::{
-    merge, merge_prepared, merge_rendered, merge_rendered_chunks, prepare, render_source,
-    try_merge_rendered, validate, Format, Identity, PreparedSource, Rendered, RenderedSource,
-    Source,
+    merge, merge_prepared, merge_rendered, merge_rendered_chunks, prepare, try_merge_rendered,
+    validate, Format, Identity, PreparedSource, Rendered, RenderedSource, Source,
 };
 
 const PODS: usize = 100;
@@ -97,9 +96,7 @@ fn prometheus_parse_roundtrip(bodies: &[String], out: &mut String) {
 }
 
 fn rendered_sources(srcs: &[PreparedSource<'_>], out: Format) -> Vec<Rendered> {
-    srcs.iter()
-        .map(|s| render_source(s.body, s.prepared, s.identity, out))
-        .collect()
+    srcs.iter().map(|s| s.render(out)).collect()
 }
 
 fn with_rendered<'a>(
@@ -108,12 +105,7 @@ fn with_rendered<'a>(
 ) -> Vec<RenderedSource<'a>> {
     srcs.iter()
         .zip(rendered)
-        .map(|(s, r)| RenderedSource {
-            identity: s.identity,
-            body: s.body,
-            prepared: s.prepared,
-            rendered: Some(r),
-        })
+        .map(|(s, r)| s.with_rendered(Some(r)))
         .collect()
 }
 
@@ -164,11 +156,7 @@ fn bench(c: &mut Criterion) {
     let prepared_sources: Vec<PreparedSource<'_>> = text_sources
         .iter()
         .zip(&prepared)
-        .map(|(s, p)| PreparedSource {
-            identity: s.identity,
-            body: s.body,
-            prepared: p,
-        })
+        .map(|(s, p)| PreparedSource::new(s.identity, s.body, p))
         .collect();
     g.bench_function("merge_prepared_text_to_text", |b| {
         b.iter(|| {
@@ -230,11 +218,7 @@ fn bench(c: &mut Criterion) {
     let om_prepared_sources: Vec<PreparedSource<'_>> = om_sources
         .iter()
         .zip(&om_prepared)
-        .map(|(s, p)| PreparedSource {
-            identity: s.identity,
-            body: s.body,
-            prepared: p,
-        })
+        .map(|(s, p)| PreparedSource::new(s.identity, s.body, p))
         .collect();
     let om_rendered = rendered_sources(&om_prepared_sources, Format::OpenMetrics);
     let om_rsrcs = with_rendered(&om_prepared_sources, &om_rendered);

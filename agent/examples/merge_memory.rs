@@ -10,8 +10,8 @@
 mod corpus;
 
 use loupe_agent::decode::{
-    merge, merge_prepared, merge_rendered, merge_rendered_chunks, prepare, render_source, Format,
-    Identity, PreparedSource, RenderedSource, Source,
+    merge, merge_prepared, merge_rendered, merge_rendered_chunks, prepare, Format, Identity,
+    PreparedSource, RenderedSource, Source,
 };
 
 fn status_kib(field: &str) -> u64 {
@@ -87,11 +87,7 @@ fn main() {
         let psources: Vec<PreparedSource<'_>> = sources
             .iter()
             .zip(&prepared)
-            .map(|(s, p)| PreparedSource {
-                identity: s.identity,
-                body: s.body,
-                prepared: p,
-            })
+            .map(|(s, p)| PreparedSource::new(s.identity, s.body, p))
             .collect();
         std::fs::write("/proc/self/clear_refs", "5").expect("reset peak RSS");
         let before = status_kib("VmHWM:").min(status_kib("VmRSS:"));
@@ -113,21 +109,13 @@ fn main() {
 
         // The same with the bodies rendered when they arrived (kept by the store).
         let t = std::time::Instant::now();
-        let rendered: Vec<_> = psources
-            .iter()
-            .map(|s| render_source(s.body, s.prepared, s.identity, out))
-            .collect();
+        let rendered: Vec<_> = psources.iter().map(|s| s.render(out)).collect();
         let render_time = t.elapsed();
         let held: usize = rendered.iter().map(|r| r.heap_bytes()).sum();
         let rsources: Vec<RenderedSource<'_>> = psources
             .iter()
             .zip(&rendered)
-            .map(|(s, r)| RenderedSource {
-                identity: s.identity,
-                body: s.body,
-                prepared: s.prepared,
-                rendered: Some(r),
-            })
+            .map(|(s, r)| s.with_rendered(Some(r)))
             .collect();
         std::fs::write("/proc/self/clear_refs", "5").expect("reset peak RSS");
         let before = status_kib("VmHWM:").min(status_kib("VmRSS:"));

@@ -10,7 +10,7 @@
 //!   OpenMetrics; gzip when accepted.
 //! - `/healthz`: the process serves. `/readyz`: the first discovery result has been applied.
 
-use crate::decode::{self, Format, RenderedSource};
+use crate::decode::{self, Format, PreparedSource};
 use crate::fetch::Refresher;
 use crate::store::{Identity, Outcome};
 use crate::telemetry::{render_counters, Counter};
@@ -142,22 +142,18 @@ impl Server {
             }) = outcome
             {
                 owners.push(at);
-                sources.push(RenderedSource {
-                    identity: Some(identity.labels()),
-                    body: &snapshot.body,
-                    prepared: &snapshot.prepared,
-                    rendered: snapshot.rendered(identity, format),
-                });
+                let source = PreparedSource::new(
+                    Some(identity.labels()),
+                    &snapshot.body,
+                    &snapshot.prepared,
+                );
+                sources.push(source.with_rendered(snapshot.rendered(identity, format)));
             }
         }
         match &own_prepared {
             // Small, and new at every scrape: rendered by the merge.
-            Ok(prepared) => sources.push(RenderedSource {
-                identity: None,
-                body: own.as_bytes(),
-                prepared,
-                rendered: None,
-            }),
+            Ok(prepared) => sources
+                .push(PreparedSource::new(None, own.as_bytes(), prepared).with_rendered(None)),
             Err(e) => log::error!("loupe's own series do not parse: {e}"),
         }
         let (chunks, stats) = decode::merge_rendered_chunks(&sources, format);

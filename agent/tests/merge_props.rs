@@ -5,9 +5,12 @@
 //!   identities, type conflicts) passes the project's strict checker and loupe's own validator;
 //! - prometheus-parse, on inputs inside its grammar, sees the same samples before and after.
 
+#[path = "support/exposition.rs"]
+mod exposition;
 #[path = "support/strict.rs"]
 mod strict;
 
+use exposition::{fmt, Fam, Shape};
 use loupe_agent::decode::{merge, validate, Format, Identity, Source};
 use proptest::prelude::*;
 
@@ -29,134 +32,28 @@ const LABELS: [&str; 8] = [
     "a",
 ];
 
-#[derive(Debug, Clone)]
-struct Fam {
-    name: usize,
-    kind: u8, // 0 counter, 1 gauge, 2 histogram, 3 summary, 4 untyped
-    ts: Option<u32>,
-    series: Vec<(Vec<(usize, String)>, u32)>,
-}
+/// Valid bodies (every source must be accepted) of the kinds both formats share.
+const SHAPE: Shape = Shape {
+    names: &NAMES,
+    labels: &LABELS,
+    kinds: 0..5,
+    helps: 0..2,
+    units: false,
+    series: 1..5,
+    labels_per_series: 0..4,
+    valid: true,
+};
 
 fn fam(values: &'static str) -> impl Strategy<Value = Fam> {
-    (
-        0..NAMES.len(),
-        0u8..5,
-        proptest::option::of(1u32..2_000_000_000),
-        prop::collection::vec(
-            (
-                prop::collection::vec((0..LABELS.len(), values), 0..4),
-                0u32..1000,
-            ),
-            1..5,
-        ),
-    )
-        .prop_map(|(name, kind, ts, series)| Fam {
-            name,
-            kind,
-            ts,
-            series,
-        })
+    exposition::fam(&SHAPE, values)
+}
+
+fn write(fams: &[Fam], format: Format) -> String {
+    exposition::write(&SHAPE, fams, format == Format::OpenMetrics)
 }
 
 const NASTY: &str = "[a-z0-9 ,=}{#\"\\\\\n\u{e9}\u{2603}]{0,8}";
 const PLAIN: &str = "[a-z0-9]{0,8}";
-
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// Writes families as a valid body of `format` (one family per name, unique label sets).
-fn write(fams: &[Fam], format: Format) -> String {
-    let om = format == Format::OpenMetrics;
-    let mut out = String::new();
-    let mut used = std::collections::HashSet::new();
-    for f in fams {
-        if !used.insert(f.name) {
-            continue;
-        }
-        let n = NAMES[f.name];
-        let mut seen = std::collections::HashSet::new();
-        let series: Vec<(String, u32)> = f
-            .series
-            .iter()
-            .filter_map(|(ls, v)| {
-                let mut names = std::collections::HashSet::new();
-                let mut parts: Vec<(usize, &String)> = Vec::new();
-                for (l, val) in ls {
-                    if names.insert(*l) {
-                        parts.push((*l, val));
-                    }
-                }
-                parts.sort();
-                let s = parts
-                    .iter()
-                    .map(|(l, val)| format!("{}=\"{}\"", LABELS[*l], esc(val)))
-                    .collect::<Vec<_>>()
-                    .join(",");
-                seen.insert(s.clone()).then_some((s, *v))
-            })
-            .collect();
-        let lbl = |s: &str, extra: &str| match (s.is_empty(), extra.is_empty()) {
-            (true, true) => String::new(),
-            (true, false) => format!("{{{extra}}}"),
-            (false, true) => format!("{{{s}}}"),
-            (false, false) => format!("{{{s},{extra}}}"),
-        };
-        let ts = |i: usize| match f.ts {
-            Some(t) if om => format!(" {}", t as usize + i),
-            Some(t) => format!(" {}", (t as usize + i) * 1000),
-            None => String::new(),
-        };
-        match f.kind {
-            0 => {
-                let fname = if om {
-                    n.to_string()
-                } else {
-                    format!("{n}_total")
-                };
-                out += &format!("# HELP {fname} Help for {n}.\n# TYPE {fname} counter\n");
-                for (i, (s, v)) in series.iter().enumerate() {
-                    out += &format!("{n}_total{} {v}{}\n", lbl(s, ""), ts(i));
-                }
-            }
-            1 | 4 => {
-                let t = match (f.kind, om) {
-                    (1, _) => "gauge",
-                    (_, true) => "unknown",
-                    _ => "untyped",
-                };
-                out += &format!("# TYPE {n} {t}\n");
-                for (i, (s, v)) in series.iter().enumerate() {
-                    out += &format!("{n}{} {v}{}\n", lbl(s, ""), ts(i));
-                }
-            }
-            2 => {
-                out += &format!("# TYPE {n} histogram\n");
-                for (i, (s, v)) in series.iter().enumerate() {
-                    let half = v / 2;
-                    out += &format!("{n}_bucket{} {half}{}\n", lbl(s, "le=\"0.5\""), ts(i));
-                    out += &format!("{n}_bucket{} {v}{}\n", lbl(s, "le=\"+Inf\""), ts(i));
-                    out += &format!("{n}_sum{} {}.5{}\n", lbl(s, ""), v, ts(i));
-                    out += &format!("{n}_count{} {v}{}\n", lbl(s, ""), ts(i));
-                }
-            }
-            _ => {
-                out += &format!("# TYPE {n} summary\n");
-                for (i, (s, v)) in series.iter().enumerate() {
-                    out += &format!("{n}{} {v}{}\n", lbl(s, "quantile=\"0.9\""), ts(i));
-                    out += &format!("{n}_sum{} {v}{}\n", lbl(s, ""), ts(i));
-                    out += &format!("{n}_count{} {v}{}\n", lbl(s, ""), ts(i));
-                }
-            }
-        }
-    }
-    if om {
-        out += "# EOF\n";
-    }
-    out
-}
 
 const IDS: [Option<Identity<'static>>; 4] = [
     None,
@@ -179,14 +76,6 @@ const IDS: [Option<Identity<'static>>; 4] = [
         endpoint: ":9090/metrics",
     }),
 ];
-
-fn fmt(om: bool) -> Format {
-    if om {
-        Format::OpenMetrics
-    } else {
-        Format::Text
-    }
-}
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]

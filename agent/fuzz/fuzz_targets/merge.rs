@@ -6,8 +6,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use loupe_agent::decode::{
-    merge, merge_prepared, merge_rendered, prepare, render_source, validate, Format, Identity,
-    PreparedSource, RenderedSource, Source,
+    merge, merge_prepared, merge_rendered, prepare, validate, Format, Identity, PreparedSource,
+    RenderedSource, Source,
 };
 
 const IDS: [Option<Identity<'static>>; 4] = [
@@ -72,25 +72,13 @@ fuzz_target!(|data: &[u8]| {
             .collect();
         let psrcs: Vec<PreparedSource<'_>> = prepared
             .iter()
-            .map(|(s, p)| PreparedSource {
-                identity: s.identity,
-                body: s.body,
-                prepared: p,
-            })
+            .map(|(s, p)| PreparedSource::new(s.identity, s.body, p))
             .collect();
-        let rendered: Vec<_> = psrcs
-            .iter()
-            .map(|s| render_source(s.body, s.prepared, s.identity, out))
-            .collect();
+        let rendered: Vec<_> = psrcs.iter().map(|s| s.render(out)).collect();
         let rsrcs: Vec<RenderedSource<'_>> = psrcs
             .iter()
             .zip(&rendered)
-            .map(|(s, r)| RenderedSource {
-                identity: s.identity,
-                body: s.body,
-                prepared: s.prepared,
-                rendered: Some(r),
-            })
+            .map(|(s, r)| s.with_rendered(Some(r)))
             .collect();
         let (mut x, mut y) = (Vec::new(), Vec::new());
         let sx = merge_prepared(&psrcs, out, &mut x);

@@ -179,31 +179,11 @@ impl RequestParser {
     ) -> Result<usize, HttpError> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
-        let buffered = self.head.len();
-        let (input, used) = head_input(&mut self.head, data, limits.max_header_bytes);
-        let status = input.map_or(Ok(httparse::Status::Partial), |buf| req.parse(buf));
-        let status = status.map_err(|source| HttpError::Head {
-            what: "request",
-            source,
-        })?;
-        let httparse::Status::Complete(head_len) = status else {
-            if buffered + used > limits.max_header_bytes {
-                return Err(HttpError::HeadTooLarge {
-                    what: "request",
-                    limit: limits.max_header_bytes,
-                });
-            }
-            if buffered == 0 {
-                self.head.extend_from_slice(data);
-            }
-            return Ok(used);
+        let max = limits.max_header_bytes;
+        let used = match feed_head("request", &mut self.head, data, max, |b| req.parse(b))? {
+            HeadStep::Partial(used) => return Ok(used),
+            HeadStep::Complete(used) => used,
         };
-        if head_len > limits.max_header_bytes {
-            return Err(HttpError::HeadTooLarge {
-                what: "request",
-                limit: limits.max_header_bytes,
-            });
-        }
         let request = PendingRequest {
             method: req.method.unwrap_or_default().to_owned(),
             path: req.path.unwrap_or_default().to_owned(),
@@ -222,7 +202,7 @@ impl RequestParser {
         queue.push_back(request);
         self.body = framing;
         clear_head(&mut self.head);
-        Ok(head_len - buffered)
+        Ok(used)
     }
 
     /// Bytes held for a head not yet complete.
@@ -309,32 +289,11 @@ impl ResponseParser {
     ) -> Result<usize, HttpError> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut headers);
-        let buffered = self.head.len();
-        let (input, used) = head_input(&mut self.head, data, limits.max_header_bytes);
-        let status = input.map_or(Ok(httparse::Status::Partial), |buf| resp.parse(buf));
-        let status = status.map_err(|source| HttpError::Head {
-            what: "response",
-            source,
-        })?;
-        let httparse::Status::Complete(head_len) = status else {
-            if buffered + used > limits.max_header_bytes {
-                return Err(HttpError::HeadTooLarge {
-                    what: "response",
-                    limit: limits.max_header_bytes,
-                });
-            }
-            if buffered == 0 {
-                self.head.extend_from_slice(data);
-            }
-            return Ok(used);
+        let max = limits.max_header_bytes;
+        let used = match feed_head("response", &mut self.head, data, max, |b| resp.parse(b))? {
+            HeadStep::Partial(used) => return Ok(used),
+            HeadStep::Complete(used) => used,
         };
-        if head_len > limits.max_header_bytes {
-            return Err(HttpError::HeadTooLarge {
-                what: "response",
-                limit: limits.max_header_bytes,
-            });
-        }
-        let used = head_len - buffered;
         let code = resp.code.unwrap_or_default();
         if (100..200).contains(&code) {
             clear_head(&mut self.head);
@@ -494,18 +453,57 @@ impl ResponseParser {
     }
 }
 
-/// Gathers a head that may span pieces. Returns what to parse (the piece itself when nothing is
-/// buffered, else the buffer with the piece appended up to one byte past the limit), or `None`
-/// when the new bytes hold no line end so the head cannot be complete yet (no quadratic
-/// re-parsing of a head trickling in); and how many bytes of `data` were taken.
-fn head_input<'a>(head: &'a mut Vec<u8>, data: &'a [u8], max: usize) -> (Option<&'a [u8]>, usize) {
-    if head.is_empty() {
-        return (data.contains(&b'\n').then_some(data), data.len());
+/// Where a head stands after a piece of the stream ([`feed_head`]).
+enum HeadStep {
+    /// Not complete: this many bytes of the piece were buffered.
+    Partial(usize),
+    /// Complete and parsed: it ends this many bytes into the piece.
+    Complete(usize),
+}
+
+/// Gathers a head that may span pieces and runs `parse` (the direction's httparse message) over
+/// it once it may be complete: over the piece itself when nothing is buffered, else over the
+/// buffer with the piece appended up to one byte past the limit. A piece without a line end is
+/// not parsed (no quadratic re-parsing of a head trickling in). One function for both
+/// directions, generic over `parse` because the message borrows the head it parsed; the caller
+/// clears `head` when done with the message.
+fn feed_head<'a>(
+    what: &'static str,
+    head: &'a mut Vec<u8>,
+    data: &'a [u8],
+    max: usize,
+    parse: impl FnOnce(&'a [u8]) -> httparse::Result<usize>,
+) -> Result<HeadStep, HttpError> {
+    let buffered = head.len();
+    let (status, used) = if buffered == 0 {
+        let status = if data.contains(&b'\n') {
+            parse(data)
+        } else {
+            Ok(httparse::Status::Partial)
+        };
+        // Kept for the next piece unless it already fails below (parsed from `data`, not
+        // `head`, so `head` is still free to grow here).
+        if matches!(status, Ok(httparse::Status::Partial)) && data.len() <= max {
+            head.extend_from_slice(data);
+        }
+        (status, data.len())
+    } else {
+        let take = data.len().min((max + 1).saturating_sub(buffered));
+        head.extend_from_slice(&data[..take]);
+        let status = if data[..take].contains(&b'\n') {
+            parse(&head[..])
+        } else {
+            Ok(httparse::Status::Partial)
+        };
+        (status, take)
+    };
+    let too_large = || HttpError::HeadTooLarge { what, limit: max };
+    match status.map_err(|source| HttpError::Head { what, source })? {
+        httparse::Status::Partial if buffered + used > max => Err(too_large()),
+        httparse::Status::Partial => Ok(HeadStep::Partial(used)),
+        httparse::Status::Complete(len) if len > max => Err(too_large()),
+        httparse::Status::Complete(len) => Ok(HeadStep::Complete(len - buffered)),
     }
-    let take = data.len().min((max + 1).saturating_sub(head.len()));
-    head.extend_from_slice(&data[..take]);
-    let complete_possible = data[..take].contains(&b'\n');
-    (complete_possible.then_some(&head[..]), take)
 }
 
 /// Empties a head buffer, releasing it when a large head grew it (so idle flows hold little).

@@ -1239,11 +1239,7 @@ mod tests {
         let psrcs: Vec<_> = srcs
             .iter()
             .zip(&preps)
-            .map(|(s, p)| PreparedSource {
-                identity: s.identity,
-                body: s.body,
-                prepared: p,
-            })
+            .map(|(s, p)| PreparedSource::new(s.identity, s.body, p))
             .collect();
         for out in [Format::Text, Format::OpenMetrics] {
             let (mut x, mut y) = (Vec::new(), Vec::new());
@@ -1254,22 +1250,14 @@ mod tests {
             assert_eq!(x, y);
         }
         // An index that does not fit its body: the body is parsed again.
-        let wrong = PreparedSource {
-            identity: None,
-            body: b"# TYPE z gauge\nz 1\n",
-            prepared: &preps[1],
-        };
+        let wrong = PreparedSource::new(None, b"# TYPE z gauge\nz 1\n", &preps[1]);
         let mut z = Vec::new();
         merge_prepared(&[wrong], Format::Text, &mut z);
         assert_eq!(z, b"# TYPE z gauge\nz 1\n");
         // Another body of the same length is a caller's bug; it must still not panic.
         for fill in [b' ', b'{', b'"', b'\n', 0xff] {
             let other = vec![fill; b.len()];
-            let bad = PreparedSource {
-                identity: srcs[1].identity,
-                body: &other,
-                prepared: &preps[1],
-            };
+            let bad = PreparedSource::new(srcs[1].identity, &other, &preps[1]);
             for out in [Format::Text, Format::OpenMetrics] {
                 merge_prepared(&[bad], out, &mut Vec::new());
             }

@@ -280,6 +280,31 @@ pub struct PreparedSource<'a> {
     pub prepared: &'a Prepared,
 }
 
+impl<'a> PreparedSource<'a> {
+    pub fn new(identity: Option<Identity<'a>>, body: &'a [u8], prepared: &'a Prepared) -> Self {
+        PreparedSource {
+            identity,
+            body,
+            prepared,
+        }
+    }
+
+    /// [`render_source`] of this source, as the store does at ingest.
+    pub fn render(&self, out: Format) -> Rendered {
+        render_source(self.body, self.prepared, self.identity, out)
+    }
+
+    /// This source for [`merge_rendered`], with its rendering if there is one.
+    pub fn with_rendered(self, rendered: Option<&'a Rendered>) -> RenderedSource<'a> {
+        RenderedSource {
+            identity: self.identity,
+            body: self.body,
+            prepared: self.prepared,
+            rendered,
+        }
+    }
+}
+
 /// Who a body belongs to. An empty value omits that label.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Identity<'a> {

@@ -323,11 +323,7 @@ pub struct RenderedSource<'a> {
 
 impl<'a> RenderedSource<'a> {
     fn prepared(&self) -> PreparedSource<'a> {
-        PreparedSource {
-            identity: self.identity,
-            body: self.body,
-            prepared: self.prepared,
-        }
+        PreparedSource::new(self.identity, self.body, self.prepared)
     }
 }
 
@@ -509,7 +505,7 @@ fn try_merge_rendered_into<S: Sink>(
         .iter()
         .map(|s| match s.rendered {
             Some(r) if r.fits(&s.prepared(), out) => None,
-            _ => Some(render_source(s.body, s.prepared, s.identity, out)),
+            _ => Some(s.prepared().render(out)),
         })
         .collect();
     let mut stats = MergeStats::default();
@@ -786,25 +782,30 @@ mod tests {
     const A: &str = "# HELP r_total R.\n# TYPE r_total counter\nr_total{code=\"200\"} 1\n# TYPE g gauge\ng{pod=\"x\"} 2\n";
     const B: &str = "# TYPE r counter\n# HELP r R.\nr_total{code=\"200\"} 3 1.5\nr_created{code=\"200\"} 1.7e9\n# TYPE g gauge\ng{pod=\"y\"} 4\n# EOF\n";
 
+    fn prepare_all(srcs: &[(Option<Identity<'_>>, &str, Format)]) -> Vec<Prepared> {
+        srcs.iter()
+            .map(|(_, b, f)| prepare(b.as_bytes(), *f).unwrap())
+            .collect()
+    }
+
+    fn sources<'a>(
+        srcs: &[(Option<Identity<'a>>, &'a str, Format)],
+        preps: &'a [Prepared],
+    ) -> Vec<PreparedSource<'a>> {
+        srcs.iter()
+            .zip(preps)
+            .map(|((i, b, _), p)| PreparedSource::new(*i, b.as_bytes(), p))
+            .collect()
+    }
+
     /// Both merges of (identity, body, format) sources; the rendered ones made by `rendering`.
     fn both(
         srcs: &[(Option<Identity<'_>>, &str, Format)],
         out: Format,
         rendering: impl Fn(usize, &PreparedSource<'_>) -> Option<Rendered>,
     ) -> (Vec<u8>, MergeStats, Option<MergeStats>) {
-        let preps: Vec<Prepared> = srcs
-            .iter()
-            .map(|(_, b, f)| prepare(b.as_bytes(), *f).unwrap())
-            .collect();
-        let psrcs: Vec<PreparedSource<'_>> = srcs
-            .iter()
-            .zip(&preps)
-            .map(|((i, b, _), p)| PreparedSource {
-                identity: *i,
-                body: b.as_bytes(),
-                prepared: p,
-            })
-            .collect();
+        let preps = prepare_all(srcs);
+        let psrcs = sources(srcs, &preps);
         let rendered: Vec<Option<Rendered>> = psrcs
             .iter()
             .enumerate()
@@ -813,12 +814,7 @@ mod tests {
         let rsrcs: Vec<RenderedSource<'_>> = psrcs
             .iter()
             .zip(&rendered)
-            .map(|(s, r)| RenderedSource {
-                identity: s.identity,
-                body: s.body,
-                prepared: s.prepared,
-                rendered: r.as_ref(),
-            })
+            .map(|(s, r)| s.with_rendered(r.as_ref()))
             .collect();
         let (mut x, mut y, mut z) = (Vec::new(), Vec::new(), Vec::new());
         let sx = merge_prepared(&psrcs, out, &mut x);
@@ -843,9 +839,7 @@ mod tests {
                 (id("p2"), B, Format::OpenMetrics),
                 (None, "# TYPE loupe_up gauge\nloupe_up 1\n", Format::Text),
             ];
-            let (text, st, fast) = both(&srcs, out, |_, s| {
-                Some(render_source(s.body, s.prepared, s.identity, out))
-            });
+            let (text, st, fast) = both(&srcs, out, |_, s| Some(s.render(out)));
             assert!(fast.is_some(), "fell back");
             assert_eq!(st.family_conflicts, 0);
             let text = String::from_utf8(text).unwrap();
@@ -865,25 +859,13 @@ mod tests {
                 (id("p2"), body.as_str(), Format::Text),
             ];
             both(&srcs, out, |_, _| None);
-            let preps: Vec<Prepared> = srcs
+            let preps = prepare_all(&srcs);
+            let psrcs = sources(&srcs, &preps);
+            let rendered: Vec<Rendered> = psrcs.iter().map(|s| s.render(out)).collect();
+            let rsrcs: Vec<RenderedSource<'_>> = psrcs
                 .iter()
-                .map(|(_, b, f)| prepare(b.as_bytes(), *f).unwrap())
-                .collect();
-            let rendered: Vec<Rendered> = srcs
-                .iter()
-                .zip(&preps)
-                .map(|((i, b, _), p)| render_source(b.as_bytes(), p, *i, out))
-                .collect();
-            let rsrcs: Vec<RenderedSource<'_>> = srcs
-                .iter()
-                .zip(&preps)
                 .zip(&rendered)
-                .map(|(((i, b, _), p), r)| RenderedSource {
-                    identity: *i,
-                    body: b.as_bytes(),
-                    prepared: p,
-                    rendered: Some(r),
-                })
+                .map(|(s, r)| s.with_rendered(Some(r)))
                 .collect();
             let (chunks, _) = merge_rendered_chunks(&rsrcs, out);
             let mut y = Vec::new();
@@ -901,19 +883,10 @@ mod tests {
     #[test]
     fn fallbacks_are_one_chunk() {
         let srcs = [(id("p1"), A, Format::Text), (id("p1"), A, Format::Text)];
-        let preps: Vec<Prepared> = srcs
-            .iter()
-            .map(|(_, b, f)| prepare(b.as_bytes(), *f).unwrap())
-            .collect();
-        let rsrcs: Vec<RenderedSource<'_>> = srcs
-            .iter()
-            .zip(&preps)
-            .map(|((i, b, _), p)| RenderedSource {
-                identity: *i,
-                body: b.as_bytes(),
-                prepared: p,
-                rendered: None,
-            })
+        let preps = prepare_all(&srcs);
+        let rsrcs: Vec<RenderedSource<'_>> = sources(&srcs, &preps)
+            .into_iter()
+            .map(|s| s.with_rendered(None))
             .collect();
         let (chunks, st) = merge_rendered_chunks(&rsrcs, Format::Text);
         assert_eq!(chunks.len(), 1);
@@ -933,7 +906,7 @@ mod tests {
             };
             // Another format, another identity, none at all.
             let (_, _, fast) = both(&srcs, out, |i, s| match i {
-                0 => Some(render_source(s.body, s.prepared, s.identity, other)),
+                0 => Some(s.render(other)),
                 _ => Some(render_source(s.body, s.prepared, id("p9"), out)),
             });
             assert!(fast.is_some());
@@ -946,9 +919,7 @@ mod tests {
     fn shared_identities_fall_back() {
         let srcs = [(id("p1"), A, Format::Text), (id("p1"), A, Format::Text)];
         for out in [Format::Text, Format::OpenMetrics] {
-            let (_, st, fast) = both(&srcs, out, |_, s| {
-                Some(render_source(s.body, s.prepared, s.identity, out))
-            });
+            let (_, st, fast) = both(&srcs, out, |_, s| Some(s.render(out)));
             assert!(fast.is_none());
             assert_eq!(st.duplicate_series, 2);
         }
@@ -962,9 +933,7 @@ mod tests {
                 Format::Text,
             ),
         ];
-        let (_, st, fast) = both(&srcs, Format::Text, |_, s| {
-            Some(render_source(s.body, s.prepared, s.identity, Format::Text))
-        });
+        let (_, st, fast) = both(&srcs, Format::Text, |_, s| Some(s.render(Format::Text)));
         assert!(fast.is_none());
         assert_eq!(st.duplicate_series, 1);
     }
@@ -975,12 +944,7 @@ mod tests {
         let body = b"b{ 1\n";
         let r = render_source(body, &good, None, Format::Text);
         assert!(r.rejected.is_some());
-        let src = RenderedSource {
-            identity: None,
-            body,
-            prepared: &good,
-            rendered: Some(&r),
-        };
+        let src = PreparedSource::new(None, body, &good).with_rendered(Some(&r));
         let st = merge_rendered(&[src], Format::Text, &mut Vec::new());
         assert_eq!(st.rejected.len(), 1);
     }
