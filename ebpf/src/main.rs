@@ -100,7 +100,7 @@ fn observe(ctx: &TcContext) -> Result<(), i64> {
         return Ok(());
     };
     // SAFETY: the value is only tested for presence, never read.
-    if unsafe { OWN_FLOWS.get(&PortKey::new(netns_cookie, client_port)) }.is_some() {
+    if unsafe { OWN_FLOWS.get(PortKey::new(netns_cookie, client_port)) }.is_some() {
         return Ok(());
     }
 
@@ -233,7 +233,7 @@ extern "C" fn emit_chunk(index: u64, state: *mut c_void) -> i64 {
 #[inline(always)]
 fn is_watched(netns_cookie: u64, port: u16) -> bool {
     // SAFETY: the value is only tested for presence, never read.
-    unsafe { WATCHED_PORTS.get(&PortKey::new(netns_cookie, port)) }.is_some()
+    unsafe { WATCHED_PORTS.get(PortKey::new(netns_cookie, port)) }.is_some()
 }
 
 /// Copies `len` payload bytes at `src` into a new record of size class `N`. False when the ring
