@@ -1,4 +1,4 @@
-//! `loupe`: load the probe, discover pods, attach, serve, wait for a signal.
+//! `loupe`: load the probe (unless fetch-only), discover pods, attach, serve, wait for a signal.
 
 use clap::Parser;
 use loupe_agent::capture::{self, flow::FlowLimits, probe};
