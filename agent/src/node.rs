@@ -267,3 +267,39 @@ impl Node {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("loading: {0}")]
+        Repeats(#[source] Inner),
+        #[error("loading")]
+        Hides(#[source] Inner),
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("map `M`")]
+    struct Inner(#[source] std::io::Error);
+
+    #[test]
+    fn causes_are_appended_once() {
+        let denied = || Inner(std::io::Error::from_raw_os_error(libc::EPERM));
+        assert_eq!(
+            with_causes(&Outer::Repeats(denied())),
+            "loading: map `M`: Operation not permitted (os error 1)"
+        );
+        assert_eq!(
+            with_causes(&Outer::Hides(denied())),
+            "loading: map `M`: Operation not permitted (os error 1)"
+        );
+    }
+
+    #[test]
+    fn capture_off_loads_nothing() {
+        let probe = load_probe(CaptureMode::Off, &ProbeConfig::default()).unwrap();
+        assert!(probe.is_none());
+    }
+}

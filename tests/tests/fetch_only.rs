@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use loupe_tests::attached;
 use loupe_tests::expo::Exposition;
-use loupe_tests::loupe::{EndpointSpec, Loupe, NetnsRef, PodSpec};
+use loupe_tests::loupe::{loupe_bin, EndpointSpec, Loupe, NetnsRef, PodSpec};
 use loupe_tests::pod::Pod;
-use loupe_tests::root_or_skip;
+use loupe_tests::{root_or_skip, seccomp};
 
 const PORT: u16 = 8080;
 const SERIES: usize = 20;
@@ -150,6 +150,32 @@ fn capture_on_exits_naming_the_cause_when_the_probe_cannot_load() {
         .unwrap_or_else(|| panic!("no error line about the probe; log:\n{log}"));
     assert!(
         line.contains("--capture on") && line.contains("Operation not permitted"),
+        "{line}"
+    );
+}
+
+#[test]
+fn doctor_says_run_falls_back_to_fetch_only_when_the_probe_cannot_load() {
+    if !root_or_skip("doctor_says_run_falls_back_to_fetch_only_when_the_probe_cannot_load") {
+        return;
+    }
+    let mut command = std::process::Command::new(loupe_bin().unwrap());
+    command.arg("doctor");
+    seccomp::deny_bpf(&mut command);
+    let out = command.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "doctor passed with bpf(2) denied:\n{text}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("[FAIL] eBPF"))
+        .unwrap_or_else(|| panic!("no failed eBPF check:\n{text}"));
+    assert!(
+        line.contains("Operation not permitted")
+            && line.contains("fetch-only")
+            && line.contains("--capture auto"),
         "{line}"
     );
 }
