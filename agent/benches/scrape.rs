@@ -100,6 +100,7 @@ fn loupe(store: Store) -> Arc<Server> {
         },
         ready: Arc::new(AtomicBool::new(true)),
         counters: vec![loupe_agent::expose::COUNTERS],
+        gauges: vec![],
     })
 }
 

@@ -1,7 +1,7 @@
 //! The command line (clap). Every flag also reads a `LOUPE_...` environment variable, as
 //! Kubernetes users expect; `NODE_NAME` is read too since the downward API sets it.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -65,13 +65,42 @@ pub struct RunArgs {
     #[arg(long, env = "LOUPE_FETCH_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
     pub fetch_timeout: Duration,
 
-    /// Size of the eBPF ring buffer in bytes (rounded up to a power of two, at least one page).
-    #[arg(long, env = "LOUPE_RING_BYTES", default_value_t = 16 << 20)]
+    /// Whether to observe replies with the eBPF probe: `auto` falls back to fetching only when
+    /// the probe cannot load (with a warning naming why), `on` makes that failure fatal, `off`
+    /// never loads it.
+    #[arg(long, env = "LOUPE_CAPTURE", value_enum, default_value_t = CaptureMode::Auto)]
+    pub capture: CaptureMode,
+
+    /// Size of the eBPF ring buffer in bytes (rounded up to a power of two, at least one page,
+    /// at most 2 GiB).
+    #[arg(long, env = "LOUPE_RING_BYTES", default_value = "16777216", value_parser = parse_ring_bytes)]
     pub ring_bytes: u32,
 
     /// Largest response body (after decompression) loupe keeps, in bytes.
     #[arg(long, env = "LOUPE_MAX_BODY_BYTES", default_value_t = 64 << 20)]
     pub max_body_bytes: usize,
+}
+
+/// Whether the eBPF probe is loaded (`--capture`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CaptureMode {
+    /// Load it; if that fails, warn and serve fetched bodies only.
+    Auto,
+    /// Load it; if that fails, exit.
+    On,
+    /// Never load it: serve fetched bodies only.
+    Off,
+}
+
+/// Rounds up to the power of two the kernel wants for a ring buffer.
+fn parse_ring_bytes(s: &str) -> Result<u32, String> {
+    let bytes: u32 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of bytes up to 2^31"))?;
+    bytes
+        .max(4096)
+        .checked_next_power_of_two()
+        .ok_or_else(|| format!("'{s}' is above the largest ring buffer, 2^31 bytes"))
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
@@ -97,6 +126,8 @@ mod tests {
         };
         assert_eq!(args.listen, "0.0.0.0:9897".parse().unwrap());
         assert_eq!(args.freshness, Duration::from_secs(15));
+        assert_eq!(args.capture, CaptureMode::Auto);
+        assert_eq!(args.ring_bytes, 16 << 20);
         assert_eq!(
             args.pods_file.as_deref(),
             Some(std::path::Path::new("/tmp/p.yaml"))
@@ -107,6 +138,28 @@ mod tests {
     fn run_needs_a_discovery_source() {
         let err = Cli::try_parse_from(["loupe", "run"]).unwrap_err();
         assert!(err.to_string().contains("--pods-file"), "{err}");
+    }
+
+    #[test]
+    fn capture_modes_parse() {
+        let cli =
+            Cli::try_parse_from(["loupe", "run", "--pods-file", "p", "--capture", "off"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(args.capture, CaptureMode::Off);
+        let err = Cli::try_parse_from(["loupe", "run", "--pods-file", "p", "--capture", "maybe"])
+            .unwrap_err();
+        assert!(err.to_string().contains("auto"), "{err}");
+    }
+
+    #[test]
+    fn ring_bytes_round_up_to_a_power_of_two_within_u32() {
+        assert_eq!(parse_ring_bytes("0").unwrap(), 4096);
+        assert_eq!(parse_ring_bytes("5000").unwrap(), 8192);
+        assert_eq!(parse_ring_bytes("2147483648").unwrap(), 1 << 31);
+        assert!(parse_ring_bytes("2147483649").is_err());
+        assert!(parse_ring_bytes("lots").is_err());
     }
 
     #[test]

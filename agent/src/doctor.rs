@@ -118,7 +118,10 @@ pub fn run() -> ExitCode {
         Err(e) => r.line(
             Level::Fail,
             "eBPF",
-            &format!("loading loupe's programs failed: {e}; only the fetch path would work"),
+            &format!(
+                "loading loupe's programs failed: {}; `loupe run` falls back to fetch-only mode with --capture auto (the default): every pod is still served, by fetching, and loupe_capture_active is 0 (--capture on exits instead)",
+                crate::node::with_causes(&e)
+            ),
         ),
     }
     if r.failed {

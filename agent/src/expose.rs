@@ -1,7 +1,7 @@
 //! Expose: the HTTP server (hyper) that renders the merged node target.
 //!
 //! - `/metrics`: every target's latest good body, merged with its identity labels, plus the
-//!   per-target health series (`loupe_target_*`) and the agent's counters. The bodies were
+//!   per-target health series (`loupe_target_*`) and the agent's counters and gauges. The bodies were
 //!   rendered for the merge when they arrived (`store::Snapshot`); the scrape sends the merge as a
 //!   list of chunks ([`decode::merge_rendered_chunks`]): headers, and slices of the stored blocks,
 //!   not copied into an output buffer (one write frame each; hyper writes them vectored). With
@@ -13,7 +13,7 @@
 use crate::decode::{self, Format, PreparedSource};
 use crate::fetch::Refresher;
 use crate::store::{Identity, Outcome};
-use crate::telemetry::{render_counters, Counter};
+use crate::telemetry::{render_counters, render_gauges, Counter, Gauge};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::{header, Method, Request, Response, StatusCode};
@@ -43,6 +43,8 @@ pub struct Server {
     pub ready: Arc<AtomicBool>,
     /// Every component's counter list, rendered on each scrape.
     pub counters: Vec<&'static [&'static Counter]>,
+    /// Every component's gauge list, rendered on each scrape.
+    pub gauges: Vec<&'static [&'static Gauge]>,
 }
 
 impl Server {
@@ -171,7 +173,7 @@ impl Server {
         chunks
     }
 
-    /// `loupe_target_*` per target, then the agent's counters, in text format 0.0.4.
+    /// `loupe_target_*` per target, then the agent's counters and gauges, in text format 0.0.4.
     fn own_series(
         &self,
         view: &[(crate::store::TargetKey, Identity, Option<Outcome>)],
@@ -235,6 +237,9 @@ impl Server {
         }
         for counters in &self.counters {
             render_counters(counters, &mut out);
+        }
+        for gauges in &self.gauges {
+            render_gauges(gauges, &mut out);
         }
         out
     }

@@ -1,4 +1,4 @@
-//! `loupe`: load the probe, discover pods, attach, serve, wait for a signal.
+//! `loupe`: load the probe (unless fetch-only), discover pods, attach, serve, wait for a signal.
 
 use clap::Parser;
 use loupe_agent::capture::{self, flow::FlowLimits, probe};
@@ -37,25 +37,29 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let mut probe = probe::Probe::load(&probe::ProbeConfig {
-        ring_bytes: args.ring_bytes.max(4096).next_power_of_two(),
+    let probe_config = probe::ProbeConfig {
+        ring_bytes: args.ring_bytes,
         ..Default::default()
-    })?;
+    };
+    let mut probe = node::load_probe(args.capture, &probe_config)?;
+    let capturing = probe.is_some();
     let store = Store::default();
     let refresher = Refresher {
         store: store.clone(),
-        own: Some(probe.own_flows()),
+        own: probe.as_ref().map(probe::Probe::own_flows),
         freshness: args.freshness,
         fetch_timeout: args.fetch_timeout,
         max_body_bytes: args.max_body_bytes,
         slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_FETCHES)),
     };
-    let limits = FlowLimits {
-        max_body_bytes: args.max_body_bytes,
-        ..FlowLimits::default()
-    };
     let (detached_tx, detached_rx) = tokio::sync::mpsc::channel(node::DETACH_QUEUE);
-    capture::spawn_observer(&mut probe, detached_rx, store.clone(), limits)?;
+    if let Some(probe) = &mut probe {
+        let limits = FlowLimits {
+            max_body_bytes: args.max_body_bytes,
+            ..FlowLimits::default()
+        };
+        capture::spawn_observer(probe, detached_rx, store.clone(), limits)?;
+    }
 
     let (pods_tx, mut pods_rx) = watch::channel(Vec::<Pod>::new());
     let discovery = match &args.pods_file {
@@ -88,6 +92,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             loupe_agent::decode::COUNTERS,
             expose::COUNTERS,
         ],
+        gauges: vec![capture::GAUGES],
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -97,8 +102,9 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
 
     let mut node = Node::new(probe, store, detached_tx);
     let mut reapply = tokio::time::interval(REAPPLY);
-    // The ring-buffer drop counters live in the kernel; bring loupe's copies up to date.
-    let mut counters = tokio::time::interval(Duration::from_secs(1));
+    // The ring-buffer drop counters live in the kernel; with a probe, loupe's copies are brought
+    // up to date every second.
+    let mut ring_drops = tokio::time::interval(Duration::from_secs(1));
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     loop {
@@ -116,9 +122,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
                 let pods = pods_rx.borrow().clone();
                 tokio::task::block_in_place(|| node.apply(&pods));
             }
-            _ = counters.tick() => {
-                node.probe_mut().dropped();
-            }
+            _ = ring_drops.tick(), if capturing => node.count_ring_drops(),
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }

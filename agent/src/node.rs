@@ -2,9 +2,14 @@
 //! the probe there, watches the endpoints' ports, and makes the store's targets match, so a
 //! deleted pod's series vanish with the next scrape. A pod that cannot be resolved keeps its
 //! targets, reported down with the reason; it never affects another pod.
+//!
+//! Without a probe (fetch-only mode: `--capture off`, or `auto` on a node where it cannot load)
+//! nothing is attached or watched; pods are resolved and their targets stored all the same, so
+//! every scrape fetches.
 
-use crate::capture::probe::Probe;
+use crate::capture::probe::{Probe, ProbeConfig};
 use crate::capture::NetnsCookie;
+use crate::cli::CaptureMode;
 use crate::discover::{NetnsRef, Pod, PodKey};
 use crate::resolve::{self, cgroup::ProcIndex, netns::Netns};
 use crate::store::{Identity, Origin, Outcome, Resolved, Store, TargetKey};
@@ -31,9 +36,79 @@ pub static COUNTERS: &[&Counter] = &[&RESOLVE_ERRORS, &ATTACH_ERRORS, &DETACH_NO
 /// Bound of the queue telling the capture loop which namespaces were detached.
 pub const DETACH_QUEUE: usize = 1024;
 
+#[derive(Debug, thiserror::Error)]
+#[error("cannot load the eBPF probe, which --capture on requires (--capture auto serves fetched bodies only instead): {cause}")]
+pub struct CaptureRequired {
+    pub cause: String,
+}
+
+/// Loads the probe as `--capture` asks; `None` is fetch-only mode.
+pub fn load_probe(
+    mode: CaptureMode,
+    config: &ProbeConfig,
+) -> Result<Option<Probe>, CaptureRequired> {
+    if mode == CaptureMode::Off {
+        log::info!("fetch-only mode (--capture off): serving fetched bodies only");
+        return Ok(None);
+    }
+    match Probe::load(config) {
+        Ok(probe) => Ok(Some(probe)),
+        Err(e) if mode == CaptureMode::Auto => {
+            let cause = with_causes(&e);
+            log::warn!(
+                "fetch-only mode: cannot load the eBPF probe: {}; serving fetched bodies only (every scrape asks each app; --capture on makes this fatal)",
+                one_line(&cause)
+            );
+            log::debug!("the eBPF probe's load error in full: {cause}");
+            Ok(None)
+        }
+        Err(e) => Err(CaptureRequired {
+            cause: with_causes(&e),
+        }),
+    }
+}
+
+/// The error's message followed by those of its sources that it does not already contain (the
+/// kernel's errno is often only in a source).
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Lines of a multi-line cause kept from its end: a verifier log states its reason there, before
+/// its statistics.
+const CAUSE_TAIL_LINES: usize = 5;
+
+/// A cause fit for one log line: a multi-line one (a verifier log, which can be thousands of
+/// lines) keeps its first line and its last [`CAUSE_TAIL_LINES`].
+fn one_line(cause: &str) -> String {
+    let lines: Vec<&str> = cause
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    match lines.as_slice() {
+        [first, rest @ ..] if rest.len() > CAUSE_TAIL_LINES => {
+            let tail = &rest[rest.len() - CAUSE_TAIL_LINES..];
+            format!("{first} | ... | {}", tail.join(" | "))
+        }
+        _ => lines.join(" | "),
+    }
+}
+
 /// What is attached where, so the next snapshot changes only the difference.
 pub struct Node {
-    probe: Probe,
+    /// None in fetch-only mode.
+    probe: Option<Probe>,
     store: Store,
     /// Tells the capture loop to forget the flows of a detached namespace.
     detached: tokio::sync::mpsc::Sender<NetnsCookie>,
@@ -49,7 +124,7 @@ pub struct Node {
 
 impl Node {
     pub fn new(
-        probe: Probe,
+        probe: Option<Probe>,
         store: Store,
         detached: tokio::sync::mpsc::Sender<NetnsCookie>,
     ) -> Self {
@@ -63,8 +138,11 @@ impl Node {
         }
     }
 
-    pub fn probe_mut(&mut self) -> &mut Probe {
-        &mut self.probe
+    /// Brings loupe's copies of the kernel's ring-buffer drop counters up to date.
+    pub fn count_ring_drops(&self) {
+        if let Some(probe) = &self.probe {
+            probe.dropped();
+        }
     }
 
     /// Brings attachments and targets in line with `pods`.
@@ -154,8 +232,15 @@ impl Node {
         Ok((Arc::new(netns), cookie))
     }
 
+    /// The namespace's cookie, after attaching the probe there (fetch-only: just the cookie).
     fn attach(&mut self, netns: &Netns) -> Result<NetnsCookie, String> {
-        self.probe.attach(netns).map_err(|e| {
+        let Some(probe) = &mut self.probe else {
+            return netns.cookie().map_err(|e| {
+                RESOLVE_ERRORS.inc();
+                e.to_string()
+            });
+        };
+        probe.attach(netns).map_err(|e| {
             ATTACH_ERRORS.inc();
             format!("attaching the probe in {}: {e}", netns.path().display())
         })
@@ -163,10 +248,13 @@ impl Node {
 
     /// Watches wanted ports, unwatches the rest, detaches namespaces no pod uses any more.
     fn sync_probe(&mut self, wanted: HashMap<NetnsCookie, HashSet<u16>>) {
+        let Some(probe) = &mut self.probe else {
+            return;
+        };
         for (cookie, ports) in &wanted {
             let watched = self.attached.entry(*cookie).or_default();
             for port in ports.difference(&watched.clone()) {
-                match self.probe.watch_port(*cookie, *port) {
+                match probe.watch_port(*cookie, *port) {
                     Ok(()) => {
                         watched.insert(*port);
                     }
@@ -179,7 +267,7 @@ impl Node {
                 }
             }
             for port in watched.difference(ports).copied().collect::<Vec<_>>() {
-                self.probe.unwatch_port(*cookie, port);
+                probe.unwatch_port(*cookie, port);
                 watched.remove(&port);
             }
         }
@@ -192,13 +280,64 @@ impl Node {
         for cookie in gone {
             if let Some(ports) = self.attached.remove(&cookie) {
                 for port in ports {
-                    self.probe.unwatch_port(cookie, port);
+                    probe.unwatch_port(cookie, port);
                 }
             }
-            self.probe.detach(cookie);
+            probe.detach(cookie);
             if self.detached.try_send(cookie).is_err() {
                 DETACH_NOTICES_DROPPED.inc();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("loading: {0}")]
+        Repeats(#[source] Inner),
+        #[error("loading")]
+        Hides(#[source] Inner),
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("map `M`")]
+    struct Inner(#[source] std::io::Error);
+
+    #[test]
+    fn causes_are_appended_once() {
+        let denied = || Inner(std::io::Error::from_raw_os_error(libc::EPERM));
+        assert_eq!(
+            with_causes(&Outer::Repeats(denied())),
+            "loading: map `M`: Operation not permitted (os error 1)"
+        );
+        assert_eq!(
+            with_causes(&Outer::Hides(denied())),
+            "loading: map `M`: Operation not permitted (os error 1)"
+        );
+    }
+
+    #[test]
+    fn a_verifier_log_becomes_one_line_with_its_reason() {
+        let log = "load failed. Verifier output: 0: (b7) r0 = 0\n\n1: (85) call 122\n2: x\n3: y\n\
+                   program of this type cannot use helper bpf_get_netns_cookie#122\n\
+                   verification time 30 usec\nstack depth 0\nprocessed 12 insns\n";
+        assert_eq!(
+            one_line(log),
+            "load failed. Verifier output: 0: (b7) r0 = 0 | ... | 3: y | \
+             program of this type cannot use helper bpf_get_netns_cookie#122 | \
+             verification time 30 usec | stack depth 0 | processed 12 insns"
+        );
+        assert_eq!(one_line("a: b\nc"), "a: b | c");
+        assert_eq!(one_line("single"), "single");
+    }
+
+    #[test]
+    fn capture_off_loads_nothing() {
+        let probe = load_probe(CaptureMode::Off, &ProbeConfig::default()).unwrap();
+        assert!(probe.is_none());
     }
 }

@@ -1,6 +1,6 @@
-//! The agent's own counters. Each stage declares every counter it emits in one place (a
-//! `pub static COUNTERS: &[&Counter]` list in its module), so an operator can find them all, and
-//! `expose` renders every list under the `loupe_` prefix.
+//! The agent's own counters and gauges. Each stage declares every counter it emits in one place
+//! (a `pub static COUNTERS: &[&Counter]` list in its module, and `GAUGES: &[&Gauge]` likewise), so
+//! an operator can find them all, and `expose` renders every list under the `loupe_` prefix.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,13 +34,50 @@ impl Counter {
     }
 }
 
+/// An agent-wide value that goes up and down (a state, such as whether capture is on).
+pub struct Gauge {
+    pub name: &'static str,
+    pub help: &'static str,
+    value: AtomicU64,
+}
+
+impl Gauge {
+    pub const fn new(name: &'static str, help: &'static str) -> Self {
+        Self {
+            name,
+            help,
+            value: AtomicU64::new(0),
+        }
+    }
+
+    pub fn set(&self, v: u64) {
+        self.value.store(v, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.value.load(Ordering::Relaxed)
+    }
+}
+
 /// Renders counters in text format 0.0.4 (`# HELP`, `# TYPE counter`, one sample each).
 pub fn render_counters(counters: &[&Counter], out: &mut String) {
     for c in counters {
-        let _ = writeln!(out, "# HELP {} {}", c.name, c.help);
-        let _ = writeln!(out, "# TYPE {} counter", c.name);
-        let _ = writeln!(out, "{} {}", c.name, c.get());
+        render(c.name, c.help, "counter", c.get(), out);
     }
+}
+
+/// Renders gauges in text format 0.0.4 (`# HELP`, `# TYPE gauge`, one sample each).
+pub fn render_gauges(gauges: &[&Gauge], out: &mut String) {
+    for g in gauges {
+        render(g.name, g.help, "gauge", g.get(), out);
+    }
+}
+
+fn render(name: &str, help: &str, kind: &str, value: u64, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
 }
 
 #[cfg(test)]
@@ -56,6 +93,19 @@ mod tests {
         assert_eq!(
             out,
             "# HELP loupe_test_total A test counter.\n# TYPE loupe_test_total counter\nloupe_test_total 3\n"
+        );
+    }
+
+    #[test]
+    fn gauges_render_their_latest_value() {
+        static G: Gauge = Gauge::new("loupe_test_active", "A test gauge.");
+        G.set(1);
+        G.set(0);
+        let mut out = String::new();
+        render_gauges(&[&G], &mut out);
+        assert_eq!(
+            out,
+            "# HELP loupe_test_active A test gauge.\n# TYPE loupe_test_active gauge\nloupe_test_active 0\n"
         );
     }
 }

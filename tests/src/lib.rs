@@ -16,6 +16,7 @@ pub mod kubeapi;
 pub mod loupe;
 pub mod pod;
 pub mod prometheus;
+pub mod seccomp;
 pub mod testbed;
 
 use std::path::{Path, PathBuf};

@@ -123,6 +123,8 @@ pub struct Loupe {
     pub args: Vec<String>,
     /// Whether `--pods-file` is passed; false when `args` name another discovery source.
     uses_pods_file: bool,
+    /// Whether the process runs with bpf(2) denied ([`crate::seccomp::deny_bpf`]).
+    deny_bpf: bool,
     proc: Option<Proc>,
     dir: TempDir,
 }
@@ -134,6 +136,35 @@ impl Loupe {
         loupe.write_pods(&pods_yaml(pods))?;
         loupe.spawn()?;
         Ok(loupe)
+    }
+
+    /// Like [`Loupe::start`], with every bpf(2) call failing with EPERM (as under a container
+    /// runtime's default seccomp profile): the probe cannot load, fetching still works.
+    pub fn start_denying_bpf(pods: &[PodSpec], extra_args: &[&str]) -> Result<Loupe> {
+        let mut loupe = Loupe::new(extra_args, true)?;
+        loupe.deny_bpf = true;
+        loupe.write_pods(&pods_yaml(pods))?;
+        loupe.spawn()?;
+        Ok(loupe)
+    }
+
+    /// Starts loupe with bpf(2) denied and waits up to `timeout` for it to exit by itself;
+    /// returns its exit status and log.
+    pub fn exit_denying_bpf(
+        pods: &[PodSpec],
+        extra_args: &[&str],
+        timeout: Duration,
+    ) -> Result<(std::process::ExitStatus, String)> {
+        let mut loupe = Loupe::new(extra_args, true)?;
+        loupe.deny_bpf = true;
+        loupe.write_pods(&pods_yaml(pods))?;
+        loupe.launch()?;
+        let proc = loupe.proc.as_mut().ok_or_else(|| Error::Invalid {
+            what: "loupe".into(),
+            detail: "not started".into(),
+        })?;
+        let status = proc.wait_exit(timeout)?;
+        Ok((status, loupe.log()))
     }
 
     /// Starts loupe without a pods file, its discovery given by `args` (e.g. `--kubernetes
@@ -154,6 +185,7 @@ impl Loupe {
             log_file: dir.path().join("loupe.log"),
             args: args.iter().map(|s| s.to_string()).collect(),
             uses_pods_file,
+            deny_bpf: false,
             proc: None,
             dir,
         })
@@ -178,6 +210,12 @@ impl Loupe {
 
     /// Starts the process (appending to the log) and waits for `/readyz`.
     pub fn spawn(&mut self) -> Result<()> {
+        self.launch()?;
+        self.wait_ready()
+    }
+
+    /// Starts the process, appending to the log.
+    fn launch(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -191,6 +229,9 @@ impl Loupe {
         command.args(["run", "--listen", &self.listen]);
         if self.uses_pods_file {
             command.args(["--pods-file", &pods]);
+        }
+        if self.deny_bpf {
+            crate::seccomp::deny_bpf(&mut command);
         }
         let child = command
             .args(&self.args)
@@ -207,7 +248,7 @@ impl Loupe {
             what: format!("loupe on {}", self.listen),
             child,
         });
-        self.wait_ready()
+        Ok(())
     }
 
     fn wait_ready(&mut self) -> Result<()> {

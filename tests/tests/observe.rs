@@ -91,6 +91,7 @@ fn observed_replies_are_served_and_loupe_sends_none_of_its_own() {
         let text = loupe.metrics().unwrap();
         let exp = expo::check_all(&text).unwrap();
         assert!(observed(&exp, "obs"), "round {round}: not observed");
+        assert_eq!(exp.value("loupe_capture_active", &[]), Some(1.0));
         let mut got = exp.series_where(&who("obs"), &IDENTITY);
         got.retain(|k, _| k.starts_with("app_"));
         let diff = expo::diff(&want, &got);

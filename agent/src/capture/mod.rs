@@ -58,8 +58,15 @@ pub struct Exchange {
 }
 
 use crate::store::{Origin, Outcome, Snapshot, Store};
+use crate::telemetry::Gauge;
 use std::sync::Arc;
 use std::time::Duration;
+
+pub static ACTIVE: Gauge = Gauge::new(
+    "loupe_capture_active",
+    "1 while the eBPF probe is loaded and observing; 0 when only fetching (see loupe's log for why).",
+);
+pub static GAUGES: &[&Gauge] = &[&ACTIVE];
 
 /// Bodies above this size are validated on the blocking pool, so the capture loop keeps draining
 /// the ring buffer meanwhile.
@@ -88,6 +95,7 @@ pub async fn observe(
                     Ok(segment) => segment,
                     Err(e) => {
                         log::error!("reading captured segments stopped: {e}; only fetching from now on");
+                        ACTIVE.set(0);
                         return;
                     }
                 };
@@ -121,6 +129,7 @@ pub fn spawn_observer(
     let thread = std::thread::Builder::new()
         .name("loupe-capture".into())
         .spawn(move || runtime.block_on(observe(segments, detached, store, limits)))?;
+    ACTIVE.set(1);
     Ok(thread)
 }
 
