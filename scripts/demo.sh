@@ -29,9 +29,14 @@ cargo build
 WORK=$(mktemp -d /tmp/loupe-demo.XXXXXX)
 TESTBED_PID=""
 LOUPE_PID=""
+CLIENT_PID=""
 cleanup() {
   trap - EXIT INT TERM
   say "stopping loupe and removing the pods"
+  if [ -n "$CLIENT_PID" ]; then
+    kill -TERM "$CLIENT_PID" 2>/dev/null || true
+    wait "$CLIENT_PID" 2>/dev/null || true
+  fi
   if [ -n "$LOUPE_PID" ] && kill -0 "$LOUPE_PID" 2>/dev/null; then
     kill -TERM "$LOUPE_PID" 2>/dev/null || true
     wait "$LOUPE_PID" 2>/dev/null || true
@@ -88,6 +93,20 @@ if ! wait_until 60 have_all_pods; then
   tail -n 30 "$WORK/loupe.log" >&2
 fi
 
+say "a client inside pod cart-0 scrapes its app every 2 s (as a sidecar or a local agent would): loupe observes those replies with eBPF instead of asking the app again"
+CART0_NETNS=$(awk '/name: cart-0$/ { found = 1 } found && /netns:/ { print $2; exit }' "$WORK/pods.yaml")
+nsenter --net="$CART0_NETNS" sh -c \
+  'while :; do curl -s -o /dev/null http://127.0.0.1:8080/metrics; sleep 2; done' &
+CLIENT_PID=$!
+observed() {
+  curl -sf --max-time 20 "http://$LISTEN/metrics" | grep -q '^loupe_target_info{.*pod="cart-0".*source="observed"'
+}
+if wait_until 30 observed; then
+  echo "loupe_target_info for cart-0 now says source=\"observed\"; the other pods stay \"fetched\""
+else
+  echo "demo: no observed reply for cart-0 within 30 s (is the probe loaded? see $WORK/loupe.log)" >&2
+fi
+
 say "loupe's merged /metrics (http://$LISTEN/metrics), a few lines per pod"
 curl -sf --max-time 20 "http://$LISTEN/metrics" >"$WORK/metrics.txt" || true
 for i in $(seq 0 $((PODS - 1))); do
@@ -96,7 +115,7 @@ for i in $(seq 0 $((PODS - 1))); do
   grep "^loupe_target_\(up\|info\){.*pod=\"cart-$i\"" "$WORK/metrics.txt" || true
 done
 echo "-- agent counters"
-grep '^loupe_[a-z_]*_total' "$WORK/metrics.txt" | head -n 8 || true
+grep '^loupe_capture_active\|^loupe_responses_\(observed\|fetched\)_total' "$WORK/metrics.txt" || true
 if promtool check metrics <"$WORK/metrics.txt" >/dev/null 2>&1; then
   echo "-- promtool check metrics: OK"
 else
