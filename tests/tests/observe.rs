@@ -1,6 +1,6 @@
-//! The observing path: while another client inside the pod scrapes the app, loupe serves what it
-//! saw on the pod's loopback and sends nothing of its own; 20 MB arrive intact; with a tiny ring
-//! buffer torn replies are discarded, counted, and never published.
+//! The observing path: while another client inside the pod scrapes the app (over 127.0.0.1 or
+//! ::1), loupe serves what it saw on the pod's loopback and sends nothing of its own; 20 MB arrive
+//! intact; with a tiny ring buffer torn replies are discarded, counted, and never published.
 
 use std::net::{Ipv6Addr, SocketAddr};
 use std::time::Duration;

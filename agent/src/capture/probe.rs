@@ -25,8 +25,9 @@
 //! - Flows already open before [`Probe::watch_port`] start without a SYN.
 //! - IPv4 and IPv6 (`127.0.0.1` and `::1`): addresses arrive as [`std::net::SocketAddr`]s of
 //!   the packet's own family (the record's IPv4-mapped form is undone). IPv6 packets with
-//!   extension headers are not seen (loopback traffic has none). A flow whose two ports are
-//!   both watched counts as a request to its destination port.
+//!   extension headers other than the Hop-by-Hop jumbo header of GSO packets above 64 KiB are
+//!   not seen (loopback TCP has none). A flow whose two ports are both watched counts as a
+//!   request to its destination port.
 //! - Own flows are skipped entirely (SYN to FIN) while registered; a FIN or ACK sent after the
 //!   guard is dropped can still show up as a lone segment of an unknown flow.
 //!
