@@ -6,7 +6,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use loupe_agent::capture::flow::FlowTable;
 use loupe_agent::capture::{Direction, FlowKey, Segment};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
 const RECORD: usize = 4096;
@@ -14,8 +14,8 @@ const RECORD: usize = 4096;
 fn segments(chunked: bool) -> Vec<Segment> {
     let flow = FlowKey {
         netns: 1,
-        client: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 40000),
-        server: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080),
+        client: SocketAddr::from((Ipv4Addr::LOCALHOST, 40000)),
+        server: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
     };
     let mut body = Vec::new();
     let mut i = 0u64;

@@ -3,7 +3,7 @@
 //! kernel; skips otherwise (fails instead when `CI=true`).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -112,10 +112,46 @@ impl TestNetns {
     }
 
     fn listen(&self) -> TcpListener {
+        self.listen_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    fn listen_on(&self, loopback: IpAddr) -> TcpListener {
         self.netns
-            .run(|| TcpListener::bind("127.0.0.1:0"))
+            .run(|| TcpListener::bind(SocketAddr::new(loopback, 0)))
             .expect("enter netns")
             .expect("bind listener")
+    }
+
+    /// Makes sure `lo` has `::1`: a fresh namespace has it once `lo` is up, unless IPv6 is
+    /// disabled by sysctl there, which is then undone for this namespace only.
+    fn ensure_ipv6_loopback(&self) {
+        let has_v6 = || {
+            let out = Command::new("ip")
+                .args(["-n", &self.name, "-6", "addr", "show", "dev", "lo"])
+                .output()
+                .expect("run ip addr");
+            String::from_utf8_lossy(&out.stdout).contains("::1/128")
+        };
+        if has_v6() {
+            return;
+        }
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.name,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=0",
+                "net.ipv6.conf.lo.disable_ipv6=0",
+            ],
+        );
+        assert!(
+            has_v6(),
+            "no ::1 on lo of {} after enabling IPv6",
+            self.name
+        );
     }
 
     /// Netlink filters on lo egress whose line names the loupe program.
@@ -206,14 +242,27 @@ fn response_for(body: &[u8]) -> Vec<u8> {
 
 const REQUEST: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: */*\r\n\r\n";
 
-/// One request from inside `ns` to `port`; returns the client port and the whole response.
-/// With `own`, the client port is registered as the agent's own before connecting.
+/// One request from inside `ns` to 127.0.0.1:`port`; see [`get_on`].
 async fn get(ns: &TestNetns, port: u16, own: Option<&OwnFlows>) -> (u16, Vec<u8>) {
+    get_on(ns, IpAddr::V4(Ipv4Addr::LOCALHOST), port, own).await
+}
+
+/// One request from inside `ns` to `port` on `loopback`; returns the client port and the whole
+/// response. With `own`, the client port is registered as the agent's own before connecting.
+async fn get_on(
+    ns: &TestNetns,
+    loopback: IpAddr,
+    port: u16,
+    own: Option<&OwnFlows>,
+) -> (u16, Vec<u8>) {
     let socket = ns
         .netns
         .run(|| -> std::io::Result<tokio::net::TcpSocket> {
-            let socket = tokio::net::TcpSocket::new_v4()?;
-            socket.bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0).into())?;
+            let socket = match loopback {
+                IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            socket.bind(SocketAddr::new(loopback, 0))?;
             Ok(socket)
         })
         .expect("enter netns")
@@ -226,7 +275,7 @@ async fn get(ns: &TestNetns, port: u16, own: Option<&OwnFlows>) -> (u16, Vec<u8>
             .expect("register own flow")
     });
     let mut stream = socket
-        .connect(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port).into())
+        .connect(SocketAddr::new(loopback, port))
         .await
         .expect("connect");
     stream.write_all(REQUEST).await.expect("send request");
@@ -329,9 +378,9 @@ async fn both_directions_arrive_with_flow_identity_and_continuous_seq() {
         assert_eq!(s.flow.netns, cookie);
         assert_eq!(
             s.flow.client,
-            SocketAddrV4::new(Ipv4Addr::LOCALHOST, client_port)
+            SocketAddr::from((Ipv4Addr::LOCALHOST, client_port))
         );
-        assert_eq!(s.flow.server, SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
+        assert_eq!(s.flow.server, SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
     }
     assert_eq!(
         reassemble(&segments, client_port, Direction::Request),
@@ -378,6 +427,89 @@ async fn unwatched_ports_and_own_flows_are_not_copied() {
         .all(|s| s.flow.server.port() != unwatched_port));
     assert!(segments.iter().all(|s| s.flow.client.port() != own_port));
     assert!(segments.iter().any(|s| s.flow.client.port() == marker_port));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_loopback_replies_arrive_with_v6_addresses_byte_identical() {
+    if !can_run("ipv6_loopback_replies_arrive_with_v6_addresses_byte_identical") {
+        return;
+    }
+    let ns = TestNetns::new();
+    ns.ensure_ipv6_loopback();
+    let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    let listener = ns.listen_on(v6);
+    let port = listener.local_addr().expect("addr").port();
+    let mut probe = load(4 << 20, AttachMode::Auto);
+    let cookie = probe.attach(&ns.netns).expect("attach");
+    probe.watch_port(cookie, port).expect("watch");
+    let mut stream = probe.segments().expect("segments");
+
+    // A few KB (one record), then 200 KB: GSO packets of many chunks, some above 64 KiB, which
+    // the kernel sends as jumbograms with a Hop-by-Hop header (payload length 0).
+    for size in [3_000usize, 200_000] {
+        let body: Vec<u8> = (0..size as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        let listener = listener.try_clone().expect("clone listener");
+        let server = serve(listener, body.clone(), 1);
+        let (client_port, response) = get_on(&ns, v6, port, None).await;
+        server.join().expect("server");
+        let expected = response_for(&body);
+        assert_eq!(response, expected, "{size}: the reply itself");
+        let segments = collect_flow(&mut stream, client_port).await;
+        let mine: Vec<&Segment> = segments
+            .iter()
+            .filter(|s| s.flow.client.port() == client_port)
+            .collect();
+        assert!(!mine.is_empty());
+        for s in mine {
+            assert_eq!(s.flow.netns, cookie);
+            assert_eq!(s.flow.client, SocketAddr::new(v6, client_port), "{size}");
+            assert_eq!(s.flow.server, SocketAddr::new(v6, port), "{size}");
+        }
+        assert_eq!(
+            reassemble(&segments, client_port, Direction::Request),
+            REQUEST,
+            "{size}"
+        );
+        let captured = reassemble(&segments, client_port, Direction::Response);
+        assert_eq!(captured.len(), expected.len(), "{size}");
+        assert!(captured == expected, "{size}: captured response differs");
+        assert!(segments.iter().all(|s| s.payload.len() <= 4096));
+    }
+    assert_eq!(probe.dropped(), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_flows_over_ipv6_are_not_copied() {
+    if !can_run("own_flows_over_ipv6_are_not_copied") {
+        return;
+    }
+    let ns = TestNetns::new();
+    ns.ensure_ipv6_loopback();
+    let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    let listener = ns.listen_on(v6);
+    let port = listener.local_addr().expect("addr").port();
+    let server = serve(listener, b"v6\n".to_vec(), 2);
+
+    let mut probe = load(1 << 20, AttachMode::Auto);
+    let cookie = probe.attach(&ns.netns).expect("attach");
+    probe.watch_port(cookie, port).expect("watch");
+    let own = probe.own_flows();
+    let mut stream = probe.segments().expect("segments");
+
+    // The registry is keyed by (namespace, client port): the family plays no part.
+    let (own_port, own_reply) = get_on(&ns, v6, port, Some(&own)).await;
+    assert_eq!(own_reply, response_for(b"v6\n"));
+    // The ring is ordered: anything the own flow produced would come before this one.
+    let (marker_port, _) = get_on(&ns, v6, port, None).await;
+    let segments = collect_flow(&mut stream, marker_port).await;
+    server.join().expect("server");
+
+    assert!(segments.iter().all(|s| s.flow.client.port() != own_port));
+    assert!(segments
+        .iter()
+        .any(|s| s.flow.client == SocketAddr::new(v6, marker_port)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

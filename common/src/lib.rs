@@ -38,7 +38,13 @@ pub const TCP_RST: u8 = 0x04;
 pub const TCP_PSH: u8 = 0x08;
 pub const TCP_ACK: u8 = 0x10;
 
-/// Head of every ring-buffer record. 40 bytes, all integers in host byte order.
+/// Head of every ring-buffer record. 64 bytes; integers in host byte order, addresses in
+/// network byte order.
+///
+/// Addresses are IPv6 for both families: an IPv4 packet's addresses arrive IPv4-mapped
+/// (`::ffff:a.b.c.d`, see [`ipv4_mapped`]), so user space reads every address the same way
+/// (`Ipv6Addr::from(saddr).to_canonical()`) and needs no family field. A real IPv6 packet never
+/// carries a mapped address: the kernel sends traffic to `::ffff:a.b.c.d` as IPv4.
 ///
 /// A packet with payload becomes one record per [`CHUNK_BYTES`] of payload, chunk `i` with
 /// `seq = packet seq + i * CHUNK_BYTES` (wrapping). SYN, FIN and RST packets without payload
@@ -48,9 +54,9 @@ pub const TCP_ACK: u8 = 0x10;
 pub struct SegmentHeader {
     /// `bpf_get_netns_cookie(skb)`: equals `SO_NETNS_COOKIE` of a socket in that namespace.
     pub netns_cookie: u64,
-    /// IPv4 source address as a host-order integer (`Ipv4Addr::from(saddr)`).
-    pub saddr: u32,
-    pub daddr: u32,
+    /// Source address, IPv6 or IPv4-mapped, network byte order (`Ipv6Addr::from(saddr)`).
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
     pub sport: u16,
     pub dport: u16,
     /// Sequence number of this record's first payload byte (for SYN: the SYN's own seq).
@@ -67,6 +73,14 @@ pub struct SegmentHeader {
     /// Index of this record within its packet (0 for the first).
     pub chunk: u16,
     pub _reserved: u16,
+}
+
+/// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address given in network byte order.
+#[inline(always)]
+pub const fn ipv4_mapped(v4: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
 }
 
 /// Size of [`SegmentHeader`], the offset of the payload in a record.
@@ -112,6 +126,6 @@ mod user {
     unsafe impl aya::Pod for super::DropCounters {}
 }
 
-const _: () = assert!(SEGMENT_HEADER_LEN == 40);
+const _: () = assert!(SEGMENT_HEADER_LEN == 64);
 const _: () = assert!(core::mem::size_of::<PortKey>() == 16);
 const _: () = assert!(core::mem::size_of::<DropCounters>() == 16);

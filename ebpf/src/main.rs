@@ -1,7 +1,8 @@
 //! loupe's capture program: a TC classifier on a pod's `lo` egress. Every loopback packet passes
-//! `lo` egress exactly once, so both directions of a flow are seen here. For IPv4 TCP packets
-//! whose source or destination port is watched in the packet's network namespace, it copies the
-//! payload into the `SEGMENTS` ring buffer (record layout: `loupe_common::SegmentHeader`).
+//! `lo` egress exactly once, so both directions of a flow are seen here. For TCP packets over
+//! IPv4 or IPv6 whose source or destination port is watched in the packet's network namespace,
+//! it copies the payload into the `SEGMENTS` ring buffer (record layout:
+//! `loupe_common::SegmentHeader`).
 //! It only observes: it always returns `TC_ACT_UNSPEC` (= `TCX_NEXT`), never changing traffic.
 //!
 //! Kernel needs: `bpf_get_netns_cookie` for TC programs (added early 2025, about Linux
@@ -23,9 +24,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use loupe_common::{
-    DropCounters, PortKey, SegmentHeader, CHUNK_BYTES, DEFAULT_RING_BYTES, DIRECTION_REQUEST,
-    DIRECTION_RESPONSE, MAX_CHUNKS, MAX_OWN_FLOWS, MAX_WATCHED_PORTS, TCP_FIN, TCP_PSH, TCP_RST,
-    TCP_SYN,
+    ipv4_mapped, DropCounters, PortKey, SegmentHeader, CHUNK_BYTES, DEFAULT_RING_BYTES,
+    DIRECTION_REQUEST, DIRECTION_RESPONSE, MAX_CHUNKS, MAX_OWN_FLOWS, MAX_WATCHED_PORTS, TCP_FIN,
+    TCP_PSH, TCP_RST, TCP_SYN,
 };
 
 #[map]
@@ -45,7 +46,10 @@ const PASS_ON: i32 = -1;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const IPV6_HLEN: usize = 40;
 const IPPROTO_TCP: u8 = 6;
+const IPPROTO_HOPOPTS: u8 = 0;
 
 /// One ring-buffer record: header plus room for `N` payload bytes. The ring only accepts
 /// constant-size reservations, so payload goes into one of a few size classes.
@@ -61,27 +65,119 @@ pub fn loupe_lo_egress(ctx: TcContext) -> i32 {
     PASS_ON
 }
 
+/// Where the TCP header starts and how far the IP header says the packet goes.
+struct L4 {
+    /// Offset of the TCP header in the packet.
+    offset: usize,
+    /// Bytes after the IP header by its own length field; `None` when the field is 0 (a GSO
+    /// packet above 64 KiB, BIG TCP): the skb length bounds the payload then.
+    ip_payload: Option<usize>,
+}
+
+/// Parses an IPv4 or IPv6 header carrying TCP, writing its addresses into `header`; `None` for
+/// anything else. The addresses go straight into the record header: the classifier and the
+/// `bpf_loop` callback share the 512-byte stack, so no copy of them is made.
 #[inline(always)]
-fn observe(ctx: &TcContext) -> Result<(), i64> {
-    let ethertype = u16::from_be(ctx.load::<u16>(12)?);
-    if ethertype != ETH_P_IP {
-        return Ok(());
+fn parse_l3(ctx: &TcContext, header: &mut SegmentHeader) -> Result<Option<L4>, i64> {
+    match u16::from_be(ctx.load::<u16>(12)?) {
+        ETH_P_IP => parse_ipv4(ctx, header),
+        ETH_P_IPV6 => parse_ipv6(ctx, header),
+        _ => Ok(None),
     }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &TcContext, header: &mut SegmentHeader) -> Result<Option<L4>, i64> {
     let ip: [u8; 20] = ctx.load(ETH_HLEN)?;
     if ip[0] >> 4 != 4 || ip[9] != IPPROTO_TCP {
-        return Ok(());
+        return Ok(None);
     }
     // A non-first fragment carries no TCP header (does not happen on lo's 64 KiB MTU).
     if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
-        return Ok(());
+        return Ok(None);
     }
     let ihl = usize::from(ip[0] & 0x0f) * 4;
     if ihl < 20 {
-        return Ok(());
+        return Ok(None);
     }
     let tot_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    let l4 = ETH_HLEN + ihl;
-    let tcp: [u8; 20] = ctx.load(l4)?;
+    header.saddr = ipv4_mapped([ip[12], ip[13], ip[14], ip[15]]);
+    header.daddr = ipv4_mapped([ip[16], ip[17], ip[18], ip[19]]);
+    Ok(Some(L4 {
+        offset: ETH_HLEN + ihl,
+        ip_payload: (tot_len != 0).then(|| tot_len.saturating_sub(ihl)),
+    }))
+}
+
+/// TCP directly after the fixed 40-byte header, or after one Hop-by-Hop options header: the
+/// kernel (up to at least 6.18) inserts one with a Jumbo Payload option into every GSO packet
+/// above 64 KiB (BIG TCP; payload length 0), and loopback's GSO makes such packets. Any other
+/// extension header (or protocol) is skipped: loopback TCP carries none in practice.
+#[inline(always)]
+fn parse_ipv6(ctx: &TcContext, header: &mut SegmentHeader) -> Result<Option<L4>, i64> {
+    // Version, traffic class, flow label, payload length, next header, hop limit.
+    let fixed: [u8; 8] = ctx.load(ETH_HLEN)?;
+    if fixed[0] >> 4 != 6 {
+        return Ok(None);
+    }
+    let mut offset = ETH_HLEN + IPV6_HLEN;
+    let mut next_header = fixed[6];
+    if next_header == IPPROTO_HOPOPTS {
+        // Next header, then the header's length in 8-byte units beyond the first 8.
+        let hop: [u8; 2] = ctx.load(offset)?;
+        next_header = hop[0];
+        offset += (usize::from(hop[1]) + 1) * 8;
+    }
+    if next_header != IPPROTO_TCP {
+        return Ok(None);
+    }
+    load_into(ctx, ETH_HLEN + 8, &mut header.saddr)?;
+    load_into(ctx, ETH_HLEN + 24, &mut header.daddr)?;
+    // Counts extension headers too; 0 for a jumbogram (BIG TCP), bounded by the skb then.
+    let payload_len = usize::from(u16::from_be_bytes([fixed[4], fixed[5]]));
+    let extensions = offset - (ETH_HLEN + IPV6_HLEN);
+    Ok(Some(L4 {
+        offset,
+        ip_payload: (payload_len != 0).then(|| payload_len.saturating_sub(extensions)),
+    }))
+}
+
+/// Copies `size_of::<T>()` packet bytes at `offset` into `dst`, without a stack temporary.
+#[inline(always)]
+fn load_into<T: Copy>(ctx: &TcContext, offset: usize, dst: &mut T) -> Result<(), i64> {
+    // SAFETY: `dst` is a valid, exclusively borrowed `T` of plain bytes (addresses), and the
+    // helper writes exactly size_of::<T>() bytes into it or fails.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast::<c_void>(),
+            offset as u32,
+            (dst as *mut T).cast::<c_void>(),
+            core::mem::size_of::<T>() as u32,
+        )
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(ret)
+    }
+}
+
+#[inline(always)]
+fn observe(ctx: &TcContext) -> Result<(), i64> {
+    // Built in place: the record header lives once on the stack, inside the loop state.
+    let mut state = ChunkLoop {
+        skb: ctx.skb.skb,
+        header: SegmentHeader::default(),
+        data_seq: 0,
+        payload_off: 0,
+        payload_len: 0,
+        chunks: 0,
+        emitted: 0,
+    };
+    let Some(l4) = parse_l3(ctx, &mut state.header)? else {
+        return Ok(());
+    };
+    let tcp: [u8; 20] = ctx.load(l4.offset)?;
     let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
     let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
     let doff = usize::from(tcp[12] >> 4) * 4;
@@ -104,34 +200,27 @@ fn observe(ctx: &TcContext) -> Result<(), i64> {
         return Ok(());
     }
 
-    let payload_off = l4 + doff;
+    let payload_off = l4.offset + doff;
     let mut payload_len = (ctx.len() as usize).saturating_sub(payload_off);
-    // GSO packets above 64 KiB (BIG TCP) carry tot_len 0; otherwise trust the IP length.
-    if tot_len != 0 {
-        payload_len = payload_len.min(tot_len.saturating_sub(ihl + doff));
+    if let Some(ip_payload) = l4.ip_payload {
+        payload_len = payload_len.min(ip_payload.saturating_sub(doff));
     }
 
-    let header = SegmentHeader {
-        netns_cookie,
-        saddr: u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]),
-        daddr: u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]),
-        sport,
-        dport,
-        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
-        ack: u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
-        payload_len: 0,
-        flags,
-        direction,
-        packet_payload_len: payload_len as u32,
-        chunk: 0,
-        _reserved: 0,
-    };
+    let header = &mut state.header;
+    header.netns_cookie = netns_cookie;
+    header.sport = sport;
+    header.dport = dport;
+    header.seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    header.ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
+    header.flags = flags;
+    header.direction = direction;
+    header.packet_payload_len = payload_len as u32;
 
     if payload_len == 0 {
         if flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
             match SEGMENTS.reserve::<SegmentHeader>(0) {
                 Some(mut entry) => {
-                    entry.write(header);
+                    entry.write(state.header);
                     entry.submit(0);
                 }
                 None => count_drop(ctx, 1, 0),
@@ -141,21 +230,15 @@ fn observe(ctx: &TcContext) -> Result<(), i64> {
     }
 
     // A SYN consumes one sequence number before its data (TCP Fast Open).
-    let data_seq = if flags & TCP_SYN != 0 {
+    state.data_seq = if flags & TCP_SYN != 0 {
         header.seq.wrapping_add(1)
     } else {
         header.seq
     };
     let chunks = payload_len.div_ceil(CHUNK_BYTES);
-    let mut state = ChunkLoop {
-        skb: ctx.skb.skb,
-        header,
-        data_seq,
-        payload_off: payload_off as u32,
-        payload_len: payload_len as u32,
-        chunks: chunks as u32,
-        emitted: 0,
-    };
+    state.payload_off = payload_off as u32;
+    state.payload_len = payload_len as u32;
+    state.chunks = chunks as u32;
     // bpf_loop has the verifier check the body once instead of once per iteration.
     // SAFETY: the callback has the signature bpf_loop expects and only reads/writes `state`
     // through the pointer it is given, which lives on this stack frame during the call.
@@ -180,6 +263,7 @@ fn observe(ctx: &TcContext) -> Result<(), i64> {
 #[repr(C)]
 struct ChunkLoop {
     skb: *mut __sk_buff,
+    /// The packet's header; each chunk's record gets a copy with its own seq, length and flags.
     header: SegmentHeader,
     data_seq: u32,
     payload_off: u32,
@@ -187,6 +271,15 @@ struct ChunkLoop {
     chunks: u32,
     /// Chunks emitted so far; the loop stops at the first that cannot be.
     emitted: u32,
+}
+
+/// The fields that differ between the records of one packet.
+#[derive(Clone, Copy)]
+struct ChunkFields {
+    seq: u32,
+    chunk: u16,
+    payload_len: u16,
+    flags: u8,
 }
 
 /// `bpf_loop` body: emits chunk `index` of the packet. Returns 1 to stop the loop.
@@ -204,24 +297,26 @@ extern "C" fn emit_chunk(index: u64, state: *mut c_void) -> i64 {
     }
     let len = remaining.min(CHUNK_BYTES as u64);
     let chunks = u64::from(state.chunks);
-    let mut header = state.header;
-    header.seq = state.data_seq.wrapping_add(offset as u32);
-    header.chunk = index as u16;
-    header.payload_len = len as u16;
+    let mut fields = ChunkFields {
+        seq: state.data_seq.wrapping_add(offset as u32),
+        chunk: index as u16,
+        payload_len: len as u16,
+        flags: state.header.flags,
+    };
     // Each record reads as its own segment: SYN on the first, FIN/PSH/RST on the last.
     if index != 0 {
-        header.flags &= !TCP_SYN;
+        fields.flags &= !TCP_SYN;
     }
     if index + 1 != chunks {
-        header.flags &= !(TCP_FIN | TCP_PSH | TCP_RST);
+        fields.flags &= !(TCP_FIN | TCP_PSH | TCP_RST);
     }
     let src = u64::from(state.payload_off) + offset;
     let emitted = if len > 1024 {
-        emit::<CHUNK_BYTES>(state.skb, &header, src, len)
+        emit::<CHUNK_BYTES>(state.skb, &state.header, fields, src, len)
     } else if len > 256 {
-        emit::<1024>(state.skb, &header, src, len)
+        emit::<1024>(state.skb, &state.header, fields, src, len)
     } else {
-        emit::<256>(state.skb, &header, src, len)
+        emit::<256>(state.skb, &state.header, fields, src, len)
     };
     if !emitted {
         return 1;
@@ -236,10 +331,17 @@ fn is_watched(netns_cookie: u64, port: u16) -> bool {
     unsafe { WATCHED_PORTS.get(PortKey::new(netns_cookie, port)) }.is_some()
 }
 
-/// Copies `len` payload bytes at `src` into a new record of size class `N`. False when the ring
-/// is full or the copy fails; nothing is submitted then.
+/// Copies `len` payload bytes at `src` into a new record of size class `N` whose header is
+/// `header` with `fields` in place. False when the ring is full or the copy fails; nothing is
+/// submitted then.
 #[inline(always)]
-fn emit<const N: usize>(skb: *mut __sk_buff, header: &SegmentHeader, src: u64, len: u64) -> bool {
+fn emit<const N: usize>(
+    skb: *mut __sk_buff,
+    header: &SegmentHeader,
+    fields: ChunkFields,
+    src: u64,
+    len: u64,
+) -> bool {
     let Some(mut entry) = SEGMENTS.reserve::<Record<N>>(0) else {
         return false;
     };
@@ -251,9 +353,14 @@ fn emit<const N: usize>(skb: *mut __sk_buff, header: &SegmentHeader, src: u64, l
         return false;
     }
     // SAFETY: `record` points at a reserved ring-buffer slot of size_of::<Record<N>>() bytes;
-    // the copy writes `len <= N` bytes into its `data` array.
+    // the header is written field by field there (no stack copy), and the copy writes
+    // `len <= N` bytes into its `data` array.
     let copied = unsafe {
         addr_of_mut!((*record).header).write(*header);
+        addr_of_mut!((*record).header.seq).write(fields.seq);
+        addr_of_mut!((*record).header.chunk).write(fields.chunk);
+        addr_of_mut!((*record).header.payload_len).write(fields.payload_len);
+        addr_of_mut!((*record).header.flags).write(fields.flags);
         bpf_skb_load_bytes(
             skb.cast::<c_void>(),
             src as u32,

@@ -1,7 +1,7 @@
 //! A "pod": a network namespace with `lo` up and a veth pair to the host carrying a /30 from
 //! 198.19.0.0/16 (inside 198.18.0.0/15, the range set aside for test networks), one per pod.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -124,13 +124,27 @@ impl Pod {
     /// Starts the test app (`metrics-app`) inside the pod on 127.0.0.1:`port` and waits until it
     /// answers `/requests`.
     pub fn spawn_app(&self, port: u16, extra: &[&str]) -> Result<Proc> {
+        self.spawn_app_at(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), extra)
+    }
+
+    /// Starts the test app listening on `listen` (e.g. `[::]:8080`) and waits until it answers
+    /// `/requests` there (on the loopback of that family when `listen` is a wildcard).
+    pub fn spawn_app_at(&self, listen: SocketAddr, extra: &[&str]) -> Result<Proc> {
         let bin = crate::crate_bin("metrics-app")?;
-        let listen = format!("127.0.0.1:{port}");
-        let mut args = vec!["--listen", listen.as_str()];
+        let listen_arg = listen.to_string();
+        let mut args = vec!["--listen", listen_arg.as_str()];
         args.extend_from_slice(extra);
+        let port = listen.port();
         let what = format!("metrics-app-{port}");
         let mut proc = self.spawn(&what, &bin.to_string_lossy(), &args)?;
-        let url = format!("http://127.0.0.1:{port}/requests");
+        let mut ready_at = listen;
+        if listen.ip().is_unspecified() {
+            ready_at.set_ip(match listen.ip() {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            });
+        }
+        let url = format!("http://{ready_at}/requests");
         wait_for(
             &format!("{what} in pod {} to answer", self.name),
             Duration::from_secs(20),
@@ -141,7 +155,8 @@ impl Pod {
                         std::fs::read_to_string(self.log_path(&what)).unwrap_or_default()
                     ));
                 }
-                Ok(self.curl(&["-sf", "-o", "/dev/null", &url]).ok())
+                // -g: the brackets of an IPv6 address are not a curl URL glob.
+                Ok(self.curl(&["-sfg", "-o", "/dev/null", &url]).ok())
             },
         )?;
         Ok(proc)

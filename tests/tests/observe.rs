@@ -1,7 +1,8 @@
-//! The observing path: while another client inside the pod scrapes the app, loupe serves what it
-//! saw on the pod's loopback and sends nothing of its own; 20 MB arrive intact; with a tiny ring
-//! buffer torn replies are discarded, counted, and never published.
+//! The observing path: while another client inside the pod scrapes the app (over 127.0.0.1 or
+//! ::1), loupe serves what it saw on the pod's loopback and sends nothing of its own; 20 MB arrive
+//! intact; with a tiny ring buffer torn replies are discarded, counted, and never published.
 
+use std::net::{Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use loupe_tests::client::ClientLoop;
@@ -112,6 +113,51 @@ fn observed_replies_are_served_and_loupe_sends_none_of_its_own() {
         seen_by_client,
         "the app answered {} requests the in-pod client did not send (loupe's own; {own_before} before observation)",
         (app_after - app_before).saturating_sub(seen_by_client)
+    );
+}
+
+#[test]
+fn replies_over_the_ipv6_loopback_are_observed() {
+    if !root_or_skip("replies_over_the_ipv6_loopback_are_observed") {
+        return;
+    }
+    let _serial = serial();
+    let pod = Pod::new().unwrap();
+    // `[::]` also takes 127.0.0.1 (dual-stack), where app_requests asks and loupe would fetch.
+    let listen = SocketAddr::from((Ipv6Addr::UNSPECIFIED, PORT));
+    let _app = pod.spawn_app_at(listen, &["--series", "50"]).unwrap();
+    let url = format!("http://[::1]:{PORT}/metrics");
+    let client = ClientLoop::start(&pod, &url, "0.2", "-g").unwrap();
+    let loupe = Loupe::start(&[spec(&pod, "v6")], &[]).unwrap();
+    loupe
+        .metrics_until(
+            "a reply observed over ::1",
+            Duration::from_secs(30),
+            |exp| observed(exp, "v6"),
+        )
+        .unwrap();
+    client.stop().unwrap();
+    let app_before = app_requests(&pod);
+
+    // Only the client's requests reach the app while loupe keeps serving what it observed.
+    let client = ClientLoop::start(&pod, &url, "0.2", "-g").unwrap();
+    client.wait_count(1, Duration::from_secs(10)).unwrap();
+    let want = app_series(50, None).unwrap();
+    for round in 0..4 {
+        let exp = expo::check_all(&loupe.metrics().unwrap()).unwrap();
+        assert!(observed(&exp, "v6"), "round {round}: not observed");
+        let mut got = exp.series_where(&who("v6"), &IDENTITY);
+        got.retain(|k, _| k.starts_with("app_"));
+        let diff = expo::diff(&want, &got);
+        assert!(diff.is_empty(), "round {round}: {diff:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let seen_by_client = client.stop().unwrap();
+    let app_after = app_requests(&pod);
+    assert_eq!(
+        app_after - app_before,
+        seen_by_client,
+        "the app answered requests the in-pod client did not send (loupe's own)"
     );
 }
 

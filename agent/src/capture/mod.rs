@@ -7,7 +7,7 @@ pub mod http;
 pub mod probe;
 
 use bytes::Bytes;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 /// Identity of a network namespace as the kernel reports it (`SO_NETNS_COOKIE`,
@@ -24,11 +24,12 @@ pub enum Direction {
 }
 
 /// A TCP connection on a pod's loopback, client and server told apart by the watched port.
+/// Addresses are IPv4 (`127.0.0.1`) or IPv6 (`::1`), never IPv4-mapped IPv6.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub netns: NetnsCookie,
-    pub client: SocketAddrV4,
-    pub server: SocketAddrV4,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
 }
 
 /// One captured TCP segment (or GSO super-segment) with payload, or a FIN/RST without.

@@ -23,9 +23,11 @@
 //!   [`Probe::dropped`]); later packets of the flow may arrive again: a gap in `seq` is the only
 //!   sign in the stream. The SYN or FIN of a flow can be lost the same way.
 //! - Flows already open before [`Probe::watch_port`] start without a SYN.
-//! - IPv4 only: loopback traffic over `::1` is not seen (such apps are fetched over `[::1]`,
-//!   see `fetch`). A flow whose two ports are both watched
-//!   counts as a request to its destination port.
+//! - IPv4 and IPv6 (`127.0.0.1` and `::1`): addresses arrive as [`std::net::SocketAddr`]s of
+//!   the packet's own family (the record's IPv4-mapped form is undone). IPv6 packets with
+//!   extension headers other than the Hop-by-Hop jumbo header of GSO packets above 64 KiB are
+//!   not seen (loopback TCP has none). A flow whose two ports are both watched counts as a
+//!   request to its destination port.
 //! - Own flows are skipped entirely (SYN to FIN) while registered; a FIN or ACK sent after the
 //!   guard is dropped can still show up as a lone segment of an unknown flow.
 //!
@@ -38,7 +40,7 @@
 //! filter named [`PROGRAM_NAME`] from that namespace's `lo` egress.
 
 use std::collections::{BTreeSet, HashMap as StdHashMap};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -642,8 +644,9 @@ pub fn decode_record(record: &[u8]) -> Option<Segment> {
         return None;
     }
     let payload = record.get(SEGMENT_HEADER_LEN..SEGMENT_HEADER_LEN + len)?;
-    let source = SocketAddrV4::new(Ipv4Addr::from(header.saddr), header.sport);
-    let destination = SocketAddrV4::new(Ipv4Addr::from(header.daddr), header.dport);
+    // IPv4 packets carry IPv4-mapped addresses; to_canonical gives them back as IPv4.
+    let source = SocketAddr::new(Ipv6Addr::from(header.saddr).to_canonical(), header.sport);
+    let destination = SocketAddr::new(Ipv6Addr::from(header.daddr).to_canonical(), header.dport);
     let (direction, client, server) = match header.direction {
         DIRECTION_REQUEST => (Direction::Request, source, destination),
         DIRECTION_RESPONSE => (Direction::Response, destination, source),
@@ -683,8 +686,8 @@ mod tests {
     fn header(direction: u8, payload_len: u16) -> SegmentHeader {
         SegmentHeader {
             netns_cookie: 77,
-            saddr: u32::from(Ipv4Addr::new(127, 0, 0, 1)),
-            daddr: u32::from(Ipv4Addr::new(127, 0, 0, 2)),
+            saddr: loupe_common::ipv4_mapped([127, 0, 0, 1]),
+            daddr: loupe_common::ipv4_mapped([127, 0, 0, 2]),
             sport: 40000,
             dport: 8080,
             seq: 1000,
@@ -722,6 +725,17 @@ mod tests {
         assert_eq!(seg.direction, Direction::Response);
         assert_eq!(seg.flow.client, "127.0.0.2:8080".parse().unwrap());
         assert_eq!(seg.flow.server, "127.0.0.1:40000".parse().unwrap());
+    }
+
+    #[test]
+    fn ipv6_record_keeps_ipv6_addresses() {
+        let mut header = header(DIRECTION_RESPONSE, 2);
+        header.saddr = Ipv6Addr::LOCALHOST.octets();
+        header.daddr = "fd00::2".parse::<Ipv6Addr>().unwrap().octets();
+        let seg = decode_record(&record(&header, b"OK", 0)).expect("decodes");
+        assert_eq!(seg.flow.server, "[::1]:40000".parse().unwrap());
+        assert_eq!(seg.flow.client, "[fd00::2]:8080".parse().unwrap());
+        assert!(seg.flow.client.is_ipv6() && seg.flow.server.is_ipv6());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The test app: serves a deterministic Prometheus exposition on `/metrics` (byte-identical on
 //! every request) and its own request counter on `/requests`, or misbehaves in a chosen way.
 //!
-//! `metrics-app --listen 127.0.0.1:PORT [--series N] [--mode MODE] [--extra-label NAME=VALUE]`
+//! `metrics-app --listen ADDR:PORT [--series N] [--mode MODE] [--extra-label NAME=VALUE]`
+//! ADDR: e.g. `127.0.0.1`, or `[::]` for both families (dual-stack with the default `bindv6only=0`).
 //! MODE: normal | garbage | status500 | invalid-utf8 | cut | hang | openmetrics | gzip | chunked
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -4,15 +4,19 @@ use super::*;
 use flate2::write::GzEncoder;
 use proptest::prelude::*;
 use std::io::Write as _;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 const ACK: u8 = 0x10;
 
 fn key(netns: u64, client_port: u16) -> FlowKey {
+    key_on(IpAddr::V4(Ipv4Addr::LOCALHOST), netns, client_port)
+}
+
+fn key_on(loopback: IpAddr, netns: u64, client_port: u16) -> FlowKey {
     FlowKey {
         netns,
-        client: SocketAddrV4::new(Ipv4Addr::LOCALHOST, client_port),
-        server: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080),
+        client: SocketAddr::new(loopback, client_port),
+        server: SocketAddr::new(loopback, 8080),
     }
 }
 
@@ -733,6 +737,38 @@ fn rst_drops_the_flow() {
     assert_eq!(t.flow_count(), 0);
     assert_eq!(t.buffered_bytes(), 0);
     assert_eq!(t.stats().responses_discarded_truncated, 1);
+}
+
+#[test]
+fn ipv4_and_ipv6_flows_with_the_same_ports_stay_apart() {
+    let mut t = FlowTable::default();
+    let now = Instant::now();
+    let mut v4 = Conn::new(key(1, 47000), 1, 1);
+    let mut v6 = Conn::new(key_on(IpAddr::V6(Ipv6Addr::LOCALHOST), 1, 47000), 1, 1);
+    assert_ne!(v4.key, v6.key);
+    let (body4, body6) = (metrics_body(30), metrics_body(70));
+    let mut segs = Vec::new();
+    for c in [&mut v4, &mut v6] {
+        segs.extend(c.handshake());
+        segs.extend(c.send(Direction::Request, &get("/metrics"), 1460));
+    }
+    // Interleaved responses with the same sequence numbers: only the key tells them apart.
+    let r4 = v4.send(Direction::Response, &response_cl(&body4), 500);
+    let r6 = v6.send(Direction::Response, &response_cl(&body6), 500);
+    for i in 0..r4.len().max(r6.len()) {
+        segs.extend(r4.get(i).cloned());
+        segs.extend(r6.get(i).cloned());
+    }
+    let out = push_all(&mut t, segs, now);
+    assert_eq!(out.len(), 2);
+    let of = |key: FlowKey| {
+        out.iter()
+            .find(|x| x.flow == key)
+            .unwrap_or_else(|| panic!("no exchange on {key:?}"))
+    };
+    assert_eq!(&of(v4.key).body[..], &body4[..]);
+    assert_eq!(&of(v6.key).body[..], &body6[..]);
+    assert_eq!(of(v6.key).flow.server, "[::1]:8080".parse().unwrap());
 }
 
 #[test]
