@@ -63,6 +63,24 @@ pub struct PodSpec {
 }
 
 /// Renders the pods file (format in design.md).
+/// A pod with the test app on 127.0.0.1:`port` (started with `app_args`), and its pods-file entry
+/// in namespace `shop` with one endpoint on that port, container `app`.
+pub fn pod_with_app(
+    name: &str,
+    port: u16,
+    app_args: &[&str],
+) -> Result<(crate::pod::Pod, Proc, PodSpec)> {
+    let pod = crate::pod::Pod::new()?;
+    let app = pod.spawn_app(port, app_args)?;
+    let spec = PodSpec {
+        namespace: "shop".into(),
+        name: name.into(),
+        netns: NetnsRef::Path(pod.netns_path()),
+        endpoints: vec![EndpointSpec::port(port).container("app")],
+    };
+    Ok((pod, app, spec))
+}
+
 pub fn pods_yaml(pods: &[PodSpec]) -> String {
     let mut y = String::from("pods:\n");
     if pods.is_empty() {
@@ -95,22 +113,40 @@ pub fn pods_yaml(pods: &[PodSpec]) -> String {
     y
 }
 
-/// The loupe binary: `$LOUPE_BIN`, else `<workspace>/target/debug/loupe`.
+/// The loupe binary: `$LOUPE_BIN`, else the workspace's debug build, brought up to date first.
 pub fn loupe_bin() -> Result<PathBuf> {
-    let bin = std::env::var_os("LOUPE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/debug/loupe"));
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        Err(Error::Invalid {
-            what: "loupe binary".into(),
-            detail: format!(
-                "{} does not exist: build it with `cargo build -p loupe-agent` or set LOUPE_BIN",
-                bin.display()
-            ),
-        })
+    if let Some(bin) = std::env::var_os("LOUPE_BIN") {
+        return Ok(PathBuf::from(bin));
     }
+    // `cargo test -p loupe-tests` does not build another package's binary: build it once per
+    // test process, so that a test never runs a loupe older than the sources (a no-op when it
+    // is up to date).
+    static BUILT: std::sync::OnceLock<std::result::Result<PathBuf, String>> =
+        std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let out = Command::new(cargo)
+                .args(["build", "--quiet", "-p", "loupe-agent", "--bin", "loupe"])
+                .current_dir(workspace_root())
+                .output()
+                .map_err(|e| format!("running cargo build: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "cargo build -p loupe-agent --bin loupe failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace_root().join("target"));
+            Ok(target.join("debug/loupe"))
+        })
+        .clone()
+        .map_err(|detail| Error::Invalid {
+            what: "loupe binary".into(),
+            detail,
+        })
 }
 
 /// A running (or stopped) loupe agent with its own pods file, log file and listen port.

@@ -162,6 +162,19 @@ impl Pod {
         Ok(proc)
     }
 
+    /// The `/metrics` requests the test app on 127.0.0.1:`port` has answered so far, read from
+    /// inside the pod (`/requests` itself is not counted).
+    pub fn app_requests(&self, port: u16) -> Result<u64> {
+        let out = self.curl(&["-sf", &format!("http://127.0.0.1:{port}/requests")])?;
+        out.lines()
+            .find_map(|l| l.strip_prefix("app_requests_total{path=\"/metrics\"} "))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| crate::Error::Invalid {
+                what: format!("/requests of the app in pod {}", self.name),
+                detail: out.clone(),
+            })
+    }
+
     /// Runs a command inside the namespace to completion and returns its stdout.
     pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
         let mut full = vec!["netns", "exec", self.name.as_str(), program];

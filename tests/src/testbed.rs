@@ -45,16 +45,7 @@ impl MeshPod {
 
     /// The app's `/metrics` requests so far, read from inside the pod (`/requests` is not counted).
     pub fn app_requests(&self) -> Result<u64> {
-        let out = self
-            .pod
-            .curl(&["-sf", &format!("http://127.0.0.1:{APP_PORT}/requests")])?;
-        out.lines()
-            .find_map(|l| l.strip_prefix("app_requests_total{path=\"/metrics\"} "))
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| crate::Error::Invalid {
-                what: format!("/requests of the app in pod {}", self.pod.name),
-                detail: out.clone(),
-            })
+        self.pod.app_requests(APP_PORT)
     }
 }
 

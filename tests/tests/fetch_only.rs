@@ -7,26 +7,12 @@ use std::time::Duration;
 
 use loupe_tests::attached;
 use loupe_tests::expo::Exposition;
-use loupe_tests::loupe::{loupe_bin, EndpointSpec, Loupe, NetnsRef, PodSpec};
+use loupe_tests::loupe::{loupe_bin, pod_with_app, Loupe};
 use loupe_tests::pod::Pod;
 use loupe_tests::{root_or_skip, seccomp};
 
 const PORT: u16 = 8080;
 const SERIES: usize = 20;
-
-fn app_pod(name: &str) -> (Pod, loupe_tests::Proc, PodSpec) {
-    let pod = Pod::new().unwrap();
-    let app = pod
-        .spawn_app(PORT, &["--series", &SERIES.to_string()])
-        .unwrap();
-    let spec = PodSpec {
-        namespace: "shop".into(),
-        name: name.into(),
-        netns: NetnsRef::Path(pod.netns_path()),
-        endpoints: vec![EndpointSpec::port(PORT).container("app")],
-    };
-    (pod, app, spec)
-}
 
 fn who(name: &str) -> [(&'static str, &str); 4] {
     [
@@ -76,23 +62,15 @@ fn assert_nothing_attached(pods: &[&Pod]) {
     }
 }
 
-fn app_requests(pod: &Pod) -> u64 {
-    let out = pod
-        .curl(&["-sf", &format!("http://127.0.0.1:{PORT}/requests")])
-        .unwrap();
-    out.lines()
-        .find_map(|l| l.strip_prefix("app_requests_total{path=\"/metrics\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn capture_off_serves_every_pod_fetched_and_attaches_nothing() {
     if !root_or_skip("capture_off_serves_every_pod_fetched_and_attaches_nothing") {
         return;
     }
-    let (pod_a, _app_a, spec_a) = app_pod("a");
-    let (pod_b, _app_b, spec_b) = app_pod("b");
+    let (pod_a, _app_a, spec_a) =
+        pod_with_app("a", PORT, &["--series", &SERIES.to_string()]).unwrap();
+    let (pod_b, _app_b, spec_b) =
+        pod_with_app("b", PORT, &["--series", &SERIES.to_string()]).unwrap();
     let loupe = Loupe::start(
         &[spec_a, spec_b],
         &["--capture", "off", "--freshness", "0.2"],
@@ -105,10 +83,16 @@ fn capture_off_serves_every_pod_fetched_and_attaches_nothing() {
         .unwrap();
 
     // The cost: a scrape after the freshness window is one more request to each app.
-    let before = [app_requests(&pod_a), app_requests(&pod_b)];
+    let before = [
+        pod_a.app_requests(PORT).unwrap(),
+        pod_b.app_requests(PORT).unwrap(),
+    ];
     std::thread::sleep(Duration::from_millis(300));
     loupe.metrics().unwrap();
-    let after = [app_requests(&pod_a), app_requests(&pod_b)];
+    let after = [
+        pod_a.app_requests(PORT).unwrap(),
+        pod_b.app_requests(PORT).unwrap(),
+    ];
     for (pod, (b, a)) in ["a", "b"].iter().zip(before.iter().zip(&after)) {
         assert!(a > b, "pod {pod}: the app answered {b} then {a} requests");
     }
@@ -119,8 +103,10 @@ fn capture_auto_falls_back_to_fetching_when_the_probe_cannot_load() {
     if !root_or_skip("capture_auto_falls_back_to_fetching_when_the_probe_cannot_load") {
         return;
     }
-    let (pod_a, _app_a, spec_a) = app_pod("a");
-    let (pod_b, _app_b, spec_b) = app_pod("b");
+    let (pod_a, _app_a, spec_a) =
+        pod_with_app("a", PORT, &["--series", &SERIES.to_string()]).unwrap();
+    let (pod_b, _app_b, spec_b) =
+        pod_with_app("b", PORT, &["--series", &SERIES.to_string()]).unwrap();
     let loupe = Loupe::start_denying_bpf(&[spec_a, spec_b], &["--capture", "auto"]).unwrap();
     let line = loupe
         .wait_log_line(

@@ -6,24 +6,12 @@ use std::time::Duration;
 
 use loupe_tests::attached;
 use loupe_tests::expo::{self, Exposition};
-use loupe_tests::loupe::{pods_yaml, EndpointSpec, Loupe, NetnsRef, PodSpec};
+use loupe_tests::loupe::{pod_with_app, pods_yaml, EndpointSpec, Loupe, NetnsRef, PodSpec};
 use loupe_tests::pod::Pod;
 use loupe_tests::root_or_skip;
 use loupe_tests::wait_for;
 
 const PORT: u16 = 8080;
-
-fn app_pod(name: &str, app_args: &[&str]) -> (Pod, loupe_tests::Proc, PodSpec) {
-    let pod = Pod::new().unwrap();
-    let app = pod.spawn_app(PORT, app_args).unwrap();
-    let spec = PodSpec {
-        namespace: "shop".into(),
-        name: name.into(),
-        netns: NetnsRef::Path(pod.netns_path()),
-        endpoints: vec![EndpointSpec::port(PORT).container("app")],
-    };
-    (pod, app, spec)
-}
 
 fn app_count(exp: &Exposition, pod: &str) -> usize {
     exp.samples
@@ -64,8 +52,8 @@ fn sigterm_leaves_nothing_attached() {
     if !root_or_skip("sigterm_leaves_nothing_attached") {
         return;
     }
-    let (pod_a, _app_a, spec_a) = app_pod("a", &["--series", "20"]);
-    let (pod_b, _app_b, spec_b) = app_pod("b", &["--series", "20"]);
+    let (pod_a, _app_a, spec_a) = pod_with_app("a", PORT, &["--series", "20"]).unwrap();
+    let (pod_b, _app_b, spec_b) = pod_with_app("b", PORT, &["--series", "20"]).unwrap();
     let mut loupe = Loupe::start(&[spec_a, spec_b], &[]).unwrap();
     wait_attached(&[&pod_a, &pod_b]);
     let status = loupe.stop(libc::SIGTERM).unwrap();
@@ -78,8 +66,8 @@ fn kill_9_then_restart_then_stop_leaves_nothing_attached() {
     if !root_or_skip("kill_9_then_restart_then_stop_leaves_nothing_attached") {
         return;
     }
-    let (pod_a, _app_a, spec_a) = app_pod("a", &["--series", "20"]);
-    let (pod_b, _app_b, spec_b) = app_pod("b", &["--series", "20"]);
+    let (pod_a, _app_a, spec_a) = pod_with_app("a", PORT, &["--series", "20"]).unwrap();
+    let (pod_b, _app_b, spec_b) = pod_with_app("b", PORT, &["--series", "20"]).unwrap();
     let mut loupe = Loupe::start(&[spec_a, spec_b], &[]).unwrap();
     let first = wait_attached(&[&pod_a, &pod_b]);
     loupe.stop(libc::SIGKILL).unwrap();
@@ -129,7 +117,7 @@ fn misbehaving_apps_are_down_and_every_other_pod_is_still_served() {
         });
         pods.push((pod, app));
     }
-    let (_good_pod, _good_app, good) = app_pod("good", &["--series", "50"]);
+    let (_good_pod, _good_app, good) = pod_with_app("good", PORT, &["--series", "50"]).unwrap();
     specs.push(good);
     let loupe = Loupe::start(&specs, &["--fetch-timeout", "2"]).unwrap();
 
@@ -168,7 +156,7 @@ fn a_broken_pods_file_is_rejected_with_line_and_field_and_previous_pods_kept() {
     if !root_or_skip("a_broken_pods_file_is_rejected_with_line_and_field_and_previous_pods_kept") {
         return;
     }
-    let (_pod, _app, spec) = app_pod("keeper", &["--series", "25"]);
+    let (_pod, _app, spec) = pod_with_app("keeper", PORT, &["--series", "25"]).unwrap();
     let loupe = Loupe::start(std::slice::from_ref(&spec), &[]).unwrap();
     loupe
         .metrics_until("the first pod", Duration::from_secs(60), |exp| {
@@ -177,7 +165,8 @@ fn a_broken_pods_file_is_rejected_with_line_and_field_and_previous_pods_kept() {
         .unwrap();
 
     // A second pod whose port is not a number.
-    let (_new_pod, _new_app, mut newcomer) = app_pod("newcomer", &["--series", "25"]);
+    let (_new_pod, _new_app, mut newcomer) =
+        pod_with_app("newcomer", PORT, &["--series", "25"]).unwrap();
     newcomer.name = "newcomer".into();
     let good_yaml = pods_yaml(&[spec.clone(), newcomer]);
     let lines: Vec<&str> = good_yaml.lines().collect();

@@ -46,16 +46,6 @@ fn observed(exp: &Exposition, name: &str) -> bool {
     exp.value("loupe_target_info", &with) == Some(1.0)
 }
 
-fn app_requests(pod: &Pod) -> u64 {
-    let out = pod
-        .curl(&["-sf", &format!("http://127.0.0.1:{PORT}/requests")])
-        .unwrap();
-    out.lines()
-        .find_map(|l| l.strip_prefix("app_requests_total{path=\"/metrics\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap()
-}
-
 fn counter(exp: &Exposition, name: &str) -> f64 {
     exp.find(name, &[]).map(|s| s.value).sum()
 }
@@ -79,7 +69,7 @@ fn observed_replies_are_served_and_loupe_sends_none_of_its_own() {
         })
         .unwrap();
     let seen_by_client = client.stop().unwrap();
-    let app_before = app_requests(&pod);
+    let app_before = pod.app_requests(PORT).unwrap();
     let own_before = app_before - seen_by_client;
 
     // Phase 2: the client keeps scraping; every loupe scrape serves observed replies, and the app
@@ -107,7 +97,7 @@ fn observed_replies_are_served_and_loupe_sends_none_of_its_own() {
         std::thread::sleep(Duration::from_millis(250));
     }
     let seen_by_client = client.stop().unwrap();
-    let app_after = app_requests(&pod);
+    let app_after = pod.app_requests(PORT).unwrap();
     assert_eq!(
         app_after - app_before,
         seen_by_client,
@@ -137,7 +127,7 @@ fn replies_over_the_ipv6_loopback_are_observed() {
         )
         .unwrap();
     client.stop().unwrap();
-    let app_before = app_requests(&pod);
+    let app_before = pod.app_requests(PORT).unwrap();
 
     // Only the client's requests reach the app while loupe keeps serving what it observed.
     let client = ClientLoop::start(&pod, &url, "0.2", "-g").unwrap();
@@ -153,7 +143,7 @@ fn replies_over_the_ipv6_loopback_are_observed() {
         std::thread::sleep(Duration::from_millis(250));
     }
     let seen_by_client = client.stop().unwrap();
-    let app_after = app_requests(&pod);
+    let app_after = pod.app_requests(PORT).unwrap();
     assert_eq!(
         app_after - app_before,
         seen_by_client,
