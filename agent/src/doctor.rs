@@ -120,7 +120,7 @@ pub fn run() -> ExitCode {
             "eBPF",
             &format!(
                 "loading loupe's programs failed: {}; `loupe run` falls back to fetch-only mode with --capture auto (the default): every pod is still served, by fetching, and loupe_capture_active is 0 (--capture on exits instead)",
-                crate::node::with_causes(&e)
+                crate::telemetry::with_causes(&e)
             ),
         ),
     }

@@ -146,14 +146,7 @@ async fn fetch_inner(
             } else {
                 // hyper's message alone ("error reading a body from connection") hides the
                 // cause, e.g. that the app closed the connection before the body was complete.
-                let mut reason = e.to_string();
-                let mut source = e.source();
-                while let Some(cause) = source {
-                    reason.push_str(": ");
-                    reason.push_str(&cause.to_string());
-                    source = cause.source();
-                }
-                FetchError::Body(reason)
+                FetchError::Body(crate::telemetry::with_causes(&*e))
             }
         })?
         .to_bytes();

@@ -13,6 +13,7 @@ use crate::cli::CaptureMode;
 use crate::discover::{NetnsRef, Pod, PodKey};
 use crate::resolve::{self, cgroup::ProcIndex, netns::Netns};
 use crate::store::{Identity, Origin, Outcome, Resolved, Store, TargetKey};
+use crate::telemetry::with_causes;
 use crate::telemetry::Counter;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -66,22 +67,6 @@ pub fn load_probe(
             cause: with_causes(&e),
         }),
     }
-}
-
-/// The error's message followed by those of its sources that it does not already contain (the
-/// kernel's errno is often only in a source).
-pub fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let more = cause.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Lines of a multi-line cause kept from its end: a verifier log states its reason there, before
@@ -294,31 +279,6 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    enum Outer {
-        #[error("loading: {0}")]
-        Repeats(#[source] Inner),
-        #[error("loading")]
-        Hides(#[source] Inner),
-    }
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("map `M`")]
-    struct Inner(#[source] std::io::Error);
-
-    #[test]
-    fn causes_are_appended_once() {
-        let denied = || Inner(std::io::Error::from_raw_os_error(libc::EPERM));
-        assert_eq!(
-            with_causes(&Outer::Repeats(denied())),
-            "loading: map `M`: Operation not permitted (os error 1)"
-        );
-        assert_eq!(
-            with_causes(&Outer::Hides(denied())),
-            "loading: map `M`: Operation not permitted (os error 1)"
-        );
-    }
 
     #[test]
     fn a_verifier_log_becomes_one_line_with_its_reason() {

@@ -1,6 +1,7 @@
 //! The agent's own counters and gauges. Each stage declares every counter it emits in one place
 //! (a `pub static COUNTERS: &[&Counter]` list in its module, and `GAUGES: &[&Gauge]` likewise), so
 //! an operator can find them all, and `expose` renders every list under the `loupe_` prefix.
+//! Errors in log lines and target reasons are written with their causes ([`with_causes`]).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,9 +81,50 @@ fn render(name: &str, help: &str, kind: &str, value: u64, out: &mut String) {
     );
 }
 
+/// The error's message followed by those of its sources that it does not already contain (the
+/// kernel's errno is often only in a source).
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("loading: {0}")]
+        Repeats(#[source] Inner),
+        #[error("loading")]
+        Hides(#[source] Inner),
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("map `M`")]
+    struct Inner(#[source] std::io::Error);
+
+    #[test]
+    fn causes_are_appended_once() {
+        let denied = || Inner(std::io::Error::from_raw_os_error(libc::EPERM));
+        assert_eq!(
+            with_causes(&Outer::Repeats(denied())),
+            "loading: map `M`: Operation not permitted (os error 1)"
+        );
+        assert_eq!(
+            with_causes(&Outer::Hides(denied())),
+            "loading: map `M`: Operation not permitted (os error 1)"
+        );
+    }
 
     #[test]
     fn renders_help_type_and_value() {

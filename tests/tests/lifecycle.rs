@@ -100,6 +100,14 @@ fn misbehaving_apps_are_down_and_every_other_pod_is_still_served() {
         return;
     }
     let modes = ["garbage", "status500", "invalid-utf8", "cut", "hang"];
+    // What the log line must say of each, besides the pod and the endpoint.
+    let reasons = [
+        "unparsable body: line 1, column 1: invalid metric name",
+        "HTTP status 500",
+        "invalid UTF-8",
+        "end of file before message length reached",
+        "no complete response within 2s",
+    ];
     let mut pods = Vec::new();
     let mut specs = Vec::new();
     for (i, mode) in modes.iter().enumerate() {
@@ -145,9 +153,12 @@ fn misbehaving_apps_are_down_and_every_other_pod_is_still_served() {
         // Nothing from a bad app is published.
         assert_eq!(app_count(&exp, &pod), 0, "{pod}");
         let port = (9101 + i).to_string();
+        let reason = reasons[i];
         loupe
-            .wait_log_line(&[&pod, &port], Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("no log line naming {pod} and endpoint {port}: {e}"));
+            .wait_log_line(&[&pod, &port, reason], Duration::from_secs(10))
+            .unwrap_or_else(|e| {
+                panic!("no log line naming {pod}, endpoint {port} and \"{reason}\": {e}")
+            });
     }
 }
 
