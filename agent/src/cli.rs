@@ -23,6 +23,19 @@ pub enum Command {
     Run(RunArgs),
     /// Check what will and will not work on this node (kernel, BTF, capabilities, bpffs, cgroups).
     Doctor,
+    /// Ask a running agent for its targets: one line each, with the reason of the down ones.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The agent's address (its --listen), as `http://HOST:PORT` or `HOST:PORT`.
+    #[arg(
+        long,
+        env = "LOUPE_STATUS_URL",
+        default_value = "http://127.0.0.1:9897"
+    )]
+    pub url: String,
 }
 
 #[derive(Debug, Args)]

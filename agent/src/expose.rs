@@ -8,6 +8,8 @@
 //!   gzip the chunks are compressed one after the other. Targets without a fresh result are fetched first, in parallel, within the scrape's timeout
 //!   (`X-Prometheus-Scrape-Timeout-Seconds`). Text 0.0.4 unless the Accept header asks for
 //!   OpenMetrics; gzip when accepted.
+//! - `/targets`: every target with its health, source, age, size and last error, as JSON (what
+//!   `loupe status` prints): the reasons are otherwise only in the log.
 //! - `/healthz`: the process serves. `/readyz`: the first discovery result has been applied.
 
 use crate::decode::{self, Format, PreparedSource};
@@ -81,6 +83,7 @@ impl Server {
         }
         match req.uri().path() {
             "/metrics" => self.metrics(&req).await,
+            "/targets" => self.targets(),
             "/healthz" => plain(StatusCode::OK, "ok\n"),
             "/readyz" if self.ready.load(Ordering::Relaxed) => plain(StatusCode::OK, "ready\n"),
             "/readyz" => plain(StatusCode::SERVICE_UNAVAILABLE, "discovery not done yet\n"),
@@ -117,6 +120,18 @@ impl Server {
         builder
             .body(ChunkBody::new(chunks))
             .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "response\n"))
+    }
+
+    fn targets(&self) -> Response<ChunkBody> {
+        let statuses = target_statuses(&self.refresher.store.view(), Instant::now());
+        match serde_json::to_vec(&Targets { targets: statuses }) {
+            Ok(json) => Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(ChunkBody::new(vec![Bytes::from(json)]))
+                .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "response\n")),
+            Err(_) => plain(StatusCode::INTERNAL_SERVER_ERROR, "targets\n"),
+        }
     }
 
     /// [`Self::render_chunks`], joined.
@@ -243,6 +258,66 @@ impl Server {
         }
         out
     }
+}
+
+/// `/targets`: what an operator asks when a pod is down.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Targets {
+    pub targets: Vec<TargetStatus>,
+}
+
+/// One target as `/targets` reports it.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TargetStatus {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub endpoint: String,
+    pub port: u16,
+    pub path: String,
+    /// `up` (latest response good), `down` (latest failed) or `unknown` (none yet).
+    pub health: String,
+    /// `observed` or `fetched`: where the latest response came from.
+    pub source: Option<String>,
+    pub age_seconds: Option<f64>,
+    /// Samples and bytes of the latest good body.
+    pub samples: Option<usize>,
+    pub body_bytes: Option<usize>,
+    pub error: Option<String>,
+}
+
+fn target_statuses(
+    view: &[(crate::store::TargetKey, Identity, Option<Outcome>)],
+    now: Instant,
+) -> Vec<TargetStatus> {
+    view.iter()
+        .map(|(key, identity, outcome)| {
+            let good = outcome.as_ref().and_then(|o| o.result.as_ref().ok());
+            TargetStatus {
+                namespace: identity.namespace.clone(),
+                pod: identity.pod.clone(),
+                container: identity.container.clone(),
+                endpoint: identity.endpoint.clone(),
+                port: key.port,
+                path: key.path.clone(),
+                health: match outcome.as_ref().map(|o| o.result.is_ok()) {
+                    Some(true) => "up",
+                    Some(false) => "down",
+                    None => "unknown",
+                }
+                .into(),
+                source: outcome.as_ref().map(|o| o.origin.as_str().into()),
+                age_seconds: outcome
+                    .as_ref()
+                    .map(|o| now.saturating_duration_since(o.at).as_secs_f64()),
+                samples: good.map(|s| s.samples()),
+                body_bytes: good.map(|s| s.body.len()),
+                error: outcome
+                    .as_ref()
+                    .and_then(|o| o.result.as_ref().err().cloned()),
+            }
+        })
+        .collect()
 }
 
 /// The identity labels in exposition syntax (empty values omitted, as Prometheus treats them).

@@ -12,7 +12,8 @@
 //! - [`store`]: the latest snapshot per (pod, endpoint).
 //! - [`expose`]: the HTTP server that renders the merged node target.
 //!
-//! [`telemetry`] holds the counter type each stage uses to declare its own counters in one place.
+//! [`telemetry`] holds the counter and gauge types each stage uses to declare what it reports in
+//! one place. [`doctor`] and [`status`] are the `loupe doctor` and `loupe status` subcommands.
 
 pub mod capture;
 pub mod cli;
@@ -23,5 +24,6 @@ pub mod expose;
 pub mod fetch;
 pub mod node;
 pub mod resolve;
+pub mod status;
 pub mod store;
 pub mod telemetry;

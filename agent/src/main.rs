@@ -8,7 +8,7 @@ use loupe_agent::expose::Server;
 use loupe_agent::fetch::{Refresher, MAX_CONCURRENT_FETCHES};
 use loupe_agent::node::Node;
 use loupe_agent::store::Store;
-use loupe_agent::{doctor, expose, fetch, node};
+use loupe_agent::{doctor, expose, fetch, node, status};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,6 +26,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args).await,
         Command::Doctor => return doctor::run(),
+        Command::Status(args) => return status::run(&args.url).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -160,6 +160,25 @@ fn misbehaving_apps_are_down_and_every_other_pod_is_still_served() {
                 panic!("no log line naming {pod}, endpoint {port} and \"{reason}\": {e}")
             });
     }
+
+    // `loupe status` tells the same without the log: every bad pod down with its reason.
+    let status = loupe_tests::run(
+        &loupe.bin.to_string_lossy(),
+        &["status", "--url", &format!("http://{}", loupe.listen)],
+    )
+    .unwrap();
+    let lines: Vec<&str> = status.lines().collect();
+    assert_eq!(lines.len(), 1 + modes.len() + 1, "{status}");
+    for (mode, reason) in modes.iter().zip(reasons) {
+        let pod = format!("bad-{mode}");
+        let line = lines
+            .iter()
+            .find(|l| l.contains(&format!(" {pod} ")))
+            .unwrap_or_else(|| panic!("{pod} not in loupe status:\n{status}"));
+        assert!(line.contains(" down ") && line.contains(reason), "{line}");
+    }
+    let good = lines.iter().find(|l| l.contains(" good ")).unwrap();
+    assert!(good.contains(" up ") && good.contains(" 50"), "{good}");
 }
 
 #[test]
