@@ -122,5 +122,8 @@ else
   echo "-- promtool check metrics: FAILED"
 fi
 
+say "loupe status: every target, where its latest answer came from, and why it is down if it is"
+"${LOUPE_BIN:-$ROOT/target/debug/loupe}" status --url "http://$LISTEN" || true
+
 say "loupe is serving on http://$LISTEN/metrics (log: $WORK/loupe.log). Ctrl-C to stop and clean up."
 wait "$LOUPE_PID" || true
