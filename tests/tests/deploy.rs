@@ -9,11 +9,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use serde_json::Value;
 
 const KUSTOMIZATIONS: &[&str] = &["base", "overlays/prometheus-operator", "overlays/all-nodes"];
-const CRD_KINDS: &[&str] = &["ServiceMonitor", "PodMonitor"];
+const CRD_KINDS: &[&str] = &["ServiceMonitor", "PodMonitor", "PrometheusRule"];
 const ALLOWED_CAPS: &[&str] = &["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"];
 
 fn deploy_dir() -> PathBuf {
@@ -134,6 +135,20 @@ fn str_of<'a>(v: &'a Value, pointer: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{pointer} missing in {}", v["kind"]))
 }
 
+/// The PrometheusRule carries exactly the rules of deploy/prometheus/alerts.yaml (which promtool
+/// checks and unit-tests, see `alerts_pass_promtool_and_their_unit_tests`).
+fn check_rules(rule: &Value) {
+    assert_eq!(str_of(rule, "/apiVersion"), "monitoring.coreos.com/v1");
+    assert_eq!(str_of(rule, "/metadata/namespace"), "loupe");
+    let text =
+        std::fs::read_to_string(deploy_dir().join("prometheus/alerts.yaml")).expect("alerts");
+    let plain: Value = serde_yaml::from_str(&text).expect("alerts.yaml is YAML");
+    assert_eq!(
+        rule["spec"], plain,
+        "the PrometheusRule and deploy/prometheus/alerts.yaml differ"
+    );
+}
+
 /// Checks a ServiceMonitor or PodMonitor against the rendered Service and DaemonSet.
 fn check_monitor(monitor: &Value, docs: &[Value]) {
     assert_eq!(str_of(monitor, "/apiVersion"), "monitoring.coreos.com/v1");
@@ -191,8 +206,11 @@ fn every_kustomization_renders_and_validates() {
             );
             assert!(output.contains(&line), "{k}: no '{line}' in:\n{output}");
         }
-        for monitor in crds {
-            check_monitor(monitor, &docs);
+        for crd in crds {
+            match crd["kind"].as_str() {
+                Some("PrometheusRule") => check_rules(crd),
+                _ => check_monitor(crd, &docs),
+            }
         }
     }
 }
@@ -359,4 +377,76 @@ fn plain_prometheus_scrape_config_finds_the_loupe_pods() {
         .expect("ports")
         .iter()
         .any(|p| p["name"] == port.as_str()));
+}
+
+#[test]
+fn alerts_pass_promtool_and_their_unit_tests() {
+    if !have("promtool") {
+        return;
+    }
+    let dir = deploy_dir().join("prometheus");
+    for args in [
+        ["check", "rules", "alerts.yaml"],
+        ["test", "rules", "alerts-test.yaml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("run promtool");
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn alerts_name_only_series_loupe_serves() {
+    if !loupe_tests::root_or_skip("alerts_name_only_series_loupe_serves") {
+        return;
+    }
+    // A real agent's /metrics, with one pod whose namespace cannot be resolved (so that the
+    // per-target families have a sample): every family it can serve is there.
+    use loupe_tests::loupe::{EndpointSpec, Loupe, NetnsRef, PodSpec};
+    let gone = PodSpec {
+        namespace: "shop".into(),
+        name: "gone".into(),
+        netns: NetnsRef::Path("/var/run/netns/loupe-test-no-such-namespace".into()),
+        endpoints: vec![EndpointSpec::port(8080)],
+    };
+    let loupe = Loupe::start(&[gone], &["--capture", "off"]).expect("start loupe");
+    let (served, _) = loupe
+        .metrics_until("the pod reported down", Duration::from_secs(30), |exp| {
+            exp.value("loupe_target_up", &[("pod", "gone")]) == Some(0.0)
+        })
+        .expect("/metrics");
+    let families: Vec<&str> = served
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let text =
+        std::fs::read_to_string(deploy_dir().join("prometheus/alerts.yaml")).expect("alerts");
+    let alerts: Value = serde_yaml::from_str(&text).expect("alerts.yaml is YAML");
+    let rules = alerts["groups"][0]["rules"].as_array().expect("rules");
+    assert!(!rules.is_empty());
+    for rule in rules {
+        let expr = rule["expr"].as_str().expect("expr");
+        let names: Vec<&str> = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("loupe_"))
+            .collect();
+        assert!(!names.is_empty(), "{expr}");
+        for name in names {
+            assert!(
+                families.contains(&name),
+                "alert {} uses {name}, which loupe does not serve",
+                rule["alert"]
+            );
+        }
+    }
 }
