@@ -124,7 +124,11 @@ impl Server {
 
     fn targets(&self) -> Response<ChunkBody> {
         let statuses = target_statuses(&self.refresher.store.view(), Instant::now());
-        match serde_json::to_vec(&Targets { targets: statuses }) {
+        let answer = Targets {
+            capture_active: crate::capture::ACTIVE.get() == 1,
+            targets: statuses,
+        };
+        match serde_json::to_vec(&answer) {
             Ok(json) => Response::builder()
                 .status(StatusCode::OK)
                 .header(header::CONTENT_TYPE, "application/json")
@@ -263,6 +267,8 @@ impl Server {
 /// `/targets`: what an operator asks when a pod is down.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Targets {
+    /// Whether the eBPF probe observes (`loupe_capture_active`); false in fetch-only mode.
+    pub capture_active: bool,
     pub targets: Vec<TargetStatus>,
 }
 

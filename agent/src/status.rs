@@ -39,8 +39,16 @@ pub enum StatusError {
 /// Prints the table, or the error; exit status 1 when the agent could not be asked.
 pub async fn run(url: &str) -> ExitCode {
     match targets(url).await {
-        Ok(targets) => {
-            print!("{}", table(&targets));
+        Ok(answer) => {
+            println!(
+                "capture: {}",
+                if answer.capture_active {
+                    "observing with eBPF, fetching what was not observed"
+                } else {
+                    "fetch-only (the eBPF probe is not loaded; the agent's log says why)"
+                }
+            );
+            print!("{}", table(&answer.targets));
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -51,7 +59,7 @@ pub async fn run(url: &str) -> ExitCode {
 }
 
 /// The agent's `/targets`.
-pub async fn targets(url: &str) -> Result<Vec<TargetStatus>, StatusError> {
+pub async fn targets(url: &str) -> Result<Targets, StatusError> {
     let authority = url
         .strip_prefix("http://")
         .unwrap_or(url)
@@ -68,7 +76,7 @@ pub async fn targets(url: &str) -> Result<Vec<TargetStatus>, StatusError> {
         .unwrap_or(Err(timeout))
 }
 
-async fn ask(authority: &str) -> Result<Vec<TargetStatus>, StatusError> {
+async fn ask(authority: &str) -> Result<Targets, StatusError> {
     let http = |e: &dyn std::error::Error| StatusError::Http {
         authority: authority.into(),
         reason: crate::telemetry::with_causes(e),
@@ -106,7 +114,7 @@ async fn ask(authority: &str) -> Result<Vec<TargetStatus>, StatusError> {
         authority: authority.into(),
         source,
     })?;
-    Ok(answer.targets)
+    Ok(answer)
 }
 
 /// One aligned line per target, down ones first (the reason last, whole).

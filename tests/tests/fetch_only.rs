@@ -81,6 +81,12 @@ fn capture_off_serves_every_pod_fetched_and_attaches_nothing() {
     loupe
         .wait_log_line(&["--capture off", "fetched bodies only"], Duration::ZERO)
         .unwrap();
+    let status = loupe_tests::run(
+        &loupe.bin.to_string_lossy(),
+        &["status", "--url", &format!("http://{}", loupe.listen)],
+    )
+    .unwrap();
+    assert!(status.starts_with("capture: fetch-only"), "{status}");
 
     // The cost: a scrape after the freshness window is one more request to each app.
     let before = [

@@ -168,7 +168,8 @@ fn misbehaving_apps_are_down_and_every_other_pod_is_still_served() {
     )
     .unwrap();
     let lines: Vec<&str> = status.lines().collect();
-    assert_eq!(lines.len(), 1 + modes.len() + 1, "{status}");
+    assert!(lines[0].starts_with("capture: observing"), "{status}");
+    assert_eq!(lines.len(), 2 + modes.len() + 1, "{status}");
     for (mode, reason) in modes.iter().zip(reasons) {
         let pod = format!("bad-{mode}");
         let line = lines
