@@ -25,6 +25,29 @@ pub enum Command {
     Doctor,
     /// Ask a running agent for its targets: one line each, with the reason of the down ones.
     Status(StatusArgs),
+    /// Watch one port in one pod's network namespace for a while and print every reply the
+    /// eBPF probe observes there (what `loupe run` would store), then detach.
+    Capture(CaptureArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("pod").required(true).args(["netns", "pid"]))]
+pub struct CaptureArgs {
+    /// The pod's network namespace, as a path (e.g. /var/run/netns/NAME or /proc/PID/ns/net).
+    #[arg(long)]
+    pub netns: Option<PathBuf>,
+    /// A process of the pod: its network namespace is watched.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// The app's metrics port on the pod's loopback.
+    #[arg(long)]
+    pub port: u16,
+    /// How long to watch (seconds); Ctrl-C stops earlier.
+    #[arg(long, default_value = "10", value_parser = parse_seconds)]
+    pub seconds: Duration,
+    /// Size of the eBPF ring buffer in bytes (as for `loupe run`).
+    #[arg(long, default_value = "16777216", value_parser = parse_ring_bytes)]
+    pub ring_bytes: u32,
 }
 
 #[derive(Debug, Args)]

@@ -27,6 +27,7 @@ async fn main() -> ExitCode {
         Command::Run(args) => run(args).await,
         Command::Doctor => return doctor::run(),
         Command::Status(args) => return status::run(&args.url).await,
+        Command::Capture(args) => return capture::one_off::run(&args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -239,3 +239,50 @@ fn a_tiny_ring_buffer_discards_torn_replies_and_never_publishes_them() {
     assert!(client.count() >= 1);
     drop(client);
 }
+
+#[test]
+fn loupe_capture_prints_what_the_probe_sees_in_one_pod_and_detaches() {
+    if !root_or_skip("loupe_capture_prints_what_the_probe_sees_in_one_pod_and_detaches") {
+        return;
+    }
+    let _serial = serial();
+    let pod = Pod::new().unwrap();
+    let _app = pod.spawn_app(PORT, &["--series", "40"]).unwrap();
+    let url = format!("http://127.0.0.1:{PORT}/metrics");
+    let client = ClientLoop::start(&pod, &url, "0.2", "").unwrap();
+    let netns = pod.netns_path();
+    let out = loupe_tests::run(
+        &loupe_tests::loupe::loupe_bin().unwrap().to_string_lossy(),
+        &[
+            "capture",
+            "--netns",
+            &netns.to_string_lossy(),
+            "--port",
+            &PORT.to_string(),
+            "--seconds",
+            "2",
+        ],
+    )
+    .unwrap();
+    let sent = client.stop().unwrap();
+    let replies: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains(" GET /metrics -> 200, "))
+        .collect();
+    assert!(replies.len() >= 2, "{sent} requests sent, output:\n{out}");
+    for line in &replies {
+        assert!(line.contains(": valid Text: "), "{line}");
+        assert!(line.contains(" samples in "), "{line}");
+    }
+    let summary = out.lines().last().unwrap_or_default();
+    assert!(
+        summary.starts_with(&format!(
+            "{} replies observed; discarded: none",
+            replies.len()
+        )),
+        "{out}"
+    );
+    // Nothing stays attached once it has exited.
+    let found = loupe_tests::attached::in_pod(&pod, "lo").unwrap();
+    assert!(found.is_empty(), "still attached: {found:?}");
+}

@@ -4,6 +4,7 @@
 
 pub mod flow;
 pub mod http;
+pub mod one_off;
 pub mod probe;
 
 use bytes::Bytes;
