@@ -1,7 +1,9 @@
 //! `loupe capture`: a one-off look at what the probe sees in one pod. It loads the probe, attaches
 //! in the pod's network namespace, watches one port, and prints every reply observed there (the
 //! request, status, size, and whether the body is a valid exposition), then detaches: the way to
-//! check, on a node, that a pod's replies can be observed at all.
+//! check, on a node, that a pod's replies can be observed at all. Beside a running agent it
+//! attaches a second TCX program on the pod's `lo`; in the netlink fallback it would replace the
+//! agent's filter there (attaching removes filters of the same name, left by crashed runs).
 
 use super::flow::{self, FlowLimits, FlowTable};
 use super::probe::{Probe, ProbeConfig};
