@@ -122,6 +122,15 @@ impl TestNetns {
             .expect("bind listener")
     }
 
+    /// A fresh namespace with `::1` on `lo`, and a listener on `[::1]` there with its port.
+    fn listening_on_ipv6() -> (TestNetns, TcpListener, u16) {
+        let ns = TestNetns::new();
+        ns.ensure_ipv6_loopback();
+        let listener = ns.listen_on(IpAddr::V6(Ipv6Addr::LOCALHOST));
+        let port = listener.local_addr().expect("addr").port();
+        (ns, listener, port)
+    }
+
     /// Makes sure `lo` has `::1`: a fresh namespace has it once `lo` is up, unless IPv6 is
     /// disabled by sysctl there, which is then undone for this namespace only.
     fn ensure_ipv6_loopback(&self) {
@@ -434,11 +443,8 @@ async fn ipv6_loopback_replies_arrive_with_v6_addresses_byte_identical() {
     if !can_run("ipv6_loopback_replies_arrive_with_v6_addresses_byte_identical") {
         return;
     }
-    let ns = TestNetns::new();
-    ns.ensure_ipv6_loopback();
+    let (ns, listener, port) = TestNetns::listening_on_ipv6();
     let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
-    let listener = ns.listen_on(v6);
-    let port = listener.local_addr().expect("addr").port();
     let mut probe = load(4 << 20, AttachMode::Auto);
     let cookie = probe.attach(&ns.netns).expect("attach");
     probe.watch_port(cookie, port).expect("watch");
@@ -485,11 +491,8 @@ async fn own_flows_over_ipv6_are_not_copied() {
     if !can_run("own_flows_over_ipv6_are_not_copied") {
         return;
     }
-    let ns = TestNetns::new();
-    ns.ensure_ipv6_loopback();
+    let (ns, listener, port) = TestNetns::listening_on_ipv6();
     let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
-    let listener = ns.listen_on(v6);
-    let port = listener.local_addr().expect("addr").port();
     let server = serve(listener, b"v6\n".to_vec(), 2);
 
     let mut probe = load(1 << 20, AttachMode::Auto);

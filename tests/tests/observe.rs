@@ -21,6 +21,16 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A pod with the test app serving `series` series on 127.0.0.1, and the URL a client inside the
+/// pod scrapes it at.
+fn app_pod(series: usize) -> (Pod, loupe_tests::Proc, String) {
+    let pod = Pod::new().unwrap();
+    let app = pod
+        .spawn_app(PORT, &["--series", &series.to_string()])
+        .unwrap();
+    (pod, app, format!("http://127.0.0.1:{PORT}/metrics"))
+}
+
 fn spec(pod: &Pod, name: &str) -> PodSpec {
     PodSpec {
         namespace: "shop".into(),
@@ -56,9 +66,7 @@ fn observed_replies_are_served_and_loupe_sends_none_of_its_own() {
         return;
     }
     let _serial = serial();
-    let pod = Pod::new().unwrap();
-    let _app = pod.spawn_app(PORT, &["--series", "300"]).unwrap();
-    let url = format!("http://127.0.0.1:{PORT}/metrics");
+    let (pod, _app, url) = app_pod(300);
     let client = ClientLoop::start(&pod, &url, "0.2", "").unwrap();
     let loupe = Loupe::start(&[spec(&pod, "obs")], &[]).unwrap();
 
@@ -158,9 +166,7 @@ fn twenty_megabytes_arrive_intact_through_the_observed_path() {
     }
     let _serial = serial();
     const N: usize = 160_000;
-    let pod = Pod::new().unwrap();
-    let _app = pod.spawn_app(PORT, &["--series", &N.to_string()]).unwrap();
-    let url = format!("http://127.0.0.1:{PORT}/metrics");
+    let (pod, _app, url) = app_pod(N);
     let direct = pod.curl(&["-sf", &url]).unwrap();
     assert!(
         direct.len() >= 20_000_000,
@@ -203,9 +209,7 @@ fn a_tiny_ring_buffer_discards_torn_replies_and_never_publishes_them() {
     }
     let _serial = serial();
     const N: usize = 20_000;
-    let pod = Pod::new().unwrap();
-    let _app = pod.spawn_app(PORT, &["--series", &N.to_string()]).unwrap();
-    let url = format!("http://127.0.0.1:{PORT}/metrics");
+    let (pod, _app, url) = app_pod(N);
     let client = ClientLoop::start(&pod, &url, "0.1", "").unwrap();
     let loupe = Loupe::start(&[spec(&pod, "torn")], &["--ring-bytes", "4096"]).unwrap();
     let want = app_series(N, None).unwrap();
@@ -246,9 +250,7 @@ fn loupe_capture_prints_what_the_probe_sees_in_one_pod_and_detaches() {
         return;
     }
     let _serial = serial();
-    let pod = Pod::new().unwrap();
-    let _app = pod.spawn_app(PORT, &["--series", "40"]).unwrap();
-    let url = format!("http://127.0.0.1:{PORT}/metrics");
+    let (pod, _app, url) = app_pod(40);
     let client = ClientLoop::start(&pod, &url, "0.2", "").unwrap();
     let netns = pod.netns_path();
     let out = loupe_tests::run(
