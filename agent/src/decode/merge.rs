@@ -446,6 +446,47 @@ pub(super) fn help_kind(f: Format) -> Escaped {
     }
 }
 
+/// A family's header lines in format `out`: HELP before TYPE in text, TYPE, UNIT, HELP in
+/// OpenMetrics (UNIT only there). `name` is written as the concatenation of its pieces; `help`
+/// is raw, in the format it was read from.
+pub(super) fn write_header(
+    name: &[&[u8]],
+    mtype: MType,
+    help: Option<(&[u8], Format)>,
+    unit: Option<&[u8]>,
+    out: Format,
+    buf: &mut Vec<u8>,
+) {
+    let line = |buf: &mut Vec<u8>, keyword: &[u8]| {
+        buf.extend_from_slice(keyword);
+        for piece in name {
+            buf.extend_from_slice(piece);
+        }
+        buf.push(b' ');
+    };
+    let write_help = |buf: &mut Vec<u8>| {
+        if let Some((h, from)) = help {
+            line(buf, b"# HELP ");
+            lex::write_escaped(h, help_kind(from), help_kind(out), buf);
+            buf.push(b'\n');
+        }
+    };
+    if out == Format::Text {
+        write_help(buf);
+    }
+    line(buf, b"# TYPE ");
+    buf.extend_from_slice(mtype.name(out).as_bytes());
+    buf.push(b'\n');
+    if out == Format::OpenMetrics {
+        if let Some(u) = unit {
+            line(buf, b"# UNIT ");
+            buf.extend_from_slice(u);
+            buf.push(b'\n');
+        }
+        write_help(buf);
+    }
+}
+
 pub(super) struct Renderer {
     out: Format,
     /// Samples of the current family in output order: (entry index, sample index).
@@ -491,41 +532,8 @@ impl Renderer {
                 let p = &srcs[e.src as usize].parsed;
                 p.families[e.fam as usize].unit.filter(|u| !u.is_empty())
             });
-        let write_name = |buf: &mut Vec<u8>| {
-            buf.extend_from_slice(first.stem());
-            buf.extend_from_slice(first.add);
-        };
-        let write_help = |buf: &mut Vec<u8>| {
-            if let Some((h, f)) = help {
-                buf.extend_from_slice(b"# HELP ");
-                write_name(buf);
-                buf.push(b' ');
-                let to = match out {
-                    Format::Text => Escaped::TextHelp,
-                    Format::OpenMetrics => Escaped::OmHelp,
-                };
-                lex::write_escaped(h, help_kind(f), to, buf);
-                buf.push(b'\n');
-            }
-        };
-        if out == Format::Text {
-            write_help(buf);
-        }
-        buf.extend_from_slice(b"# TYPE ");
-        write_name(buf);
-        buf.push(b' ');
-        buf.extend_from_slice(first.mtype.name(out).as_bytes());
-        buf.push(b'\n');
-        if out == Format::OpenMetrics {
-            if let Some(u) = unit {
-                buf.extend_from_slice(b"# UNIT ");
-                write_name(buf);
-                buf.push(b' ');
-                buf.extend_from_slice(u);
-                buf.push(b'\n');
-            }
-            write_help(buf);
-        }
+        let name: [&[u8]; 2] = [first.stem(), first.add];
+        write_header(&name, first.mtype, help, unit, out, buf);
 
         self.samples(srcs, entries, buf);
     }

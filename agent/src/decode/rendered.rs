@@ -22,8 +22,8 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
-use super::lex::{self, name_hash, Escaped};
-use super::merge::{help_eq, help_kind, merge_prepared, source_entries, Entry, Renderer, Src};
+use super::lex::{self, name_hash};
+use super::merge::{help_eq, merge_prepared, source_entries, write_header, Entry, Renderer, Src};
 use super::parse::{parse, IdHasher, MType, Parsed, Suffix, DUP};
 use super::{
     Format, Identity, MergeStats, ParseError, Prepared, PreparedSource, DUPLICATE_SERIES,
@@ -700,7 +700,14 @@ fn try_merge_rendered_into<S: Sink>(
     sink.reserve(headers + 8, bytes);
     let mut duplicates = 0u64;
     for plan in plans.iter().filter(|p| !p.dropped) {
-        header(plan, out, sink.text());
+        write_header(
+            &[plan.name],
+            plan.mtype,
+            plan.help,
+            plan.unit,
+            out,
+            sink.text(),
+        );
         for m in plan.members.0..plan.members.1 {
             let p = kept_part[m as usize];
             if p == u32::MAX {
@@ -728,41 +735,6 @@ fn compatible(a: &Rendered, b: &Rendered) -> bool {
         .iter()
         .zip(b.labels())
         .all(|(x, y)| x.is_empty() || y.is_empty() || *x == y)
-}
-
-/// A family's HELP, TYPE and UNIT lines, as the merge writes them.
-fn header(plan: &Plan<'_>, out: Format, buf: &mut Vec<u8>) {
-    let write_help = |buf: &mut Vec<u8>| {
-        if let Some((h, f)) = plan.help {
-            buf.extend_from_slice(b"# HELP ");
-            buf.extend_from_slice(plan.name);
-            buf.push(b' ');
-            let to = match out {
-                Format::Text => Escaped::TextHelp,
-                Format::OpenMetrics => Escaped::OmHelp,
-            };
-            lex::write_escaped(h, help_kind(f), to, buf);
-            buf.push(b'\n');
-        }
-    };
-    if out == Format::Text {
-        write_help(buf);
-    }
-    buf.extend_from_slice(b"# TYPE ");
-    buf.extend_from_slice(plan.name);
-    buf.push(b' ');
-    buf.extend_from_slice(plan.mtype.name(out).as_bytes());
-    buf.push(b'\n');
-    if out == Format::OpenMetrics {
-        if let Some(u) = plan.unit {
-            buf.extend_from_slice(b"# UNIT ");
-            buf.extend_from_slice(plan.name);
-            buf.push(b' ');
-            buf.extend_from_slice(u);
-            buf.push(b'\n');
-        }
-        write_help(buf);
-    }
 }
 
 #[cfg(test)]
