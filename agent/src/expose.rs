@@ -328,30 +328,19 @@ fn target_statuses(
 
 /// The identity labels in exposition syntax (empty values omitted, as Prometheus treats them).
 fn label_text(identity: &Identity, source: Option<&str>) -> String {
-    let mut out = String::new();
-    let pairs = [
-        ("namespace", identity.namespace.as_str()),
-        ("pod", &identity.pod),
-        ("container", &identity.container),
-        ("endpoint", &identity.endpoint),
-        ("source", source.unwrap_or("")),
-    ];
-    for (name, value) in pairs.into_iter().filter(|(_, v)| !v.is_empty()) {
-        if !out.is_empty() {
-            out.push(',');
-        }
-        let _ = write!(out, "{name}=\"");
-        for c in value.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '"' => out.push_str("\\\""),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
-            }
-        }
-        out.push('"');
-    }
-    out
+    let mut out = Vec::new();
+    decode::write_label_set(
+        &[
+            ("namespace", &identity.namespace),
+            ("pod", &identity.pod),
+            ("container", &identity.container),
+            ("endpoint", &identity.endpoint),
+            ("source", source.unwrap_or("")),
+        ],
+        &mut out,
+    );
+    // Escaping only adds ASCII to UTF-8 text.
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn accepts_gzip(accept_encoding: &str) -> bool {

@@ -69,6 +69,20 @@ impl<'a> Src<'a> {
     }
 }
 
+/// `name="value"` pairs, comma-separated, values escaped; pairs with empty values are left out
+/// (Prometheus treats an empty label as absent).
+pub fn write_label_set(pairs: &[(&str, &str)], out: &mut Vec<u8>) {
+    for (i, (name, value)) in pairs.iter().filter(|(_, v)| !v.is_empty()).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"=\"");
+        escape_label_value(value.as_bytes(), out);
+        out.push(b'"');
+    }
+}
+
 fn escape_label_value(v: &[u8], out: &mut Vec<u8>) {
     for &c in v {
         match c {

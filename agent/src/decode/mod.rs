@@ -120,7 +120,7 @@ mod rendered;
 
 use crate::telemetry::Counter;
 
-pub use merge::{merge, merge_prepared};
+pub use merge::{merge, merge_prepared, write_label_set};
 pub use rendered::{
     merge_rendered, merge_rendered_chunks, render_source, render_within, try_merge_rendered,
     Rendered, RenderedSource,
