@@ -11,7 +11,7 @@ mod exposition;
 mod strict;
 
 use exposition::{fmt, Fam, Shape};
-use loupe_agent::decode::{merge, validate, Format, Identity, Source};
+use loupe_agent::decode::{merge, validate, Format, Source};
 use proptest::prelude::*;
 
 const NAMES: [&str; 5] = [
@@ -55,28 +55,6 @@ fn write(fams: &[Fam], format: Format) -> String {
 const NASTY: &str = "[a-z0-9 ,=}{#\"\\\\\n\u{e9}\u{2603}]{0,8}";
 const PLAIN: &str = "[a-z0-9]{0,8}";
 
-const IDS: [Option<Identity<'static>>; 4] = [
-    None,
-    Some(Identity {
-        namespace: "shop",
-        pod: "cart-1",
-        container: "app",
-        endpoint: "metrics",
-    }),
-    Some(Identity {
-        namespace: "shop",
-        pod: "cart-2",
-        container: "app",
-        endpoint: "metrics",
-    }),
-    Some(Identity {
-        namespace: "we\"ird\\ns",
-        pod: "",
-        container: "",
-        endpoint: ":9090/metrics",
-    }),
-];
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
@@ -99,7 +77,7 @@ proptest! {
 
     #[test]
     fn merge_output_passes_strict_checks(
-        srcs in prop::collection::vec((0usize..4, prop::collection::vec(fam(NASTY), 1..5), any::<bool>()), 1..6),
+        srcs in prop::collection::vec((0..exposition::IDS.len(), prop::collection::vec(fam(NASTY), 1..5), any::<bool>()), 1..6),
         out_om in any::<bool>(),
     ) {
         let bodies: Vec<(usize, String, Format)> = srcs
@@ -108,7 +86,7 @@ proptest! {
             .collect();
         let sources: Vec<Source<'_>> = bodies
             .iter()
-            .map(|(id, b, f)| Source { identity: IDS[*id], body: b.as_bytes(), format: *f })
+            .map(|(id, b, f)| Source { identity: exposition::IDS[*id], body: b.as_bytes(), format: *f })
             .collect();
         let out = fmt(out_om);
         let mut buf = Vec::new();

@@ -62,34 +62,6 @@ fn write(fams: &[Fam], om: bool) -> String {
     exposition::write(&SHAPE, fams, om)
 }
 
-const IDS: [Option<Identity<'static>>; 5] = [
-    None,
-    Some(Identity {
-        namespace: "shop",
-        pod: "cart-1",
-        container: "app",
-        endpoint: "metrics",
-    }),
-    Some(Identity {
-        namespace: "shop",
-        pod: "cart-2",
-        container: "app",
-        endpoint: "metrics",
-    }),
-    Some(Identity {
-        namespace: "we\"ird\\ns",
-        pod: "",
-        container: "",
-        endpoint: ":9090/metrics",
-    }),
-    Some(Identity {
-        namespace: "shop",
-        pod: "cart-3",
-        container: "app",
-        endpoint: "metrics",
-    }),
-];
-
 struct Body {
     id: Option<Identity<'static>>,
     body: Vec<u8>,
@@ -151,7 +123,7 @@ fn bodies(srcs: &[(usize, Vec<Fam>, bool)]) -> Vec<Body> {
             let body = write(fams, *om).into_bytes();
             let prepared = prepare(&body, fmt(*om)).ok()?;
             Some(Body {
-                id: IDS[*id],
+                id: exposition::IDS[*id],
                 body,
                 prepared,
             })
@@ -164,7 +136,7 @@ proptest! {
 
     #[test]
     fn merge_rendered_equals_merge_prepared(
-        srcs in prop::collection::vec((0usize..5, prop::collection::vec(fam(), 1..5), any::<bool>()), 1..6),
+        srcs in prop::collection::vec((0..exposition::IDS.len(), prop::collection::vec(fam(), 1..5), any::<bool>()), 1..6),
         how in prop::collection::vec(0u8..3, 1..4),
     ) {
         let bodies = bodies(&srcs);
@@ -247,7 +219,7 @@ fn body(id: usize, text: &str, om: bool) -> Body {
     let body = text.as_bytes().to_vec();
     let prepared = prepare(&body, fmt(om)).unwrap();
     Body {
-        id: IDS[id],
+        id: exposition::IDS[id],
         body,
         prepared,
     }

@@ -5,8 +5,37 @@
 use std::collections::HashSet;
 use std::ops::Range;
 
-use loupe_agent::decode::Format;
+use loupe_agent::decode::{Format, Identity};
 use proptest::prelude::*;
+
+/// The identities sources are drawn with: none, plain pods, one with escapes and empty labels.
+pub const IDS: [Option<Identity<'static>>; 5] = [
+    None,
+    Some(Identity {
+        namespace: "shop",
+        pod: "cart-1",
+        container: "app",
+        endpoint: "metrics",
+    }),
+    Some(Identity {
+        namespace: "shop",
+        pod: "cart-2",
+        container: "app",
+        endpoint: "metrics",
+    }),
+    Some(Identity {
+        namespace: "we\"ird\\ns",
+        pod: "",
+        container: "",
+        endpoint: ":9090/metrics",
+    }),
+    Some(Identity {
+        namespace: "shop",
+        pod: "cart-3",
+        container: "app",
+        endpoint: "metrics",
+    }),
+];
 
 /// What the generated bodies may hold.
 pub struct Shape {
