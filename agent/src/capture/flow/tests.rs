@@ -70,6 +70,13 @@ impl Conn {
         out
     }
 
+    /// `GET /metrics` and `response`, in segments of 1460 bytes.
+    fn get_metrics(&mut self, response: &[u8]) -> Vec<Segment> {
+        let mut out = self.send(Direction::Request, &get("/metrics"), 1460);
+        out.extend(self.send(Direction::Response, response, 1460));
+        out
+    }
+
     fn fin(&mut self, direction: Direction) -> Segment {
         let seq = match direction {
             Direction::Request => &mut self.req_seq,
@@ -258,8 +265,7 @@ fn content_length_cut_by_fin_is_truncated() {
     let mut r = response_cl(&metrics_body(10));
     r.truncate(r.len() - 5);
     let mut segs = c.handshake();
-    segs.extend(c.send(Direction::Request, &get("/metrics"), 1460));
-    segs.extend(c.send(Direction::Response, &r, 1460));
+    segs.extend(c.get_metrics(&r));
     segs.push(c.fin(Direction::Response));
     let out = push_all(&mut t, segs, now);
     assert!(out.is_empty());
@@ -484,14 +490,8 @@ fn malformed_response_is_counted_and_the_flow_resyncs() {
     let now = Instant::now();
     let mut c = Conn::new(key(1, 40013), 1, 1);
     let mut segs = c.handshake();
-    segs.extend(c.send(Direction::Request, &get("/metrics"), 1460));
-    segs.extend(c.send(
-        Direction::Response,
-        b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\nbody",
-        1460,
-    ));
-    segs.extend(c.send(Direction::Request, &get("/metrics"), 1460));
-    segs.extend(c.send(Direction::Response, &response_cl(b"good"), 1460));
+    segs.extend(c.get_metrics(b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\nbody"));
+    segs.extend(c.get_metrics(&response_cl(b"good")));
     let out = push_all(&mut t, segs, now);
     assert_eq!(t.stats().responses_discarded_malformed, 1);
     assert_eq!(out.len(), 1);
@@ -504,8 +504,7 @@ fn garbage_instead_of_http_is_malformed() {
     let now = Instant::now();
     let mut c = Conn::new(key(1, 40014), 1, 1);
     let mut segs = c.handshake();
-    segs.extend(c.send(Direction::Request, &get("/metrics"), 1460));
-    segs.extend(c.send(Direction::Response, b"\x00\x01garbage\r\n\r\n", 1460));
+    segs.extend(c.get_metrics(b"\x00\x01garbage\r\n\r\n"));
     let out = push_all(&mut t, segs, now);
     assert!(out.is_empty());
     assert_eq!(t.stats().responses_discarded_malformed, 1);
@@ -517,21 +516,12 @@ fn bad_chunked_coding_and_bad_gzip_are_malformed() {
     let now = Instant::now();
     let mut c = Conn::new(key(1, 40015), 1, 1);
     let mut segs = c.handshake();
-    segs.extend(c.send(Direction::Request, &get("/metrics"), 1460));
-    segs.extend(c.send(
-        Direction::Response,
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-        1460,
-    ));
-    segs.extend(c.send(Direction::Request, &get("/metrics"), 1460));
-    segs.extend(c.send(
-        Direction::Response,
+    segs.extend(c.get_metrics(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"));
+    segs.extend(c.get_metrics(
         b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\nnope",
-        1460,
     ));
     // Framing was fine, so the flow stays in sync for the next one.
-    segs.extend(c.send(Direction::Request, &get("/metrics"), 1460));
-    segs.extend(c.send(Direction::Response, &response_cl(b"ok"), 1460));
+    segs.extend(c.get_metrics(&response_cl(b"ok")));
     let out = push_all(&mut t, segs, now);
     assert_eq!(t.stats().responses_discarded_malformed, 2);
     assert_eq!(out.len(), 1);
