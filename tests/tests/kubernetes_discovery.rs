@@ -11,7 +11,7 @@ use kube::{Api, Client, Config};
 use loupe_agent::discover::kubernetes::{self, BackoffPolicy, KubeConfig};
 use loupe_agent::discover::{NetnsRef, Pod};
 use loupe_tests::kubeapi::{running_pod, KubeApi};
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::sync::watch;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -22,6 +22,11 @@ fn id(n: u32) -> String {
 
 fn containerd(n: u32) -> String {
     format!("containerd://{}", id(n))
+}
+
+/// A running pod with one container `app` (containerd ID `n`) and no annotations.
+fn app_pod(namespace: &str, name: &str, node: &str, n: u32) -> Value {
+    running_pod(namespace, name, node, &[("app", &containerd(n))], json!({}))
 }
 
 /// A scratch directory removed on drop.
@@ -105,30 +110,12 @@ fn start_discovery(api: &KubeApi, node: &str, sidecar_stats: bool) -> Discovery 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_client_lists_with_field_selector() {
     let api = KubeApi::start().await.expect("start");
-    api.create_pod(running_pod(
-        "shop",
-        "a",
-        "n1",
-        &[("app", &containerd(1))],
-        json!({}),
-    ))
-    .expect("create");
-    api.create_pod(running_pod(
-        "shop",
-        "b",
-        "n2",
-        &[("app", &containerd(2))],
-        json!({}),
-    ))
-    .expect("create");
-    api.create_pod(running_pod(
-        "web",
-        "c",
-        "n1",
-        &[("app", &containerd(3))],
-        json!({}),
-    ))
-    .expect("create");
+    api.create_pod(app_pod("shop", "a", "n1", 1))
+        .expect("create");
+    api.create_pod(app_pod("shop", "b", "n2", 2))
+        .expect("create");
+    api.create_pod(app_pod("web", "c", "n1", 3))
+        .expect("create");
     let pods: Api<KubePod> = Api::all(client(&api).await);
     let list = pods
         .list(&ListParams::default().fields("spec.nodeName=n1"))
@@ -175,14 +162,8 @@ async fn kube_client_lists_with_field_selector() {
 async fn kube_client_watches_events_and_bookmarks() {
     let api = KubeApi::start().await.expect("start");
     api.set_bookmark_interval(Duration::from_millis(100));
-    api.create_pod(running_pod(
-        "shop",
-        "a",
-        "n1",
-        &[("app", &containerd(1))],
-        json!({}),
-    ))
-    .expect("create");
+    api.create_pod(app_pod("shop", "a", "n1", 1))
+        .expect("create");
     let pods: Api<KubePod> = Api::all(client(&api).await);
     let rv = api.resource_version().to_string();
     let params = WatchParams::default()
@@ -190,22 +171,10 @@ async fn kube_client_watches_events_and_bookmarks() {
         .timeout(30);
     let mut stream = pods.watch(&params, &rv).await.expect("watch").boxed();
 
-    api.create_pod(running_pod(
-        "shop",
-        "other-node",
-        "n2",
-        &[("app", &containerd(9))],
-        json!({}),
-    ))
-    .expect("create");
-    api.create_pod(running_pod(
-        "shop",
-        "b",
-        "n1",
-        &[("app", &containerd(2))],
-        json!({}),
-    ))
-    .expect("create");
+    api.create_pod(app_pod("shop", "other-node", "n2", 9))
+        .expect("create");
+    api.create_pod(app_pod("shop", "b", "n1", 2))
+        .expect("create");
     api.modify_pod("shop", "b", |p| p["metadata"]["labels"]["v"] = json!("2"))
         .expect("modify");
     api.delete_pod("shop", "b").expect("delete");
@@ -330,13 +299,7 @@ async fn discovery_publishes_this_nodes_running_pods() {
         annotations.clone(),
     ))
     .expect("create");
-    let mut pending = running_pod(
-        "shop",
-        "starting",
-        "n1",
-        &[("app", &containerd(3))],
-        json!({}),
-    );
+    let mut pending = app_pod("shop", "starting", "n1", 3);
     pending["status"] = json!({"phase": "Pending"});
     api.create_pod(pending).expect("create");
     let mut d = start_discovery(&api, "n1", false);
@@ -351,14 +314,8 @@ async fn discovery_publishes_this_nodes_running_pods() {
     }
 
     // The pending pod starts: it appears.
-    api.update_pod(running_pod(
-        "shop",
-        "starting",
-        "n1",
-        &[("app", &containerd(3))],
-        json!({}),
-    ))
-    .expect("update");
+    api.update_pod(app_pod("shop", "starting", "n1", 3))
+        .expect("update");
     wait_for(&mut d.rx, "starting pod", |pods| {
         names(pods) == ["shop/cart", "shop/starting"]
     })
@@ -400,22 +357,10 @@ async fn discovery_publishes_this_nodes_running_pods() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_keeps_serving_while_the_api_is_away_and_catches_up() {
     let mut api = KubeApi::start().await.expect("start");
-    api.create_pod(running_pod(
-        "shop",
-        "a",
-        "n1",
-        &[("app", &containerd(1))],
-        json!({}),
-    ))
-    .expect("create");
-    api.create_pod(running_pod(
-        "shop",
-        "b",
-        "n1",
-        &[("app", &containerd(2))],
-        json!({}),
-    ))
-    .expect("create");
+    api.create_pod(app_pod("shop", "a", "n1", 1))
+        .expect("create");
+    api.create_pod(app_pod("shop", "b", "n1", 2))
+        .expect("create");
     let mut d = start_discovery(&api, "n1", false);
     wait_for(&mut d.rx, "a and b", |pods| pods.len() == 2).await;
     let errors_before = kubernetes::WATCH_ERRORS.get();
@@ -423,14 +368,8 @@ async fn discovery_keeps_serving_while_the_api_is_away_and_catches_up() {
     api.stop().await;
     // While away: changes happen that the agent cannot see yet.
     api.delete_pod("shop", "a").expect("delete");
-    api.create_pod(running_pod(
-        "shop",
-        "c",
-        "n1",
-        &[("app", &containerd(3))],
-        json!({}),
-    ))
-    .expect("create");
+    api.create_pod(app_pod("shop", "c", "n1", 3))
+        .expect("create");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         names(&d.rx.borrow()),
@@ -457,27 +396,15 @@ async fn discovery_keeps_serving_while_the_api_is_away_and_catches_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_relists_after_410() {
     let mut api = KubeApi::start().await.expect("start");
-    api.create_pod(running_pod(
-        "shop",
-        "a",
-        "n1",
-        &[("app", &containerd(1))],
-        json!({}),
-    ))
-    .expect("create");
+    api.create_pod(app_pod("shop", "a", "n1", 1))
+        .expect("create");
     let mut d = start_discovery(&api, "n1", false);
     wait_for(&mut d.rx, "a", |pods| names(pods) == ["shop/a"]).await;
 
     api.stop().await;
     api.delete_pod("shop", "a").expect("delete");
-    api.create_pod(running_pod(
-        "shop",
-        "z",
-        "n1",
-        &[("app", &containerd(26))],
-        json!({}),
-    ))
-    .expect("create");
+    api.create_pod(app_pod("shop", "z", "n1", 26))
+        .expect("create");
     // The events of the outage are gone: resuming the watch must get 410 and relist.
     api.compact();
     let lists_before = api
