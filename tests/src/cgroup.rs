@@ -6,11 +6,29 @@
 //! The v1 `memory` hierarchy is left alone: the machine's own supervisor uses it.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use crate::{io_err, unique_suffix, Result};
+use crate::{io_err, unique_suffix, wait_for, Result};
 
-pub const V2_ROOT: &str = "/sys/fs/cgroup/unified";
 pub const V1_ROOTS: &[&str] = &["/sys/fs/cgroup/pids", "/sys/fs/cgroup/cpu"];
+
+/// The cgroup v2 root: /sys/fs/cgroup on pure v2 hosts, .../unified on hybrid ones (this one).
+pub fn v2_root() -> PathBuf {
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        PathBuf::from("/sys/fs/cgroup")
+    } else {
+        PathBuf::from("/sys/fs/cgroup/unified")
+    }
+}
+
+/// How the kubelet places a container's cgroup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// cgroup v2, systemd driver: `kubepods.slice/.../cri-containerd-<id>.scope`.
+    V2Systemd,
+    /// cgroup v1, cgroupfs driver: `kubepods/<qos>/pod<uid>/<id>` (pids and cpu hierarchies).
+    V1Cgroupfs,
+}
 
 /// A fresh pod UID (UUID layout), unique per process and call.
 pub fn new_pod_uid() -> String {
@@ -53,8 +71,23 @@ pub struct KubeCgroups {
 
 impl KubeCgroups {
     /// Puts `pid` into the container's cgroup in v2 and in the v1 `pids` and `cpu` hierarchies
-    /// (those that are mounted).
+    /// (those that are mounted), at the hierarchies' roots as the kubelet does.
     pub fn place(pid: u32, qos: &str, pod_uid: &str, container_id: &str) -> Result<KubeCgroups> {
+        let layouts = [Layout::V2Systemd, Layout::V1Cgroupfs];
+        Self::place_in(pid, &layouts, None, qos, pod_uid, container_id)
+    }
+
+    /// [`Self::place`] in the given layouts (hierarchies that are not mounted are left out),
+    /// under a directory `top` of its own in each hierarchy when given, so that tests running
+    /// in parallel never share (and so never leave behind) a directory.
+    pub fn place_in(
+        pid: u32,
+        layouts: &[Layout],
+        top: Option<&str>,
+        qos: &str,
+        pod_uid: &str,
+        container_id: &str,
+    ) -> Result<KubeCgroups> {
         let mut guard = KubeCgroups {
             pod_uid: pod_uid.to_string(),
             container_id: container_id.to_string(),
@@ -62,12 +95,28 @@ impl KubeCgroups {
             leaves: Vec::new(),
         };
         let mut targets = Vec::new();
-        if Path::new(V2_ROOT).join("cgroup.procs").exists() {
-            targets.push((PathBuf::from(V2_ROOT), v2_path(qos, pod_uid, container_id)));
-        }
-        for root in V1_ROOTS {
-            if Path::new(root).join("cgroup.procs").exists() {
-                targets.push((PathBuf::from(root), v1_path(qos, pod_uid, container_id)));
+        for layout in layouts {
+            let (roots, rel, top) = match layout {
+                Layout::V2Systemd => (
+                    vec![v2_root()],
+                    v2_path(qos, pod_uid, container_id),
+                    top.map(|t| format!("{t}.slice")),
+                ),
+                Layout::V1Cgroupfs => (
+                    V1_ROOTS.iter().map(PathBuf::from).collect(),
+                    v1_path(qos, pod_uid, container_id),
+                    top.map(str::to_string),
+                ),
+            };
+            for root in roots
+                .into_iter()
+                .filter(|r| r.join("cgroup.procs").exists())
+            {
+                let rel = match &top {
+                    Some(top) => Path::new(top).join(&rel),
+                    None => rel.clone(),
+                };
+                targets.push((root, rel));
             }
         }
         for (root, rel) in targets {
@@ -105,7 +154,16 @@ impl Drop for KubeCgroups {
         }
         // Created parents come before their children in `created`: remove in reverse.
         for dir in self.created.iter().rev() {
-            let _ = std::fs::remove_dir(dir);
+            // A just-reaped task can keep a cgroup busy for a moment.
+            let _ = wait_for(
+                &format!("removing cgroup {}", dir.display()),
+                Duration::from_secs(2),
+                || match std::fs::remove_dir(dir) {
+                    Ok(()) => Ok(Some(())),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(())),
+                    Err(e) => Err(e.to_string()),
+                },
+            );
         }
     }
 }

@@ -9,12 +9,12 @@
 //! failure when `CI=true`), and `cargo build` (the loupe and test binaries).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use loupe_tests::cgroup::{new_container_id, new_pod_uid, v1_path, v2_path, V1_ROOTS, V2_ROOT};
+use loupe_tests::cgroup::{new_container_id, new_pod_uid, v2_root, KubeCgroups, Layout, V1_ROOTS};
 use loupe_tests::expo::{self, Exposition};
 use loupe_tests::kubeapi::{running_pod, KubeApi};
 use loupe_tests::loupe::Loupe;
@@ -51,108 +51,23 @@ fn available(test: &str) -> bool {
     false
 }
 
-/// Hybrid hosts mount v2 at .../unified; pure v2 hosts at /sys/fs/cgroup itself.
-fn v2_root() -> PathBuf {
-    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        PathBuf::from("/sys/fs/cgroup")
-    } else {
-        PathBuf::from(V2_ROOT)
-    }
-}
-
-/// How the kubelet placed a container's cgroup.
-#[derive(Clone, Copy, Debug)]
-enum Layout {
-    /// cgroup v2, systemd driver: `kubepods.slice/.../cri-containerd-<id>.scope`.
-    V2Systemd,
-    /// cgroup v1, cgroupfs driver: `kubepods/<qos>/pod<uid>/<id>` (pids and cpu hierarchies).
-    V1Cgroupfs,
-}
-
-/// A process moved into kubelet-style cgroups under a top directory of its own (so parallel tests
-/// never share a directory). On drop, leftover processes go back to the root and every directory
-/// made is removed, deepest first.
-struct Cgroups {
-    created: Vec<PathBuf>,
-    leaves: Vec<(PathBuf, PathBuf)>,
-}
-
-impl Cgroups {
-    fn place(pid: u32, layout: Layout, pod_uid: &str, container_id: &str) -> Cgroups {
-        let (p, n) = unique_suffix();
-        let targets: Vec<(PathBuf, PathBuf)> = match layout {
-            Layout::V2Systemd => vec![(
-                v2_root(),
-                Path::new(&format!("loupe-e2e-{p}-{n}.slice")).join(v2_path(
-                    "burstable",
-                    pod_uid,
-                    container_id,
-                )),
-            )],
-            Layout::V1Cgroupfs => V1_ROOTS
-                .iter()
-                .map(PathBuf::from)
-                .filter(|root| root.join("cgroup.procs").exists())
-                .map(|root| {
-                    (
-                        root,
-                        Path::new(&format!("loupe-e2e-{p}-{n}")).join(v1_path(
-                            "besteffort",
-                            pod_uid,
-                            container_id,
-                        )),
-                    )
-                })
-                .collect(),
-        };
-        let mut guard = Cgroups {
-            created: Vec::new(),
-            leaves: Vec::new(),
-        };
-        for (root, rel) in targets {
-            let mut dir = root.clone();
-            for part in rel.components() {
-                dir.push(part);
-                if !dir.exists() {
-                    std::fs::create_dir(&dir)
-                        .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
-                    guard.created.push(dir.clone());
-                }
-            }
-            std::fs::write(dir.join("cgroup.procs"), pid.to_string())
-                .unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", dir.display()));
-            guard.leaves.push((root, dir));
-        }
-        let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-        assert!(
-            own.contains(container_id),
-            "/proc/{pid}/cgroup does not show container {container_id}: {own}"
-        );
-        guard
-    }
-}
-
-impl Drop for Cgroups {
-    fn drop(&mut self) {
-        for (root, leaf) in &self.leaves {
-            let procs = std::fs::read_to_string(leaf.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.split_whitespace() {
-                let _ = std::fs::write(root.join("cgroup.procs"), pid);
-            }
-        }
-        for dir in self.created.iter().rev() {
-            // A just-reaped task can keep a cgroup busy for a moment.
-            let _ = wait_for(
-                &format!("removing cgroup {}", dir.display()),
-                Duration::from_secs(2),
-                || match std::fs::remove_dir(dir) {
-                    Ok(()) => Ok(Some(())),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(())),
-                    Err(e) => Err(e.to_string()),
-                },
-            );
-        }
-    }
+/// Puts a container's process into kubelet-style cgroups under a top directory of its own (so
+/// parallel tests never share a directory), and checks that `/proc/PID/cgroup` shows it.
+fn place(pid: u32, layout: Layout, pod_uid: &str, container_id: &str) -> KubeCgroups {
+    let (p, n) = unique_suffix();
+    let qos = match layout {
+        Layout::V2Systemd => "burstable",
+        Layout::V1Cgroupfs => "besteffort",
+    };
+    let top = format!("loupe-e2e-{p}-{n}");
+    let guard = KubeCgroups::place_in(pid, &[layout], Some(&top), qos, pod_uid, container_id)
+        .unwrap_or_else(|e| panic!("placing {pid} in cgroups: {e}"));
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    assert!(
+        own.contains(container_id),
+        "/proc/{pid}/cgroup does not show container {container_id}: {own}"
+    );
+    guard
 }
 
 /// One container to run: a metrics-app on `port` whose samples carry `src="<container>"`.
@@ -193,7 +108,7 @@ struct Container {
     spec: AppSpec,
     id: String,
     _app: Proc,
-    _cgroups: Cgroups,
+    _cgroups: KubeCgroups,
 }
 
 /// A "real" pod: containers in a network namespace. Containers drop before the namespace.
@@ -218,7 +133,7 @@ impl KubePod {
                     .spawn_app(spec.port, &["--series", &series, "--extra-label", &label])
                     .expect("metrics-app");
                 let id = new_container_id();
-                let cgroups = Cgroups::place(proc.pid(), layout, &uid, &id);
+                let cgroups = place(proc.pid(), layout, &uid, &id);
                 Container {
                     spec: spec.clone(),
                     id,
