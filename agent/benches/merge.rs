@@ -32,14 +32,7 @@ struct Node {
 fn node(om: bool) -> Node {
     Node {
         bodies: (0..PODS).map(|p| corpus::body(p, SERIES, om)).collect(),
-        ids: (0..PODS)
-            .map(|p| {
-                (
-                    format!("team-{}", p % 7),
-                    format!("checkout-{p}-5d8f7c9b4-x{p:04}"),
-                )
-            })
-            .collect(),
+        ids: (0..PODS).map(corpus::pod_name).collect(),
     }
 }
 

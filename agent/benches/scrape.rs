@@ -44,10 +44,7 @@ fn store(bodies: &[Bytes]) -> Store {
     let store = Store::default();
     let targets: Vec<(TargetKey, Identity)> = (0..PODS)
         .map(|p| {
-            let (namespace, name) = (
-                format!("team-{}", p % 7),
-                format!("checkout-{p}-5d8f7c9b4-x{p:04}"),
-            );
+            let (namespace, name) = corpus::pod_name(p);
             let identity = Identity {
                 namespace: namespace.clone(),
                 pod: name.clone(),

@@ -30,9 +30,7 @@ fn main() {
         let bodies: Vec<String> = (0..pods)
             .map(|p| corpus::body(p, series, p % 2 == 1))
             .collect();
-        let ids: Vec<String> = (0..pods)
-            .map(|p| format!("checkout-{p}-5d8f7c9b4-x{p:04}"))
-            .collect();
+        let ids: Vec<String> = (0..pods).map(|p| corpus::pod_name(p).1).collect();
         let sources: Vec<Source<'_>> = bodies
             .iter()
             .zip(&ids)

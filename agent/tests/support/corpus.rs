@@ -3,6 +3,15 @@
 
 use std::fmt::Write as _;
 
+/// Namespace and name of pod `pod` of a node, shaped like a Deployment's pods.
+#[allow(dead_code)] // not every user of the corpus names pods
+pub fn pod_name(pod: usize) -> (String, String) {
+    (
+        format!("team-{}", pod % 7),
+        format!("checkout-{pod}-5d8f7c9b4-x{pod:04}"),
+    )
+}
+
 const METHODS: [&str; 4] = ["GET", "POST", "PUT", "DELETE"];
 const ROUTES: [&str; 8] = [
     "/api/v1/users/{id}",
