@@ -1,15 +1,18 @@
 //! Throughput of flow reassembly plus HTTP parsing for a large observed metrics reply, the
 //! shape of the 20 MB exposition case: one request, one response cut into 4 KiB records as the
-//! eBPF probe emits them.
+//! eBPF probe emits them. The body is the test app's, at just over 20 MiB.
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use loupe_agent::capture::flow::FlowTable;
 use loupe_agent::capture::{Direction, FlowKey, Segment};
+use loupe_testkit::bodies::{body, Spec};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
 const RECORD: usize = 4096;
+/// Series of the test app's body that make it just over 20 MiB.
+const SERIES: usize = 163_200;
 
 fn segments(chunked: bool) -> Vec<Segment> {
     let flow = FlowKey {
@@ -17,15 +20,8 @@ fn segments(chunked: bool) -> Vec<Segment> {
         client: SocketAddr::from((Ipv4Addr::LOCALHOST, 40000)),
         server: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
     };
-    let mut body = Vec::new();
-    let mut i = 0u64;
-    while body.len() < 20 << 20 {
-        body.extend_from_slice(
-            format!("app_request_duration_seconds_bucket{{le=\"0.1\",route=\"/r{i}\"}} {i}\n")
-                .as_bytes(),
-        );
-        i += 1;
-    }
+    let body = body(&Spec::app(SERIES)).into_bytes();
+    assert!(body.len() >= 20 << 20, "{} bytes", body.len());
     let mut resp = Vec::with_capacity(body.len() + 100_000);
     if chunked {
         resp.extend_from_slice(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");

@@ -8,9 +8,6 @@
 //! `merge_rendered_chunks_*` is the same merge producing the chunk list a scrape sends without
 //! joining it (headers, and refcounted slices of the stored blocks).
 
-#[path = "../tests/support/corpus.rs"]
-mod corpus;
-
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::time::Duration;
@@ -20,6 +17,7 @@ use loupe_agent::decode::{
     merge, merge_prepared, merge_rendered, merge_rendered_chunks, prepare, try_merge_rendered,
     validate, Format, Identity, PreparedSource, Rendered, RenderedSource, Source,
 };
+use loupe_testkit::bodies::{self, pod_name, Spec};
 
 const PODS: usize = 100;
 const SERIES: usize = 1000;
@@ -31,8 +29,10 @@ struct Node {
 
 fn node(om: bool) -> Node {
     Node {
-        bodies: (0..PODS).map(|p| corpus::body(p, SERIES, om)).collect(),
-        ids: (0..PODS).map(corpus::pod_name).collect(),
+        bodies: (0..PODS)
+            .map(|p| bodies::body(&Spec::pod(p, SERIES, loupe_testkit::Format::from_om(om))))
+            .collect(),
+        ids: (0..PODS).map(pod_name).collect(),
     }
 }
 

@@ -12,9 +12,6 @@
 //!
 //! `--bench merge` times the merge alone; this is what a scraper waits for, sending included.
 
-#[path = "../tests/support/corpus.rs"]
-mod corpus;
-
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -32,6 +29,7 @@ use loupe_agent::discover::PodKey;
 use loupe_agent::expose::{ChunkBody, Server};
 use loupe_agent::fetch::{Refresher, MAX_CONCURRENT_FETCHES};
 use loupe_agent::store::{Identity, Origin, Outcome, Snapshot, Store, TargetKey};
+use loupe_testkit::bodies::{body, pod_name, Spec};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 
@@ -44,7 +42,7 @@ fn store(bodies: &[Bytes]) -> Store {
     let store = Store::default();
     let targets: Vec<(TargetKey, Identity)> = (0..PODS)
         .map(|p| {
-            let (namespace, name) = corpus::pod_name(p);
+            let (namespace, name) = pod_name(p);
             let identity = Identity {
                 namespace: namespace.clone(),
                 pod: name.clone(),
@@ -165,7 +163,7 @@ const OPEN_METRICS: &str = "application/openmetrics-text;version=1.0.0;q=0.9,tex
 fn bench(c: &mut Criterion) {
     let rt = Runtime::new().expect("runtime");
     let bodies: Vec<Bytes> = (0..PODS)
-        .map(|p| Bytes::from(corpus::body(p, SERIES, false)))
+        .map(|p| Bytes::from(body(&Spec::pod(p, SERIES, loupe_testkit::Format::Text))))
         .collect();
     let input: usize = bodies.iter().map(Bytes::len).sum();
 

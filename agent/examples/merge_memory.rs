@@ -6,13 +6,11 @@
 //! reset (`/proc/self/clear_refs`, 5) and the merge runs; the peak RSS growth during the merge is
 //! compared with the size of the output (goal: at most 1.5x).
 
-#[path = "../tests/support/corpus.rs"]
-mod corpus;
-
 use loupe_agent::decode::{
     merge, merge_prepared, merge_rendered, merge_rendered_chunks, prepare, Format, Identity,
     PreparedSource, RenderedSource, Source,
 };
+use loupe_testkit::bodies::{self, Spec};
 
 fn status_kib(field: &str) -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
@@ -28,9 +26,12 @@ fn main() {
     let series: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
     for out in [Format::Text, Format::OpenMetrics] {
         let bodies: Vec<String> = (0..pods)
-            .map(|p| corpus::body(p, series, p % 2 == 1))
+            .map(|p| {
+                let format = loupe_testkit::Format::from_om(p % 2 == 1);
+                bodies::body(&Spec::pod(p, series, format))
+            })
             .collect();
-        let ids: Vec<String> = (0..pods).map(|p| corpus::pod_name(p).1).collect();
+        let ids: Vec<String> = (0..pods).map(|p| bodies::pod_name(p).1).collect();
         let sources: Vec<Source<'_>> = bodies
             .iter()
             .zip(&ids)

@@ -292,8 +292,9 @@ impl Refresher {
 mod tests {
     use super::*;
     use crate::discover::PodKey;
-    use crate::resolve::netns::testing::{require_root, scratch};
+    use crate::resolve::netns::testing::scratch;
     use crate::store::{Identity, Origin, Store, TargetKey};
+    use loupe_testkit::root;
     use std::io::{Read, Write};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
@@ -388,7 +389,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_scrapes_share_one_fetch() {
-        if !require_root("concurrent_scrapes_share_one_fetch") {
+        if !root::require("concurrent_scrapes_share_one_fetch", "network namespaces") {
             return;
         }
         let reply = response(
@@ -422,7 +423,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_app_on_the_ipv6_loopback_only_is_fetched_there() {
-        if !require_root("an_app_on_the_ipv6_loopback_only_is_fetched_there") {
+        if !root::require(
+            "an_app_on_the_ipv6_loopback_only_is_fetched_there",
+            "network namespaces",
+        ) {
             return;
         }
         let reply = response("200 OK", "", b"a 1\n");
@@ -435,7 +439,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn nothing_listening_names_both_loopbacks() {
-        if !require_root("nothing_listening_names_both_loopbacks") {
+        if !root::require(
+            "nothing_listening_names_both_loopbacks",
+            "network namespaces",
+        ) {
             return;
         }
         let (refresher, key, _) = setup(Vec::new(), Duration::ZERO);
@@ -455,7 +462,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_error_status_is_a_failed_target() {
-        if !require_root("an_error_status_is_a_failed_target") {
+        if !root::require("an_error_status_is_a_failed_target", "network namespaces") {
             return;
         }
         let (refresher, _, _) = setup(
@@ -468,7 +475,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hanging_app_times_out() {
-        if !require_root("a_hanging_app_times_out") {
+        if !root::require("a_hanging_app_times_out", "network namespaces") {
             return;
         }
         let (mut refresher, _, _) = setup(Vec::new(), Duration::from_secs(3600));
@@ -480,7 +487,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn gzip_bodies_are_decoded_and_oversized_ones_refused() {
-        if !require_root("gzip_bodies_are_decoded_and_oversized_ones_refused") {
+        if !root::require(
+            "gzip_bodies_are_decoded_and_oversized_ones_refused",
+            "network namespaces",
+        ) {
             return;
         }
         let mut body = b"# TYPE a gauge\n".to_vec();

@@ -7,11 +7,10 @@
 
 #[path = "support/exposition.rs"]
 mod exposition;
-#[path = "support/strict.rs"]
-mod strict;
 
 use exposition::{fmt, Fam, Shape};
 use loupe_agent::decode::{merge, validate, Format, Source};
+use loupe_testkit::strict;
 use proptest::prelude::*;
 
 const NAMES: [&str; 5] = [
@@ -68,8 +67,11 @@ proptest! {
         let out = String::from_utf8(buf).unwrap();
         prop_assert!(st.rejected.is_empty());
         prop_assert_eq!(st.duplicate_series, 0);
-        let mut a = strict::samples(&body);
-        let mut b = strict::samples(&out);
+        let a = strict::check(&body, kit(om));
+        prop_assert!(a.is_ok(), "generated body fails the strict check: {:?}\n{}", a.as_ref().err(), body);
+        let b = strict::check(&out, kit(om));
+        prop_assert!(b.is_ok(), "output fails the strict check: {:?}\n{}", b.as_ref().err(), out);
+        let (mut a, mut b) = (a.unwrap().written(), b.unwrap().written());
         a.sort();
         b.sort();
         prop_assert_eq!(a, b, "in:\n{}\nout:\n{}", body, out);
@@ -93,8 +95,8 @@ proptest! {
         let st = merge(&sources, out, &mut buf);
         let text = String::from_utf8(buf).unwrap();
         prop_assert!(st.rejected.is_empty(), "{:?}", st.rejected);
-        if let Err(e) = strict::check(&text, out_om) {
-            prop_assert!(false, "strict check: {}\n{}", e, text);
+        if let Err(e) = strict::check(&text, kit(out_om)) {
+            prop_assert!(false, "strict check: {:?}\n{}", e, text);
         }
         let v = validate(text.as_bytes(), out);
         prop_assert!(v.is_ok(), "{:?}\n{}", v, text);
@@ -149,28 +151,7 @@ fn oracle(body: &str) -> Vec<String> {
     v
 }
 
-#[test]
-fn strict_checker_catches_what_it_must() {
-    let bad_text = [
-        "# TYPE a gauge\na 1\n# TYPE b gauge\nb 1\na 2\n", // family twice
-        "a{x=\"1\"} 1\na{x=\"1\"} 2\n",                    // duplicate series
-        "a{x=\"1\",y=\"2\"} 1\na{y=\"2\",x=\"1\"} 2\n",    // same, other order
-        "# TYPE a gauge\na 1\n# HELP a late\n",            // metadata after samples
-        "# TYPE h histogram\nh_bucket{le=\"1\"} 1\n# TYPE h_sum gauge\nh_sum 1\n", // owned name
-        "a{x=\"1\",x=\"2\"} 1\n",                          // label twice
-    ];
-    for b in bad_text {
-        assert!(strict::check(b, false).is_err(), "{b}");
-    }
-    assert!(strict::check("a 1\n", true).is_err(), "missing # EOF");
-    assert!(strict::check(
-        "# TYPE c counter\nc_total 1\n# TYPE c_created gauge\nc_created 1\n# EOF\n",
-        true
-    )
-    .is_err());
-    strict::check(
-        "# HELP a x\n# TYPE a gauge\na{x=\"1\"} 1\na{x=\"2\"} 1\n",
-        false,
-    )
-    .unwrap();
+/// The checker's name for the format (`om`: OpenMetrics).
+fn kit(om: bool) -> loupe_testkit::Format {
+    loupe_testkit::Format::from_om(om)
 }

@@ -16,6 +16,7 @@ use loupe_agent::capture::probe::{
 };
 use loupe_agent::capture::{Direction, Segment};
 use loupe_agent::resolve::netns::Netns;
+use loupe_testkit::root;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TCP_FIN: u8 = 0x01;
@@ -25,20 +26,15 @@ const CHILD_MODE_VAR: &str = "LOUPE_PROBE_TEST_CHILD_MODE";
 
 /// True when the test can run; otherwise says why (and panics under `CI=true`).
 fn can_run(test: &str) -> bool {
-    let reason = if unsafe_geteuid() != 0 {
-        "needs root (network namespaces, BPF)"
+    if !root::require(test, "network namespaces, BPF") {
+        false
     } else if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-        "needs a kernel with BTF"
+        root::skip(test, "needs a BPF-capable kernel with BTF")
     } else if Command::new("ip").arg("-V").output().is_err() {
-        "needs iproute2 (`ip`)"
+        root::skip(test, "needs iproute2 (`ip`)")
     } else {
-        return true;
-    };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: {reason}, and CI=true forbids skipping");
+        true
     }
-    eprintln!("skipping {test}: {reason}");
-    false
 }
 
 /// Keeps every log line, so a test can see the eBPF program's aya-log records arrive.
@@ -72,11 +68,6 @@ fn capture_logs() {
 fn logged(needle: &str) -> bool {
     let lines = LOGGER.lines.lock().unwrap_or_else(|p| p.into_inner());
     lines.iter().any(|line| line.contains(needle))
-}
-
-fn unsafe_geteuid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
 }
 
 /// A named network namespace with `lo` up, deleted on drop (also when the test panics).

@@ -2,25 +2,21 @@
 //! (Debian package `prometheus`). Skips with a reason when promtool is missing, and fails then
 //! when `CI=true`.
 
-#[path = "support/corpus.rs"]
-mod corpus;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 use loupe_agent::decode::{merge, validate, Format, Identity, Source};
+use loupe_testkit::bodies::{body, Spec};
+use loupe_testkit::root;
 
 const PROMTOOL: &str = "/usr/bin/promtool";
 
-fn promtool_available() -> bool {
-    if std::path::Path::new(PROMTOOL).exists() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{PROMTOOL} is missing and CI=true (install the Debian package prometheus)");
-    }
-    eprintln!("SKIPPED: {PROMTOOL} is missing (install the Debian package prometheus)");
-    false
+fn promtool_available(test: &str) -> bool {
+    std::path::Path::new(PROMTOOL).exists()
+        || root::skip(
+            test,
+            &format!("{PROMTOOL} is missing (install the Debian package prometheus)"),
+        )
 }
 
 /// Runs `promtool check metrics` on `body`; returns (exit code, output).
@@ -47,7 +43,7 @@ fn ids(n: usize) -> Vec<(String, String)> {
 
 #[test]
 fn promtool_accepts_merged_pods() {
-    if !promtool_available() {
+    if !promtool_available("promtool_accepts_merged_pods") {
         return;
     }
     let pods = ids(6);
@@ -55,8 +51,13 @@ fn promtool_accepts_merged_pods() {
     let bodies: Vec<(String, Format)> = (0..pods.len())
         .map(|i| {
             let om = i % 2 == 1;
+            let format = if om {
+                loupe_testkit::Format::OpenMetrics
+            } else {
+                loupe_testkit::Format::Text
+            };
             (
-                corpus::body(i, 200, om),
+                body(&Spec::pod(i, 200, format)),
                 if om {
                     Format::OpenMetrics
                 } else {
@@ -91,7 +92,7 @@ fn promtool_accepts_merged_pods() {
 
 #[test]
 fn promtool_accepts_tricky_merges() {
-    if !promtool_available() {
+    if !promtool_available("promtool_accepts_tricky_merges") {
         return;
     }
     // Identity-named app labels, nasty label values, HELP escapes, a TYPE conflict, duplicates,
@@ -153,8 +154,8 @@ fn promtool_accepts_tricky_merges() {
 fn show_a_small_merge() {
     // Prints a small merged target in both formats (cargo test -p loupe-agent --test promtool
     // -- --nocapture show_a_small_merge) and checks it is valid.
-    let a = corpus::body(1, 12, false);
-    let b = corpus::body(2, 12, true);
+    let a = body(&Spec::pod(1, 12, loupe_testkit::Format::Text));
+    let b = body(&Spec::pod(2, 12, loupe_testkit::Format::OpenMetrics));
     let sources = [
         Source {
             identity: Some(Identity {

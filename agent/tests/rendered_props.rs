@@ -6,15 +6,14 @@
 
 #[path = "support/exposition.rs"]
 mod exposition;
-#[path = "support/strict.rs"]
-#[allow(dead_code)]
-mod strict;
 
 use exposition::{fmt, Fam, Shape};
 use loupe_agent::decode::{
     merge_prepared, merge_rendered, merge_rendered_chunks, prepare, try_merge_rendered, validate,
     Format, Identity, Prepared, PreparedSource, Rendered, RenderedSource,
 };
+use loupe_testkit::bodies::Kind;
+use loupe_testkit::strict;
 use proptest::prelude::*;
 
 /// Names chosen to clash: OpenMetrics counter `errors` owns `errors_total` and `errors_created`;
@@ -160,8 +159,8 @@ proptest! {
         for out in [Format::Text, Format::OpenMetrics] {
             let (text, fast) = both(&bodies, out, &[0]);
             prop_assert!(fast, "fell back:\n{}", text);
-            if let Err(e) = strict::check(&text, out == Format::OpenMetrics) {
-                prop_assert!(false, "strict check: {}\n{}", e, text);
+            if let Err(e) = strict::check(&text, kit(out)) {
+                prop_assert!(false, "strict check: {:?}\n{}", e, text);
             }
         }
     }
@@ -178,7 +177,7 @@ fn generated_bodies_are_mostly_valid() {
         ts: None,
         series: vec![(vec![(0, "x".into())], 1)],
     };
-    for kind in 0..8 {
+    for kind in Kind::ALL {
         for om in [false, true] {
             let body = write(&[f(3, kind)], om);
             assert!(validate(body.as_bytes(), fmt(om)).is_ok(), "{body}");
@@ -199,20 +198,31 @@ fn past_failures_stay_fixed() {
         series: vec![(vec![], 0)],
     };
     // A histogram and a counter of one name in two pods.
-    let pods = bodies(&[(1, vec![f(2, 2)], false), (2, vec![f(2, 0)], false)]);
+    let pods = bodies(&[
+        (1, vec![f(2, Kind::Histogram)], false),
+        (2, vec![f(2, Kind::Counter)], false),
+    ]);
     assert_eq!(pods.len(), 2);
     for out in [Format::Text, Format::OpenMetrics] {
         let (text, fast) = both(&pods, out, &[0]);
         assert!(fast, "fell back:\n{text}");
-        strict::check(&text, out == Format::OpenMetrics).unwrap();
+        strict::check(&text, kit(out)).unwrap();
     }
     // The agent's own counter against a pod's gauge of the same name.
-    let own_and_pod = bodies(&[(0, vec![f(1, 0)], false), (1, vec![f(1, 1)], false)]);
+    let own_and_pod = bodies(&[
+        (0, vec![f(1, Kind::Counter)], false),
+        (1, vec![f(1, Kind::Gauge)], false),
+    ]);
     assert_eq!(own_and_pod.len(), 2);
     for out in [Format::Text, Format::OpenMetrics] {
         let (text, _) = both(&own_and_pod, out, &[0]);
         validate(text.as_bytes(), out).unwrap();
     }
+}
+
+/// The checker's name for `format`.
+fn kit(format: Format) -> loupe_testkit::Format {
+    loupe_testkit::Format::from_om(format == Format::OpenMetrics)
 }
 
 fn body(id: usize, text: &str, om: bool) -> Body {

@@ -146,21 +146,9 @@ pub fn crate_bin(name: &str) -> Result<PathBuf> {
         })
 }
 
-/// Whether the tests that need root can run. Without root they are skipped with the reason, except
-/// under `CI=true`, where a skip would hide a missing capability and so panics.
-pub fn root_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    if euid == 0 {
-        return true;
-    }
-    let reason = format!("{test}: skipped, needs root (network namespaces, veths, eBPF)");
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{reason}; CI=true forbids skipping");
-    }
-    eprintln!("{reason}");
-    false
-}
+/// What the testbed needs root for (pods are network namespaces with veths, loupe loads eBPF), as
+/// the tests name it to `loupe_testkit::root::require`.
+pub const TESTBED_NEEDS: &str = "network namespaces, veths, eBPF";
 
 /// A temporary directory removed on drop.
 #[derive(Debug)]

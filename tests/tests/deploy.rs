@@ -11,6 +11,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use loupe_testkit::root;
 use serde_json::Value;
 
 const KUSTOMIZATIONS: &[&str] = &["base", "overlays/prometheus-operator", "overlays/all-nodes"];
@@ -21,24 +22,17 @@ fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
 
-fn skip(reason: &str) {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("cannot run under CI=true: {reason}");
-    }
-    eprintln!("skipped: {reason}");
-}
-
-fn have(tool: &str) -> bool {
+/// Whether `tool` is installed; `test` is skipped otherwise.
+fn have(test: &str, tool: &str) -> bool {
     let found = Command::new(tool)
         .arg("--help")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !found {
-        skip(&format!(
-            "{tool} is not installed (scripts/setup.sh installs it)"
-        ));
-    }
     found
+        || root::skip(
+            test,
+            &format!("{tool} is not installed (scripts/setup.sh installs it)"),
+        )
 }
 
 fn render(kustomization: &str) -> String {
@@ -186,7 +180,12 @@ fn check_monitor(monitor: &Value, docs: &[Value]) {
 
 #[test]
 fn every_kustomization_renders_and_validates() {
-    if !have("kubectl") || !have("kubernetes-validate") {
+    if !have("every_kustomization_renders_and_validates", "kubectl")
+        || !have(
+            "every_kustomization_renders_and_validates",
+            "kubernetes-validate",
+        )
+    {
         return;
     }
     for k in KUSTOMIZATIONS {
@@ -217,7 +216,9 @@ fn every_kustomization_renders_and_validates() {
 
 #[test]
 fn validator_rejects_an_unknown_field() {
-    if !have("kubectl") || !have("kubernetes-validate") {
+    if !have("validator_rejects_an_unknown_field", "kubectl")
+        || !have("validator_rejects_an_unknown_field", "kubernetes-validate")
+    {
         return;
     }
     let docs = documents(&render("base"));
@@ -232,7 +233,7 @@ fn validator_rejects_an_unknown_field() {
 
 #[test]
 fn daemonset_has_the_promised_properties() {
-    if !have("kubectl") {
+    if !have("daemonset_has_the_promised_properties", "kubectl") {
         return;
     }
     let docs = documents(&render("base"));
@@ -326,7 +327,7 @@ fn daemonset_has_the_promised_properties() {
 
 #[test]
 fn tolerations_are_in_the_all_nodes_overlay() {
-    if !have("kubectl") {
+    if !have("tolerations_are_in_the_all_nodes_overlay", "kubectl") {
         return;
     }
     let docs = documents(&render("overlays/all-nodes"));
@@ -342,7 +343,10 @@ fn tolerations_are_in_the_all_nodes_overlay() {
 
 #[test]
 fn plain_prometheus_scrape_config_finds_the_loupe_pods() {
-    if !have("kubectl") {
+    if !have(
+        "plain_prometheus_scrape_config_finds_the_loupe_pods",
+        "kubectl",
+    ) {
         return;
     }
     let path = deploy_dir().join("prometheus/scrape-config.yaml");
@@ -381,7 +385,7 @@ fn plain_prometheus_scrape_config_finds_the_loupe_pods() {
 
 #[test]
 fn alerts_pass_promtool_and_their_unit_tests() {
-    if !have("promtool") {
+    if !have("alerts_pass_promtool_and_their_unit_tests", "promtool") {
         return;
     }
     let dir = deploy_dir().join("prometheus");
@@ -406,7 +410,10 @@ fn alerts_pass_promtool_and_their_unit_tests() {
 
 #[test]
 fn alerts_name_only_series_loupe_serves() {
-    if !loupe_tests::root_or_skip("alerts_name_only_series_loupe_serves") {
+    if !root::require(
+        "alerts_name_only_series_loupe_serves",
+        loupe_tests::TESTBED_NEEDS,
+    ) {
         return;
     }
     // A real agent's /metrics, with one pod whose namespace cannot be resolved (so that the

@@ -5,11 +5,12 @@
 
 use std::time::Duration;
 
+use loupe_testkit::root;
 use loupe_tests::attached;
 use loupe_tests::expo::Exposition;
 use loupe_tests::loupe::{loupe_bin, pod_with_app, Loupe};
 use loupe_tests::pod::Pod;
-use loupe_tests::{root_or_skip, seccomp};
+use loupe_tests::{seccomp, TESTBED_NEEDS};
 
 const PORT: u16 = 8080;
 const SERIES: usize = 20;
@@ -64,7 +65,10 @@ fn assert_nothing_attached(pods: &[&Pod]) {
 
 #[test]
 fn capture_off_serves_every_pod_fetched_and_attaches_nothing() {
-    if !root_or_skip("capture_off_serves_every_pod_fetched_and_attaches_nothing") {
+    if !root::require(
+        "capture_off_serves_every_pod_fetched_and_attaches_nothing",
+        TESTBED_NEEDS,
+    ) {
         return;
     }
     let (pod_a, _app_a, spec_a) =
@@ -106,7 +110,10 @@ fn capture_off_serves_every_pod_fetched_and_attaches_nothing() {
 
 #[test]
 fn capture_auto_falls_back_to_fetching_when_the_probe_cannot_load() {
-    if !root_or_skip("capture_auto_falls_back_to_fetching_when_the_probe_cannot_load") {
+    if !root::require(
+        "capture_auto_falls_back_to_fetching_when_the_probe_cannot_load",
+        TESTBED_NEEDS,
+    ) {
         return;
     }
     let (pod_a, _app_a, spec_a) =
@@ -130,7 +137,10 @@ fn capture_auto_falls_back_to_fetching_when_the_probe_cannot_load() {
 
 #[test]
 fn capture_on_exits_naming_the_cause_when_the_probe_cannot_load() {
-    if !root_or_skip("capture_on_exits_naming_the_cause_when_the_probe_cannot_load") {
+    if !root::require(
+        "capture_on_exits_naming_the_cause_when_the_probe_cannot_load",
+        TESTBED_NEEDS,
+    ) {
         return;
     }
     let (status, log) =
@@ -148,7 +158,10 @@ fn capture_on_exits_naming_the_cause_when_the_probe_cannot_load() {
 
 #[test]
 fn doctor_says_run_falls_back_to_fetch_only_when_the_probe_cannot_load() {
-    if !root_or_skip("doctor_says_run_falls_back_to_fetch_only_when_the_probe_cannot_load") {
+    if !root::require(
+        "doctor_says_run_falls_back_to_fetch_only_when_the_probe_cannot_load",
+        TESTBED_NEEDS,
+    ) {
         return;
     }
     let mut command = std::process::Command::new(loupe_bin().unwrap());

@@ -7,15 +7,9 @@ use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use loupe_agent::resolve::cgroup::ProcIndex;
+use loupe_testkit::root;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-fn skip(reason: &str) {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("cannot run under CI=true: {reason}");
-    }
-    eprintln!("skipped: {reason}");
-}
 
 /// Cgroup directories created by a test, removed deepest first on drop (after the process left).
 struct Cgroups(Vec<PathBuf>);
@@ -63,7 +57,7 @@ fn unique_id() -> (String, String) {
     (id, uid)
 }
 
-fn place_and_resolve(root: &Path, rel: &str, id: &str) {
+fn place_and_resolve(test: &str, root: &Path, rel: &str, id: &str) {
     let sleeper = Sleeper(
         Command::new("sleep")
             .arg("60")
@@ -73,7 +67,10 @@ fn place_and_resolve(root: &Path, rel: &str, id: &str) {
     let pid = sleeper.0.id();
     let (cgroups, leaf) = match Cgroups::create(root, rel) {
         Ok(made) => made,
-        Err(e) => return skip(&format!("cannot create cgroup {root:?}/{rel}: {e}")),
+        Err(e) => {
+            root::skip(test, &format!("cannot create cgroup {root:?}/{rel}: {e}"));
+            return;
+        }
     };
     std::fs::write(leaf.join("cgroup.procs"), pid.to_string()).expect("move into cgroup");
     let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("read cgroup");
@@ -96,18 +93,14 @@ fn place_and_resolve(root: &Path, rel: &str, id: &str) {
     );
 }
 
-fn writable_hierarchy(path: &str) -> Option<PathBuf> {
-    let root = PathBuf::from(path);
-    if !root.join("cgroup.procs").exists() {
-        skip(&format!("no cgroup hierarchy at {path}"));
+/// The hierarchy at `path`, when `test` can create cgroups there.
+fn writable_hierarchy(test: &str, path: &str) -> Option<PathBuf> {
+    let hierarchy = PathBuf::from(path);
+    if !hierarchy.join("cgroup.procs").exists() {
+        root::skip(test, &format!("needs a cgroup hierarchy at {path}"));
         return None;
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        skip("needs root to create cgroups");
-        return None;
-    }
-    Some(root)
+    root::require(test, "cgroups").then_some(hierarchy)
 }
 
 #[test]
@@ -118,7 +111,8 @@ fn resolves_a_process_in_a_cgroup_v2_systemd_layout() {
     } else {
         "/sys/fs/cgroup/unified"
     };
-    let Some(root) = writable_hierarchy(root) else {
+    let test = "resolves_a_process_in_a_cgroup_v2_systemd_layout";
+    let Some(root) = writable_hierarchy(test, root) else {
         return;
     };
     let (id, uid) = unique_id();
@@ -127,13 +121,14 @@ fn resolves_a_process_in_a_cgroup_v2_systemd_layout() {
         "loupe-test-{}.slice/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/cri-containerd-{id}.scope",
         std::process::id()
     );
-    place_and_resolve(&root, &rel, &id);
+    place_and_resolve(test, &root, &rel, &id);
 }
 
 #[test]
 fn resolves_a_process_in_a_cgroup_v1_cgroupfs_layout() {
     // The pids controller, never memory: the machine's own supervisor uses that hierarchy.
-    let Some(root) = writable_hierarchy("/sys/fs/cgroup/pids") else {
+    let test = "resolves_a_process_in_a_cgroup_v1_cgroupfs_layout";
+    let Some(root) = writable_hierarchy(test, "/sys/fs/cgroup/pids") else {
         return;
     };
     let (id, uid) = unique_id();
@@ -141,5 +136,5 @@ fn resolves_a_process_in_a_cgroup_v1_cgroupfs_layout() {
         "loupe-test-{}/kubepods/burstable/pod{uid}/{id}",
         std::process::id()
     );
-    place_and_resolve(&root, &rel, &id);
+    place_and_resolve(test, &root, &rel, &id);
 }

@@ -14,12 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use loupe_testkit::root;
 use loupe_tests::cgroup::{new_container_id, new_pod_uid, v2_root, KubeCgroups, Layout, V1_ROOTS};
 use loupe_tests::expo::{self, Exposition};
 use loupe_tests::kubeapi::{running_pod, KubeApi};
 use loupe_tests::loupe::Loupe;
 use loupe_tests::pod::Pod;
-use loupe_tests::{app_body, attached, root_or_skip, unique_suffix, wait_for, Proc, TempDir};
+use loupe_tests::{app_body, attached, unique_suffix, wait_for, Proc, TempDir, TESTBED_NEEDS};
 use serde_json::{json, Value};
 
 const NODE: &str = "n1";
@@ -33,7 +34,7 @@ const SERVE_WAIT: Duration = Duration::from_secs(45);
 
 /// Root plus the cgroup hierarchies the layouts need; skips (or panics under `CI=true`) without.
 fn available(test: &str) -> bool {
-    if !root_or_skip(test) {
+    if !root::require(test, TESTBED_NEEDS) {
         return false;
     }
     let missing: Vec<PathBuf> = [v2_root(), PathBuf::from(V1_ROOTS[0])]
@@ -43,12 +44,7 @@ fn available(test: &str) -> bool {
     if missing.is_empty() {
         return true;
     }
-    let reason = format!("{test}: skipped, no cgroup hierarchy at {missing:?}");
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{reason}; CI=true forbids skipping");
-    }
-    eprintln!("{reason}");
-    false
+    root::skip(test, &format!("needs cgroup hierarchies at {missing:?}"))
 }
 
 /// Puts a container's process into kubelet-style cgroups under a top directory of its own (so

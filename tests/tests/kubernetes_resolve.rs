@@ -13,19 +13,12 @@ use std::time::Duration;
 use loupe_agent::discover::kubernetes::{self, BackoffPolicy, KubeConfig};
 use loupe_agent::discover::{NetnsRef, Pod};
 use loupe_agent::resolve::cgroup::ProcIndex;
+use loupe_testkit::root;
 use loupe_tests::kubeapi::{running_pod, KubeApi};
 use serde_json::json;
 use tokio::sync::watch;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-fn skip(reason: &str) -> bool {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("cannot run under CI=true: {reason}");
-    }
-    eprintln!("skipped: {reason}");
-    false
-}
 
 fn unique(tag: &str) -> String {
     format!(
@@ -146,10 +139,9 @@ impl Drop for CgroupTree {
     }
 }
 
-fn available() -> Option<PathBuf> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        skip("needs root (network namespaces, cgroups)");
+/// The cgroup v2 root, when `test` can run: root, `ip` and a cgroup v2 hierarchy.
+fn available(test: &str) -> Option<PathBuf> {
+    if !root::require(test, "network namespaces, cgroups") {
         return None;
     }
     if !Command::new("ip")
@@ -157,7 +149,7 @@ fn available() -> Option<PathBuf> {
         .output()
         .is_ok_and(|o| o.status.success())
     {
-        skip("iproute2 `ip` is not installed");
+        root::skip(test, "iproute2 `ip` is not installed");
         return None;
     }
     let root = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
@@ -166,7 +158,7 @@ fn available() -> Option<PathBuf> {
         PathBuf::from("/sys/fs/cgroup/unified")
     };
     if !root.join("cgroup.procs").exists() {
-        skip("no cgroup v2 hierarchy");
+        root::skip(test, "needs a cgroup v2 hierarchy");
         return None;
     }
     Some(root)
@@ -180,7 +172,7 @@ fn netns_inode_of(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovered_pods_resolve_to_their_network_namespaces() {
-    let Some(root) = available() else {
+    let Some(root) = available("discovered_pods_resolve_to_their_network_namespaces") else {
         return;
     };
     // Declared before the containers: dropped after them, once the cgroups are empty.

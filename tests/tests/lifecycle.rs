@@ -4,12 +4,13 @@
 
 use std::time::Duration;
 
+use loupe_testkit::root;
 use loupe_tests::attached;
 use loupe_tests::expo::{self, Exposition};
 use loupe_tests::loupe::{pod_with_app, pods_yaml, EndpointSpec, Loupe, NetnsRef, PodSpec};
 use loupe_tests::pod::Pod;
-use loupe_tests::root_or_skip;
 use loupe_tests::wait_for;
+use loupe_tests::TESTBED_NEEDS;
 
 const PORT: u16 = 8080;
 
@@ -49,7 +50,7 @@ fn assert_nothing_attached(pods: &[&Pod], when: &str) {
 
 #[test]
 fn sigterm_leaves_nothing_attached() {
-    if !root_or_skip("sigterm_leaves_nothing_attached") {
+    if !root::require("sigterm_leaves_nothing_attached", TESTBED_NEEDS) {
         return;
     }
     let (pod_a, _app_a, spec_a) = pod_with_app("a", PORT, &["--series", "20"]).unwrap();
@@ -63,7 +64,10 @@ fn sigterm_leaves_nothing_attached() {
 
 #[test]
 fn kill_9_then_restart_then_stop_leaves_nothing_attached() {
-    if !root_or_skip("kill_9_then_restart_then_stop_leaves_nothing_attached") {
+    if !root::require(
+        "kill_9_then_restart_then_stop_leaves_nothing_attached",
+        TESTBED_NEEDS,
+    ) {
         return;
     }
     let (pod_a, _app_a, spec_a) = pod_with_app("a", PORT, &["--series", "20"]).unwrap();
@@ -96,7 +100,10 @@ fn kill_9_then_restart_then_stop_leaves_nothing_attached() {
 
 #[test]
 fn misbehaving_apps_are_down_and_every_other_pod_is_still_served() {
-    if !root_or_skip("misbehaving_apps_are_down_and_every_other_pod_is_still_served") {
+    if !root::require(
+        "misbehaving_apps_are_down_and_every_other_pod_is_still_served",
+        TESTBED_NEEDS,
+    ) {
         return;
     }
     let modes = ["garbage", "status500", "invalid-utf8", "cut", "hang"];
@@ -184,7 +191,10 @@ fn misbehaving_apps_are_down_and_every_other_pod_is_still_served() {
 
 #[test]
 fn a_broken_pods_file_is_rejected_with_line_and_field_and_previous_pods_kept() {
-    if !root_or_skip("a_broken_pods_file_is_rejected_with_line_and_field_and_previous_pods_kept") {
+    if !root::require(
+        "a_broken_pods_file_is_rejected_with_line_and_field_and_previous_pods_kept",
+        TESTBED_NEEDS,
+    ) {
         return;
     }
     let (_pod, _app, spec) = pod_with_app("keeper", PORT, &["--series", "25"]).unwrap();

@@ -4,14 +4,15 @@
 
 use std::time::Duration;
 
+use loupe_testkit::root;
 use loupe_tests::attached;
 use loupe_tests::envoy::{scrape_from_host, ClientAuth};
 use loupe_tests::expo::{self, Exposition};
 use loupe_tests::loupe::{EndpointSpec, Loupe, NetnsRef, PodSpec};
 use loupe_tests::pod::Pod;
 use loupe_tests::prometheus::Prometheus;
-use loupe_tests::root_or_skip;
 use loupe_tests::testbed::{app_series, Mesh, IDENTITY, SIDECAR_PORT};
+use loupe_tests::TESTBED_NEEDS;
 
 const SERIES: usize = 200;
 const SCRAPE_WAIT: Duration = Duration::from_secs(60);
@@ -26,7 +27,10 @@ fn has_pod(exp: &Exposition, pod: &str, n: usize) -> bool {
 
 #[test]
 fn three_meshed_pods_are_merged_by_loupe_and_stored_by_prometheus() {
-    if !root_or_skip("three_meshed_pods_are_merged_by_loupe_and_stored_by_prometheus") {
+    if !root::require(
+        "three_meshed_pods_are_merged_by_loupe_and_stored_by_prometheus",
+        TESTBED_NEEDS,
+    ) {
         return;
     }
     let series = SERIES.to_string();
@@ -150,7 +154,10 @@ fn three_meshed_pods_are_merged_by_loupe_and_stored_by_prometheus() {
 
 #[test]
 fn two_containers_in_one_pod_are_told_apart_by_container() {
-    if !root_or_skip("two_containers_in_one_pod_are_told_apart_by_container") {
+    if !root::require(
+        "two_containers_in_one_pod_are_told_apart_by_container",
+        TESTBED_NEEDS,
+    ) {
         return;
     }
     let pod = Pod::new().unwrap();
@@ -198,7 +205,7 @@ fn two_containers_in_one_pod_are_told_apart_by_container() {
 
 #[test]
 fn an_apps_pod_label_comes_out_as_exported_pod() {
-    if !root_or_skip("an_apps_pod_label_comes_out_as_exported_pod") {
+    if !root::require("an_apps_pod_label_comes_out_as_exported_pod", TESTBED_NEEDS) {
         return;
     }
     let pod = Pod::new().unwrap();
@@ -237,7 +244,7 @@ fn an_apps_pod_label_comes_out_as_exported_pod() {
 
 #[test]
 fn a_pod_given_by_pid_is_found() {
-    if !root_or_skip("a_pod_given_by_pid_is_found") {
+    if !root::require("a_pod_given_by_pid_is_found", TESTBED_NEEDS) {
         return;
     }
     let pod = Pod::new().unwrap();
@@ -259,7 +266,10 @@ fn a_pod_given_by_pid_is_found() {
 
 #[test]
 fn chunked_gzip_and_openmetrics_replies_are_served_whole() {
-    if !root_or_skip("chunked_gzip_and_openmetrics_replies_are_served_whole") {
+    if !root::require(
+        "chunked_gzip_and_openmetrics_replies_are_served_whole",
+        TESTBED_NEEDS,
+    ) {
         return;
     }
     use loupe_tests::client::ClientLoop;

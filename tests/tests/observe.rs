@@ -5,12 +5,13 @@
 use std::net::{Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use loupe_testkit::root;
 use loupe_tests::client::ClientLoop;
 use loupe_tests::expo::{self, Exposition};
 use loupe_tests::loupe::{EndpointSpec, Loupe, NetnsRef, PodSpec};
 use loupe_tests::pod::Pod;
-use loupe_tests::root_or_skip;
 use loupe_tests::testbed::{app_series, IDENTITY};
+use loupe_tests::TESTBED_NEEDS;
 
 const PORT: u16 = 8080;
 
@@ -62,7 +63,10 @@ fn counter(exp: &Exposition, name: &str) -> f64 {
 
 #[test]
 fn observed_replies_are_served_and_loupe_sends_none_of_its_own() {
-    if !root_or_skip("observed_replies_are_served_and_loupe_sends_none_of_its_own") {
+    if !root::require(
+        "observed_replies_are_served_and_loupe_sends_none_of_its_own",
+        TESTBED_NEEDS,
+    ) {
         return;
     }
     let _serial = serial();
@@ -116,7 +120,7 @@ fn observed_replies_are_served_and_loupe_sends_none_of_its_own() {
 
 #[test]
 fn replies_over_the_ipv6_loopback_are_observed() {
-    if !root_or_skip("replies_over_the_ipv6_loopback_are_observed") {
+    if !root::require("replies_over_the_ipv6_loopback_are_observed", TESTBED_NEEDS) {
         return;
     }
     let _serial = serial();
@@ -161,7 +165,10 @@ fn replies_over_the_ipv6_loopback_are_observed() {
 
 #[test]
 fn twenty_megabytes_arrive_intact_through_the_observed_path() {
-    if !root_or_skip("twenty_megabytes_arrive_intact_through_the_observed_path") {
+    if !root::require(
+        "twenty_megabytes_arrive_intact_through_the_observed_path",
+        TESTBED_NEEDS,
+    ) {
         return;
     }
     let _serial = serial();
@@ -204,7 +211,10 @@ fn twenty_megabytes_arrive_intact_through_the_observed_path() {
 
 #[test]
 fn a_tiny_ring_buffer_discards_torn_replies_and_never_publishes_them() {
-    if !root_or_skip("a_tiny_ring_buffer_discards_torn_replies_and_never_publishes_them") {
+    if !root::require(
+        "a_tiny_ring_buffer_discards_torn_replies_and_never_publishes_them",
+        TESTBED_NEEDS,
+    ) {
         return;
     }
     let _serial = serial();
@@ -246,7 +256,10 @@ fn a_tiny_ring_buffer_discards_torn_replies_and_never_publishes_them() {
 
 #[test]
 fn loupe_capture_prints_what_the_probe_sees_in_one_pod_and_detaches() {
-    if !root_or_skip("loupe_capture_prints_what_the_probe_sees_in_one_pod_and_detaches") {
+    if !root::require(
+        "loupe_capture_prints_what_the_probe_sees_in_one_pod_and_detaches",
+        TESTBED_NEEDS,
+    ) {
         return;
     }
     let _serial = serial();

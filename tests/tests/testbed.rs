@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use loupe_testkit::root;
 use loupe_tests::app_body;
 use loupe_tests::attached;
 use loupe_tests::cgroup::{self, KubeCgroups};
@@ -12,11 +13,14 @@ use loupe_tests::http;
 use loupe_tests::pod::Pod;
 use loupe_tests::prometheus::Prometheus;
 use loupe_tests::testbed::{Mesh, APP_PORT, SIDECAR_PORT};
-use loupe_tests::{root_or_skip, run};
+use loupe_tests::{run, TESTBED_NEEDS};
 
 #[test]
 fn pod_has_its_own_loopback_and_is_removed_on_drop() {
-    if !root_or_skip("pod_has_its_own_loopback_and_is_removed_on_drop") {
+    if !root::require(
+        "pod_has_its_own_loopback_and_is_removed_on_drop",
+        TESTBED_NEEDS,
+    ) {
         return;
     }
     let pod = Pod::new().unwrap();
@@ -53,7 +57,10 @@ fn pod_has_its_own_loopback_and_is_removed_on_drop() {
 
 #[test]
 fn cgroups_look_like_the_kubelets_and_are_removed() {
-    if !root_or_skip("cgroups_look_like_the_kubelets_and_are_removed") {
+    if !root::require(
+        "cgroups_look_like_the_kubelets_and_are_removed",
+        TESTBED_NEEDS,
+    ) {
         return;
     }
     let mut child = std::process::Command::new("sleep")
@@ -95,7 +102,7 @@ fn cgroups_look_like_the_kubelets_and_are_removed() {
 
 #[test]
 fn sidecar_enforces_strict_mtls() {
-    if !root_or_skip("sidecar_enforces_strict_mtls") {
+    if !root::require("sidecar_enforces_strict_mtls", TESTBED_NEEDS) {
         return;
     }
     let mesh = Mesh::new(1, &["--series", "50"]).unwrap();
@@ -129,7 +136,7 @@ fn sidecar_enforces_strict_mtls() {
 
 #[test]
 fn app_modes_misbehave_as_asked() {
-    if !root_or_skip("app_modes_misbehave_as_asked") {
+    if !root::require("app_modes_misbehave_as_asked", TESTBED_NEEDS) {
         return;
     }
     let pod = Pod::new().unwrap();
@@ -204,7 +211,10 @@ fn app_modes_misbehave_as_asked() {
 
 #[test]
 fn app_serves_about_20_mb_identically_every_time() {
-    if !root_or_skip("app_serves_about_20_mb_identically_every_time") {
+    if !root::require(
+        "app_serves_about_20_mb_identically_every_time",
+        TESTBED_NEEDS,
+    ) {
         return;
     }
     let pod = Pod::new().unwrap();
@@ -219,7 +229,7 @@ fn app_serves_about_20_mb_identically_every_time() {
 
 #[test]
 fn prometheus_scrapes_and_answers_queries() {
-    if !root_or_skip("prometheus_scrapes_and_answers_queries") {
+    if !root::require("prometheus_scrapes_and_answers_queries", TESTBED_NEEDS) {
         return;
     }
     // Prometheus runs on the host; a host-side app stands in for loupe here.
@@ -253,7 +263,10 @@ fn prometheus_scrapes_and_answers_queries() {
 
 #[test]
 fn attachment_lister_sees_a_tc_filter_and_its_removal() {
-    if !root_or_skip("attachment_lister_sees_a_tc_filter_and_its_removal") {
+    if !root::require(
+        "attachment_lister_sees_a_tc_filter_and_its_removal",
+        TESTBED_NEEDS,
+    ) {
         return;
     }
     let pod = Pod::new().unwrap();
@@ -281,7 +294,10 @@ fn attachment_lister_sees_a_tc_filter_and_its_removal() {
 
 #[test]
 fn attachment_lister_sees_a_tcx_link_and_its_removal() {
-    if !root_or_skip("attachment_lister_sees_a_tcx_link_and_its_removal") {
+    if !root::require(
+        "attachment_lister_sees_a_tcx_link_and_its_removal",
+        TESTBED_NEEDS,
+    ) {
         return;
     }
     use std::io::BufRead;

@@ -194,21 +194,6 @@ pub fn socket_netns_cookie(socket: &impl AsRawFd) -> std::io::Result<u64> {
 pub(crate) mod testing {
     use super::*;
 
-    /// Whether this process may create namespaces. Without root the caller's test is skipped with
-    /// the reason printed; under CI (`CI=true`) that is a failure instead.
-    pub fn require_root(test: &str) -> bool {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            return true;
-        }
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{test} needs root (network namespaces), and CI=true forbids skipping it"
-        );
-        eprintln!("skipping {test}: needs root to create network namespaces");
-        false
-    }
-
     /// A new, empty network namespace with `lo` up. It lives as long as the handle: nothing to
     /// clean up, even when the test fails.
     pub fn scratch() -> Netns {
@@ -255,7 +240,10 @@ mod tests {
 
     #[test]
     fn scratch_namespace_has_its_own_loopback() {
-        if !testing::require_root("scratch_namespace_has_its_own_loopback") {
+        if !loupe_testkit::root::require(
+            "scratch_namespace_has_its_own_loopback",
+            "network namespaces",
+        ) {
             return;
         }
         let ns = testing::scratch();

@@ -1,11 +1,18 @@
-//! One generator of exposition bodies for the property tests. Each test picks a [`Shape`]: its
+//! The property tests' bodies, drawn by proptest strategies. Each test picks a [`Shape`]: its
 //! names and labels (chosen to clash, or not), the kinds and metadata drawn, and whether every
 //! body must be valid.
+//!
+//! Why not `loupe_testkit::bodies`, the generator the benchmarks and the test app use: that one
+//! lays out fixed, realistic, always valid bodies from a few parameters; these are random draws
+//! that shrink, of every kind both formats know (info, gaugehistogram, `_created`), with HELP
+//! before or after TYPE, UNITs, timestamps, nasty label values, and (for the invalid shapes)
+//! repeated families and clashing names. They share its vocabulary: [`Kind`] and [`escape`].
 
 use std::collections::HashSet;
 use std::ops::Range;
 
 use loupe_agent::decode::{Format, Identity};
+use loupe_testkit::bodies::{escape, Kind};
 use proptest::prelude::*;
 
 /// The identities sources are drawn with: none, plain pods, one with escapes and empty labels.
@@ -41,7 +48,7 @@ pub const IDS: [Option<Identity<'static>>; 5] = [
 pub struct Shape {
     pub names: &'static [&'static str],
     pub labels: &'static [&'static str],
-    /// Kinds drawn ([`Fam::kind`]).
+    /// Kinds drawn, as indexes into [`Kind::ALL`].
     pub kinds: Range<u8>,
     /// HELP variants drawn ([`Fam::help`]).
     pub helps: Range<u8>,
@@ -58,9 +65,7 @@ pub struct Shape {
 pub struct Fam {
     /// Index into the shape's names.
     pub name: usize,
-    /// 0 counter, 1 gauge, 2 histogram, 3 summary, 4 untyped, 5 info, 6 gaugehistogram,
-    /// 7 counter with `_created`.
-    pub kind: u8,
+    pub kind: Kind,
     /// 0 none, 1 plain (before TYPE), 2 with escapes, 3 with quotes.
     pub help: u8,
     pub unit: bool,
@@ -78,7 +83,7 @@ pub fn fam(shape: &Shape, values: impl Strategy<Value = String>) -> impl Strateg
     };
     (
         0..shape.names.len(),
-        shape.kinds.clone(),
+        shape.kinds.clone().prop_map(|k| Kind::ALL[usize::from(k)]),
         shape.helps.clone(),
         unit,
         proptest::option::of(1u32..2_000_000_000),
@@ -111,12 +116,6 @@ pub fn fmt(om: bool) -> Format {
     }
 }
 
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 /// Writes families as a body, OpenMetrics if `om`, else text. A label named twice in a set
 /// keeps its first value; an invalid shape's bodies may fail (repeated families, clashing
 /// names) and are left out by the caller.
@@ -141,7 +140,7 @@ pub fn write(shape: &Shape, fams: &[Fam], om: bool) -> String {
                 }
                 let s = parts
                     .iter()
-                    .map(|(l, v)| format!("{}=\"{}\"", shape.labels[*l], esc(v)))
+                    .map(|(l, v)| format!("{}=\"{}\"", shape.labels[*l], escape(v)))
                     .collect::<Vec<_>>()
                     .join(",");
                 (!shape.valid || seen.insert(s.clone())).then_some((s, *v))
@@ -177,21 +176,22 @@ pub fn write(shape: &Shape, fams: &[Fam], om: bool) -> String {
                 _ => format!("# TYPE {fname} {t}\n{}{unit}", help(fname)),
             }
         };
+        let format = loupe_testkit::Format::from_om(om);
         match f.kind {
-            0 | 7 => {
+            Kind::Counter | Kind::CounterWithCreated => {
                 let fname = if om {
                     n.to_string()
                 } else {
                     format!("{n}_total")
                 };
-                out += &meta(&fname, "counter", true);
+                out += &meta(&fname, f.kind.type_name(format), true);
                 for (i, (s, v)) in series.iter().enumerate() {
                     out += &format!("{n}_total{} {v}{}\n", lbl(s, ""), ts(i));
-                    if om && f.kind == 7 {
+                    if om && f.kind == Kind::CounterWithCreated {
                         out += &format!("{n}_created{} 1700000000.5{}\n", lbl(s, ""), ts(i));
                     }
                 }
-                if !om && f.kind == 7 {
+                if !om && f.kind == Kind::CounterWithCreated {
                     out += &format!(
                         "{}# TYPE {n}_created gauge\n",
                         help(&format!("{n}_created"))
@@ -201,26 +201,32 @@ pub fn write(shape: &Shape, fams: &[Fam], om: bool) -> String {
                     }
                 }
             }
-            1 | 4 | 5 if !(om && f.kind == 5) => {
-                let t = match (f.kind, om) {
-                    (1, _) | (5, _) => "gauge",
-                    (_, true) => "unknown",
-                    _ => "untyped",
+            Kind::Info if om => {
+                out += &meta(n, f.kind.type_name(format), false);
+                for (i, (s, _)) in series.iter().enumerate() {
+                    out += &format!("{n}_info{} 1{}\n", lbl(s, ""), ts(i));
+                }
+            }
+            Kind::Gauge | Kind::Untyped | Kind::Info => {
+                // A text body has no info: its info families are gauges.
+                let t = match f.kind {
+                    Kind::Untyped => Kind::Untyped.type_name(format),
+                    _ => Kind::Gauge.type_name(format),
                 };
                 out += &meta(n, t, true);
                 for (i, (s, v)) in series.iter().enumerate() {
                     out += &format!("{n}{} {v}{}\n", lbl(s, ""), ts(i));
                 }
             }
-            5 => {
-                out += &meta(n, "info", false);
-                for (i, (s, _)) in series.iter().enumerate() {
-                    out += &format!("{n}_info{} 1{}\n", lbl(s, ""), ts(i));
+            Kind::Histogram | Kind::GaugeHistogram => {
+                // A text body has no gaugehistogram: its gaugehistograms are histograms.
+                let gauge = om && f.kind == Kind::GaugeHistogram;
+                let t = if gauge {
+                    Kind::GaugeHistogram
+                } else {
+                    Kind::Histogram
                 }
-            }
-            2 | 6 => {
-                let gauge = om && f.kind == 6;
-                let t = if gauge { "gaugehistogram" } else { "histogram" };
+                .type_name(format);
                 out += &meta(n, t, true);
                 let (sum, count) = if gauge {
                     ("_gsum", "_gcount")
@@ -241,8 +247,8 @@ pub fn write(shape: &Shape, fams: &[Fam], om: bool) -> String {
                     }
                 }
             }
-            _ => {
-                out += &meta(n, "summary", true);
+            Kind::Summary => {
+                out += &meta(n, f.kind.type_name(format), true);
                 for (i, (s, v)) in series.iter().enumerate() {
                     out += &format!("{n}{} {v}{}\n", lbl(s, "quantile=\"0.9\""), ts(i));
                     out += &format!("{n}_sum{} {v}{}\n", lbl(s, ""), ts(i));
