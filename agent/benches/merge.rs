@@ -280,6 +280,13 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
+    g.bench_function("validate_om", |b| {
+        b.iter(|| {
+            for s in &om_sources {
+                black_box(validate(s.body, Format::OpenMetrics).ok());
+            }
+        })
+    });
     g.bench_function("b_prometheus_parse_and_render", |b| {
         b.iter(|| {
             let mut out = String::new();

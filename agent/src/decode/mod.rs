@@ -2,10 +2,14 @@
 //! OpenMetrics 1.0, validation, and the merge of many pods' bodies into one node target. No I/O.
 //!
 //! # Parsing
-//! [`validate`] and [`merge`] run one parser (`parse.rs`) over a body's bytes. Each
-//! line is checked against its format; the result is an index of offsets into the body (per
-//! family: name, type, HELP, UNIT; per sample: where its name, label block and line end are, and
-//! a hash of its series), never a copy of it. No allocation happens per sample.
+//! [`validate`] and [`merge`] run one parser (`parse/`) over a body's bytes, in layers as
+//! Prometheus' `textparse` is: a lexer over bytes (`lex.rs`, `escape.rs`: names, label blocks,
+//! numbers, escapes, hashes), a grammar per format (`text.rs`, `openmetrics.rs`) that turns each
+//! line into its kind and tokens, and a family validator (`validate.rs`, with `histogram.rs`
+//! and `series.rs`) that checks each line against the body's families. The result is an index
+//! of offsets into the body (`index.rs`; per family: name, type, HELP, UNIT; per sample: where
+//! its name, label block and line end are, and a hash of its series), never a copy of it. No
+//! allocation happens per sample.
 //!
 //! - **OpenMetrics 1.0.0** is held to the specification and to every case of the OpenMetrics
 //!   conformance suite (`agent/tests/openmetrics-conformance`): `# EOF` last, no blank lines,
@@ -112,11 +116,16 @@
 //! kept as a dev-dependency only, as a differential oracle in the tests on inputs inside its
 //! grammar (label values without those characters), and as the baseline of the benchmark.
 
-mod lex;
 mod merge;
 mod negotiate;
 mod parse;
 mod rendered;
+
+/// The parser's byte-level layer, which the merge shares: lexing, escapes, hashes.
+mod lex {
+    pub(super) use super::parse::escape::{unescape, write_escaped, Escaped};
+    pub(super) use super::parse::lex::*;
+}
 
 use crate::telemetry::Counter;
 

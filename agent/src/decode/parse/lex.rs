@@ -1,6 +1,6 @@
-//! Byte-level lexing shared by the parser and the renderer: character classes, number grammars,
-//! label blocks, escapes and the series hash. Everything works on slices of the body; nothing here
-//! allocates except the caller's reusable scratch vectors.
+//! Byte-level lexing, the parser's lowest layer and shared with the merge: character classes,
+//! blanks, names, number grammars, label blocks, escapes and the series hash. Everything works on
+//! offsets into the body; nothing here allocates except the caller's reusable scratch vectors.
 
 /// Character class table: bit 0 = metric name start, 1 = metric name char, 2 = label name start,
 /// 3 = label name char.
@@ -116,6 +116,37 @@ pub(crate) fn scan_label_name(b: &[u8], i: usize) -> usize {
         }
     }
     j
+}
+
+/// Index of the end of the metric name starting at `i` and ending before `end` (== `i` if none).
+/// When the name starts with `known` (a name already checked) only the rest is classified.
+#[inline]
+pub(crate) fn scan_name_from(b: &[u8], i: usize, end: usize, known: Option<&[u8]>) -> usize {
+    match known {
+        Some(n) if end - i >= n.len() && bytes_eq(&b[i..i + n.len()], n) => {
+            let mut j = i + n.len();
+            while j < end && is_name_char(b[j]) {
+                j += 1;
+            }
+            j
+        }
+        _ => scan_name(&b[..end], i),
+    }
+}
+
+/// A blank between tokens: text 0.0.4 allows spaces and tabs where OpenMetrics has one space.
+#[inline]
+pub(crate) fn is_blank(c: u8) -> bool {
+    c == b' ' || c == b'\t'
+}
+
+/// Index of the first byte at or after `i` that is not blank (`end` if none).
+#[inline]
+pub(crate) fn skip_blanks(b: &[u8], mut i: usize, end: usize) -> usize {
+    while i < end && is_blank(b[i]) {
+        i += 1;
+    }
+    i
 }
 
 fn digits(s: &[u8], mut i: usize) -> usize {
@@ -333,30 +364,8 @@ pub(crate) fn lex_labels(
         if b.get(j) != Some(&b'"') {
             return Err((j, "expected '\"' to start label value"));
         }
-        j += 1;
-        let vs = j;
-        loop {
-            // Jump to the next quote or backslash; `b` ends at the line's end.
-            j = memchr::memchr2(b'"', b'\\', &b[j..]).map_or(b.len(), |k| j + k);
-            match b.get(j) {
-                Some(b'"') => break,
-                Some(b'\\') => {
-                    match b.get(j + 1) {
-                        Some(b'\\') | Some(b'"') | Some(b'n') => {}
-                        Some(b'\n') | None => return Err((j, "unterminated label value")),
-                        Some(_) => {
-                            if !strict {
-                                return Err((j, "invalid escape sequence in label value"));
-                            }
-                            info.odd_escape = true;
-                        }
-                    }
-                    j += 2;
-                }
-                Some(b'\n') | None => return Err((j, "unterminated label value")),
-                Some(_) => j += 1,
-            }
-        }
+        let vs = j + 1;
+        j = scan_label_value(b, vs, strict, info)?;
         if out.len() >= MAX_LABELS {
             return Err((name.0 as usize, "more than 1024 labels on one line"));
         }
@@ -385,91 +394,57 @@ pub(crate) fn lex_labels(
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Escapes.
-
-/// Where an escaped string comes from; decides which escapes exist and which bytes need one.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Escaped {
-    /// Label values (both formats): `\\`, `\"`, `\n`.
-    LabelValue,
-    /// Text 0.0.4 HELP: `\\`, `\n`; a raw `"` is plain.
-    TextHelp,
-    /// OpenMetrics HELP: `\\`, `\"`, `\n`.
-    OmHelp,
-}
-
-/// Decodes an escaped string into `out` (for comparisons on the rare paths). Unknown escapes
-/// are kept literally, as OpenMetrics parsers do.
-pub(crate) fn unescape(raw: &[u8], out: &mut Vec<u8>) {
-    let mut i = 0;
-    while i < raw.len() {
-        if raw[i] == b'\\' && i + 1 < raw.len() {
-            match raw[i + 1] {
-                b'\\' => out.push(b'\\'),
-                b'"' => out.push(b'"'),
-                b'n' => out.push(b'\n'),
-                c => {
-                    out.push(b'\\');
-                    out.push(c);
+/// Index of the `"` that ends the label value starting at `b[i]` (after its opening quote).
+/// Unknown escapes are kept in OpenMetrics (`strict`, noted in `info`) and rejected in text.
+#[inline]
+fn scan_label_value(
+    b: &[u8],
+    mut j: usize,
+    strict: bool,
+    info: &mut BlockInfo,
+) -> Result<usize, LexError> {
+    loop {
+        // Jump to the next quote or backslash; `b` ends at the line's end.
+        j = memchr::memchr2(b'"', b'\\', &b[j..]).map_or(b.len(), |k| j + k);
+        match b.get(j) {
+            Some(b'"') => return Ok(j),
+            Some(b'\\') => {
+                match b.get(j + 1) {
+                    Some(b'\\') | Some(b'"') | Some(b'n') => {}
+                    Some(b'\n') | None => return Err((j, "unterminated label value")),
+                    Some(_) => {
+                        if !strict {
+                            return Err((j, "invalid escape sequence in label value"));
+                        }
+                        info.odd_escape = true;
+                    }
                 }
+                j += 2;
             }
-            i += 2;
-        } else {
-            out.push(raw[i]);
-            i += 1;
+            Some(b'\n') | None => return Err((j, "unterminated label value")),
+            Some(_) => j += 1,
         }
     }
 }
 
-/// Writes a raw escaped string of kind `from` as kind `to`, re-escaping where the two differ.
-/// The common case (no backslash, no quote) is one copy.
-pub(crate) fn write_escaped(raw: &[u8], from: Escaped, to: Escaped, out: &mut Vec<u8>) {
-    if !raw.iter().any(|&c| c == b'\\' || c == b'"') {
-        out.extend_from_slice(raw);
-        return;
+/// Lexes the label block that starts at `b[i]`, if one does (see [`lex_labels`]): returns the
+/// index after it (`i` without one) and whether the line can't be copied as it is (a spelling
+/// only text allows, or an escape to re-escape).
+#[inline]
+pub(crate) fn label_block(
+    b: &[u8],
+    i: usize,
+    end: usize,
+    strict: bool,
+    out: &mut Vec<Label>,
+) -> Result<(usize, bool), LexError> {
+    out.clear();
+    if i < end && b[i] == b'{' {
+        let mut info = BlockInfo::default();
+        let after = lex_labels(&b[..end], i, strict, out, &mut info)?;
+        return Ok((after, info.noncanonical || info.odd_escape));
     }
-    let mut i = 0;
-    while i < raw.len() {
-        let c = raw[i];
-        if c == b'\\' && i + 1 < raw.len() {
-            let d = raw[i + 1];
-            let known = match from {
-                Escaped::TextHelp => d == b'\\' || d == b'n',
-                _ => d == b'\\' || d == b'n' || d == b'"',
-            };
-            if known {
-                if d == b'"' {
-                    push_quote(to, out);
-                } else {
-                    out.push(b'\\');
-                    out.push(d);
-                }
-                i += 2;
-                continue;
-            }
-            // A literal backslash followed by whatever comes next.
-            out.extend_from_slice(b"\\\\");
-            i += 1;
-            continue;
-        }
-        if c == b'\\' {
-            out.extend_from_slice(b"\\\\");
-        } else if c == b'"' {
-            push_quote(to, out);
-        } else {
-            out.push(c);
-        }
-        i += 1;
-    }
-}
-
-fn push_quote(to: Escaped, out: &mut Vec<u8>) {
-    if to == Escaped::TextHelp {
-        out.push(b'"');
-    } else {
-        out.extend_from_slice(b"\\\"");
-    }
+    Ok((i, false))
 }
 
 #[cfg(test)]
@@ -539,24 +514,6 @@ mod tests {
         let mut info = BlockInfo::default();
         let e = lex_labels(line.as_bytes(), 0, true, &mut v, &mut info).unwrap_err();
         assert!(e.1.contains("1024"));
-    }
-
-    #[test]
-    fn escapes_convert() {
-        let mut o = Vec::new();
-        write_escaped(br#"a\"b\z"#, Escaped::OmHelp, Escaped::TextHelp, &mut o);
-        assert_eq!(o, br#"a"b\\z"#);
-        o.clear();
-        write_escaped(br#"say "hi"\n"#, Escaped::TextHelp, Escaped::OmHelp, &mut o);
-        assert_eq!(o, br#"say \"hi\"\n"#);
-        o.clear();
-        write_escaped(
-            br#"x\z\\"#,
-            Escaped::LabelValue,
-            Escaped::LabelValue,
-            &mut o,
-        );
-        assert_eq!(o, br#"x\\z\\"#);
     }
 
     #[test]
