@@ -10,7 +10,7 @@ pub type Labels = Vec<(String, String)>;
 /// Name, sorted labels, rest of the line.
 pub type Sample = (String, Labels, String);
 
-fn owned(name: &str, typ: &str, om: bool) -> Vec<String> {
+pub fn owned(name: &str, typ: &str, om: bool) -> Vec<String> {
     let suffixes: &[&str] = match (om, typ) {
         (true, "counter") => &["_total", "_created"],
         (true, "histogram") => &["_bucket", "_sum", "_count", "_created"],
@@ -25,7 +25,7 @@ fn owned(name: &str, typ: &str, om: bool) -> Vec<String> {
 }
 
 /// Parses `{a="x",b="y"}` at the start of `s`; returns decoded labels and the rest.
-fn labels(s: &str) -> Result<(Labels, &str), String> {
+pub fn labels(s: &str) -> Result<(Labels, &str), String> {
     let mut out = Vec::new();
     let mut chars = s.char_indices().peekable();
     if chars.next() != Some((0, '{')) {
