@@ -93,10 +93,7 @@ fn rendered_sources(srcs: &[Source<'_>], out: Format) -> Vec<Rendered> {
     srcs.iter().map(|s| s.render(out)).collect()
 }
 
-fn with_rendered<'a>(
-    srcs: &[Source<'a>],
-    rendered: &'a [Rendered],
-) -> Vec<Source<'a>> {
+fn with_rendered<'a>(srcs: &[Source<'a>], rendered: &'a [Rendered]) -> Vec<Source<'a>> {
     srcs.iter()
         .zip(rendered)
         .map(|(s, r)| s.with_rendered(Some(r)))
@@ -242,12 +239,7 @@ fn bench(c: &mut Criterion) {
     assert!(chunks.concat() == x, "the chunks differ from the buffer");
     drop(chunks);
     g.bench_function("merge_rendered_chunks_om_to_om", |b| {
-        b.iter(|| {
-            black_box(merge(
-                black_box(&om_rsrcs),
-                Format::OpenMetrics,
-            ))
-        })
+        b.iter(|| black_box(merge(black_box(&om_rsrcs), Format::OpenMetrics)))
     });
     g.bench_function("render_at_ingest_om", |b| {
         b.iter(|| {

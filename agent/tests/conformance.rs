@@ -61,11 +61,7 @@ fn cases(dir: &Path) -> Vec<Case> {
 
 fn merged(body: &[u8], from: Format, to: Format) -> (Vec<u8>, u64) {
     let mut buf = Vec::new();
-    let st = merge_into(
-        &[Source::new(None, body, from)],
-        to,
-        &mut buf,
-    );
+    let st = merge_into(&[Source::new(None, body, from)], to, &mut buf);
     assert!(st.rejected.is_empty(), "{:?}", st.rejected);
     (buf, st.duplicate_series)
 }

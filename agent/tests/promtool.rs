@@ -68,12 +68,18 @@ fn promtool_accepts_merged_pods() {
     let sources: Vec<Source<'_>> = bodies
         .iter()
         .zip(&pods)
-        .map(|((b, f), (ns, pod))| Source::new(Some(IdentityLabels {
-                namespace: ns,
-                pod,
-                container: "app",
-                endpoint: ":8080/metrics",
-            }), b.as_bytes(), *f))
+        .map(|((b, f), (ns, pod))| {
+            Source::new(
+                Some(IdentityLabels {
+                    namespace: ns,
+                    pod,
+                    container: "app",
+                    endpoint: ":8080/metrics",
+                }),
+                b.as_bytes(),
+                *f,
+            )
+        })
         .collect();
     let mut buf = Vec::new();
     let st = merge_into(&sources, Format::Text, &mut buf);
@@ -103,19 +109,31 @@ fn promtool_accepts_tricky_merges() {
              # TYPE feature stateset\nfeature{feature=\"a\"} 1\nfeature{feature=\"b\"} 0\n\
              # TYPE lat histogram\nlat_bucket{le=\"1\"} 1\nlat_bucket{le=\"+Inf\"} 2\nlat_count 2\nlat_sum 1.5\nlat_created 1.7e9\n# EOF\n";
     let sources = [
-        Source::new(Some(IdentityLabels {
+        Source::new(
+            Some(IdentityLabels {
                 namespace: "ns",
                 pod: "p1",
                 container: "c",
                 endpoint: "m",
-            }), a.as_bytes(), Format::Text),
-        Source::new(Some(IdentityLabels {
+            }),
+            a.as_bytes(),
+            Format::Text,
+        ),
+        Source::new(
+            Some(IdentityLabels {
                 namespace: "ns",
                 pod: "p2",
                 container: "c",
                 endpoint: "m",
-            }), b.as_bytes(), Format::OpenMetrics),
-        Source::new(None, b"# HELP loupe_x_total X.\n# TYPE loupe_x_total counter\nloupe_x_total 1\n", Format::Text),
+            }),
+            b.as_bytes(),
+            Format::OpenMetrics,
+        ),
+        Source::new(
+            None,
+            b"# HELP loupe_x_total X.\n# TYPE loupe_x_total counter\nloupe_x_total 1\n",
+            Format::Text,
+        ),
     ];
     let mut buf = Vec::new();
     let st = merge_into(&sources, Format::Text, &mut buf);
@@ -140,18 +158,26 @@ fn show_a_small_merge() {
     let a = corpus::body(1, 12, false);
     let b = corpus::body(2, 12, true);
     let sources = [
-        Source::new(Some(IdentityLabels {
+        Source::new(
+            Some(IdentityLabels {
                 namespace: "shop",
                 pod: "cart-1",
                 container: "app",
                 endpoint: ":8080/metrics",
-            }), a.as_bytes(), Format::Text),
-        Source::new(Some(IdentityLabels {
+            }),
+            a.as_bytes(),
+            Format::Text,
+        ),
+        Source::new(
+            Some(IdentityLabels {
                 namespace: "shop",
                 pod: "cart-2",
                 container: "app",
                 endpoint: ":8080/metrics",
-            }), b.as_bytes(), Format::OpenMetrics),
+            }),
+            b.as_bytes(),
+            Format::OpenMetrics,
+        ),
     ];
     for out in [Format::Text, Format::OpenMetrics] {
         let mut buf = Vec::new();

@@ -17,7 +17,8 @@ mod strict;
 
 use exposition::{fmt, Fam, Shape};
 use loupe_agent::decode::{
-    merge, merge_into, MergeStats, prepare, validate, Format, IdentityLabels, Prepared, Rendered, Source,
+    merge, merge_into, prepare, validate, Format, IdentityLabels, MergeStats, Prepared, Rendered,
+    Source,
 };
 use proptest::prelude::*;
 
@@ -146,7 +147,10 @@ fn check_with_oracle(bodies: &[Body], out: Format, text: &str, stats: &MergeStat
         }
     }
     let inputs: Vec<&str> = sources.iter().map(|s| s.1).collect();
-    assert_eq!(got, expected, "the oracle disagrees on:\n{inputs:#?}\n{text}");
+    assert_eq!(
+        got, expected,
+        "the oracle disagrees on:\n{inputs:#?}\n{text}"
+    );
     assert_eq!(
         (stats.family_conflicts, stats.duplicate_series),
         (conflicts, duplicates),

@@ -123,6 +123,8 @@ mod parse;
 
 use crate::telemetry::Counter;
 
+// A family's header lines, for expose's own series (the store/expose restructuring).
+#[allow(unused_imports)]
 pub(crate) use merge::write_header;
 pub use merge::{
     merge, merge_into, render_source, render_within, write_label_set, Rendered, Source,

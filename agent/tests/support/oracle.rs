@@ -120,7 +120,10 @@ fn identify(id: &Option<IdentityLabels<'_>>, app: &Labels) -> Labels {
 
 /// The merge of same-format bodies (identity, body) by the rules: the families to write, in
 /// order, and (family conflicts, duplicate series). `None` where the oracle does not apply.
-pub fn merge(sources: &[(Option<IdentityLabels<'_>>, &str)], om: bool) -> Option<(Vec<Family>, u64, u64)> {
+pub fn merge(
+    sources: &[(Option<IdentityLabels<'_>>, &str)],
+    om: bool,
+) -> Option<(Vec<Family>, u64, u64)> {
     // (source, family) by output name, in source order.
     let mut by_name: HashMap<String, Vec<(usize, Family)>> = HashMap::new();
     let mut first_source: HashMap<String, usize> = HashMap::new();
@@ -178,7 +181,10 @@ pub fn merge(sources: &[(Option<IdentityLabels<'_>>, &str)], om: bool) -> Option
             .into_iter()
             .chain([f.name.clone()])
             .collect();
-        if names.iter().any(|n| claimed.get(n).is_some_and(|o| *o != f.name)) {
+        if names
+            .iter()
+            .any(|n| claimed.get(n).is_some_and(|o| *o != f.name))
+        {
             conflicts += kept.len() as u64;
             continue;
         }

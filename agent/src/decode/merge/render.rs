@@ -135,9 +135,9 @@ impl Rendered {
     ) -> Self {
         let identity = identity.map(|i| i.labels().map(|(_, v)| v.to_string()));
         // As `labels()`: no identity hashes as all labels empty.
-        let values = identity
-            .as_ref()
-            .map_or([""; 4], |l| [&l[0], &l[1], &l[2], &l[3]].map(String::as_str));
+        let values = identity.as_ref().map_or([""; 4], |l| {
+            [&l[0], &l[1], &l[2], &l[3]].map(String::as_str)
+        });
         let identity_hash = values
             .iter()
             .fold(0u64, |h, v| lex::fmix(h ^ name_hash(v.as_bytes())));

@@ -7,7 +7,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
-use super::super::lex::{self, lex_labels, name_hash, pair_hash, BlockInfo, Escaped, Label};
+use super::super::lex::{self, lex_labels, name_hash, pair_hash, BlockInfo, Label};
 use super::super::parse::MType;
 use super::super::Format;
 use super::convert::help_kind;
