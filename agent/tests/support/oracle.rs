@@ -206,6 +206,10 @@ pub fn merge(
 /// Rule 5: the first of each series (name and label set as written, identity included); in
 /// OpenMetrics a histogram or summary of a source with an earlier source's identity is
 /// dropped whole. Returns the duplicates.
+fn labels_of<'a>(i: &Option<IdentityLabels<'a>>) -> [&'a str; 4] {
+    i.map_or([""; 4], |i| [i.namespace, i.pod, i.container, i.endpoint])
+}
+
 fn samples(
     f: &mut Family,
     kept: Vec<(usize, Family)>,
@@ -218,9 +222,6 @@ fn samples(
     let mut duplicates = 0;
     for (si, member) in kept {
         let id = sources[si].0;
-        let labels_of = |i: &Option<IdentityLabels<'_>>| {
-            i.map_or([""; 4], |i| [i.namespace, i.pod, i.container, i.endpoint])
-        };
         if grouped && identities.iter().any(|i| labels_of(i) == labels_of(&id)) {
             duplicates += member.samples.len() as u64;
             continue;
