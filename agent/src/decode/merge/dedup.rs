@@ -33,8 +33,7 @@ pub(super) fn first_of_each_series(
             if dup[ix as usize] {
                 continue;
             }
-            for y in x + 1..z {
-                let iy = keys[y].1;
+            for &(_, iy) in &keys[x + 1..z] {
                 if !dup[iy as usize] && same(ix, iy) {
                     dup[iy as usize] = true;
                     duplicates += 1;

@@ -97,12 +97,7 @@ impl Sink for Chunks {
 }
 
 /// Writes the plan's families (and `# EOF` in OpenMetrics); returns the duplicates left out.
-pub(super) fn write<'r, S: Sink>(
-    plan: &Plan<'_>,
-    rs: &[&'r Rendered],
-    out: Format,
-    sink: &mut S,
-) -> u64 {
+pub(super) fn write<S: Sink>(plan: &Plan<'_>, rs: &[&Rendered], out: Format, sink: &mut S) -> u64 {
     // Exactly enough (HELP may grow by its escapes): a regrown buffer costs more than the merge.
     sink.reserve(plan.header_bytes, plan.block_bytes);
     let mut duplicates = 0u64;
@@ -216,13 +211,12 @@ fn series_hash(line: &[u8], strict: bool, labels: &mut Vec<Label>) -> u64 {
     h
 }
 
+/// A sample name and its labels (name, unescaped value), sorted.
+type Series = (Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>);
+
 /// The series of an output line for exact comparison: its name and sorted, unescaped labels,
 /// empty ones left out (Prometheus treats an empty label as absent).
-fn series(
-    line: &[u8],
-    strict: bool,
-    labels: &mut Vec<Label>,
-) -> (Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>) {
+fn series(line: &[u8], strict: bool, labels: &mut Vec<Label>) -> Series {
     let (name, block) = name_of(line);
     let mut key = Vec::new();
     if let Some(i) = block {
