@@ -6,10 +6,7 @@
 //! reset (`/proc/self/clear_refs`, 5) and the merge runs; the peak RSS growth during the merge is
 //! compared with the size of the output (goal: at most 1.5x).
 
-use loupe_agent::decode::{
-    merge, merge_prepared, merge_rendered, merge_rendered_chunks, prepare, Format, Identity,
-    PreparedSource, RenderedSource, Source,
-};
+use loupe_agent::decode::{merge, merge_into, prepare, Format, IdentityLabels, Source};
 use loupe_testkit::bodies::{self, Spec};
 
 fn status_kib(field: &str) -> u64 {
@@ -36,19 +33,19 @@ fn main() {
             .iter()
             .zip(&ids)
             .enumerate()
-            .map(|(p, (b, pod))| Source {
-                identity: Some(Identity {
+            .map(|(p, (b, pod))| {
+                let identity = Some(IdentityLabels {
                     namespace: "shop",
                     pod,
                     container: "app",
                     endpoint: ":8080/metrics",
-                }),
-                body: b.as_bytes(),
-                format: if p % 2 == 1 {
+                });
+                let format = if p % 2 == 1 {
                     Format::OpenMetrics
                 } else {
                     Format::Text
-                },
+                };
+                Source::new(identity, b.as_bytes(), format)
             })
             .collect();
         let input: usize = bodies.iter().map(String::len).sum();
@@ -58,7 +55,7 @@ fn main() {
         let rss_before = status_kib("VmRSS:");
         let t = std::time::Instant::now();
         let mut buf = Vec::new();
-        let st = merge(&sources, out, &mut buf);
+        let st = merge_into(&sources, out, &mut buf);
         let elapsed = t.elapsed();
         let after = status_kib("VmHWM:");
         assert!(st.rejected.is_empty());
@@ -83,16 +80,16 @@ fn main() {
             .map(|s| prepare(s.body, s.format).expect("corpus is valid"))
             .collect();
         let index: usize = prepared.iter().map(|p| p.index_bytes()).sum();
-        let psources: Vec<PreparedSource<'_>> = sources
+        let psources: Vec<Source<'_>> = sources
             .iter()
             .zip(&prepared)
-            .map(|(s, p)| PreparedSource::new(s.identity, s.body, p))
+            .map(|(s, p)| Source::prepared(s.identity, s.body, p))
             .collect();
         std::fs::write("/proc/self/clear_refs", "5").expect("reset peak RSS");
         let before = status_kib("VmHWM:").min(status_kib("VmRSS:"));
         let t = std::time::Instant::now();
         let mut buf = Vec::new();
-        merge_prepared(&psources, out, &mut buf);
+        merge_into(&psources, out, &mut buf);
         let elapsed = t.elapsed();
         let grew = (status_kib("VmHWM:") - before) * 1024;
         println!(
@@ -111,7 +108,7 @@ fn main() {
         let rendered: Vec<_> = psources.iter().map(|s| s.render(out)).collect();
         let render_time = t.elapsed();
         let held: usize = rendered.iter().map(|r| r.heap_bytes()).sum();
-        let rsources: Vec<RenderedSource<'_>> = psources
+        let rsources: Vec<Source<'_>> = psources
             .iter()
             .zip(&rendered)
             .map(|(s, r)| s.with_rendered(Some(r)))
@@ -120,7 +117,7 @@ fn main() {
         let before = status_kib("VmHWM:").min(status_kib("VmRSS:"));
         let t = std::time::Instant::now();
         let mut buf = Vec::new();
-        merge_rendered(&rsources, out, &mut buf);
+        merge_into(&rsources, out, &mut buf);
         let elapsed = t.elapsed();
         let grew = (status_kib("VmHWM:") - before) * 1024;
         println!(
@@ -140,7 +137,7 @@ fn main() {
         std::fs::write("/proc/self/clear_refs", "5").expect("reset peak RSS");
         let before = status_kib("VmHWM:").min(status_kib("VmRSS:"));
         let t = std::time::Instant::now();
-        let (chunks, _) = merge_rendered_chunks(&rsources, out);
+        let (chunks, _) = merge(&rsources, out);
         let elapsed = t.elapsed();
         let grew = (status_kib("VmHWM:") - before) * 1024;
         let list = chunks.capacity() * std::mem::size_of::<bytes::Bytes>();

@@ -3,7 +3,7 @@
 //! - `/metrics`: every target's latest good body, merged with its identity labels, plus the
 //!   per-target health series (`loupe_target_*`) and the agent's counters and gauges. The bodies were
 //!   rendered for the merge when they arrived (`store::Snapshot`); the scrape sends the merge as a
-//!   list of chunks ([`decode::merge_rendered_chunks`]): headers, and slices of the stored blocks,
+//!   list of chunks ([`decode::merge`]): headers, and slices of the stored blocks,
 //!   not copied into an output buffer (one write frame each; hyper writes them vectored). With
 //!   gzip the chunks are compressed one after the other. Targets without a fresh result are fetched first, in parallel, within the scrape's timeout
 //!   (`X-Prometheus-Scrape-Timeout-Seconds`). Text 0.0.4 unless the Accept header asks for
@@ -12,7 +12,7 @@
 //!   `loupe status` prints): the reasons are otherwise only in the log.
 //! - `/healthz`: the process serves. `/readyz`: the first discovery result has been applied.
 
-use crate::decode::{self, Format, PreparedSource};
+use crate::decode::{self, Format, Source};
 use crate::fetch::Refresher;
 use crate::store::{Identity, Outcome};
 use crate::telemetry::{render_counters, render_gauges, Counter, Gauge};
@@ -163,21 +163,17 @@ impl Server {
             }) = outcome
             {
                 owners.push(at);
-                let source = PreparedSource::new(
-                    Some(identity.labels()),
-                    &snapshot.body,
-                    &snapshot.prepared,
-                );
+                let source =
+                    Source::prepared(Some(identity.labels()), &snapshot.body, &snapshot.prepared);
                 sources.push(source.with_rendered(snapshot.rendered(identity, format)));
             }
         }
         match &own_prepared {
             // Small, and new at every scrape: rendered by the merge.
-            Ok(prepared) => sources
-                .push(PreparedSource::new(None, own.as_bytes(), prepared).with_rendered(None)),
+            Ok(prepared) => sources.push(Source::prepared(None, own.as_bytes(), prepared)),
             Err(e) => log::error!("loupe's own series do not parse: {e}"),
         }
-        let (chunks, stats) = decode::merge_rendered_chunks(&sources, format);
+        let (chunks, stats) = decode::merge(&sources, format);
         for (index, error) in stats.rejected {
             REJECTED_BODIES.inc();
             match owners.get(index).and_then(|&at| view.get(at)) {

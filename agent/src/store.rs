@@ -33,8 +33,8 @@ pub struct Identity {
 
 impl Identity {
     /// The labels as the merge takes them.
-    pub fn labels(&self) -> decode::Identity<'_> {
-        decode::Identity {
+    pub fn labels(&self) -> decode::IdentityLabels<'_> {
+        decode::IdentityLabels {
             namespace: &self.namespace,
             pod: &self.pod,
             container: &self.container,
@@ -64,7 +64,7 @@ impl Origin {
 /// A validated body with its merge index, made once when the body arrives, and its renderings
 /// for the merged target (`decode::render_source`: every sample line with the target's identity
 /// labels, grouped by family), so that a scrape only decides the merging rules per family and
-/// sends slices of these blocks (`decode::merge_rendered_chunks`), copying none of them.
+/// sends slices of these blocks (`decode::merge`), copying none of them.
 ///
 /// Memory: the index is about 32 bytes per sample; a rendering about 1.6x to 1.9x the body (the
 /// identity labels repeat on every line), bounded at [`RENDERED_LIMIT_FACTOR`] times the body

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use loupe_agent::decode::{merge, validate, Format, Source};
+use loupe_agent::decode::{merge_into, validate, Format, Source};
 use loupe_testkit::root;
 
 struct Case {
@@ -60,15 +60,7 @@ fn cases(dir: &Path) -> Vec<Case> {
 
 fn merged(body: &[u8], from: Format, to: Format) -> (Vec<u8>, u64) {
     let mut buf = Vec::new();
-    let st = merge(
-        &[Source {
-            identity: None,
-            body,
-            format: from,
-        }],
-        to,
-        &mut buf,
-    );
+    let st = merge_into(&[Source::new(None, body, from)], to, &mut buf);
     assert!(st.rejected.is_empty(), "{:?}", st.rejected);
     (buf, st.duplicate_series)
 }
@@ -148,12 +140,8 @@ fn bad_cases_contribute_nothing_to_a_merge() {
     };
     for c in cases(&dir).iter().filter(|c| !c.should_parse) {
         let mut buf = Vec::new();
-        let st = merge(
-            &[Source {
-                identity: None,
-                body: &c.body,
-                format: Format::OpenMetrics,
-            }],
+        let st = merge_into(
+            &[Source::new(None, &c.body, Format::OpenMetrics)],
             Format::OpenMetrics,
             &mut buf,
         );

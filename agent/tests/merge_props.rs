@@ -9,7 +9,7 @@
 mod exposition;
 
 use exposition::{fmt, Fam, Shape};
-use loupe_agent::decode::{merge, validate, Format, Source};
+use loupe_agent::decode::{merge_into, validate, Format, Source};
 use loupe_testkit::strict;
 use proptest::prelude::*;
 
@@ -63,7 +63,7 @@ proptest! {
         let body = write(&fams, f);
         prop_assert!(validate(body.as_bytes(), f).is_ok(), "generated body invalid: {:?}\n{}", validate(body.as_bytes(), f), body);
         let mut buf = Vec::new();
-        let st = merge(&[Source { identity: None, body: body.as_bytes(), format: f }], f, &mut buf);
+        let st = merge_into(&[Source::new(None, body.as_bytes(), f)], f, &mut buf);
         let out = String::from_utf8(buf).unwrap();
         prop_assert!(st.rejected.is_empty());
         prop_assert_eq!(st.duplicate_series, 0);
@@ -88,11 +88,11 @@ proptest! {
             .collect();
         let sources: Vec<Source<'_>> = bodies
             .iter()
-            .map(|(id, b, f)| Source { identity: exposition::IDS[*id], body: b.as_bytes(), format: *f })
+            .map(|(id, b, f)| Source::new(exposition::IDS[*id], b.as_bytes(), *f))
             .collect();
         let out = fmt(out_om);
         let mut buf = Vec::new();
-        let st = merge(&sources, out, &mut buf);
+        let st = merge_into(&sources, out, &mut buf);
         let text = String::from_utf8(buf).unwrap();
         prop_assert!(st.rejected.is_empty(), "{:?}", st.rejected);
         if let Err(e) = strict::check(&text, kit(out_om)) {
@@ -120,9 +120,9 @@ proptest! {
         let before = oracle(&body);
         for via in [Format::Text, Format::OpenMetrics] {
             let mut mid = Vec::new();
-            merge(&[Source { identity: None, body: body.as_bytes(), format: Format::Text }], via, &mut mid);
+            merge_into(&[Source::new(None, body.as_bytes(), Format::Text)], via, &mut mid);
             let mut back = Vec::new();
-            merge(&[Source { identity: None, body: &mid, format: via }], Format::Text, &mut back);
+            merge_into(&[Source::new(None, &mid, via)], Format::Text, &mut back);
             let after = oracle(std::str::from_utf8(&back).unwrap());
             prop_assert_eq!(&before, &after, "via {:?}\n{}\n{}", via, body, String::from_utf8_lossy(&back));
         }

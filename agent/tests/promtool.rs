@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use loupe_agent::decode::{merge, validate, Format, Identity, Source};
+use loupe_agent::decode::{merge_into, validate, Format, IdentityLabels, Source};
 use loupe_testkit::bodies::{body, Spec};
 use loupe_testkit::root;
 
@@ -69,19 +69,21 @@ fn promtool_accepts_merged_pods() {
     let sources: Vec<Source<'_>> = bodies
         .iter()
         .zip(&pods)
-        .map(|((b, f), (ns, pod))| Source {
-            identity: Some(Identity {
-                namespace: ns,
-                pod,
-                container: "app",
-                endpoint: ":8080/metrics",
-            }),
-            body: b.as_bytes(),
-            format: *f,
+        .map(|((b, f), (ns, pod))| {
+            Source::new(
+                Some(IdentityLabels {
+                    namespace: ns,
+                    pod,
+                    container: "app",
+                    endpoint: ":8080/metrics",
+                }),
+                b.as_bytes(),
+                *f,
+            )
         })
         .collect();
     let mut buf = Vec::new();
-    let st = merge(&sources, Format::Text, &mut buf);
+    let st = merge_into(&sources, Format::Text, &mut buf);
     assert!(st.rejected.is_empty(), "{:?}", st.rejected);
     assert_eq!(st.family_conflicts, 0);
     let s = validate(&buf, Format::Text).unwrap();
@@ -108,34 +110,34 @@ fn promtool_accepts_tricky_merges() {
              # TYPE feature stateset\nfeature{feature=\"a\"} 1\nfeature{feature=\"b\"} 0\n\
              # TYPE lat histogram\nlat_bucket{le=\"1\"} 1\nlat_bucket{le=\"+Inf\"} 2\nlat_count 2\nlat_sum 1.5\nlat_created 1.7e9\n# EOF\n";
     let sources = [
-        Source {
-            identity: Some(Identity {
+        Source::new(
+            Some(IdentityLabels {
                 namespace: "ns",
                 pod: "p1",
                 container: "c",
                 endpoint: "m",
             }),
-            body: a.as_bytes(),
-            format: Format::Text,
-        },
-        Source {
-            identity: Some(Identity {
+            a.as_bytes(),
+            Format::Text,
+        ),
+        Source::new(
+            Some(IdentityLabels {
                 namespace: "ns",
                 pod: "p2",
                 container: "c",
                 endpoint: "m",
             }),
-            body: b.as_bytes(),
-            format: Format::OpenMetrics,
-        },
-        Source {
-            identity: None,
-            body: b"# HELP loupe_x_total X.\n# TYPE loupe_x_total counter\nloupe_x_total 1\n",
-            format: Format::Text,
-        },
+            b.as_bytes(),
+            Format::OpenMetrics,
+        ),
+        Source::new(
+            None,
+            b"# HELP loupe_x_total X.\n# TYPE loupe_x_total counter\nloupe_x_total 1\n",
+            Format::Text,
+        ),
     ];
     let mut buf = Vec::new();
-    let st = merge(&sources, Format::Text, &mut buf);
+    let st = merge_into(&sources, Format::Text, &mut buf);
     assert!(st.rejected.is_empty(), "{:?}", st.rejected);
     assert_eq!(st.duplicate_series, 1);
     let out = String::from_utf8_lossy(&buf).into_owned();
@@ -157,30 +159,30 @@ fn show_a_small_merge() {
     let a = body(&Spec::pod(1, 12, loupe_testkit::Format::Text));
     let b = body(&Spec::pod(2, 12, loupe_testkit::Format::OpenMetrics));
     let sources = [
-        Source {
-            identity: Some(Identity {
+        Source::new(
+            Some(IdentityLabels {
                 namespace: "shop",
                 pod: "cart-1",
                 container: "app",
                 endpoint: ":8080/metrics",
             }),
-            body: a.as_bytes(),
-            format: Format::Text,
-        },
-        Source {
-            identity: Some(Identity {
+            a.as_bytes(),
+            Format::Text,
+        ),
+        Source::new(
+            Some(IdentityLabels {
                 namespace: "shop",
                 pod: "cart-2",
                 container: "app",
                 endpoint: ":8080/metrics",
             }),
-            body: b.as_bytes(),
-            format: Format::OpenMetrics,
-        },
+            b.as_bytes(),
+            Format::OpenMetrics,
+        ),
     ];
     for out in [Format::Text, Format::OpenMetrics] {
         let mut buf = Vec::new();
-        merge(&sources, out, &mut buf);
+        merge_into(&sources, out, &mut buf);
         assert!(validate(&buf, out).is_ok());
         println!("{}", String::from_utf8_lossy(&buf));
     }

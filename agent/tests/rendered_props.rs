@@ -1,16 +1,21 @@
-//! Equivalence of the two scrape-time merges: `merge_rendered` (bodies rendered at ingest, one
-//! block per family) must write exactly the bytes and stats of `merge_prepared`, for random
-//! sources in both formats, both output formats, TYPE/HELP/UNIT conflicts, clashing sample
-//! names, text `_created` gauges folded into OpenMetrics counters, identity-named app labels,
-//! shared and partial identities. `merge_rendered_chunks` must give the same bytes as chunks.
+//! The merge engine however its sources come: bodies it parses itself, prepared bodies, and
+//! bodies rendered at ingest (one block per family; given, missing, or made for the other
+//! format) must all give the same bytes and stats, into one buffer and as the chunk list a
+//! scrape sends, for random sources in both formats, both output formats, TYPE/HELP/UNIT
+//! conflicts, clashing sample names, text `_created` gauges folded into OpenMetrics counters,
+//! identity-named app labels, shared and partial identities. Where the input and output
+//! formats are the same, the output is compared with an independent oracle of the merging
+//! rules (`support/oracle.rs`).
 
 #[path = "support/exposition.rs"]
 mod exposition;
+#[path = "support/oracle.rs"]
+mod oracle;
 
 use exposition::{fmt, Fam, Shape};
 use loupe_agent::decode::{
-    merge_prepared, merge_rendered, merge_rendered_chunks, prepare, try_merge_rendered, validate,
-    Format, Identity, Prepared, PreparedSource, Rendered, RenderedSource,
+    merge, merge_into, prepare, validate, Format, IdentityLabels, MergeStats, Prepared, Rendered,
+    Source,
 };
 use loupe_testkit::bodies::Kind;
 use loupe_testkit::strict;
@@ -62,18 +67,23 @@ fn write(fams: &[Fam], om: bool) -> String {
 }
 
 struct Body {
-    id: Option<Identity<'static>>,
+    id: Option<IdentityLabels<'static>>,
     body: Vec<u8>,
     prepared: Prepared,
 }
 
-/// Runs both merges over `bodies` into `out`; `how` picks, per source, whether its rendering is
-/// given (0), missing (1) or made for the other format (2). Returns the output and whether the
-/// rendered path ran without falling back.
-fn both(bodies: &[Body], out: Format, how: &[u8]) -> (String, bool) {
-    let psrcs: Vec<PreparedSource<'_>> = bodies
+/// Merges `bodies` into `out` every way: the bodies as they are (parsed by the merge),
+/// prepared, and prepared with renderings picked by `how` per source: given (0), missing (1) or
+/// made for the other format (2); into a buffer and as chunks. All must agree. Returns the
+/// output and its stats.
+fn every_way(bodies: &[Body], out: Format, how: &[u8]) -> (String, MergeStats) {
+    let raw: Vec<Source<'_>> = bodies
         .iter()
-        .map(|b| PreparedSource::new(b.id, &b.body, &b.prepared))
+        .map(|b| Source::new(b.id, &b.body, b.prepared.format()))
+        .collect();
+    let psrcs: Vec<Source<'_>> = bodies
+        .iter()
+        .map(|b| Source::prepared(b.id, &b.body, &b.prepared))
         .collect();
     let other = match out {
         Format::Text => Format::OpenMetrics,
@@ -84,36 +94,68 @@ fn both(bodies: &[Body], out: Format, how: &[u8]) -> (String, bool) {
         .zip(how.iter().cycle())
         .map(|(s, h)| s.render(if *h == 2 { other } else { out }))
         .collect();
-    let rsrcs: Vec<RenderedSource<'_>> = psrcs
+    let rsrcs: Vec<Source<'_>> = psrcs
         .iter()
         .zip(&rendered)
         .zip(how.iter().cycle())
         .map(|((s, r), h)| s.with_rendered((*h != 1).then_some(r)))
         .collect();
-    let (mut x, mut y, mut z) = (Vec::new(), Vec::new(), Vec::new());
-    let sx = merge_prepared(&psrcs, out, &mut x);
-    let sy = merge_rendered(&rsrcs, out, &mut y);
-    assert_eq!(sx, sy, "stats differ");
+    let (mut w, mut x, mut y) = (Vec::new(), Vec::new(), Vec::new());
+    let sw = merge_into(&raw, out, &mut w);
+    let sx = merge_into(&psrcs, out, &mut x);
+    let sy = merge_into(&rsrcs, out, &mut y);
+    assert_eq!(sw, sx, "stats differ (bodies, prepared)");
+    assert_eq!(sx, sy, "stats differ (prepared, rendered)");
+    assert_eq!(
+        String::from_utf8_lossy(&w),
+        String::from_utf8_lossy(&x),
+        "outputs differ (bodies, prepared)"
+    );
     assert_eq!(
         String::from_utf8_lossy(&x),
         String::from_utf8_lossy(&y),
-        "outputs differ"
+        "outputs differ (prepared, rendered)"
     );
-    let fast = try_merge_rendered(&rsrcs, out, &mut z);
-    if let Some(sz) = &fast {
-        assert_eq!(&sx, sz);
-        assert_eq!(x, z);
-    } else {
-        assert!(z.is_empty(), "a fallback must write nothing");
-    }
     // The chunk list a scrape sends is the same bytes.
-    let (chunks, sc) = merge_rendered_chunks(&rsrcs, out);
+    let (chunks, sc) = merge(&rsrcs, out);
     assert_eq!(sx, sc, "chunk stats differ");
     assert!(chunks.concat() == x, "chunks differ");
-    if fast.is_none() {
-        assert_eq!(chunks.len(), 1, "a fallback is one chunk");
+    let text = String::from_utf8(x).unwrap();
+    check_with_oracle(bodies, out, &text, &sx);
+    (text, sx)
+}
+
+/// Where every source is in the output's format, the output and stats are the oracle's.
+/// Returns whether the oracle applied.
+fn check_with_oracle(bodies: &[Body], out: Format, text: &str, stats: &MergeStats) -> bool {
+    if bodies.iter().any(|b| b.prepared.format() != out) {
+        return false;
     }
-    (String::from_utf8(x).unwrap(), fast.is_some())
+    let om = out == Format::OpenMetrics;
+    let sources: Vec<(Option<IdentityLabels<'_>>, &str)> = bodies
+        .iter()
+        .map(|b| (b.id, std::str::from_utf8(&b.body).unwrap()))
+        .collect();
+    let Some((expected, conflicts, duplicates)) = oracle::merge(&sources, om) else {
+        return false;
+    };
+    let mut got = oracle::families(text, om).expect("the output has every family once");
+    for f in &mut got {
+        for s in &mut f.samples {
+            s.1.sort();
+        }
+    }
+    let inputs: Vec<&str> = sources.iter().map(|s| s.1).collect();
+    assert_eq!(
+        got, expected,
+        "the oracle disagrees on:\n{inputs:#?}\n{text}"
+    );
+    assert_eq!(
+        (stats.family_conflicts, stats.duplicate_series),
+        (conflicts, duplicates),
+        "the oracle counts otherwise on:\n{inputs:#?}\n{text}"
+    );
+    true
 }
 
 fn bodies(srcs: &[(usize, Vec<Fam>, bool)]) -> Vec<Body> {
@@ -134,20 +176,36 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(1000))]
 
     #[test]
-    fn merge_rendered_equals_merge_prepared(
+    fn every_way_of_merging_agrees(
         srcs in prop::collection::vec((0..exposition::IDS.len(), prop::collection::vec(fam(), 1..5), any::<bool>()), 1..6),
         how in prop::collection::vec(0u8..3, 1..4),
     ) {
         let bodies = bodies(&srcs);
         for out in [Format::Text, Format::OpenMetrics] {
-            let (text, _) = both(&bodies, out, &how);
+            let (text, _) = every_way(&bodies, out, &how);
             prop_assert!(validate(text.as_bytes(), out).is_ok(), "{}", text);
         }
     }
 
-    /// With distinct, complete identities (a node's pods) the rendered path must not fall back.
+    /// Sources in the output's format, with repeated, partial and missing identities: the
+    /// output and stats are the oracle's.
     #[test]
-    fn distinct_pods_take_the_rendered_path(
+    fn same_format_merges_match_the_oracle(
+        srcs in prop::collection::vec((0..exposition::IDS.len(), prop::collection::vec(fam(), 1..5)), 1..6),
+        om in any::<bool>(),
+    ) {
+        let srcs: Vec<(usize, Vec<Fam>, bool)> = srcs.into_iter().map(|(i, f)| (i, f, om)).collect();
+        let bodies = bodies(&srcs);
+        let out = fmt(om);
+        let (text, stats) = every_way(&bodies, out, &[0, 1]);
+        let applied = check_with_oracle(&bodies, out, &text, &stats);
+        // Bodies with a family twice are the only ones the oracle leaves out.
+        prop_assume!(applied);
+    }
+
+    /// Distinct, complete identities (a node's pods): the output passes the strict checker.
+    #[test]
+    fn distinct_pods_merge_strictly(
         srcs in prop::collection::vec((prop::collection::vec(fam(), 1..5), any::<bool>()), 1..4),
     ) {
         let srcs: Vec<(usize, Vec<Fam>, bool)> = srcs
@@ -157,8 +215,7 @@ proptest! {
             .collect();
         let bodies = bodies(&srcs);
         for out in [Format::Text, Format::OpenMetrics] {
-            let (text, fast) = both(&bodies, out, &[0]);
-            prop_assert!(fast, "fell back:\n{}", text);
+            let (text, _) = every_way(&bodies, out, &[0]);
             if let Err(e) = strict::check(&text, kit(out)) {
                 prop_assert!(false, "strict check: {:?}\n{}", e, text);
             }
@@ -204,8 +261,7 @@ fn past_failures_stay_fixed() {
     ]);
     assert_eq!(pods.len(), 2);
     for out in [Format::Text, Format::OpenMetrics] {
-        let (text, fast) = both(&pods, out, &[0]);
-        assert!(fast, "fell back:\n{text}");
+        let (text, _) = every_way(&pods, out, &[0]);
         strict::check(&text, kit(out)).unwrap();
     }
     // The agent's own counter against a pod's gauge of the same name.
@@ -215,7 +271,7 @@ fn past_failures_stay_fixed() {
     ]);
     assert_eq!(own_and_pod.len(), 2);
     for out in [Format::Text, Format::OpenMetrics] {
-        let (text, _) = both(&own_and_pod, out, &[0]);
+        let (text, _) = every_way(&own_and_pod, out, &[0]);
         validate(text.as_bytes(), out).unwrap();
     }
 }
@@ -236,7 +292,7 @@ fn body(id: usize, text: &str, om: bool) -> Body {
 }
 
 #[test]
-fn rendered_equals_prepared_on_chosen_cases() {
+fn every_way_agrees_on_chosen_cases() {
     let cases: Vec<Vec<Body>> = vec![
         // TYPE conflict; HELP conflict; HELP equal across formats.
         vec![
@@ -259,7 +315,7 @@ fn rendered_equals_prepared_on_chosen_cases() {
             body(1, "m{pod=\"x\"} 1\nm{exported_pod=\"x\"} 2\nm{pod=\"\"} 3\nm 4\n", false),
             body(2, "m{pod=\"x\"} 1\n", false),
         ],
-        // Same identity twice (two paths on one port): the fallback.
+        // Same identity twice (two paths on one port): series compared across the sources.
         vec![
             body(1, "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 1\nh_count 1\nh_sum 1\n# EOF\n", true),
             body(1, "# TYPE h histogram\nh_bucket{le=\"+Inf\"} 1\nh_count 1\nh_sum 1\n# EOF\n", true),
@@ -285,7 +341,7 @@ fn rendered_equals_prepared_on_chosen_cases() {
     for (i, bodies) in cases.iter().enumerate() {
         for out in [Format::Text, Format::OpenMetrics] {
             for how in [[0u8], [1], [2]] {
-                let (text, _) = both(bodies, out, &how);
+                let (text, _) = every_way(bodies, out, &how);
                 validate(text.as_bytes(), out)
                     .unwrap_or_else(|e| panic!("case {i}: invalid output {e}\n{text}"));
             }

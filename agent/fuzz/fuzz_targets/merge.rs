@@ -1,30 +1,28 @@
 //! Several bodies (the input split on 0xFF; each body's first byte picks its format and
 //! identity), merged into both formats: the output is always valid, exactly the bodies that
-//! fail validation are rejected, and the merge of bodies rendered at ingest (`merge_rendered`)
-//! writes the same bytes and stats as `merge_prepared`.
+//! fail validation are rejected, and the merge writes the same bytes and stats however the
+//! sources come (bodies it parses, prepared bodies, bodies rendered at ingest) and whatever the
+//! sink (one buffer, a chunk list).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use loupe_agent::decode::{
-    merge, merge_prepared, merge_rendered, prepare, validate, Format, Identity, PreparedSource,
-    RenderedSource, Source,
-};
+use loupe_agent::decode::{merge, merge_into, prepare, validate, Format, IdentityLabels, Source};
 
-const IDS: [Option<Identity<'static>>; 4] = [
+const IDS: [Option<IdentityLabels<'static>>; 4] = [
     None,
-    Some(Identity {
+    Some(IdentityLabels {
         namespace: "ns",
         pod: "p1",
         container: "c",
         endpoint: "m",
     }),
-    Some(Identity {
+    Some(IdentityLabels {
         namespace: "ns",
         pod: "p2",
         container: "",
         endpoint: "",
     }),
-    Some(Identity {
+    Some(IdentityLabels {
         namespace: "ns",
         pod: "p1",
         container: "c",
@@ -43,16 +41,12 @@ fuzz_target!(|data: &[u8]| {
             } else {
                 Format::OpenMetrics
             };
-            Some(Source {
-                identity: IDS[(sel as usize >> 1) % 4],
-                body,
-                format,
-            })
+            Some(Source::new(IDS[(sel as usize >> 1) % 4], body, format))
         })
         .collect();
     for out in [Format::Text, Format::OpenMetrics] {
         let mut buf = Vec::new();
-        let st = merge(&sources, out, &mut buf);
+        let st = merge_into(&sources, out, &mut buf);
         if let Err(e) = validate(&buf, out) {
             panic!("invalid output ({e}):\n{}", String::from_utf8_lossy(&buf));
         }
@@ -65,25 +59,39 @@ fuzz_target!(|data: &[u8]| {
             .collect();
         assert_eq!(rejected, expected);
 
-        // Rendered at ingest, merged at scrape: the same as merging the prepared bodies.
+        let (chunks, sc) = merge(&sources, out);
+        assert_eq!(st, sc);
+        assert!(chunks.concat() == buf, "the chunks differ from the buffer");
+
+        // Prepared and rendered at ingest, merged at scrape: the same as merging the bodies
+        // that were accepted.
         let prepared: Vec<_> = sources
             .iter()
             .filter_map(|s| Some((s, prepare(s.body, s.format).ok()?)))
             .collect();
-        let psrcs: Vec<PreparedSource<'_>> = prepared
+        let psrcs: Vec<Source<'_>> = prepared
             .iter()
-            .map(|(s, p)| PreparedSource::new(s.identity, s.body, p))
+            .map(|(s, p)| Source::prepared(s.identity, s.body, p))
             .collect();
         let rendered: Vec<_> = psrcs.iter().map(|s| s.render(out)).collect();
-        let rsrcs: Vec<RenderedSource<'_>> = psrcs
+        let rsrcs: Vec<Source<'_>> = psrcs
             .iter()
             .zip(&rendered)
             .map(|(s, r)| s.with_rendered(Some(r)))
             .collect();
-        let (mut x, mut y) = (Vec::new(), Vec::new());
-        let sx = merge_prepared(&psrcs, out, &mut x);
-        let sy = merge_rendered(&rsrcs, out, &mut y);
+        let accepted: Vec<Source<'_>> = prepared.iter().map(|(s, _)| **s).collect();
+        let (mut w, mut x, mut y) = (Vec::new(), Vec::new(), Vec::new());
+        let sw = merge_into(&accepted, out, &mut w);
+        let sx = merge_into(&psrcs, out, &mut x);
+        let sy = merge_into(&rsrcs, out, &mut y);
+        assert_eq!((sw.family_conflicts, sw.duplicate_series), (st.family_conflicts, st.duplicate_series));
+        assert!(w == buf, "rejected bodies changed the output");
+        assert_eq!(sw, sx);
         assert_eq!(sx, sy);
-        assert!(x == y, "merge_rendered differs from merge_prepared");
+        assert!(w == x, "prepared bodies merge differently");
+        assert!(x == y, "bodies rendered at ingest merge differently");
+        let (chunks, sc) = merge(&rsrcs, out);
+        assert_eq!(sy, sc);
+        assert!(chunks.concat() == y, "the chunks differ from the buffer");
     }
 });

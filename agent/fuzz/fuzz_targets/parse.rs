@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use loupe_agent::decode::{merge, validate, Format, Source};
+use loupe_agent::decode::{merge_into, validate, Format, Source};
 
 fuzz_target!(|data: &[u8]| {
     for format in [Format::Text, Format::OpenMetrics] {
@@ -12,15 +12,7 @@ fuzz_target!(|data: &[u8]| {
         };
         for out in [Format::Text, Format::OpenMetrics] {
             let mut buf = Vec::new();
-            let st = merge(
-                &[Source {
-                    identity: None,
-                    body: data,
-                    format,
-                }],
-                out,
-                &mut buf,
-            );
+            let st = merge_into(&[Source::new(None, data, format)], out, &mut buf);
             assert!(st.rejected.is_empty());
             let merged = validate(&buf, out).unwrap_or_else(|e| {
                 panic!("invalid output ({e}):\n{}", String::from_utf8_lossy(&buf))

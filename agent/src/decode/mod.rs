@@ -2,7 +2,7 @@
 //! OpenMetrics 1.0, validation, and the merge of many pods' bodies into one node target. No I/O.
 //!
 //! # Parsing
-//! [`validate`] and [`merge`] run one parser (`parse/`) over a body's bytes, in layers as
+//! [`validate`], [`prepare`] and [`merge`] run one parser (`parse/`) over a body's bytes, in layers as
 //! Prometheus' `textparse` is: a lexer over bytes (`lex.rs`, `escape.rs`: names, label blocks,
 //! numbers, escapes, hashes), a grammar per format (`text.rs`, `openmetrics.rs`) that turns each
 //! line into its kind and tokens, and a family validator (`validate.rs`, with `histogram.rs`
@@ -32,7 +32,8 @@
 //! 1) and the reason, and the body contributes nothing to the merge.
 //!
 //! # Merging rules
-//! [`merge`] parses every source, then writes one body:
+//! [`merge`] (and [`merge_into`], the same bytes in one buffer) writes one body from many
+//! [`Source`]s by these rules:
 //!
 //! 1. **One family, one group.** Every family appears once, with one TYPE, at most one HELP and
 //!    (OpenMetrics) at most one UNIT, followed by all its samples. Histogram and summary samples
@@ -81,30 +82,33 @@
 //!
 //! The output is always a valid body in the chosen format, whatever the inputs.
 //!
-//! # Preparing and rendering bodies
+//! # Preparing and rendering bodies: one merge engine
 //! A body is checked when it arrives ([`validate`], or [`prepare`], which also keeps the index
-//! beside the body); [`merge_prepared`] then merges prepared bodies without parsing them again.
-//! [`merge`] takes raw bodies and parses them itself.
+//! beside the body), and rendered once per output format ([`render_source`], bounded by the
+//! caller with [`render_within`]): one block of output lines per output family and type, the
+//! identity labels spliced in (rule 2), the conversion done (rule 6), the duplicates within the
+//! body left out (rule 5), each block with the TYPE/HELP/UNIT its source families bring. A
+//! rendering costs about 1.6x to 1.9x its body in memory (BENCHMARKS.md).
 //!
-//! A scrape of the node target goes one step further ([`merge_rendered`], `rendered.rs`): each
-//! body is rendered once when it arrives ([`render_source`], per output format) into one block of
-//! output lines per output family, identity labels spliced in, duplicates within the body left
-//! out, and each family's TYPE/HELP/UNIT kept beside the block. A scrape then walks the union
-//! of family names in order, decides rules 3 and 4 per family (the first source's type wins,
-//! then clashes between families' sample names, first HELP and UNIT) and copies each source's
-//! block, writing byte for byte what [`merge_prepared`] writes (a property test and the fuzz
-//! target hold them equal). Rule 5 across sources cannot be decided per family in two cases,
-//! where the whole scrape is merged by [`merge_prepared`] instead (counted in
-//! `loupe_merge_rendered_fallbacks_total`): two sources with the same identity, and a family
-//! with identity-named app labels shared by sources whose identities do not differ in a label
-//! both set (the agent's own series, or identities with empty labels). A rendering costs about
-//! 1.6x to 1.9x its body in memory (BENCHMARKS.md) and is bounded by the caller
-//! ([`render_within`]).
-//!
-//! The same walk can leave the blocks where they are ([`merge_rendered_chunks`]): the output as
-//! a list of chunks, the headers in one owned buffer and each block a refcounted slice of the
-//! stored rendering (`bytes::Bytes`). `/metrics` sends that list without joining it, so a scrape
-//! holds no output-sized buffer; a fallback is its one materialized buffer.
+//! Every merge is the same engine (`merge/`), whatever the output and however the sources come:
+//! a [`Source`] is an identity and a body, with its index if it was prepared and its rendering
+//! if one was made; what is missing (or does not fit: [`Rendered::fits`]) is made by the merge,
+//! so a body merged without preparation is parsed, rendered and merged like any other.
+//! 1. **Plan** (`merge/plan.rs`): from the renderings' family summaries alone (names, types,
+//!    HELP, UNIT, no sample), decide for every output family, in name order, its TYPE, HELP and
+//!    UNIT, which source contributes which block (rules 3 and 4), which families are dropped
+//!    for clashing sample names (rule 3), and whether its series may meet across sources
+//!    (rule 5): only when two sources share an identity, or when a block whose app labels are
+//!    named like identity labels (renamed `exported_*`, into what another source's identity
+//!    may be) meets a source whose identity does not differ from it in a label both set (the
+//!    agent's own series, identities with empty labels). Sources whose identities differ in a
+//!    label both set never write the same series.
+//! 2. **Write** (`merge/write.rs`): the headers from the plan, and each source's block as it
+//!    is; in a family whose series may meet, the blocks' lines one by one, the first of each
+//!    series kept (the same rule 5 code as within a body, `merge/dedup.rs`). The sink is one
+//!    buffer ([`merge_into`]) or a chunk list ([`merge`]): the headers in one owned buffer and
+//!    each block a refcounted slice of the stored rendering (`bytes::Bytes`). `/metrics` sends
+//!    that list without joining it, so a scrape holds no output-sized buffer.
 //!
 //! # Why not `prometheus-parse`
 //! The crate `prometheus-parse` (which was asked for) matches lines with regular expressions,
@@ -119,7 +123,6 @@
 mod merge;
 mod negotiate;
 mod parse;
-mod rendered;
 
 /// The parser's byte-level layer, which the merge shares: lexing, escapes, hashes.
 mod lex {
@@ -129,10 +132,11 @@ mod lex {
 
 use crate::telemetry::Counter;
 
-pub use merge::{merge, merge_prepared, write_label_set};
-pub use rendered::{
-    merge_rendered, merge_rendered_chunks, render_source, render_within, try_merge_rendered,
-    Rendered, RenderedSource,
+// A family's header lines, for expose's own series (the store/expose restructuring).
+#[allow(unused_imports)]
+pub(crate) use merge::write_header;
+pub use merge::{
+    merge, merge_into, render_source, render_within, write_label_set, Rendered, Source,
 };
 
 pub static FAMILY_CONFLICTS: Counter = Counter::new(
@@ -143,20 +147,11 @@ pub static DUPLICATE_SERIES: Counter = Counter::new(
     "loupe_duplicate_series_total",
     "Samples dropped from the merged target because their series was already written.",
 );
-pub static RENDERED_FALLBACKS: Counter = Counter::new(
-    "loupe_merge_rendered_fallbacks_total",
-    "Scrapes merged from the parsed index instead of the bodies rendered at ingest, because two sources share an identity or a family with identity-named app labels could hold one series twice.",
-);
 pub static RENDERED_OVERSIZE: Counter = Counter::new(
     "loupe_rendered_oversize_total",
     "Bodies not rendered at ingest because their rendering would pass the store's bound (a multiple of the body's size); they are rendered at every scrape instead.",
 );
-pub static COUNTERS: &[&Counter] = &[
-    &FAMILY_CONFLICTS,
-    &DUPLICATE_SERIES,
-    &RENDERED_FALLBACKS,
-    &RENDERED_OVERSIZE,
-];
+pub static COUNTERS: &[&Counter] = &[&FAMILY_CONFLICTS, &DUPLICATE_SERIES, &RENDERED_OVERSIZE];
 
 /// An exposition format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,7 +228,7 @@ pub fn validate(body: &[u8], format: Format) -> Result<Summary, ParseError> {
 }
 
 /// A body's checked index, kept beside the body (e.g. in the store, from the time the body
-/// arrived) so that [`merge_prepared`] need not parse it again at every scrape. It holds offsets
+/// arrived) so that a merge ([`Source::prepared`]) need not parse it again. It holds offsets
 /// into the body (about 32 bytes per sample), never a copy of it, and is only valid with the very
 /// body it was prepared from.
 #[derive(Clone, Debug)]
@@ -263,7 +258,8 @@ impl Prepared {
     }
 }
 
-/// Checks a whole body, like [`validate`], and keeps its index for [`merge_prepared`].
+/// Checks a whole body, like [`validate`], and keeps its index for a merge
+/// ([`Source::prepared`]).
 pub fn prepare(body: &[u8], format: Format) -> Result<Prepared, ParseError> {
     let p = parse::parse(body, format)?;
     let families = p
@@ -281,49 +277,16 @@ pub fn prepare(body: &[u8], format: Format) -> Result<Prepared, ParseError> {
     })
 }
 
-/// One body with its [`Prepared`] index, for [`merge_prepared`].
-#[derive(Clone, Copy, Debug)]
-pub struct PreparedSource<'a> {
-    pub identity: Option<Identity<'a>>,
-    pub body: &'a [u8],
-    pub prepared: &'a Prepared,
-}
-
-impl<'a> PreparedSource<'a> {
-    pub fn new(identity: Option<Identity<'a>>, body: &'a [u8], prepared: &'a Prepared) -> Self {
-        PreparedSource {
-            identity,
-            body,
-            prepared,
-        }
-    }
-
-    /// [`render_source`] of this source, as the store does at ingest.
-    pub fn render(&self, out: Format) -> Rendered {
-        render_source(self.body, self.prepared, self.identity, out)
-    }
-
-    /// This source for [`merge_rendered`], with its rendering if there is one.
-    pub fn with_rendered(self, rendered: Option<&'a Rendered>) -> RenderedSource<'a> {
-        RenderedSource {
-            identity: self.identity,
-            body: self.body,
-            prepared: self.prepared,
-            rendered,
-        }
-    }
-}
-
 /// Who a body belongs to. An empty value omits that label.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Identity<'a> {
+pub struct IdentityLabels<'a> {
     pub namespace: &'a str,
     pub pod: &'a str,
     pub container: &'a str,
     pub endpoint: &'a str,
 }
 
-impl<'a> Identity<'a> {
+impl<'a> IdentityLabels<'a> {
     /// The labels in output order, empty ones included.
     pub(crate) fn labels(&self) -> [(&'static str, &'a str); 4] {
         [
@@ -333,14 +296,6 @@ impl<'a> Identity<'a> {
             ("endpoint", self.endpoint),
         ]
     }
-}
-
-/// One body to merge. `identity: None` marks the agent's own series, added as they are.
-#[derive(Clone, Copy, Debug)]
-pub struct Source<'a> {
-    pub identity: Option<Identity<'a>>,
-    pub body: &'a [u8],
-    pub format: Format,
 }
 
 /// What a merge dropped.
@@ -388,7 +343,6 @@ mod tests {
             [
                 "loupe_family_conflicts_total",
                 "loupe_duplicate_series_total",
-                "loupe_merge_rendered_fallbacks_total",
                 "loupe_rendered_oversize_total"
             ]
         );

@@ -11,32 +11,32 @@
 use std::collections::HashSet;
 use std::ops::Range;
 
-use loupe_agent::decode::{Format, Identity};
+use loupe_agent::decode::{Format, IdentityLabels};
 use loupe_testkit::bodies::{escape, Kind};
 use proptest::prelude::*;
 
 /// The identities sources are drawn with: none, plain pods, one with escapes and empty labels.
-pub const IDS: [Option<Identity<'static>>; 5] = [
+pub const IDS: [Option<IdentityLabels<'static>>; 5] = [
     None,
-    Some(Identity {
+    Some(IdentityLabels {
         namespace: "shop",
         pod: "cart-1",
         container: "app",
         endpoint: "metrics",
     }),
-    Some(Identity {
+    Some(IdentityLabels {
         namespace: "shop",
         pod: "cart-2",
         container: "app",
         endpoint: "metrics",
     }),
-    Some(Identity {
+    Some(IdentityLabels {
         namespace: "we\"ird\\ns",
         pod: "",
         container: "",
         endpoint: ":9090/metrics",
     }),
-    Some(Identity {
+    Some(IdentityLabels {
         namespace: "shop",
         pod: "cart-3",
         container: "app",

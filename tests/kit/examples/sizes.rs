@@ -14,7 +14,10 @@ fn main() {
         println!("pods 6 x 200 series, {format:?}: {bytes} bytes");
     }
     // `--bench flow`: the test app's body at just over 20 MiB.
-    println!("flow 163200 series: {} bytes", body(&Spec::app(163_200)).len());
+    println!(
+        "flow 163200 series: {} bytes",
+        body(&Spec::app(163_200)).len()
+    );
     for n in [1, 10, 50, 100, 300, 1234, 160_000] {
         let text = body(&Spec::app(n)).len();
         let om = body(&Spec::app(n).format(Format::OpenMetrics)).len();

@@ -19,7 +19,7 @@ mod line;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-pub use line::{parse_sample, same_value, series_key, Labels, Sample};
+pub use line::{labels, parse_sample, same_value, series_key, Labels, Sample};
 
 use crate::Format;
 
@@ -159,7 +159,7 @@ const OM_TYPES: &[&str] = &[
 ];
 
 /// The sample names a family of type `kind` owns.
-fn owned(name: &str, kind: &str, om: bool) -> Vec<String> {
+pub fn owned(name: &str, kind: &str, om: bool) -> Vec<String> {
     let suffixes: &[&str] = match (om, kind) {
         (true, "counter") => &["_total", "_created"],
         (true, "histogram") => &["_bucket", "_sum", "_count", "_created"],

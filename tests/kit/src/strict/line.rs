@@ -135,7 +135,7 @@ fn exemplar_ok(e: &str) -> Result<(), String> {
 
 /// Parses `{a="x",b="y"}` at the start of `s` (nothing if `s` does not start with `{`); returns
 /// the decoded labels and the rest. No blanks inside; a trailing comma only in text.
-fn labels(s: &str, format: Format) -> Result<(Labels, &str), String> {
+pub fn labels(s: &str, format: Format) -> Result<(Labels, &str), String> {
     let mut out: Labels = Vec::new();
     let Some(mut s) = s.strip_prefix('{') else {
         return Ok((out, s));

@@ -1,0 +1,366 @@
+//! Rendering a source: its body, once per output format, into one block of output lines per
+//! output family and type, identity labels spliced in (rule 2), duplicates within the source
+//! left out (rule 5), each block with the TYPE, HELP and UNIT its source families bring. The
+//! store renders every body when it arrives ([`render_source`]); the merge renders a source
+//! that comes without a fitting rendering. Everything that can be decided per source is decided
+//! here; what depends on other sources is decided by the merge's plan (`plan.rs`).
+
+use std::borrow::Cow;
+use std::cmp::Ordering;
+
+use bytes::Bytes;
+
+use super::super::lex::{self, name_hash};
+use super::super::parse::{parse, MType, Parsed, DUP};
+use super::super::{Format, IdentityLabels, ParseError, Prepared, RENDERED_OVERSIZE};
+use super::convert::{source_contributions, Contribution};
+use super::lines::{LineWriter, ParsedSource};
+use super::Source;
+
+/// Identity label values in output order (`namespace`, `pod`, `container`, `endpoint`).
+type Labels = [String; 4];
+
+/// A body rendered for one output format with one identity ([`render_source`]): its output
+/// families sorted by name, each with its samples as one block of output lines per type. About
+/// 1.6x the body's size for typical bodies (the identity labels are repeated on every line).
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    out: Format,
+    pub(super) from: Format,
+    identity: Option<Labels>,
+    /// Hash of the identity's labels (no identity hashes as all labels empty).
+    pub(super) identity_hash: u64,
+    body_len: usize,
+    pub(super) rejected: Option<ParseError>,
+    /// Sorted by name.
+    pub(super) families: Vec<RenderedFamily>,
+    pub(super) blocks: Vec<TypedBlock>,
+    pub(super) metas: Vec<FamilyMeta>,
+    /// Family names, HELP and UNIT texts.
+    text: Vec<u8>,
+    /// The blocks' output lines. Refcounted, so that a merge's chunk list slices it without
+    /// copying.
+    pub(super) lines: Bytes,
+}
+
+/// One output family of the source.
+#[derive(Clone, Debug)]
+pub(super) struct RenderedFamily {
+    pub(super) name: (u32, u32),
+    pub(super) hash: u64,
+    /// Range into `blocks`.
+    pub(super) blocks: (u32, u32),
+}
+
+/// The samples of the source families of one output family that have one type; a merge keeps
+/// the block of the type that wins (rule 3). The first block's type is the family's in this
+/// source.
+#[derive(Clone, Debug)]
+pub(super) struct TypedBlock {
+    pub(super) mtype: MType,
+    /// Range into `metas`, one per source family, in the source's order.
+    pub(super) metas: (u32, u32),
+    /// Range into `lines`: the samples' output lines.
+    pub(super) lines: (u32, u32),
+    /// Duplicates left out of the block.
+    pub(super) dups: u64,
+    /// Some app label is named like an identity label, or two source families meet here: the
+    /// block's duplicates were found by comparing series (`LineWriter::cross`), and series of
+    /// other sources whose identities could coincide may be the same.
+    pub(super) cross: bool,
+    /// Not `cross`, but two samples have equal series hashes: where the family's series are
+    /// compared across sources, more of its samples may turn out duplicates.
+    pub(super) maybe_more_dups: bool,
+}
+
+/// The metadata one source family brings: HELP (raw, in the source's format) and UNIT.
+#[derive(Clone, Debug)]
+pub(super) struct FamilyMeta {
+    pub(super) help: Option<(u32, u32)>,
+    pub(super) unit: Option<(u32, u32)>,
+}
+
+impl Rendered {
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.lines.len()
+            + self.text.capacity()
+            + self.families.capacity() * std::mem::size_of::<RenderedFamily>()
+            + self.blocks.capacity() * std::mem::size_of::<TypedBlock>()
+            + self.metas.capacity() * std::mem::size_of::<FamilyMeta>()
+    }
+
+    /// The output format it was rendered for.
+    pub fn format(&self) -> Format {
+        self.out
+    }
+
+    /// Whether it was rendered from a body of this length and format, with this identity, for
+    /// format `out`.
+    pub fn fits(&self, source: &Source<'_>, out: Format) -> bool {
+        self.out == out
+            && self.body_len == source.body.len()
+            && self.from == source.format()
+            && match (&self.identity, source.identity) {
+                (None, None) => true,
+                (Some(l), Some(i)) => l.iter().zip(i.labels()).all(|(a, (_, b))| a.as_str() == b),
+                _ => false,
+            }
+    }
+
+    pub(super) fn slice(&self, (a, b): (u32, u32)) -> &[u8] {
+        &self.text[a as usize..b as usize]
+    }
+
+    /// Identity label values in output order; empty where not set.
+    pub(super) fn labels(&self) -> [&str; 4] {
+        match &self.identity {
+            Some(l) => [&l[0], &l[1], &l[2], &l[3]],
+            None => [""; 4],
+        }
+    }
+
+    /// Every identity label set.
+    pub(super) fn full_identity(&self) -> bool {
+        self.identity
+            .as_ref()
+            .is_some_and(|l| l.iter().all(|v| !v.is_empty()))
+    }
+
+    fn empty(
+        body_len: usize,
+        from: Format,
+        identity: Option<IdentityLabels<'_>>,
+        out: Format,
+    ) -> Self {
+        let identity = identity.map(|i| i.labels().map(|(_, v)| v.to_string()));
+        // As `labels()`: no identity hashes as all labels empty.
+        let values = identity.as_ref().map_or([""; 4], |l| {
+            [&l[0], &l[1], &l[2], &l[3]].map(String::as_str)
+        });
+        let identity_hash = values
+            .iter()
+            .fold(0u64, |h, v| lex::fmix(h ^ name_hash(v.as_bytes())));
+        Rendered {
+            out,
+            from,
+            identity,
+            identity_hash,
+            body_len,
+            rejected: None,
+            families: Vec::new(),
+            blocks: Vec::new(),
+            metas: Vec::new(),
+            text: Vec::new(),
+            lines: Bytes::new(),
+        }
+    }
+}
+
+fn range(start: usize, end: usize) -> (u32, u32) {
+    (start as u32, end as u32)
+}
+
+fn push_text(text: &mut Vec<u8>, s: &[u8]) -> (u32, u32) {
+    let a = text.len();
+    text.extend_from_slice(s);
+    range(a, text.len())
+}
+
+/// Renders a prepared body with its identity for output format `out`. A `prepared` that does not
+/// fit the body (another length) is made again; a body that then fails is kept as rejected.
+pub fn render_source(
+    body: &[u8],
+    prepared: &Prepared,
+    identity: Option<IdentityLabels<'_>>,
+    out: Format,
+) -> Rendered {
+    render_prepared(body, prepared, identity, out, true)
+}
+
+/// [`render_source`]; `compact` gives back the spare capacity (for a rendering that is kept).
+pub(super) fn render_prepared(
+    body: &[u8],
+    prepared: &Prepared,
+    identity: Option<IdentityLabels<'_>>,
+    out: Format,
+    compact: bool,
+) -> Rendered {
+    if prepared.len != body.len() {
+        return render_body(body, prepared.format, identity, out, compact);
+    }
+    let parsed = Parsed {
+        body,
+        format: prepared.format,
+        families: prepared.families.iter().map(|f| f.family(body)).collect(),
+        samples: Cow::Borrowed(&prepared.samples),
+    };
+    render_parsed(parsed, identity, out, compact)
+}
+
+/// Parses and renders a body; a body that fails is kept as rejected.
+pub(super) fn render_body(
+    body: &[u8],
+    format: Format,
+    identity: Option<IdentityLabels<'_>>,
+    out: Format,
+    compact: bool,
+) -> Rendered {
+    match parse(body, format) {
+        Ok(parsed) => render_parsed(parsed, identity, out, compact),
+        Err(e) => {
+            let mut r = Rendered::empty(body.len(), format, identity, out);
+            r.rejected = Some(e);
+            r
+        }
+    }
+}
+
+fn render_parsed(
+    parsed: Parsed<'_>,
+    identity: Option<IdentityLabels<'_>>,
+    out: Format,
+    compact: bool,
+) -> Rendered {
+    let mut r = Rendered::empty(parsed.body.len(), parsed.format, identity, out);
+    let src = ParsedSource::new(parsed, identity);
+    let mut parts: Vec<Contribution<'_>> = Vec::new();
+    source_contributions(&mut parts, &src, out);
+    parts.sort_by(|a, b| a.name_cmp(b));
+    let mut lines: Vec<u8> = Vec::with_capacity(
+        src.parsed.body.len() + src.parsed.samples.len() * (src.prefix.len() + 2) + 64,
+    );
+    let mut writer = LineWriter::new(out);
+    let mut scratch = Vec::new();
+    let mut i = 0;
+    while i < parts.len() {
+        let mut j = i + 1;
+        while j < parts.len() && parts[j].name_cmp(&parts[i]) == Ordering::Equal {
+            j += 1;
+        }
+        let name = push_text(&mut r.text, &parts[i].name_vec());
+        let blocks_start = r.blocks.len();
+        r.render_family(
+            &src,
+            &mut parts[i..j],
+            &mut writer,
+            &mut lines,
+            &mut scratch,
+        );
+        r.families.push(RenderedFamily {
+            name,
+            hash: name_hash(r.slice(name)),
+            blocks: range(blocks_start, r.blocks.len()),
+        });
+        i = j;
+    }
+    if compact {
+        lines.shrink_to_fit();
+        r.text.shrink_to_fit();
+        r.metas.shrink_to_fit();
+    }
+    r.lines = Bytes::from(lines);
+    r
+}
+
+impl Rendered {
+    /// One block per type among the contributions to one output family, in the order the
+    /// types first appear.
+    fn render_family(
+        &mut self,
+        src: &ParsedSource<'_>,
+        parts: &mut [Contribution<'_>],
+        writer: &mut LineWriter,
+        lines: &mut Vec<u8>,
+        hashes: &mut Vec<u64>,
+    ) {
+        let mut types: Vec<MType> = Vec::new();
+        for c in parts.iter() {
+            if !types.contains(&c.mtype) {
+                types.push(c.mtype);
+            }
+        }
+        for t in types {
+            for c in parts.iter_mut() {
+                c.dropped = c.mtype != t;
+            }
+            let metas_start = self.metas.len();
+            for c in parts.iter().filter(|c| !c.dropped) {
+                let fam = &src.parsed.families[c.fam as usize];
+                let help = fam
+                    .help
+                    .filter(|_| !c.created_part)
+                    .map(|h| push_text(&mut self.text, h));
+                let unit = fam
+                    .unit
+                    .filter(|u| c.unit && !u.is_empty())
+                    .map(|u| push_text(&mut self.text, u));
+                self.metas.push(FamilyMeta { help, unit });
+            }
+            let cross = LineWriter::cross(src, parts);
+            let maybe_more_dups = !cross && equal_hashes(src, parts, hashes);
+            let dups_before = writer.duplicates;
+            let start = lines.len();
+            writer.samples(src, parts, lines);
+            self.blocks.push(TypedBlock {
+                mtype: t,
+                metas: range(metas_start, self.metas.len()),
+                lines: range(start, lines.len()),
+                dups: writer.duplicates - dups_before,
+                cross,
+                maybe_more_dups,
+            });
+        }
+    }
+}
+
+/// [`render_source`], unless the rendering would take more than `limit` bytes (estimated
+/// before rendering from the body and the identity labels on every sample line, and checked
+/// after), in which case nothing is rendered, `loupe_rendered_oversize_total` counts it and
+/// `None` is returned; the merge then renders that body at every scrape instead of keeping it.
+pub fn render_within(
+    body: &[u8],
+    prepared: &Prepared,
+    identity: Option<IdentityLabels<'_>>,
+    out: Format,
+    limit: usize,
+) -> Option<Rendered> {
+    let prefix: usize = identity
+        .map(|i| {
+            i.labels()
+                .iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(n, v)| n.len() + 2 * v.len() + 4)
+                .sum()
+        })
+        .unwrap_or(0);
+    // Format conversion adds at most a few bytes per line (`_total`, a decimal point).
+    let estimate = body.len() + prepared.samples.len() * (prefix + 8) + 64;
+    if estimate > limit {
+        RENDERED_OVERSIZE.inc();
+        return None;
+    }
+    // Timestamps converted to milliseconds and renamed labels can still pass the estimate.
+    let rendered = render_source(body, prepared, identity, out);
+    if rendered.heap_bytes() > limit {
+        RENDERED_OVERSIZE.inc();
+        return None;
+    }
+    Some(rendered)
+}
+
+/// Whether two written (not duplicate) samples of the contributions have the same series hash.
+fn equal_hashes(src: &ParsedSource<'_>, parts: &[Contribution<'_>], hashes: &mut Vec<u64>) -> bool {
+    hashes.clear();
+    for c in parts.iter().filter(|c| !c.dropped) {
+        let (lo, hi) = src.parsed.families[c.fam as usize].samples;
+        hashes.extend(
+            src.parsed.samples[lo as usize..hi as usize]
+                .iter()
+                .filter(|s| c.filter & s.suffix.bit() != 0 && s.flags & DUP == 0)
+                .map(|s| s.hash),
+        );
+    }
+    hashes.sort_unstable();
+    hashes.windows(2).any(|w| w[0] == w[1])
+}
