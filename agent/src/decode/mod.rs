@@ -126,19 +126,23 @@ pub use rendered::{
     Rendered, RenderedSource,
 };
 
-pub static FAMILY_CONFLICTS: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub FAMILY_CONFLICTS,
     "loupe_family_conflicts_total",
     "Sources whose family disagreed with an earlier source's TYPE, HELP or UNIT, or whose family clashed with another family's sample names; see the decode module's merging rules.",
 );
-pub static DUPLICATE_SERIES: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub DUPLICATE_SERIES,
     "loupe_duplicate_series_total",
     "Samples dropped from the merged target because their series was already written.",
 );
-pub static RENDERED_FALLBACKS: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub RENDERED_FALLBACKS,
     "loupe_merge_rendered_fallbacks_total",
     "Scrapes merged from the parsed index instead of the bodies rendered at ingest, because two sources share an identity or a family with identity-named app labels could hold one series twice.",
 );
-pub static RENDERED_OVERSIZE: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub RENDERED_OVERSIZE,
     "loupe_rendered_oversize_total",
     "Bodies not rendered at ingest because their rendering would pass the store's bound (a multiple of the body's size); they are rendered at every scrape instead.",
 );
