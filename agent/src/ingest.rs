@@ -1,6 +1,6 @@
 //! Ingest: the step between capture/fetch and the store. A reply (observed or fetched) becomes a
 //! checked, rendered [`Snapshot`], or the [`TargetError`] that says why the target is down.
-//! No I/O, no store: the caller ([`crate::collect`]) records what comes out.
+//! No I/O, no store: the caller (`collect`, the stage after) records what comes out.
 //!
 //! A new limit on bodies (say, on samples) goes here: check it in [`check`] and give it its
 //! [`TargetError::Limit`] reason; the store, `/targets` and the log then carry it as they are.

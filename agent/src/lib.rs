@@ -1,7 +1,8 @@
 //! loupe's node agent. A pod's bytes travel one way, one module per stage:
 //!
 //! ```text
-//! discover -> node -> resolve -> capture | fetch -> collect -> ingest -> store -> expose
+//! discover -> node -> resolve -> capture | fetch -> ingest -> store -> expose
+//!                                 \____ collect ____/
 //! ```
 //!
 //! - [`discover`]: which pods and endpoints exist (pods file, Kubernetes); the targets they make.
@@ -9,19 +10,25 @@
 //! - [`resolve`]: a pod's network namespace (and its identity, the cookie), running code inside it.
 //! - [`capture`]: the eBPF programs that observe loopback replies, flow reassembly, HTTP parsing.
 //! - [`fetch`]: asking the app itself, from inside its namespace, when nothing fresh was observed.
-//! - [`content`]: HTTP content decoding (gzip, deflate), shared by capture and fetch.
-//! - [`collect`]: hands observed replies and scrape-time fetches to ingest, and the result to the
-//!   store; serialises fetches per target.
+//! - [`collect`]: takes capture's replies, and fetches stale targets when a scrape asks, through
+//!   ingest into the store; one fetch per target at a time.
 //! - [`ingest`]: a reply becomes a checked, rendered snapshot or a typed [`ingest::TargetError`];
 //!   a new limit on bodies goes here.
-//! - [`decode`]: the exposition codec (parse, validate, merge, render); no I/O. A new output
-//!   format goes here and in the `Accept` negotiation ([`decode::Format::negotiate`]).
 //! - [`store`]: the latest result per (pod, endpoint) target; nothing else.
 //! - [`expose`]: the HTTP server that renders the merged node target and `/targets`.
 //!
-//! Types flow the same way: a module uses the types of the stages before it, never after.
-//! [`telemetry`] is the registry every module declares its counters and gauges in
-//! ([`telemetry::counter!`]); [`cmd`] holds the `doctor`, `status` and `capture` subcommands.
+//! Helpers every stage may use: [`decode`], the exposition codec (parse, validate, merge,
+//! render; no I/O; a new output format goes there and in the `Accept` negotiation,
+//! [`decode::Format::negotiate`]); [`content`], HTTP content decoding for capture and fetch;
+//! [`telemetry`], the registry every module declares its counters and gauges in
+//! ([`telemetry::counter!`]); [`cli`], the flags. [`cmd`] holds the `doctor`, `status` and
+//! `capture` subcommands.
+//!
+//! Imports follow one order, with no way back: discover, resolve, capture and fetch, ingest,
+//! store, collect, node, expose, cmd. Types flow downhill: resolve takes `NetnsRef` from
+//! discover, the store holds what ingest makes. The two drivers come after what they drive:
+//! `collect` moves replies from capture and fetch through ingest into the store, and `node`
+//! (second in the data's path, as it applies discovery) sets up the probe and the store's targets.
 
 pub mod capture;
 pub mod cli;

@@ -1,7 +1,7 @@
 //! Store: the table of targets, each with its identity, its namespace and its latest result
 //! (what [`crate::ingest`] made of the latest reply), looked up by key or, for observed replies,
 //! by (namespace cookie, port). Nothing else: results are made by ingest, fetches are serialised
-//! by the refresher ([`crate::collect`]), formats are the server's.
+//! by the refresher in `collect`, formats are the server's.
 //!
 //! Serving rule: a target's samples are served while its latest result is good; once a response
 //! fails (error status, unparsable body, timeout) the target reports `loupe_target_up 0` and its
