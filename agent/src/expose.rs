@@ -2,7 +2,7 @@
 //!
 //! - `/metrics`: every target's latest good body, merged with its identity labels, plus the
 //!   per-target health series (`loupe_target_*`) and the agent's counters and gauges. The bodies were
-//!   rendered for the merge when they arrived (`store::Snapshot`); the scrape sends the merge as a
+//!   rendered for the merge when they arrived (`ingest::Snapshot`); the scrape sends the merge as a
 //!   list of chunks ([`decode::merge_rendered_chunks`]): headers, and slices of the stored blocks,
 //!   not copied into an output buffer (one write frame each; hyper writes them vectored). With
 //!   gzip the chunks are compressed one after the other. Targets without a fresh result are fetched first, in parallel, within the scrape's timeout
@@ -429,6 +429,59 @@ fn plain(status: StatusCode, text: &'static str) -> Response<ChunkBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn targets_report_reasons_and_no_source_without_a_reply() {
+        use crate::discover::PodKey;
+        use crate::ingest::{Origin, TargetError};
+        use crate::resolve::ResolveError;
+        let key = TargetKey {
+            pod: PodKey {
+                namespace: "shop".into(),
+                name: "cart".into(),
+            },
+            port: 8080,
+            path: "/metrics".into(),
+        };
+        let identity = Identity {
+            namespace: "shop".into(),
+            pod: "cart".into(),
+            container: "app".into(),
+            endpoint: "http".into(),
+        };
+        let now = Instant::now();
+        let outcome = |origin, error| Outcome {
+            at: now,
+            origin,
+            duration: Duration::ZERO,
+            result: Err(error),
+        };
+        let unresolved = TargetError::from(ResolveError::NoProcess(vec!["abc".into()]));
+        let view = [
+            (
+                key.clone(),
+                identity.clone(),
+                Some(outcome(Origin::Unresolved, unresolved)),
+            ),
+            (
+                key.clone(),
+                identity.clone(),
+                Some(outcome(Origin::Fetched, TargetError::Status(500))),
+            ),
+            (key, identity, None),
+        ];
+        let statuses = target_statuses(&view, now);
+        assert_eq!(statuses[0].health, "down");
+        assert_eq!(statuses[0].source, None);
+        assert_eq!(
+            statuses[0].error.as_deref(),
+            Some("no running process found for containers [\"abc\"]")
+        );
+        assert_eq!(statuses[1].source.as_deref(), Some("fetched"));
+        assert_eq!(statuses[1].error.as_deref(), Some("HTTP status 500"));
+        assert_eq!(statuses[2].health, "unknown");
+        assert_eq!(statuses[2].source, None);
+    }
 
     #[tokio::test]
     async fn chunk_bodies_send_each_chunk_and_their_length() {
