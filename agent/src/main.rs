@@ -3,14 +3,13 @@
 use clap::Parser;
 use loupe_agent::capture::{self, flow::FlowLimits, probe};
 use loupe_agent::cli::{Cli, Command, RunArgs};
-use loupe_agent::cmd::{doctor, status};
+use loupe_agent::cmd;
 use loupe_agent::collect::{Observer, Refresher, Settings, MAX_CONCURRENT_FETCHES};
 use loupe_agent::discover::{kubernetes, pods_file, Pod};
 use loupe_agent::expose::Server;
 use loupe_agent::fetch::OwnPorts;
 use loupe_agent::ingest::Wanted;
-use loupe_agent::node;
-use loupe_agent::node::Node;
+use loupe_agent::node::{self, Node};
 use loupe_agent::store::Store;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,9 +27,9 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args).await,
-        Command::Doctor => return doctor::run(),
-        Command::Status(args) => return status::run(&args.url).await,
-        Command::Capture(args) => return loupe_agent::cmd::capture::run(&args).await,
+        Command::Doctor => return cmd::doctor::run(),
+        Command::Status(args) => return cmd::status::run(&args.url).await,
+        Command::Capture(args) => return cmd::capture::run(&args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
