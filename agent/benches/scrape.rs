@@ -25,10 +25,12 @@ use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use loupe_agent::discover::PodKey;
+use loupe_agent::collect::{Refresher, Settings, MAX_CONCURRENT_FETCHES};
+use loupe_agent::discover::{Identity, PodKey, TargetKey};
 use loupe_agent::expose::{ChunkBody, Server};
-use loupe_agent::fetch::{Refresher, MAX_CONCURRENT_FETCHES};
-use loupe_agent::store::{Identity, Origin, Outcome, Snapshot, Store, TargetKey};
+use loupe_agent::ingest::{self, Origin, Outcome, TargetError, Wanted};
+use loupe_agent::resolve::ResolveError;
+use loupe_agent::store::Store;
 use loupe_testkit::bodies::{body, pod_name, Spec};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
@@ -60,14 +62,18 @@ fn store(bodies: &[Bytes]) -> Store {
     store.set_targets(
         targets
             .iter()
-            .map(|(k, i)| (k.clone(), i.clone(), Err("not resolved: benchmark".into())))
+            .map(|(k, i)| {
+                let benchmark = ResolveError::NoProcess(vec!["benchmark".into()]);
+                (k.clone(), i.clone(), Err(TargetError::from(benchmark)))
+            })
             .collect(),
     );
     for ((key, identity), body) in targets.iter().zip(bodies) {
-        let snapshot = Snapshot::decode(
+        let snapshot = ingest::check(
             body.clone(),
             Some("text/plain; version=0.0.4"),
             Some(identity),
+            &Wanted::default(),
         )
         .expect("corpus is valid");
         store.record(
@@ -85,17 +91,18 @@ fn store(bodies: &[Bytes]) -> Store {
 
 fn loupe(store: Store) -> Arc<Server> {
     Arc::new(Server {
-        refresher: Refresher {
+        refresher: Refresher::new(
             store,
-            own: None,
-            freshness: Duration::from_secs(24 * 3600),
-            fetch_timeout: Duration::from_secs(10),
-            max_body_bytes: 64 << 20,
-            slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_FETCHES)),
-        },
+            Wanted::default(),
+            None,
+            Settings {
+                freshness: Duration::from_secs(24 * 3600),
+                fetch_timeout: Duration::from_secs(10),
+                max_body_bytes: 64 << 20,
+            },
+            MAX_CONCURRENT_FETCHES,
+        ),
         ready: Arc::new(AtomicBool::new(true)),
-        counters: vec![loupe_agent::expose::COUNTERS],
-        gauges: vec![],
     })
 }
 

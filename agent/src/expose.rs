@@ -2,7 +2,7 @@
 //!
 //! - `/metrics`: every target's latest good body, merged with its identity labels, plus the
 //!   per-target health series (`loupe_target_*`) and the agent's counters and gauges. The bodies were
-//!   rendered for the merge when they arrived (`store::Snapshot`); the scrape sends the merge as a
+//!   rendered for the merge when they arrived (`ingest::Snapshot`); the scrape sends the merge as a
 //!   list of chunks ([`decode::merge`]): headers, and slices of the stored blocks,
 //!   not copied into an output buffer (one write frame each; hyper writes them vectored). With
 //!   gzip the chunks are compressed one after the other. Targets without a fresh result are fetched first, in parallel, within the scrape's timeout
@@ -12,10 +12,10 @@
 //!   `loupe status` prints): the reasons are otherwise only in the log.
 //! - `/healthz`: the process serves. `/readyz`: the first discovery result has been applied.
 
+use crate::collect::Refresher;
 use crate::decode::{self, Format, Source};
-use crate::fetch::Refresher;
-use crate::store::{Identity, Outcome};
-use crate::telemetry::{render_counters, render_gauges, Counter, Gauge};
+use crate::discover::{Identity, TargetKey};
+use crate::ingest::Outcome;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::{header, Method, Request, Response, StatusCode};
@@ -30,12 +30,32 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
-pub static SCRAPES: Counter = Counter::new("loupe_scrapes_total", "Scrapes of loupe's /metrics.");
-pub static REJECTED_BODIES: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub SCRAPES,
+    "loupe_scrapes_total",
+    "Scrapes of loupe's /metrics.",
+);
+crate::telemetry::counter!(
+    pub REJECTED_BODIES,
     "loupe_merge_rejected_bodies_total",
     "Stored bodies the merge rejected (they contributed nothing).",
 );
-pub static COUNTERS: &[&Counter] = &[&SCRAPES, &REJECTED_BODIES];
+
+// Events: each writes its log line and counts it.
+
+fn body_rejected(key: &TargetKey, identity: &Identity, error: &dyn std::fmt::Display) {
+    REJECTED_BODIES.inc();
+    log::warn!(
+        "pod {} endpoint {}: body rejected by the merge: {error}",
+        key.pod,
+        identity.endpoint
+    );
+}
+
+fn own_series_rejected(error: &dyn std::fmt::Display) {
+    REJECTED_BODIES.inc();
+    log::error!("loupe's own series rejected by the merge: {error}");
+}
 
 /// Part of the scrape timeout kept for merging and sending the answer.
 const RENDER_MARGIN: f64 = 0.2;
@@ -43,10 +63,6 @@ const RENDER_MARGIN: f64 = 0.2;
 pub struct Server {
     pub refresher: Refresher,
     pub ready: Arc<AtomicBool>,
-    /// Every component's counter list, rendered on each scrape.
-    pub counters: Vec<&'static [&'static Counter]>,
-    /// Every component's gauge list, rendered on each scrape.
-    pub gauges: Vec<&'static [&'static Gauge]>,
 }
 
 impl Server {
@@ -100,7 +116,7 @@ impl Server {
             .and_then(|v| v.parse::<f64>().ok())
             .filter(|v| v.is_finite() && *v > 0.0)
             .map(Duration::from_secs_f64)
-            .unwrap_or(self.refresher.fetch_timeout);
+            .unwrap_or(self.refresher.settings.fetch_timeout);
         let budget = timeout.mul_f64(1.0 - RENDER_MARGIN);
         self.refresher
             .refresh_stale(tokio::time::Instant::now() + budget)
@@ -152,7 +168,7 @@ impl Server {
         // loupe's own series are well-formed by construction; a failure here is a bug, logged below.
         let own_prepared = decode::prepare(own.as_bytes(), Format::Text);
         // Bodies arriving next are rendered at ingest for this format.
-        crate::store::note_format(format);
+        self.refresher.wanted.mark(format);
         let mut sources = Vec::with_capacity(view.len() + 1);
         // The view entry of each source, to name a rejected body's pod.
         let mut owners = Vec::with_capacity(view.len());
@@ -175,25 +191,16 @@ impl Server {
         }
         let (chunks, stats) = decode::merge(&sources, format);
         for (index, error) in stats.rejected {
-            REJECTED_BODIES.inc();
             match owners.get(index).and_then(|&at| view.get(at)) {
-                Some((key, identity, _)) => log::warn!(
-                    "pod {} endpoint {}: body rejected by the merge: {error}",
-                    key.pod,
-                    identity.endpoint
-                ),
-                None => log::error!("loupe's own series rejected by the merge: {error}"),
+                Some((key, identity, _)) => body_rejected(key, identity, &error),
+                None => own_series_rejected(&error),
             }
         }
         chunks
     }
 
     /// `loupe_target_*` per target, then the agent's counters and gauges, in text format 0.0.4.
-    fn own_series(
-        &self,
-        view: &[(crate::store::TargetKey, Identity, Option<Outcome>)],
-        now: Instant,
-    ) -> String {
+    fn own_series(&self, view: &[(TargetKey, Identity, Option<Outcome>)], now: Instant) -> String {
         let mut out = String::with_capacity(256 * view.len() + 4096);
         type Value = fn(&Outcome, Instant) -> Option<f64>;
         let gauges: [(&str, &str, Value); 5] = [
@@ -246,16 +253,11 @@ impl Server {
                 let _ = writeln!(
                     out,
                     "loupe_target_info{{{}}} 1",
-                    label_text(identity, Some(o.origin.as_str()))
+                    label_text(identity, o.origin.source())
                 );
             }
         }
-        for counters in &self.counters {
-            render_counters(counters, &mut out);
-        }
-        for gauges in &self.gauges {
-            render_gauges(gauges, &mut out);
-        }
+        crate::telemetry::render_registered(&mut out);
         out
     }
 }
@@ -279,7 +281,8 @@ pub struct TargetStatus {
     pub path: String,
     /// `up` (latest response good), `down` (latest failed) or `unknown` (none yet).
     pub health: String,
-    /// `observed` or `fetched`: where the latest response came from.
+    /// `observed` or `fetched`: where the latest response came from; none when there was no
+    /// response (never asked yet, or the namespace could not be resolved).
     pub source: Option<String>,
     pub age_seconds: Option<f64>,
     /// Samples and bytes of the latest good body.
@@ -289,7 +292,7 @@ pub struct TargetStatus {
 }
 
 fn target_statuses(
-    view: &[(crate::store::TargetKey, Identity, Option<Outcome>)],
+    view: &[(TargetKey, Identity, Option<Outcome>)],
     now: Instant,
 ) -> Vec<TargetStatus> {
     view.iter()
@@ -308,7 +311,9 @@ fn target_statuses(
                     None => "unknown",
                 }
                 .into(),
-                source: outcome.as_ref().map(|o| o.origin.as_str().into()),
+                source: outcome
+                    .as_ref()
+                    .and_then(|o| o.origin.source().map(Into::into)),
                 age_seconds: outcome
                     .as_ref()
                     .map(|o| now.saturating_duration_since(o.at).as_secs_f64()),
@@ -316,7 +321,7 @@ fn target_statuses(
                 body_bytes: good.map(|s| s.body.len()),
                 error: outcome
                     .as_ref()
-                    .and_then(|o| o.result.as_ref().err().cloned()),
+                    .and_then(|o| o.result.as_ref().err().map(ToString::to_string)),
             }
         })
         .collect()
@@ -420,6 +425,59 @@ fn plain(status: StatusCode, text: &'static str) -> Response<ChunkBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn targets_report_reasons_and_no_source_without_a_reply() {
+        use crate::discover::PodKey;
+        use crate::ingest::{Origin, TargetError};
+        use crate::resolve::ResolveError;
+        let key = TargetKey {
+            pod: PodKey {
+                namespace: "shop".into(),
+                name: "cart".into(),
+            },
+            port: 8080,
+            path: "/metrics".into(),
+        };
+        let identity = Identity {
+            namespace: "shop".into(),
+            pod: "cart".into(),
+            container: "app".into(),
+            endpoint: "http".into(),
+        };
+        let now = Instant::now();
+        let outcome = |origin, error| Outcome {
+            at: now,
+            origin,
+            duration: Duration::ZERO,
+            result: Err(error),
+        };
+        let unresolved = TargetError::from(ResolveError::NoProcess(vec!["abc".into()]));
+        let view = [
+            (
+                key.clone(),
+                identity.clone(),
+                Some(outcome(Origin::Unresolved, unresolved)),
+            ),
+            (
+                key.clone(),
+                identity.clone(),
+                Some(outcome(Origin::Fetched, TargetError::Status(500))),
+            ),
+            (key, identity, None),
+        ];
+        let statuses = target_statuses(&view, now);
+        assert_eq!(statuses[0].health, "down");
+        assert_eq!(statuses[0].source, None);
+        assert_eq!(
+            statuses[0].error.as_deref(),
+            Some("no running process found for containers [\"abc\"]")
+        );
+        assert_eq!(statuses[1].source.as_deref(), Some("fetched"));
+        assert_eq!(statuses[1].error.as_deref(), Some("HTTP status 500"));
+        assert_eq!(statuses[2].health, "unknown");
+        assert_eq!(statuses[2].source, None);
+    }
 
     #[tokio::test]
     async fn chunk_bodies_send_each_chunk_and_their_length() {

@@ -1,29 +1,46 @@
-//! loupe's node agent. The modules follow the data flow, one stage each:
+//! loupe's node agent. A pod's bytes travel one way, one module per stage:
 //!
 //! ```text
-//! discover -> resolve -> capture / fetch -> decode -> store -> expose
+//! discover -> node -> resolve -> capture | fetch -> ingest -> store -> expose
+//!                                 \____ collect ____/
 //! ```
 //!
-//! - [`discover`]: which pods and endpoints exist (pods file, Kubernetes).
-//! - [`resolve`]: a pod's network namespace, and running code inside it.
+//! - [`discover`]: which pods and endpoints exist (pods file, Kubernetes); the targets they make.
+//! - [`node`]: applies each discovery snapshot: resolves, attaches the probe, sets the targets.
+//! - [`resolve`]: a pod's network namespace (and its identity, the cookie), running code inside it.
 //! - [`capture`]: the eBPF programs that observe loopback replies, flow reassembly, HTTP parsing.
 //! - [`fetch`]: asking the app itself, from inside its namespace, when nothing fresh was observed.
-//! - [`decode`]: the exposition codec (parse, validate, merge, render); no I/O.
-//! - [`store`]: the latest snapshot per (pod, endpoint).
-//! - [`expose`]: the HTTP server that renders the merged node target.
+//! - [`collect`]: takes capture's replies, and fetches stale targets when a scrape asks, through
+//!   ingest into the store; one fetch per target at a time.
+//! - [`ingest`]: a reply becomes a checked, rendered snapshot or a typed [`ingest::TargetError`];
+//!   a new limit on bodies goes here.
+//! - [`store`]: the latest result per (pod, endpoint) target; nothing else.
+//! - [`expose`]: the HTTP server that renders the merged node target and `/targets`.
 //!
-//! [`telemetry`] holds the counter and gauge types each stage uses to declare what it reports in
-//! one place. [`doctor`] and [`status`] are the `loupe doctor` and `loupe status` subcommands.
+//! Helpers every stage may use: [`decode`], the exposition codec (parse, validate, merge,
+//! render; no I/O; a new output format goes there and in the `Accept` negotiation,
+//! [`decode::Format::negotiate`]); [`content`], HTTP content decoding for capture and fetch;
+//! [`telemetry`], the registry every module declares its counters and gauges in
+//! ([`telemetry::counter!`]); [`cli`], the flags. [`cmd`] holds the `doctor`, `status` and
+//! `capture` subcommands.
+//!
+//! Imports follow one order, with no way back: discover, resolve, capture and fetch, ingest,
+//! store, collect, node, expose, cmd. Types flow downhill: resolve takes `NetnsRef` from
+//! discover, the store holds what ingest makes. The two drivers come after what they drive:
+//! `collect` moves replies from capture and fetch through ingest into the store, and `node`
+//! (second in the data's path, as it applies discovery) sets up the probe and the store's targets.
 
 pub mod capture;
 pub mod cli;
+pub mod cmd;
+pub mod collect;
+pub mod content;
 pub mod decode;
 pub mod discover;
-pub mod doctor;
 pub mod expose;
 pub mod fetch;
+pub mod ingest;
 pub mod node;
 pub mod resolve;
-pub mod status;
 pub mod store;
 pub mod telemetry;

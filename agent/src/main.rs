@@ -3,12 +3,14 @@
 use clap::Parser;
 use loupe_agent::capture::{self, flow::FlowLimits, probe};
 use loupe_agent::cli::{Cli, Command, RunArgs};
+use loupe_agent::cmd;
+use loupe_agent::collect::{Observer, Refresher, Settings, MAX_CONCURRENT_FETCHES};
 use loupe_agent::discover::{kubernetes, pods_file, Pod};
 use loupe_agent::expose::Server;
-use loupe_agent::fetch::{Refresher, MAX_CONCURRENT_FETCHES};
-use loupe_agent::node::Node;
+use loupe_agent::fetch::OwnPorts;
+use loupe_agent::ingest::Wanted;
+use loupe_agent::node::{self, Node};
 use loupe_agent::store::Store;
-use loupe_agent::{doctor, expose, fetch, node, status};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,9 +27,9 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args).await,
-        Command::Doctor => return doctor::run(),
-        Command::Status(args) => return status::run(&args.url).await,
-        Command::Capture(args) => return capture::one_off::run(&args).await,
+        Command::Doctor => return cmd::doctor::run(),
+        Command::Status(args) => return cmd::status::run(&args.url).await,
+        Command::Capture(args) => return cmd::capture::run(&args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -46,21 +48,33 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut probe = node::load_probe(args.capture, &probe_config)?;
     let capturing = probe.is_some();
     let store = Store::default();
-    let refresher = Refresher {
-        store: store.clone(),
-        own: probe.as_ref().map(probe::Probe::own_flows),
+    let wanted = Wanted::default();
+    let own = probe
+        .as_ref()
+        .map(|p| Arc::new(p.own_flows()) as Arc<dyn OwnPorts>);
+    let settings = Settings {
         freshness: args.freshness,
         fetch_timeout: args.fetch_timeout,
         max_body_bytes: args.max_body_bytes,
-        slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_FETCHES)),
     };
+    let refresher = Refresher::new(
+        store.clone(),
+        wanted.clone(),
+        own,
+        settings,
+        MAX_CONCURRENT_FETCHES,
+    );
     let (detached_tx, detached_rx) = tokio::sync::mpsc::channel(node::DETACH_QUEUE);
     if let Some(probe) = &mut probe {
         let limits = FlowLimits {
             max_body_bytes: args.max_body_bytes,
             ..FlowLimits::default()
         };
-        capture::spawn_observer(probe, detached_rx, store.clone(), limits)?;
+        let observer = Observer {
+            store: store.clone(),
+            wanted,
+        };
+        capture::spawn_observer(probe, detached_rx, move |e| observer.record(e), limits)?;
     }
 
     let (pods_tx, mut pods_rx) = watch::channel(Vec::<Pod>::new());
@@ -84,17 +98,6 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let server = Arc::new(Server {
         refresher,
         ready: ready.clone(),
-        counters: vec![
-            pods_file::COUNTERS,
-            kubernetes::COUNTERS,
-            node::COUNTERS,
-            capture::flow::COUNTERS,
-            capture::probe::COUNTERS,
-            fetch::COUNTERS,
-            loupe_agent::decode::COUNTERS,
-            expose::COUNTERS,
-        ],
-        gauges: vec![capture::GAUGES],
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

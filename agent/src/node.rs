@@ -7,32 +7,66 @@
 //! nothing is attached or watched; pods are resolved and their targets stored all the same, so
 //! every scrape fetches.
 
-use crate::capture::probe::{Probe, ProbeConfig};
-use crate::capture::NetnsCookie;
+use crate::capture::probe::{OwnFlows, Probe, ProbeConfig};
 use crate::cli::CaptureMode;
 use crate::discover::{NetnsRef, Pod, PodKey};
-use crate::resolve::{self, cgroup::ProcIndex, netns::Netns};
-use crate::store::{Identity, Origin, Outcome, Resolved, Store, TargetKey};
+use crate::fetch::{OwnPort, OwnPorts};
+use crate::ingest::{Origin, Outcome, TargetError};
+use crate::resolve::{self, cgroup::ProcIndex, netns::Netns, NetnsCookie};
+use crate::store::{Resolved, Store};
 use crate::telemetry::with_causes;
-use crate::telemetry::Counter;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub static RESOLVE_ERRORS: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub RESOLVE_ERRORS,
     "loupe_resolve_errors_total",
     "Times a pod's network namespace could not be found or entered.",
 );
-pub static ATTACH_ERRORS: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub ATTACH_ERRORS,
     "loupe_attach_errors_total",
     "Times the probe could not be attached in a pod's namespace or a port not watched.",
 );
-pub static DETACH_NOTICES_DROPPED: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub DETACH_NOTICES_DROPPED,
     "loupe_detach_notices_dropped_total",
     "Detached namespaces the capture loop was not told about (queue full); their flows idle out instead.",
 );
-pub static COUNTERS: &[&Counter] = &[&RESOLVE_ERRORS, &ATTACH_ERRORS, &DETACH_NOTICES_DROPPED];
+
+// Events: each writes its log line and counts it.
+
+/// A pod's namespace could not be resolved or attached (counted each time; logged when the
+/// reason changed).
+fn pod_unresolved(pod: &PodKey, reason: &TargetError, changed: bool) {
+    match reason {
+        TargetError::Attach { .. } => ATTACH_ERRORS.inc(),
+        _ => RESOLVE_ERRORS.inc(),
+    }
+    if changed {
+        log::warn!("pod {pod}: {reason}");
+    }
+}
+
+fn pod_resolved_again(pod: &PodKey) {
+    log::info!("pod {pod}: namespace resolved");
+}
+
+fn proc_index_failed(error: &dyn std::fmt::Display) {
+    RESOLVE_ERRORS.inc();
+    log::error!("cannot index processes by container: {error}");
+}
+
+fn watch_failed(port: u16, cookie: NetnsCookie, error: &dyn std::fmt::Display) {
+    ATTACH_ERRORS.inc();
+    log::warn!("watching port {port} in namespace {cookie}: {error}; only fetching there");
+}
+
+fn detach_notice_dropped() {
+    DETACH_NOTICES_DROPPED.inc();
+}
 
 /// Bound of the queue telling the capture loop which namespaces were detached.
 pub const DETACH_QUEUE: usize = 1024;
@@ -141,27 +175,16 @@ impl Node {
         for pod in pods {
             let resolved = self.resolve_and_attach(pod, procs.as_ref());
             if let Err(reason) = &resolved {
-                if self.errors.get(&pod.key()) != Some(reason) {
-                    log::warn!("pod {}: {reason}", pod.key());
-                }
-                errors.insert(pod.key(), reason.clone());
+                let reason_text = reason.to_string();
+                let changed = self.errors.get(&pod.key()) != Some(&reason_text);
+                pod_unresolved(&pod.key(), reason, changed);
+                errors.insert(pod.key(), reason_text);
             } else if self.errors.contains_key(&pod.key()) {
-                log::info!("pod {}: namespace resolved", pod.key());
+                pod_resolved_again(&pod.key());
             }
-            for endpoint in &pod.endpoints {
-                let key = TargetKey {
-                    pod: pod.key(),
-                    port: endpoint.port,
-                    path: endpoint.path.clone(),
-                };
-                let identity = Identity {
-                    namespace: pod.namespace.clone(),
-                    pod: pod.name.clone(),
-                    container: endpoint.container.clone().unwrap_or_default(),
-                    endpoint: endpoint.label(),
-                };
+            for (key, identity) in pod.targets() {
                 if let Ok((_, cookie)) = &resolved {
-                    wanted.entry(*cookie).or_default().insert(endpoint.port);
+                    wanted.entry(*cookie).or_default().insert(key.port);
                 } else if let Err(reason) = &resolved {
                     failures.push((key.clone(), reason.clone()));
                 }
@@ -177,7 +200,7 @@ impl Node {
                 &key,
                 Outcome {
                     at: Instant::now(),
-                    origin: Origin::Fetched,
+                    origin: Origin::Unresolved,
                     duration: Default::default(),
                     result: Err(reason),
                 },
@@ -201,33 +224,26 @@ impl Node {
         }
         match ProcIndex::scan(Path::new("/proc")) {
             Ok(index) => self.procs = Some(index),
-            Err(e) => {
-                RESOLVE_ERRORS.inc();
-                log::error!("cannot index processes by container: {e}");
-            }
+            Err(e) => proc_index_failed(&e),
         }
     }
 
     fn resolve_and_attach(&mut self, pod: &Pod, procs: Option<&ProcIndex>) -> Resolved {
-        let netns = resolve::resolve(&pod.netns, procs).map_err(|e| {
-            RESOLVE_ERRORS.inc();
-            e.to_string()
-        })?;
+        let netns = resolve::resolve(&pod.netns, procs).map_err(TargetError::from)?;
         let cookie = self.attach(&netns)?;
         Ok((Arc::new(netns), cookie))
     }
 
     /// The namespace's cookie, after attaching the probe there (fetch-only: just the cookie).
-    fn attach(&mut self, netns: &Netns) -> Result<NetnsCookie, String> {
+    fn attach(&mut self, netns: &Netns) -> Result<NetnsCookie, TargetError> {
         let Some(probe) = &mut self.probe else {
-            return netns.cookie().map_err(|e| {
-                RESOLVE_ERRORS.inc();
-                e.to_string()
-            });
+            return netns
+                .cookie()
+                .map_err(|e| TargetError::from(resolve::ResolveError::from(e)));
         };
-        probe.attach(netns).map_err(|e| {
-            ATTACH_ERRORS.inc();
-            format!("attaching the probe in {}: {e}", netns.path().display())
+        probe.attach(netns).map_err(|e| TargetError::Attach {
+            path: netns.path().to_path_buf(),
+            source: Arc::new(e),
         })
     }
 
@@ -243,12 +259,7 @@ impl Node {
                     Ok(()) => {
                         watched.insert(*port);
                     }
-                    Err(e) => {
-                        ATTACH_ERRORS.inc();
-                        log::warn!(
-                            "watching port {port} in namespace {cookie}: {e}; only fetching there"
-                        );
-                    }
+                    Err(e) => watch_failed(*port, *cookie, &e),
                 }
             }
             for port in watched.difference(ports).copied().collect::<Vec<_>>() {
@@ -270,9 +281,18 @@ impl Node {
             }
             probe.detach(cookie);
             if self.detached.try_send(cookie).is_err() {
-                DETACH_NOTICES_DROPPED.inc();
+                detach_notice_dropped();
             }
         }
+    }
+}
+
+/// The fetch path registers its client ports in the probe's own-flow table.
+impl OwnPorts for OwnFlows {
+    fn register(&self, cookie: NetnsCookie, client_port: u16) -> Option<OwnPort> {
+        OwnFlows::register(self, cookie, client_port)
+            .ok()
+            .map(|guard| Box::new(guard) as OwnPort)
     }
 }
 

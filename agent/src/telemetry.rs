@@ -1,10 +1,70 @@
-//! The agent's own counters and gauges. Each stage declares every counter it emits in one place
-//! (a `pub static COUNTERS: &[&Counter]` list in its module, and `GAUGES: &[&Gauge]` likewise), so
-//! an operator can find them all, and `expose` renders every list under the `loupe_` prefix.
+//! The agent's own counters and gauges, and the one registry they join.
+//!
+//! A module declares each counter with [`counter!`] (each gauge with [`gauge!`]): the macro makes
+//! the static and enters it in [`COUNTERS`] ([`GAUGES`]), a link-time list (`linkme`), so `expose`
+//! renders every declared one under the `loupe_` prefix and none can be left out of a hand-kept
+//! list. Each module keeps its counters together with the log lines of the same events (Vector's
+//! internal events are the model): an `events` section whose functions write the line and count.
 //! Errors in log lines and target reasons are written with their causes ([`with_causes`]).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+#[doc(hidden)]
+pub use linkme;
+
+/// Every counter declared with [`counter!`], in no particular order.
+#[linkme::distributed_slice]
+pub static COUNTERS: [&'static Counter];
+
+/// Every gauge declared with [`gauge!`], in no particular order.
+#[linkme::distributed_slice]
+pub static GAUGES: [&'static Gauge];
+
+/// Declares a counter and registers it in [`COUNTERS`]:
+/// `counter!(pub NAME, "loupe_..._total", "Help text.");`
+#[macro_export]
+macro_rules! counter {
+    ($(#[$meta:meta])* $vis:vis $ident:ident, $name:literal, $help:literal $(,)?) => {
+        $(#[$meta])*
+        $vis static $ident: $crate::telemetry::Counter =
+            $crate::telemetry::Counter::new($name, $help);
+        const _: () = {
+            #[$crate::telemetry::linkme::distributed_slice($crate::telemetry::COUNTERS)]
+            #[linkme(crate = $crate::telemetry::linkme)]
+            static REGISTERED: &$crate::telemetry::Counter = &$ident;
+        };
+    };
+}
+
+/// Declares a gauge and registers it in [`GAUGES`]:
+/// `gauge!(pub NAME, "loupe_...", "Help text.");`
+#[macro_export]
+macro_rules! gauge {
+    ($(#[$meta:meta])* $vis:vis $ident:ident, $name:literal, $help:literal $(,)?) => {
+        $(#[$meta])*
+        $vis static $ident: $crate::telemetry::Gauge =
+            $crate::telemetry::Gauge::new($name, $help);
+        const _: () = {
+            #[$crate::telemetry::linkme::distributed_slice($crate::telemetry::GAUGES)]
+            #[linkme(crate = $crate::telemetry::linkme)]
+            static REGISTERED: &$crate::telemetry::Gauge = &$ident;
+        };
+    };
+}
+
+pub use crate::{counter, gauge};
+
+/// Every registered counter and gauge in text format 0.0.4, sorted by name so that scrapes are
+/// stable (link order is not).
+pub fn render_registered(out: &mut String) {
+    let mut counters: Vec<&Counter> = COUNTERS.iter().copied().collect();
+    counters.sort_by_key(|c| c.name);
+    render_counters(&counters, out);
+    let mut gauges: Vec<&Gauge> = GAUGES.iter().copied().collect();
+    gauges.sort_by_key(|g| g.name);
+    render_gauges(&gauges, out);
+}
 
 /// A monotonically increasing agent-wide counter with its Prometheus name and help text.
 pub struct Counter {
@@ -124,6 +184,75 @@ mod tests {
             with_causes(&Outer::Hides(denied())),
             "loading: map `M`: Operation not permitted (os error 1)"
         );
+    }
+
+    /// Every counter and gauge the agent served when main.rs still listed them by hand (among
+    /// them those that deploy/prometheus/alerts.yaml and the end-to-end tests use): each must be
+    /// registered, once, and nothing else. A new one is added here too.
+    #[test]
+    fn every_counter_and_gauge_is_registered_once() {
+        let mut names: Vec<&str> = COUNTERS.iter().map(|c| c.name).collect();
+        names.extend(GAUGES.iter().map(|g| g.name));
+        names.sort_unstable();
+        let expected = [
+            "loupe_attach_errors_total",
+            "loupe_capture_active",
+            "loupe_capture_attach_failures_total",
+            "loupe_capture_events_total",
+            "loupe_capture_malformed_records_total",
+            "loupe_capture_own_flows_rejected_total",
+            "loupe_capture_payload_bytes_total",
+            "loupe_capture_stale_filters_removed_total",
+            "loupe_detach_notices_dropped_total",
+            "loupe_discovery_errors_total",
+            "loupe_duplicate_series_total",
+            "loupe_family_conflicts_total",
+            "loupe_fetch_errors_total",
+            "loupe_flow_bytes_dropped_total",
+            "loupe_flow_bytes_unsynced_total",
+            "loupe_flow_gaps_total",
+            "loupe_flows_evicted_total",
+            "loupe_flows_expired_total",
+            "loupe_kubernetes_pods_dropped_total",
+            "loupe_kubernetes_watch_errors_total",
+            "loupe_merge_rejected_bodies_total",
+            "loupe_pods_file_errors_total",
+            "loupe_pods_file_reloads_total",
+            "loupe_rendered_oversize_total",
+            "loupe_requests_malformed_total",
+            "loupe_resolve_errors_total",
+            "loupe_responses_discarded_gap_total",
+            "loupe_responses_discarded_malformed_total",
+            "loupe_responses_discarded_too_large_total",
+            "loupe_responses_discarded_truncated_total",
+            "loupe_responses_discarded_unmatched_total",
+            "loupe_responses_fetched_total",
+            "loupe_responses_observed_total",
+            "loupe_ringbuf_dropped_bytes_total",
+            "loupe_ringbuf_dropped_events_total",
+            "loupe_scrapes_total",
+        ];
+        for name in expected {
+            assert!(names.contains(&name), "{name} is not registered: {names:?}");
+        }
+        let mut unique = names.clone();
+        unique.dedup();
+        assert_eq!(unique, names, "a name is registered twice");
+        assert_eq!(names, expected, "registered but not expected");
+    }
+
+    #[test]
+    fn registered_series_render_sorted() {
+        let mut out = String::new();
+        render_registered(&mut out);
+        let names: Vec<&str> = out
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        assert_eq!(names.len(), COUNTERS.len() + GAUGES.len());
+        let counters = &names[..COUNTERS.len()];
+        assert!(counters.windows(2).all(|w| w[0] < w[1]), "{counters:?}");
     }
 
     #[test]

@@ -40,75 +40,71 @@ use super::http::{
     self, Discard, HttpLimits, Outcome, PendingRequest, RequestParser, ResponseParser,
 };
 use super::{Direction, Exchange, FlowKey, NetnsCookie, Segment};
-use crate::telemetry::Counter;
 use bytes::Bytes;
 use reassembly::{Accepted, Reassembly};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-pub static RESPONSES_OBSERVED: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub RESPONSES_OBSERVED,
     "loupe_responses_observed_total",
     "HTTP responses observed complete on watched loopback flows.",
 );
-pub static RESPONSES_DISCARDED_GAP: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub RESPONSES_DISCARDED_GAP,
     "loupe_responses_discarded_gap_total",
     "Observed responses discarded because some of their bytes were never captured (ring-buffer loss, flow eviction).",
 );
-pub static RESPONSES_DISCARDED_MALFORMED: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub RESPONSES_DISCARDED_MALFORMED,
     "loupe_responses_discarded_malformed_total",
     "Observed responses discarded because they were not valid HTTP/1.x or their content coding failed.",
 );
-pub static RESPONSES_DISCARDED_TOO_LARGE: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub RESPONSES_DISCARDED_TOO_LARGE,
     "loupe_responses_discarded_too_large_total",
     "Observed responses discarded because their body, on the wire or decoded, exceeded the body limit.",
 );
-pub static RESPONSES_DISCARDED_TRUNCATED: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub RESPONSES_DISCARDED_TRUNCATED,
     "loupe_responses_discarded_truncated_total",
     "Observed responses discarded because the connection closed, reset or went idle before they ended.",
 );
-pub static RESPONSES_DISCARDED_UNMATCHED: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub RESPONSES_DISCARDED_UNMATCHED,
     "loupe_responses_discarded_unmatched_total",
     "Observed responses discarded because no request was known for them.",
 );
-pub static REQUESTS_MALFORMED: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub REQUESTS_MALFORMED,
     "loupe_requests_malformed_total",
     "Observed request streams that were not valid HTTP/1.x (the flow resynchronizes).",
 );
-pub static FLOW_GAPS: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub FLOW_GAPS,
     "loupe_flow_gaps_total",
     "Holes in a captured TCP stream that never filled.",
 );
-pub static FLOWS_EVICTED: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub FLOWS_EVICTED,
     "loupe_flows_evicted_total",
     "Flows dropped to respect the flow-count or total-memory limit.",
 );
-pub static FLOWS_EXPIRED: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub FLOWS_EXPIRED,
     "loupe_flows_expired_total",
     "Flows forgotten after being idle.",
 );
-pub static FLOW_BYTES_DROPPED: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub FLOW_BYTES_DROPPED,
     "loupe_flow_bytes_dropped_total",
     "Captured bytes dropped from flow buffers: evicted or expired flows, responses cut by a gap, bodies dropped under memory pressure.",
 );
-pub static FLOW_BYTES_UNSYNCED: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub FLOW_BYTES_UNSYNCED,
     "loupe_flow_bytes_unsynced_total",
     "Captured bytes skipped while a flow direction waited for a message boundary to resynchronize.",
 );
-
-pub static COUNTERS: &[&Counter] = &[
-    &RESPONSES_OBSERVED,
-    &RESPONSES_DISCARDED_GAP,
-    &RESPONSES_DISCARDED_MALFORMED,
-    &RESPONSES_DISCARDED_TOO_LARGE,
-    &RESPONSES_DISCARDED_TRUNCATED,
-    &RESPONSES_DISCARDED_UNMATCHED,
-    &REQUESTS_MALFORMED,
-    &FLOW_GAPS,
-    &FLOWS_EVICTED,
-    &FLOWS_EXPIRED,
-    &FLOW_BYTES_DROPPED,
-    &FLOW_BYTES_UNSYNCED,
-];
 
 const FIN: u8 = 0x01;
 const SYN: u8 = 0x02;
@@ -699,7 +695,9 @@ fn publish(outcome: Outcome, ctx: &mut Ctx<'_>) {
         Outcome::Discarded(Discard::Content(e)) => {
             log_flow(ctx, &e);
             match e {
-                http::ContentError::TooLarge { .. } => ctx.stats.inc(Stat::DiscardedTooLarge),
+                crate::content::ContentError::TooLarge { .. } => {
+                    ctx.stats.inc(Stat::DiscardedTooLarge)
+                }
                 _ => ctx.stats.inc(Stat::DiscardedMalformed),
             }
         }

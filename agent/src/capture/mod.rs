@@ -4,16 +4,13 @@
 
 pub mod flow;
 pub mod http;
-pub mod one_off;
 pub mod probe;
 
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-/// Identity of a network namespace as the kernel reports it (`SO_NETNS_COOKIE`,
-/// `bpf_get_netns_cookie`): unique for the namespace's lifetime, never reused.
-pub type NetnsCookie = u64;
+pub use crate::resolve::NetnsCookie;
 
 /// Which way a segment travels, relative to the watched (server) port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -59,32 +56,26 @@ pub struct Exchange {
     pub completed_at: Instant,
 }
 
-use crate::store::{Origin, Outcome, Snapshot, Store};
-use crate::telemetry::Gauge;
-use std::sync::Arc;
 use std::time::Duration;
 
-pub static ACTIVE: Gauge = Gauge::new(
+crate::telemetry::gauge!(
+    pub ACTIVE,
     "loupe_capture_active",
     "1 while the eBPF probe is loaded and observing; 0 when only fetching (see loupe's log for why).",
 );
-pub static GAUGES: &[&Gauge] = &[&ACTIVE];
-
-/// Bodies above this size are validated on the blocking pool, so the capture loop keeps draining
-/// the ring buffer meanwhile.
-const INLINE_DECODE_BYTES: usize = 256 << 10;
 
 /// Namespaces the probe was detached from, so their flows are forgotten at once rather than
 /// when they idle out.
 pub type Detached = tokio::sync::mpsc::Receiver<NetnsCookie>;
 
-/// The observing loop: segments -> flows -> exchanges -> store. Runs until the stream ends.
-/// It runs on its own thread ([`spawn_observer`]): reassembly and gzip decoding of large bodies
-/// then never hold up scrapes.
+/// The observing loop: segments -> flows -> exchanges, each handed to `sink` (the agent's is
+/// `collect::Observer`, which ingests it into the store). Runs until the stream ends. It runs on
+/// its own thread ([`spawn_observer`]): reassembly and gzip decoding of large bodies then never
+/// hold up scrapes.
 pub async fn observe(
     mut segments: probe::SegmentStream,
     mut detached: Detached,
-    store: Store,
+    mut sink: impl FnMut(Exchange),
     limits: flow::FlowLimits,
 ) {
     let mut table = flow::FlowTable::new(limits);
@@ -102,9 +93,7 @@ pub async fn observe(
                     }
                 };
                 table.push(segment, Instant::now(), &mut exchanges);
-                for exchange in exchanges.drain(..) {
-                    record_observed(&store, exchange);
-                }
+                exchanges.drain(..).for_each(&mut sink);
             }
             Some(cookie) = detached.recv() => table.remove_netns(cookie),
             _ = tick.tick() => table.expire(Instant::now()),
@@ -112,13 +101,13 @@ pub async fn observe(
     }
 }
 
-/// Starts the observing loop on a dedicated thread with its own single-threaded runtime. The
-/// probe's segment stream is created inside that runtime, so its ring-buffer fd is registered
-/// with the reactor that polls it.
+/// Starts the observing loop on a dedicated thread with its own single-threaded runtime (which
+/// `sink` runs in). The probe's segment stream is created inside that runtime, so its ring-buffer
+/// fd is registered with the reactor that polls it.
 pub fn spawn_observer(
     probe: &mut probe::Probe,
     detached: Detached,
-    store: Store,
+    sink: impl FnMut(Exchange) + Send + 'static,
     limits: flow::FlowLimits,
 ) -> Result<std::thread::JoinHandle<()>, Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -130,52 +119,7 @@ pub fn spawn_observer(
     };
     let thread = std::thread::Builder::new()
         .name("loupe-capture".into())
-        .spawn(move || runtime.block_on(observe(segments, detached, store, limits)))?;
+        .spawn(move || runtime.block_on(observe(segments, detached, sink, limits)))?;
     ACTIVE.set(1);
     Ok(thread)
-}
-
-/// Stores an observed reply for every target it answers (usually one).
-fn record_observed(store: &Store, exchange: Exchange) {
-    if exchange.method != "GET" {
-        return;
-    }
-    let port = exchange.flow.server.port();
-    let keys = store.match_observed(exchange.flow.netns, port, &exchange.path);
-    if keys.is_empty() {
-        return;
-    }
-    let store = store.clone();
-    let large = exchange.body.len() > INLINE_DECODE_BYTES;
-    let work = move || {
-        let result = if exchange.status == 200 {
-            // Rendered with the first target's identity; another target answered by the same
-            // reply (rare) has its rendering made at scrape time.
-            let identity = keys.first().and_then(|k| store.identity(k));
-            Snapshot::decode(
-                exchange.body,
-                exchange.content_type.as_deref(),
-                identity.as_ref(),
-            )
-            .map(Arc::new)
-        } else {
-            Err(format!("HTTP status {}", exchange.status))
-        };
-        for key in &keys {
-            store.record(
-                key,
-                Outcome {
-                    at: exchange.completed_at,
-                    origin: Origin::Observed,
-                    duration: Duration::ZERO,
-                    result: result.clone(),
-                },
-            );
-        }
-    };
-    if large {
-        tokio::task::spawn_blocking(work);
-    } else {
-        work();
-    }
 }

@@ -60,7 +60,6 @@ use tokio::io::unix::AsyncFd;
 
 use super::{Direction, FlowKey, NetnsCookie, Segment};
 use crate::resolve::netns::{Netns, NetnsError};
-use crate::telemetry::Counter;
 
 pub use loupe_common::PROGRAM_NAME as CAPTURE_PROGRAM_NAME;
 
@@ -70,49 +69,46 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lo
 /// The interface the program observes in each namespace.
 const LOOPBACK: &str = "lo";
 
-pub static EVENTS: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub EVENTS,
     "loupe_capture_events_total",
     "Segment records read from the capture ring buffer (payload chunks and SYN/FIN/RST).",
 );
-pub static PAYLOAD_BYTES: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub PAYLOAD_BYTES,
     "loupe_capture_payload_bytes_total",
     "TCP payload bytes read from the capture ring buffer.",
 );
-pub static MALFORMED_RECORDS: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub MALFORMED_RECORDS,
     "loupe_capture_malformed_records_total",
     "Ring-buffer records too short or inconsistent to decode; skipped.",
 );
-pub static RINGBUF_DROPPED_EVENTS: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub RINGBUF_DROPPED_EVENTS,
     "loupe_ringbuf_dropped_events_total",
     "Segment records the eBPF program could not emit (ring buffer full, or a packet beyond 64 chunks).",
 );
-pub static RINGBUF_DROPPED_BYTES: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub RINGBUF_DROPPED_BYTES,
     "loupe_ringbuf_dropped_bytes_total",
     "TCP payload bytes the eBPF program could not emit.",
 );
-pub static ATTACH_FAILURES: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub ATTACH_FAILURES,
     "loupe_capture_attach_failures_total",
     "Failed attempts to attach the capture program in a pod's network namespace.",
 );
-pub static STALE_FILTERS_REMOVED: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub STALE_FILTERS_REMOVED,
     "loupe_capture_stale_filters_removed_total",
     "Namespaces where netlink filters left by an earlier loupe process were removed.",
 );
-pub static OWN_FLOWS_REJECTED: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub OWN_FLOWS_REJECTED,
     "loupe_capture_own_flows_rejected_total",
     "Own requests that could not be registered for skipping (table full); their replies are also observed.",
 );
-
-pub static COUNTERS: &[&Counter] = &[
-    &EVENTS,
-    &PAYLOAD_BYTES,
-    &MALFORMED_RECORDS,
-    &RINGBUF_DROPPED_EVENTS,
-    &RINGBUF_DROPPED_BYTES,
-    &ATTACH_FAILURES,
-    &STALE_FILTERS_REMOVED,
-    &OWN_FLOWS_REJECTED,
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {

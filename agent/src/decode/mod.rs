@@ -139,15 +139,18 @@ pub use merge::{
     merge, merge_into, render_source, render_within, write_label_set, Rendered, Source,
 };
 
-pub static FAMILY_CONFLICTS: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub FAMILY_CONFLICTS,
     "loupe_family_conflicts_total",
     "Sources whose family disagreed with an earlier source's TYPE, HELP or UNIT, or whose family clashed with another family's sample names; see the decode module's merging rules.",
 );
-pub static DUPLICATE_SERIES: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub DUPLICATE_SERIES,
     "loupe_duplicate_series_total",
     "Samples dropped from the merged target because their series was already written.",
 );
-pub static RENDERED_OVERSIZE: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub RENDERED_OVERSIZE,
     "loupe_rendered_oversize_total",
     "Bodies not rendered at ingest because their rendering would pass the store's bound (a multiple of the body's size); they are rendered at every scrape instead.",
 );

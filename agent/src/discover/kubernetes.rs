@@ -28,23 +28,43 @@ use kube::{Api, Client, Config};
 use tokio::sync::watch;
 
 use super::annotations::{self, AnnotationError};
+use super::strip_runtime_prefix;
 use super::{NetnsRef, Pod, PodKey};
-use crate::resolve::cgroup::strip_runtime_prefix;
-use crate::telemetry::Counter;
 
-pub static DISCOVERY_ERRORS: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub DISCOVERY_ERRORS,
     "loupe_discovery_errors_total",
     "Malformed or unsupported metrics annotations found on pods (each distinct error once per pod).",
 );
-pub static WATCH_ERRORS: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub WATCH_ERRORS,
     "loupe_kubernetes_watch_errors_total",
     "Failed list or watch calls to the Kubernetes API server (retried with backoff).",
 );
-pub static PODS_DROPPED: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub PODS_DROPPED,
     "loupe_kubernetes_pods_dropped_total",
     "Pods not tracked because this node already had the maximum number of pods loupe tracks.",
 );
-pub static COUNTERS: &[&Counter] = &[&DISCOVERY_ERRORS, &WATCH_ERRORS, &PODS_DROPPED];
+
+// Events: each writes its log line and counts it.
+
+fn watch_failed(node: &str, kept: usize, err: &dyn std::fmt::Display) {
+    WATCH_ERRORS.inc();
+    log::warn!(
+        "kubernetes: watching pods of node {node} failed, keeping the last {kept} pods and retrying: {err}"
+    );
+}
+
+fn annotation_rejected(err: &AnnotationError) {
+    DISCOVERY_ERRORS.inc();
+    log::warn!("kubernetes: {err}; the pod's other endpoints are still scraped");
+}
+
+fn pod_dropped(key: &PodKey) {
+    PODS_DROPPED.inc();
+    log::warn!("kubernetes: not tracking pod {key}: already tracking {MAX_PODS} pods");
+}
 
 /// Far above the kubelet's `maxPods` (110 by default, rarely above 250).
 pub const MAX_PODS: usize = 2048;
@@ -141,12 +161,7 @@ pub async fn run_with(
                     }
                 }
                 Some(Err(err)) => {
-                    WATCH_ERRORS.inc();
-                    log::warn!(
-                        "kubernetes: watching pods of node {} failed, keeping the last {} pods and retrying: {err}",
-                        config.node_name,
-                        state.pods.len()
-                    );
+                    watch_failed(&config.node_name, state.pods.len(), &err);
                 }
                 // The watcher never ends on its own; treat an end like the receivers leaving.
                 None => return Ok(()),
@@ -282,8 +297,7 @@ impl State {
             return;
         }
         for err in &errors {
-            DISCOVERY_ERRORS.inc();
-            log::warn!("kubernetes: {err}; the pod's other endpoints are still scraped");
+            annotation_rejected(err);
         }
         if errors.is_empty() {
             self.reported.remove(key);
@@ -295,8 +309,7 @@ impl State {
 
 fn insert_bounded(pods: &mut BTreeMap<PodKey, Pod>, key: PodKey, pod: Pod) {
     if pods.len() >= MAX_PODS && !pods.contains_key(&key) {
-        PODS_DROPPED.inc();
-        log::warn!("kubernetes: not tracking pod {key}: already tracking {MAX_PODS} pods");
+        pod_dropped(&key);
         return;
     }
     pods.insert(key, pod);

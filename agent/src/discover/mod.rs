@@ -42,6 +42,35 @@ impl fmt::Display for PodKey {
     }
 }
 
+/// One endpoint of one pod: the key of a target everywhere after discovery.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TargetKey {
+    pub pod: PodKey,
+    pub port: u16,
+    pub path: String,
+}
+
+/// The identity labels every sample of a target gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub endpoint: String,
+}
+
+impl Identity {
+    /// The labels as the merge takes them.
+    pub fn labels(&self) -> crate::decode::IdentityLabels<'_> {
+        crate::decode::IdentityLabels {
+            namespace: &self.namespace,
+            pod: &self.pod,
+            container: &self.container,
+            endpoint: &self.endpoint,
+        }
+    }
+}
+
 /// How to find a pod's network namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NetnsRef {
@@ -51,6 +80,12 @@ pub enum NetnsRef {
     Pid(u32),
     /// Container IDs (without the `containerd://` prefix) to look up in `/proc/*/cgroup`.
     Containers(Vec<String>),
+}
+
+/// `containerd://abc` -> `abc`, also for `cri-o://` and `docker://`: the container ID as the
+/// kubelet reports it, without its runtime's scheme.
+pub fn strip_runtime_prefix(id: &str) -> &str {
+    id.split_once("://").map_or(id, |(_, rest)| rest)
 }
 
 /// One metrics endpoint of a pod: an HTTP path on a loopback port.
@@ -63,6 +98,26 @@ pub struct Endpoint {
     pub container: Option<String>,
     /// The port's name; the `endpoint` label is this or else the port number.
     pub name: Option<String>,
+}
+
+impl Pod {
+    /// The key and identity labels of the target each endpoint is.
+    pub fn targets(&self) -> impl Iterator<Item = (TargetKey, Identity)> + '_ {
+        self.endpoints.iter().map(|endpoint| {
+            let key = TargetKey {
+                pod: self.key(),
+                port: endpoint.port,
+                path: endpoint.path.clone(),
+            };
+            let identity = Identity {
+                namespace: self.namespace.clone(),
+                pod: self.name.clone(),
+                container: endpoint.container.clone().unwrap_or_default(),
+                endpoint: endpoint.label(),
+            };
+            (key, identity)
+        })
+    }
 }
 
 impl Endpoint {

@@ -16,22 +16,39 @@
 //! pods of the last good version: a typo must not make every pod's series vanish.
 
 use super::{Endpoint, NetnsRef, Pod};
-use crate::telemetry::Counter;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::watch;
 
-pub static RELOADS: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub RELOADS,
     "loupe_pods_file_reloads_total",
     "Times the pods file was read and accepted.",
 );
-pub static ERRORS: Counter = Counter::new(
+crate::telemetry::counter!(
+    pub ERRORS,
     "loupe_pods_file_errors_total",
     "Times the pods file was rejected (the previous pods were kept).",
 );
-pub static COUNTERS: &[&Counter] = &[&RELOADS, &ERRORS];
+
+// Events: each writes its log line and counts it.
+
+fn read_failed(error: PodsFileError) {
+    ERRORS.inc();
+    log::error!("{error}; keeping the previous pods");
+}
+
+fn rejected(error: &PodsFileError) {
+    ERRORS.inc();
+    log::error!("{error}; keeping the previous pods");
+}
+
+fn reloaded(path: &Path, pods: usize) {
+    RELOADS.inc();
+    log::info!("pods file {}: {pods} pods", path.display());
+}
 
 /// How often the file is checked for changes. Polling, rather than inotify, also sees the
 /// symlink swaps a Kubernetes ConfigMap volume makes.
@@ -213,14 +230,10 @@ pub async fn watch(path: PathBuf, pods: watch::Sender<Vec<Pod>>) {
             Ok(text) => text,
             Err(source) => {
                 if last_text.is_some() || pods.borrow().is_empty() {
-                    log::error!(
-                        "{}; keeping the previous pods",
-                        PodsFileError::Read {
-                            path: path.clone(),
-                            source
-                        }
-                    );
-                    ERRORS.inc();
+                    read_failed(PodsFileError::Read {
+                        path: path.clone(),
+                        source,
+                    });
                 }
                 // Report a missing file once per disappearance, not every second.
                 last_text = Some(String::new());
@@ -232,14 +245,10 @@ pub async fn watch(path: PathBuf, pods: watch::Sender<Vec<Pod>>) {
         }
         match parse(&path, &text) {
             Ok(new) => {
-                RELOADS.inc();
-                log::info!("pods file {}: {} pods", path.display(), new.len());
+                reloaded(&path, new.len());
                 pods.send_replace(new);
             }
-            Err(e) => {
-                ERRORS.inc();
-                log::error!("{e}; keeping the previous pods");
-            }
+            Err(e) => rejected(&e),
         }
         last_text = Some(text);
     }

@@ -16,6 +16,7 @@
 //! 13 µs per process on a real /proc (2-core VM), so scan when pods change or fail to resolve,
 //! not on every scrape.
 
+use crate::discover::strip_runtime_prefix;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
@@ -114,11 +115,6 @@ impl ProcIndex {
     pub fn containers(&self) -> usize {
         self.pids.len()
     }
-}
-
-/// `containerd://abc` -> `abc`, also for `cri-o://` and `docker://`.
-pub fn strip_runtime_prefix(id: &str) -> &str {
-    id.split_once("://").map_or(id, |(_, rest)| rest)
 }
 
 /// The container ID in a cgroup path, searching from the deepest component up.

@@ -8,6 +8,10 @@ use crate::discover::NetnsRef;
 use cgroup::ProcIndex;
 use netns::{Netns, NetnsError};
 
+/// Identity of a network namespace as the kernel reports it (`SO_NETNS_COOKIE`,
+/// `bpf_get_netns_cookie`): unique for the namespace's lifetime, never reused.
+pub type NetnsCookie = u64;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     #[error(transparent)]

@@ -5,9 +5,9 @@
 //! attaches a second TCX program on the pod's `lo`; in the netlink fallback it would replace the
 //! agent's filter there (attaching removes filters of the same name, left by crashed runs).
 
-use super::flow::{self, FlowLimits, FlowTable};
-use super::probe::{Probe, ProbeConfig};
-use super::Exchange;
+use crate::capture::flow::{self, FlowLimits, FlowTable};
+use crate::capture::probe::{Probe, ProbeConfig};
+use crate::capture::Exchange;
 use crate::cli::CaptureArgs;
 use crate::decode::{self, Format};
 use crate::resolve::netns::Netns;

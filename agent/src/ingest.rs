@@ -1,0 +1,308 @@
+//! Ingest: the step between capture/fetch and the store. A reply (observed or fetched) becomes a
+//! checked, rendered [`Snapshot`], or the [`TargetError`] that says why the target is down.
+//! No I/O, no store: the caller (`collect`, the stage after) records what comes out.
+//!
+//! A new limit on bodies (say, on samples) goes here: check it in [`check`] and give it its
+//! [`TargetError::Limit`] reason; the store, `/targets` and the log then carry it as they are.
+
+use crate::capture::probe::ProbeError;
+use crate::decode::{self, Format, ParseError, Rendered};
+use crate::discover::Identity;
+use crate::fetch::{FetchError, Fetched};
+use crate::resolve::ResolveError;
+use bytes::Bytes;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Why a target is down: the reason `/targets`, `loupe status` and the log give.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum TargetError {
+    /// The pod's network namespace could not be found.
+    #[error("{0}")]
+    Resolve(Arc<ResolveError>),
+    /// The namespace was found but the probe could not be attached there.
+    #[error("attaching the probe in {}: {source}", path.display())]
+    Attach {
+        path: PathBuf,
+        source: Arc<ProbeError>,
+    },
+    /// Asking the app failed before a status came back (connection, timeout, HTTP error).
+    #[error("{0}")]
+    Fetch(Arc<FetchError>),
+    /// The app answered with a status other than 200.
+    #[error("HTTP status {0}")]
+    Status(u16),
+    /// The body is not a valid exposition.
+    #[error("unparsable body: {0}")]
+    Parse(ParseError),
+    /// The body passed one of loupe's bounds.
+    #[error("{0}")]
+    Limit(Limit),
+}
+
+/// A bound a body passed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Limit {
+    #[error("body larger than {limit} bytes")]
+    Body { limit: usize },
+    #[error("the body exceeds {limit} bytes once decoded")]
+    Decoded { limit: usize },
+}
+
+impl From<ResolveError> for TargetError {
+    fn from(e: ResolveError) -> Self {
+        TargetError::Resolve(Arc::new(e))
+    }
+}
+
+impl From<FetchError> for TargetError {
+    fn from(e: FetchError) -> Self {
+        use crate::content::ContentError;
+        match e {
+            FetchError::Status(status) => TargetError::Status(status),
+            FetchError::TooLarge { limit } => TargetError::Limit(Limit::Body { limit }),
+            FetchError::Content(ContentError::TooLarge { limit }) => {
+                TargetError::Limit(Limit::Decoded { limit })
+            }
+            e => TargetError::Fetch(Arc::new(e)),
+        }
+    }
+}
+
+/// Where a result came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Observed on the pod's loopback, answering some other client.
+    Observed,
+    /// Asked for by loupe itself.
+    Fetched,
+    /// No reply at all: the target's namespace could not be resolved or attached.
+    Unresolved,
+}
+
+impl Origin {
+    /// The `source` of `/targets` and of `loupe_target_info`: where a reply came from, `None`
+    /// when there was no reply.
+    pub fn source(self) -> Option<&'static str> {
+        match self {
+            Origin::Observed => Some("observed"),
+            Origin::Fetched => Some("fetched"),
+            Origin::Unresolved => None,
+        }
+    }
+}
+
+/// The latest result of a target, good or not.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub at: Instant,
+    pub origin: Origin,
+    /// How long the request took (fetched), or zero when only the reply was observed.
+    pub duration: Duration,
+    pub result: Result<Arc<Snapshot>, TargetError>,
+}
+
+/// The formats scrapers ask for, so that bodies are rendered for them when they arrive (the
+/// others at the first scrape that asks). Owned by the server, which marks each scrape's format
+/// ([`Wanted::mark`]); ingest reads it. Today: the format of the latest scrape.
+#[derive(Clone, Debug, Default)]
+pub struct Wanted(Arc<AtomicU8>);
+
+impl Wanted {
+    /// Records the format a scraper asked for.
+    pub fn mark(&self, format: Format) {
+        let v = match format {
+            Format::Text => 0,
+            Format::OpenMetrics => 1,
+        };
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    /// The format to render eagerly.
+    pub fn format(&self) -> Format {
+        match self.0.load(Ordering::Relaxed) {
+            0 => Format::Text,
+            _ => Format::OpenMetrics,
+        }
+    }
+}
+
+/// A validated body with its merge index, made once when the body arrives, and its renderings
+/// for the merged target (`decode::render_source`: every sample line with the target's identity
+/// labels, grouped by family), so that a scrape only decides the merging rules per family and
+/// sends slices of these blocks (`decode::merge`), copying none of them.
+///
+/// Memory: the index is about 32 bytes per sample; a rendering about 1.6x to 1.9x the body (the
+/// identity labels repeat on every line), bounded at [`RENDERED_LIMIT_FACTOR`] times the body
+/// (plus 64 KiB): a body whose rendering would be larger is rendered at every scrape instead,
+/// and counted in `loupe_rendered_oversize_total`. The format scrapers ask for ([`Wanted`]) is
+/// rendered when the body arrives, the other one at the first scrape that asks for it; both go
+/// with the snapshot when the next body replaces it.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub body: Bytes,
+    pub prepared: decode::Prepared,
+    /// The identity the renderings are made with.
+    identity: Option<Identity>,
+    text: OnceLock<Option<Rendered>>,
+    open_metrics: OnceLock<Option<Rendered>>,
+}
+
+/// A rendering may take this many times its body's size (plus 64 KiB).
+pub const RENDERED_LIMIT_FACTOR: usize = 4;
+
+impl Snapshot {
+    pub fn samples(&self) -> usize {
+        self.prepared.summary().samples
+    }
+
+    /// The rendering for `format` with `identity`, made now if it was not yet. `None` when the
+    /// snapshot was made for another identity (the target's changed, or one observed reply
+    /// answered several targets) or the rendering would pass the bound: the merge then renders
+    /// the body itself.
+    pub fn rendered(&self, identity: &Identity, format: Format) -> Option<&Rendered> {
+        if self.identity.as_ref() != Some(identity) {
+            return None;
+        }
+        self.render(format)
+    }
+
+    fn render(&self, format: Format) -> Option<&Rendered> {
+        let identity = self.identity.as_ref()?;
+        let cell = match format {
+            Format::Text => &self.text,
+            Format::OpenMetrics => &self.open_metrics,
+        };
+        cell.get_or_init(|| {
+            decode::render_within(
+                &self.body,
+                &self.prepared,
+                Some(identity.labels()),
+                format,
+                self.body.len() * RENDERED_LIMIT_FACTOR + 64 * 1024,
+            )
+        })
+        .as_ref()
+    }
+}
+
+/// Checks a 200 response's body and renders it with `identity` (the target's) for the format
+/// `wanted` names. Observed and fetched bodies both come through here.
+pub fn check(
+    body: Bytes,
+    content_type: Option<&str>,
+    identity: Option<&Identity>,
+    wanted: &Wanted,
+) -> Result<Snapshot, TargetError> {
+    let format = Format::from_content_type(content_type);
+    let prepared = decode::prepare(&body, format).map_err(TargetError::Parse)?;
+    let snapshot = Snapshot {
+        body,
+        prepared,
+        identity: identity.cloned(),
+        text: OnceLock::new(),
+        open_metrics: OnceLock::new(),
+    };
+    snapshot.render(wanted.format());
+    Ok(snapshot)
+}
+
+/// An observed reply: its body checked when the status is 200, else the status is the reason.
+pub fn observed(
+    status: u16,
+    body: Bytes,
+    content_type: Option<&str>,
+    identity: Option<&Identity>,
+    wanted: &Wanted,
+) -> Result<Arc<Snapshot>, TargetError> {
+    if status != 200 {
+        return Err(TargetError::Status(status));
+    }
+    check(body, content_type, identity, wanted).map(Arc::new)
+}
+
+/// A fetch's result, its body checked.
+pub fn fetched(
+    result: Result<Fetched, FetchError>,
+    identity: Option<&Identity>,
+    wanted: &Wanted,
+) -> Result<Arc<Snapshot>, TargetError> {
+    let fetched = result?;
+    check(
+        fetched.body,
+        fetched.content_type.as_deref(),
+        identity,
+        wanted,
+    )
+    .map(Arc::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(pod: &str) -> Identity {
+        Identity {
+            namespace: "ns".into(),
+            pod: pod.into(),
+            container: String::new(),
+            endpoint: "8080".into(),
+        }
+    }
+
+    #[test]
+    fn snapshots_render_for_their_identity_only() {
+        let wanted = Wanted::default();
+        let body = Bytes::from_static(b"# TYPE a gauge\na{x=\"1\"} 1\n");
+        let snap = check(body.clone(), None, Some(&identity("a")), &wanted).unwrap();
+        for format in [Format::Text, Format::OpenMetrics] {
+            let r = snap.rendered(&identity("a"), format).expect("rendered");
+            assert_eq!(r.format(), format);
+            assert!(r.heap_bytes() > 0);
+        }
+        assert!(snap.rendered(&identity("b"), Format::Text).is_none());
+        let anonymous = check(body, None, None, &wanted).unwrap();
+        assert!(anonymous.rendered(&identity("a"), Format::Text).is_none());
+        // A rendering past the bound is not kept: short lines, a long identity.
+        let mut long = identity("a");
+        long.pod = "p".repeat(70_000);
+        let tiny = check(Bytes::from_static(b"a 1\n"), None, Some(&long), &wanted).unwrap();
+        assert!(tiny.rendered(&long, Format::Text).is_none());
+    }
+
+    #[test]
+    fn the_wanted_format_is_rendered_on_arrival() {
+        let wanted = Wanted::default();
+        wanted.mark(Format::OpenMetrics);
+        let body = Bytes::from_static(b"a 1\n");
+        let snap = check(body, None, Some(&identity("a")), &wanted).unwrap();
+        assert!(snap.open_metrics.get().is_some());
+        assert!(snap.text.get().is_none());
+    }
+
+    #[test]
+    fn reasons_read_as_before() {
+        let wanted = Wanted::default();
+        let err = observed(500, Bytes::new(), None, None, &wanted).unwrap_err();
+        assert_eq!(err.to_string(), "HTTP status 500");
+        let err = observed(200, Bytes::from_static(b"{\n"), None, None, &wanted).unwrap_err();
+        assert!(matches!(err, TargetError::Parse(_)), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("unparsable body: line 1, column 1: "),
+            "{err}"
+        );
+        let err = TargetError::from(FetchError::TooLarge { limit: 1000 });
+        assert!(
+            matches!(err, TargetError::Limit(Limit::Body { .. })),
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), "body larger than 1000 bytes");
+        let err = TargetError::from(FetchError::Status(404));
+        assert!(matches!(err, TargetError::Status(404)), "{err:?}");
+        assert_eq!(Origin::Unresolved.source(), None);
+        assert_eq!(Origin::Fetched.source(), Some("fetched"));
+    }
+}
