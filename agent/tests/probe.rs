@@ -758,6 +758,7 @@ async fn netlink_leftovers_removed(method: MethodChoice) {
     let ns = TestNetns::new();
     let child_method = match method {
         MethodChoice::PerNamespace => "per-namespace",
+        MethodChoice::PerNamespaceBounded => "per-namespace-bounded",
         MethodChoice::Shared => "shared",
         MethodChoice::Auto => "auto",
     };

@@ -7,11 +7,18 @@
 /// Name of the TC classifier loaded once for all namespaces (netns cookie helper, `bpf_loop`;
 /// about Linux 6.14+). Also the netlink filter name used to find stale filters.
 pub const PROGRAM_NAME: &str = "loupe_lo_egress";
-/// Name of the TC classifier loaded once per namespace, identity in [`NETNS_ID_GLOBAL`]
-/// (Linux 5.10+).
+/// Name of the TC classifier loaded once per namespace, identity in [`NETNS_ID_GLOBAL`], payload
+/// copied with a bounded loop (Linux 5.10+).
 pub const PER_NAMESPACE_PROGRAM_NAME: &str = "loupe_lo_ns";
+/// Like [`PER_NAMESPACE_PROGRAM_NAME`], payload copied with `bpf_loop` (Linux 5.17+): cheaper to
+/// verify, so faster to load per namespace.
+pub const PER_NAMESPACE_LOOP_PROGRAM_NAME: &str = "loupe_lo_nsloop";
 /// Every program name loupe attaches (at most 15 bytes: the kernel's name limit).
-pub const PROGRAM_NAMES: [&str; 2] = [PROGRAM_NAME, PER_NAMESPACE_PROGRAM_NAME];
+pub const PROGRAM_NAMES: [&str; 3] = [
+    PROGRAM_NAME,
+    PER_NAMESPACE_LOOP_PROGRAM_NAME,
+    PER_NAMESPACE_PROGRAM_NAME,
+];
 /// Read-only `u64` global of [`PER_NAMESPACE_PROGRAM_NAME`]: the namespace identity its records
 /// carry in [`SegmentHeader::netns_cookie`] and its map keys use.
 pub const NETNS_ID_GLOBAL: &str = "NETNS_ID";
@@ -138,6 +145,10 @@ mod user {
 }
 
 const _: () = assert!(SEGMENT_HEADER_LEN == 64);
-const _: () = assert!(PROGRAM_NAME.len() <= 15 && PER_NAMESPACE_PROGRAM_NAME.len() <= 15);
+const _: () = assert!(
+    PROGRAM_NAME.len() <= 15
+        && PER_NAMESPACE_PROGRAM_NAME.len() <= 15
+        && PER_NAMESPACE_LOOP_PROGRAM_NAME.len() <= 15
+);
 const _: () = assert!(core::mem::size_of::<PortKey>() == 16);
 const _: () = assert!(core::mem::size_of::<DropCounters>() == 16);

@@ -9,10 +9,11 @@
 //! - `loupe_lo_egress` (one instance for all namespaces): the namespace comes from
 //!   `bpf_get_netns_cookie` (allowed in TC programs from about Linux 6.14/6.15; verified on
 //!   6.18), payload is copied with `bpf_loop` (5.17+).
-//! - `loupe_lo_ns` (one instance per namespace, Linux 5.10+): the namespace identity is the
-//!   read-only global `NETNS_ID`, set by the agent before each instance is loaded; payload is
-//!   copied with a bounded loop (5.3+ verifier). Its only function is the classifier itself, so
-//!   kernels that cannot load BTF func info for callbacks (before 5.13) accept it.
+//! - `loupe_lo_nsloop` and `loupe_lo_ns` (one instance per namespace): the namespace identity
+//!   is the read-only global `NETNS_ID`, set by the agent before each instance is loaded;
+//!   payload is copied with `bpf_loop` (5.17+) or, in `loupe_lo_ns` (Linux 5.10+), a bounded
+//!   loop (5.3+ verifier) without callback, which kernels that cannot load BTF func info for
+//!   callbacks (before 5.13) accept.
 //! Both need ring buffers (5.8+). The maps are shared by all instances (the agent reuses them).
 #![no_std]
 #![no_main]
@@ -73,14 +74,22 @@ struct Record<const N: usize> {
 /// One instance for every namespace: needs `bpf_get_netns_cookie` in TC programs and `bpf_loop`.
 #[classifier]
 pub fn loupe_lo_egress(ctx: TcContext) -> i32 {
-    let _ = observe::<true>(&ctx);
+    let _ = observe::<true, true>(&ctx);
+    PASS_ON
+}
+
+/// One instance per namespace (identity in `NETNS_ID`), `bpf_loop` (5.17+): the verifier checks
+/// the chunk body once, so each instance loads about 3 times faster than `loupe_lo_ns`.
+#[classifier]
+pub fn loupe_lo_nsloop(ctx: TcContext) -> i32 {
+    let _ = observe::<false, true>(&ctx);
     PASS_ON
 }
 
 /// One instance per namespace (identity in `NETNS_ID`); no helper newer than 5.8.
 #[classifier]
 pub fn loupe_lo_ns(ctx: TcContext) -> i32 {
-    let _ = observe::<false>(&ctx);
+    let _ = observe::<false, false>(&ctx);
     PASS_ON
 }
 
@@ -181,10 +190,10 @@ fn load_into<T: Copy>(ctx: &TcContext, offset: usize, dst: &mut T) -> Result<(),
     }
 }
 
-/// `SHARED`: one instance for all namespaces (netns cookie helper, `bpf_loop`); otherwise one
-/// per namespace (`NETNS_ID`, bounded loop).
+/// `SHARED`: one instance for all namespaces (netns cookie helper), otherwise one per namespace
+/// (`NETNS_ID`). `LOOP_HELPER`: payload copied with `bpf_loop`, otherwise a bounded loop.
 #[inline(always)]
-fn observe<const SHARED: bool>(ctx: &TcContext) -> Result<(), i64> {
+fn observe<const SHARED: bool, const LOOP_HELPER: bool>(ctx: &TcContext) -> Result<(), i64> {
     // Built in place: the record header lives once on the stack, inside the loop state.
     let mut state = ChunkLoop {
         skb: ctx.skb.skb,
@@ -266,7 +275,7 @@ fn observe<const SHARED: bool>(ctx: &TcContext) -> Result<(), i64> {
     state.payload_off = payload_off as u32;
     state.payload_len = payload_len as u32;
     state.chunks = chunks as u32;
-    if SHARED {
+    if LOOP_HELPER {
         // bpf_loop has the verifier check the body once instead of once per iteration.
         // SAFETY: the callback has the signature bpf_loop expects and only reads/writes `state`
         // through the pointer it is given, which lives on this stack frame during the call.
@@ -281,7 +290,7 @@ fn observe<const SHARED: bool>(ctx: &TcContext) -> Result<(), i64> {
     } else {
         // A bounded loop: the verifier walks every iteration (5.3+), no callback function.
         for index in 0..MAX_CHUNKS as u64 {
-            if !next_chunk(index, &mut state) {
+            if !next_chunk::<false>(index, &mut state) {
                 break;
             }
         }
@@ -323,7 +332,7 @@ struct ChunkFields {
 extern "C" fn emit_chunk(index: u64, state: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer to the ChunkLoop given to it.
     let state = unsafe { &mut *state.cast::<ChunkLoop>() };
-    if next_chunk(index, state) {
+    if next_chunk::<false>(index, state) {
         0
     } else {
         1
@@ -331,8 +340,9 @@ extern "C" fn emit_chunk(index: u64, state: *mut c_void) -> i64 {
 }
 
 /// Emits chunk `index` of the packet; false when the loop should stop (all emitted, ring full).
+/// `FULL`: the chunk is known to be a whole [`CHUNK_BYTES`], so only that record size is used.
 #[inline(always)]
-fn next_chunk(index: u64, state: &mut ChunkLoop) -> bool {
+fn next_chunk<const FULL: bool>(index: u64, state: &mut ChunkLoop) -> bool {
     if index >= MAX_CHUNKS as u64 || index != u64::from(state.emitted) {
         return false;
     }
@@ -357,7 +367,7 @@ fn next_chunk(index: u64, state: &mut ChunkLoop) -> bool {
         fields.flags &= !(TCP_FIN | TCP_PSH | TCP_RST);
     }
     let src = u64::from(state.payload_off) + offset;
-    let emitted = if len > 1024 {
+    let emitted = if FULL || len > 1024 {
         emit::<CHUNK_BYTES>(state.skb, &state.header, fields, src, len)
     } else if len > 256 {
         emit::<1024>(state.skb, &state.header, fields, src, len)

@@ -60,13 +60,15 @@ use aya::maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::links::Link as _;
 use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError};
 use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
+use aya::sys::BpfHelper;
 use aya::{Ebpf, EbpfLoader};
 use aya_log::EbpfLogger;
 use bytes::Bytes;
 use loupe_common::{
     DropCounters, PortKey, SegmentHeader, CHUNK_BYTES, DEFAULT_RING_BYTES, DIRECTION_REQUEST,
-    DIRECTION_RESPONSE, DROPS_MAP, NETNS_ID_GLOBAL, OWN_FLOWS_MAP, PER_NAMESPACE_PROGRAM_NAME,
-    PROGRAM_NAME, PROGRAM_NAMES, SEGMENTS_MAP, SEGMENT_HEADER_LEN, WATCHED_PORTS_MAP,
+    DIRECTION_RESPONSE, DROPS_MAP, NETNS_ID_GLOBAL, OWN_FLOWS_MAP, PER_NAMESPACE_LOOP_PROGRAM_NAME,
+    PER_NAMESPACE_PROGRAM_NAME, PROGRAM_NAME, PROGRAM_NAMES, SEGMENTS_MAP, SEGMENT_HEADER_LEN,
+    WATCHED_PORTS_MAP,
 };
 use method::InstanceLoader;
 use tokio::io::unix::AsyncFd;
@@ -305,15 +307,12 @@ impl Probe {
             .override_global(NETNS_ID_GLOBAL, &0u64, true)
             .load(OBJECT)
             .map_err(ProbeError::Load)?;
-        let (method, method_reason) = choose_method(&mut ebpf, config.method)?;
+        let (method, program, method_reason) = choose_method(&mut ebpf, config.method)?;
         let instances = match method {
-            ProbeMethod::PerNamespace => Some(InstanceLoader::new(&ebpf)?),
+            ProbeMethod::PerNamespace => Some(InstanceLoader::new(&ebpf, program)?),
             ProbeMethod::Shared => None,
         };
-        let attach_support = check_attach(
-            classifier(&mut ebpf, program_name(method))?,
-            config.attach_mode,
-        )?;
+        let attach_support = check_attach(classifier(&mut ebpf, program)?, config.attach_mode)?;
         log::info!(
             "capture method: {method} ({method_reason}); pods are attached with {attach_support}"
         );
@@ -378,7 +377,7 @@ impl Probe {
                 instance = loader
                     .load(OBJECT, cookie)
                     .inspect_err(|_| ATTACH_FAILURES.inc())?;
-                classifier(&mut instance, PER_NAMESPACE_PROGRAM_NAME)?
+                classifier(&mut instance, loader.program())?
             }
             None => classifier(&mut self.ebpf, PROGRAM_NAME)?,
         };
@@ -486,22 +485,60 @@ impl Drop for Probe {
     }
 }
 
-fn program_name(method: ProbeMethod) -> &'static str {
-    match method {
-        ProbeMethod::Shared => PROGRAM_NAME,
-        ProbeMethod::PerNamespace => PER_NAMESPACE_PROGRAM_NAME,
-    }
-}
-
 /// Picks the capture method by loading: the shared program if allowed and the kernel takes it,
-/// else the per-namespace one. Returns the method and why.
+/// else a per-namespace one (`bpf_loop` if the kernel has it, else the bounded loop). Returns
+/// the method, the program attached, and why.
 fn choose_method(
     ebpf: &mut Ebpf,
     choice: MethodChoice,
-) -> Result<(ProbeMethod, String), ProbeError> {
-    let shared = if choice == MethodChoice::PerNamespace {
-        format!("not tried ({METHOD_ENV}=per-namespace)")
-    } else if identity_kind() == IdentityKind::Inode {
+) -> Result<(ProbeMethod, &'static str, String), ProbeError> {
+    let shared = match try_shared(ebpf, choice)? {
+        Ok(reason) => return Ok((ProbeMethod::Shared, PROGRAM_NAME, reason)),
+        Err(why_not) => why_not,
+    };
+    let mut loop_error = None;
+    if choice != MethodChoice::PerNamespaceBounded {
+        match classifier(ebpf, PER_NAMESPACE_LOOP_PROGRAM_NAME)?.load() {
+            Ok(()) => {
+                return Ok((
+                    ProbeMethod::PerNamespace,
+                    PER_NAMESPACE_LOOP_PROGRAM_NAME,
+                    format!("shared program: {shared}; so one program instance per pod namespace (payload copied with bpf_loop)"),
+                ))
+            }
+            Err(e) => loop_error = Some(crate::telemetry::with_causes(&e)),
+        }
+    }
+    match classifier(ebpf, PER_NAMESPACE_PROGRAM_NAME)?.load() {
+        Ok(()) => {
+            let why_bounded = match (loop_error, method::helper_missing(BpfHelper::BPF_FUNC_loop)) {
+                (None, _) => format!("{METHOD_ENV}=per-namespace-bounded"),
+                (Some(_), Some(missing)) => missing,
+                (Some(e), None) => format!("the bpf_loop variant does not load: {}", truncated(&e)),
+            };
+            Ok((
+                ProbeMethod::PerNamespace,
+                PER_NAMESPACE_PROGRAM_NAME,
+                format!("shared program: {shared}; so one program instance per pod namespace (payload copied with a bounded loop: {why_bounded})"),
+            ))
+        }
+        Err(e) => Err(ProbeError::NoMethod {
+            shared,
+            per_namespace: crate::telemetry::with_causes(&e),
+        }),
+    }
+}
+
+/// Loads the shared program when allowed: `Ok(Ok(reason))` when it loads, `Ok(Err(why not))`
+/// when another method should be tried.
+fn try_shared(ebpf: &mut Ebpf, choice: MethodChoice) -> Result<Result<String, String>, ProbeError> {
+    if matches!(
+        choice,
+        MethodChoice::PerNamespace | MethodChoice::PerNamespaceBounded
+    ) {
+        return Ok(Err(format!("not tried ({METHOD_ENV})")));
+    }
+    if identity_kind() == IdentityKind::Inode {
         // The shared program's records carry kernel cookies, which user space cannot read here.
         let why = "namespaces are identified by inode here (no SO_NETNS_COOKIE), not by the cookie it reports".to_owned();
         if choice == MethodChoice::Shared {
@@ -510,41 +547,24 @@ fn choose_method(
                 per_namespace: format!("not allowed ({METHOD_ENV}=shared)"),
             });
         }
-        why
-    } else {
-        let missing = method::shared_missing_helpers();
-        let loaded = classifier(ebpf, PROGRAM_NAME)?.load();
-        match loaded {
-            Ok(()) => {
-                return Ok((
-                    ProbeMethod::Shared,
-                    "bpf_get_netns_cookie and bpf_loop are available to TC programs: one program serves every namespace".to_owned(),
-                ))
-            }
-            Err(source) if choice == MethodChoice::Shared => {
-                return Err(ProbeError::Program {
-                    what: "load (verifier)",
-                    source,
-                })
-            }
-            Err(e) => missing.unwrap_or_else(|| {
-                let mut text = crate::telemetry::with_causes(&e);
-                text.truncate(400);
-                format!("it does not load: {text}")
-            }),
-        }
-    };
-    let per_namespace = classifier(ebpf, PER_NAMESPACE_PROGRAM_NAME)?.load();
-    match per_namespace {
-        Ok(()) => Ok((
-            ProbeMethod::PerNamespace,
-            format!("shared program: {shared}; so one program instance per pod namespace"),
-        )),
-        Err(e) => Err(ProbeError::NoMethod {
-            shared,
-            per_namespace: crate::telemetry::with_causes(&e),
-        }),
+        return Ok(Err(why));
     }
+    let missing = method::shared_missing_helpers();
+    match classifier(ebpf, PROGRAM_NAME)?.load() {
+        Ok(()) => Ok(Ok("bpf_get_netns_cookie and bpf_loop are available to TC programs: one program serves every namespace".to_owned())),
+        Err(source) if choice == MethodChoice::Shared => Err(ProbeError::Program {
+            what: "load (verifier)",
+            source,
+        }),
+        Err(e) => Ok(Err(missing.unwrap_or_else(|| {
+            format!("it does not load: {}", truncated(&crate::telemetry::with_causes(&e)))
+        }))),
+    }
+}
+
+/// The start of a long message (a verifier log), for one line of `loupe doctor`.
+fn truncated(text: &str) -> String {
+    text.chars().take(400).collect()
 }
 
 fn start_log_forwarding(ebpf: &mut Ebpf) -> LogForwarding {

@@ -18,7 +18,7 @@ use aya::maps::MapData;
 use aya::programs::ProgramType;
 use aya::sys::{is_helper_supported, BpfHelper};
 use aya::{Ebpf, EbpfLoader};
-use loupe_common::{NETNS_ID_GLOBAL, PER_NAMESPACE_PROGRAM_NAME};
+use loupe_common::NETNS_ID_GLOBAL;
 
 use super::{classifier, ProbeError};
 
@@ -54,7 +54,10 @@ pub enum MethodChoice {
     #[default]
     Auto,
     Shared,
+    /// One instance per namespace, with `bpf_loop` where the kernel has it.
     PerNamespace,
+    /// One instance per namespace with the bounded loop, as kernels before 5.17 get (tests).
+    PerNamespaceBounded,
 }
 
 impl std::str::FromStr for MethodChoice {
@@ -64,8 +67,9 @@ impl std::str::FromStr for MethodChoice {
             "auto" | "" => Ok(MethodChoice::Auto),
             "shared" => Ok(MethodChoice::Shared),
             "per-namespace" => Ok(MethodChoice::PerNamespace),
+            "per-namespace-bounded" => Ok(MethodChoice::PerNamespaceBounded),
             other => Err(format!(
-                "unknown probe method {other:?} (expected auto, shared or per-namespace)"
+                "unknown probe method {other:?} (expected auto, shared, per-namespace or per-namespace-bounded)"
             )),
         }
     }
@@ -87,25 +91,30 @@ impl MethodChoice {
 /// Why the kernel cannot run the shared program, from helper probes (no version parsing);
 /// `None` when both helpers are there (the load itself may still fail).
 pub(super) fn shared_missing_helpers() -> Option<String> {
-    let tc = ProgramType::SchedClassifier;
-    let mut missing = Vec::new();
-    for (helper, name, since) in [
-        (
-            BpfHelper::BPF_FUNC_get_netns_cookie,
-            "bpf_get_netns_cookie",
-            "about 6.14",
-        ),
-        (BpfHelper::BPF_FUNC_loop, "bpf_loop", "5.17"),
-    ] {
-        match is_helper_supported(tc, helper) {
-            Ok(true) => {}
-            Ok(false) => missing.push(format!(
-                "{name} is not available to TC programs (Linux {since}+)"
-            )),
-            Err(e) => missing.push(format!("probing {name} failed: {e}")),
-        }
-    }
+    let missing: Vec<String> = [
+        BpfHelper::BPF_FUNC_get_netns_cookie,
+        BpfHelper::BPF_FUNC_loop,
+    ]
+    .into_iter()
+    .filter_map(helper_missing)
+    .collect();
     (!missing.is_empty()).then(|| missing.join("; "))
+}
+
+/// Why TC programs cannot call `helper` here, or `None` when they can.
+pub(super) fn helper_missing(helper: BpfHelper) -> Option<String> {
+    let (name, since) = match helper {
+        BpfHelper::BPF_FUNC_get_netns_cookie => ("bpf_get_netns_cookie", "about 6.14"),
+        BpfHelper::BPF_FUNC_loop => ("bpf_loop", "5.17"),
+        _ => ("this helper", "a newer kernel"),
+    };
+    match is_helper_supported(ProgramType::SchedClassifier, helper) {
+        Ok(true) => None,
+        Ok(false) => Some(format!(
+            "{name} is not available to TC programs (Linux {since}+)"
+        )),
+        Err(e) => Some(format!("probing {name} failed: {e}")),
+    }
 }
 
 /// Loads per-namespace instances that share the first instance's maps.
@@ -113,6 +122,8 @@ pub(super) struct InstanceLoader {
     /// Second handles on the shared maps (by their names in the object).
     maps: Vec<(String, MapData)>,
     bpffs: PathBuf,
+    /// The program each instance loads.
+    program: &'static str,
 }
 
 /// Numbers the pin directories of all loads in this process (several probes may coexist).
@@ -121,7 +132,7 @@ static LOADS: AtomicU64 = AtomicU64::new(0);
 impl InstanceLoader {
     /// Takes handles on every map of `template` that is not global data (`.rodata`, `.bss`,
     /// `.data`, which stay per instance), and finds or mounts a bpf filesystem.
-    pub(super) fn new(template: &Ebpf) -> Result<Self, ProbeError> {
+    pub(super) fn new(template: &Ebpf, program: &'static str) -> Result<Self, ProbeError> {
         let mut maps = Vec::new();
         for (name, map) in template.maps() {
             if name.starts_with('.') {
@@ -144,7 +155,15 @@ impl InstanceLoader {
         }
         let bpffs = bpf_filesystem()?;
         remove_stale_pin_dirs(&bpffs);
-        Ok(Self { maps, bpffs })
+        Ok(Self {
+            maps,
+            bpffs,
+            program,
+        })
+    }
+
+    pub(super) fn program(&self) -> &'static str {
+        self.program
     }
 
     /// Loads a new instance whose records and map keys carry `netns_id`; its program is
@@ -170,7 +189,7 @@ impl InstanceLoader {
         }
         let mut ebpf = loader.load(object).map_err(ProbeError::Load)?;
         drop(pins);
-        classifier(&mut ebpf, PER_NAMESPACE_PROGRAM_NAME)?
+        classifier(&mut ebpf, self.program)?
             .load()
             .map_err(|source| ProbeError::Program {
                 what: "load (verifier)",
@@ -299,6 +318,10 @@ mod tests {
         assert_eq!("auto".parse(), Ok(MethodChoice::Auto));
         assert_eq!("shared".parse(), Ok(MethodChoice::Shared));
         assert_eq!("per-namespace".parse(), Ok(MethodChoice::PerNamespace));
+        assert_eq!(
+            "per-namespace-bounded".parse(),
+            Ok(MethodChoice::PerNamespaceBounded)
+        );
         let err = "fast".parse::<MethodChoice>().unwrap_err();
         assert!(
             err.contains("fast") && err.contains("per-namespace"),
