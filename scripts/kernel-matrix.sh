@@ -151,6 +151,7 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t tmpfs tmp /tmp
 mount -t tmpfs run /run
+mount -t devtmpfs dev /dev
 mkdir -p /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 for m in /modules/*.ko; do insmod "$m" 2>/dev/null; done
@@ -188,7 +189,10 @@ say doctor-begin
 /loupe doctor 2>&1
 say doctor-end
 
-metrics() { wget -q -T 20 -O - http://127.0.0.1:9897/metrics 2>/dev/null; }
+# loupe's endpoints through nc (HTTP/1.0: the server closes; the header is cut off).
+# stdin stays open a while: busybox nc stops reading the socket when stdin ends.
+get() { (printf 'GET %s HTTP/1.0\r\nHost: loupe\r\n\r\n' "$1"; sleep 3) | nc 127.0.0.1 9897 2>/dev/null | sed '1,/^\r*$/d'; }
+metrics() { get /metrics; }
 start_loupe() {
   RUST_LOG=info /loupe run --pods-file /tmp/pods.yaml --listen 127.0.0.1:9897 >>/tmp/loupe.log 2>&1 &
   LOUPE=$!
@@ -202,15 +206,17 @@ wait_observed() {
   done
   return 1
 }
-leftovers() { /loupe doctor 2>/dev/null | grep 'loupe programs' | sed 's/^/MATRIX leftovers /'; }
+leftovers() { /loupe doctor 2>/dev/null | grep 'loupe programs'; }
 
 start_loupe
+sleep 3
+tail -5 /tmp/loupe.log
 if wait_observed 60; then say observed yes; else say observed no; fi
 say metrics-begin
 metrics
 say metrics-end
 say targets-begin
-wget -q -T 20 -O - http://127.0.0.1:9897/targets 2>/dev/null
+get /targets
 echo
 say targets-end
 
@@ -224,7 +230,8 @@ kill -TERM $LOUPE; wait $LOUPE 2>/dev/null
 sleep 1
 say after-sigterm "$(leftovers)"
 say log-begin
-grep -E 'WARN|ERROR|capture method' /tmp/loupe.log | head -20
+grep -vE 'INFO' /tmp/loupe.log | tail -20
+grep -E 'capture method' /tmp/loupe.log | head -2
 say log-end
 say done
 poweroff -f
@@ -276,8 +283,8 @@ def between(name):
     m = re.search(r"MATRIX %s-begin\n(.*?)MATRIX %s-end" % (name, name), text, re.S)
     return m.group(1) if m else ""
 def value(name):
-    m = re.search(r"^MATRIX %s (.*)$" % re.escape(name), text, re.M)
-    return m.group(1).strip() if m else ""
+    m = re.search(r"MATRIX %s(?: (.*))?$" % re.escape(name), text, re.M)
+    return (m.group(1) or "present").strip() if m else ""
 problems = []
 release = value("kernel") or "?"
 doctor = between("doctor")

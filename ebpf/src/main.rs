@@ -53,6 +53,10 @@ static DROPS: PerCpuArray<DropCounters> = PerCpuArray::with_max_entries(1, 0);
 #[no_mangle]
 static NETNS_ID: u64 = 0;
 
+/// Chunks the bounded loop copies per packet (`loupe_lo_ns`): 64 KiB, the largest GSO packet
+/// without BIG TCP.
+const BOUNDED_CHUNKS: usize = 16;
+
 /// `TC_ACT_UNSPEC` for netlink filters, `TCX_NEXT` for TCX links: let the next program decide.
 const PASS_ON: i32 = -1;
 
@@ -289,8 +293,13 @@ fn observe<const SHARED: bool, const LOOP_HELPER: bool>(ctx: &TcContext) -> Resu
         }
     } else {
         // A bounded loop: the verifier walks every iteration (5.3+), no callback function.
-        for index in 0..MAX_CHUNKS as u64 {
-            if !next_chunk::<false>(index, &mut state) {
+        // Every record has the full chunk size here: one path per iteration, where a choice of
+        // sizes would have older verifiers (5.10) follow each size into the next iteration.
+        // At most BOUNDED_CHUNKS iterations (64 KiB): kernels without bpf_loop (before 5.17)
+        // have no BIG TCP (5.19+), so no packet carries more; the 5.10 verifier's cost grows
+        // with the square of the iterations. A longer packet is counted as dropped.
+        for index in 0..BOUNDED_CHUNKS as u64 {
+            if !next_chunk::<true>(index, &mut state) {
                 break;
             }
         }
@@ -340,7 +349,7 @@ extern "C" fn emit_chunk(index: u64, state: *mut c_void) -> i64 {
 }
 
 /// Emits chunk `index` of the packet; false when the loop should stop (all emitted, ring full).
-/// `FULL`: the chunk is known to be a whole [`CHUNK_BYTES`], so only that record size is used.
+/// `FULL`: only the largest record size is used (ring space traded for a simpler program).
 #[inline(always)]
 fn next_chunk<const FULL: bool>(index: u64, state: &mut ChunkLoop) -> bool {
     if index >= MAX_CHUNKS as u64 || index != u64::from(state.emitted) {
