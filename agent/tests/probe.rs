@@ -188,6 +188,21 @@ impl TestNetns {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// [`Self::loupe_tcx_programs`] once it equals `want`, or after 2 s. A link is released when
+    /// its last file reference closes: a process another test forks at that moment holds a copy
+    /// of every descriptor until it execs, so the release can lag the close by a little.
+    async fn tcx_programs_settled(&self, want: usize) -> usize {
+        let mut count = self.loupe_tcx_programs();
+        for _ in 0..20 {
+            if count == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            count = self.loupe_tcx_programs();
+        }
+        count
+    }
+
     /// Loupe programs attached with TCX on this namespace's lo egress.
     fn loupe_tcx_programs(&self) -> usize {
         let programs = self
@@ -677,12 +692,20 @@ async fn detach_and_drop(method: MethodChoice) {
     let cookie = probe.attach(&ns.netns).expect("attach");
     assert_eq!(ns.loupe_tcx_programs(), 1);
     probe.detach(cookie);
-    assert_eq!(ns.loupe_tcx_programs(), 0, "still attached after detach");
+    assert_eq!(
+        ns.tcx_programs_settled(0).await,
+        0,
+        "still attached after detach"
+    );
 
     probe.attach(&ns.netns).expect("attach again");
     assert_eq!(ns.loupe_tcx_programs(), 1);
     drop(probe);
-    assert_eq!(ns.loupe_tcx_programs(), 0, "still attached after drop");
+    assert_eq!(
+        ns.tcx_programs_settled(0).await,
+        0,
+        "still attached after drop"
+    );
 }
 
 /// Starts this test binary as a child that attaches in `ns` and waits to be killed.

@@ -509,6 +509,17 @@ fn choose_method(
             Err(e) => loop_error = Some(crate::telemetry::with_causes(&e)),
         }
     }
+    if let (Some(e), Some(missing)) = (
+        &loop_error,
+        method::helper_missing(BpfHelper::BPF_FUNC_loop),
+    ) {
+        // The bounded-loop program verifies, but the 5.10 verifier takes minutes over it (under
+        // emulation); trying it unasked would hold up loupe's start. Fetch-only instead.
+        return Err(ProbeError::NoMethod {
+            shared,
+            per_namespace: format!("{missing}, which the per-namespace program needs ({}); the bounded-loop program for such kernels is experimental: {METHOD_ENV}=per-namespace-bounded", truncated(e)),
+        });
+    }
     match classifier(ebpf, PER_NAMESPACE_PROGRAM_NAME)?.load() {
         Ok(()) => {
             let why_bounded = match (loop_error, method::helper_missing(BpfHelper::BPF_FUNC_loop)) {

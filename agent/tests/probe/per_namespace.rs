@@ -89,7 +89,11 @@ async fn per_namespace_detach_of_one_pod_leaves_the_others_observed() {
     probe.watch_port(cookie_gone, port).expect("watch");
     probe.watch_port(cookie_stays, port).expect("watch");
     probe.detach(cookie_gone);
-    assert_eq!(gone.loupe_tcx_programs(), 0, "detached pod still attached");
+    assert_eq!(
+        gone.tcx_programs_settled(0).await,
+        0,
+        "detached pod still attached"
+    );
     assert_eq!(stays.loupe_tcx_programs(), 1);
 
     let mut stream = probe.segments().expect("segments");
@@ -101,7 +105,11 @@ async fn per_namespace_detach_of_one_pod_leaves_the_others_observed() {
         response_for(b"still here\n")
     );
     drop(probe);
-    assert_eq!(stays.loupe_tcx_programs(), 0, "attached after drop");
+    assert_eq!(
+        stays.tcx_programs_settled(0).await,
+        0,
+        "attached after drop"
+    );
 }
 
 #[test]
