@@ -1,6 +1,12 @@
 //! The capture probe against the real kernel: network namespaces made with `ip netns`, the eBPF
 //! program attached on their `lo`, real TCP traffic inside them. Needs root and a BPF-capable
 //! kernel; skips otherwise (fails instead when `CI=true`).
+//!
+//! Most tests use the method the kernel offers (`LOUPE_PROBE_METHOD`, default auto); the
+//! `per_namespace_*` tests force the per-namespace method that older kernels (5.10 to 6.13) get,
+//! so it is tested on this kernel too. Running the whole file with
+//! `LOUPE_PROBE_METHOD=per-namespace LOUPE_NETNS_IDENTITY=inode` runs every test the way a 5.10
+//! kernel (no netns cookie helper, no `SO_NETNS_COOKIE`) does.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
@@ -11,8 +17,9 @@ use std::time::Duration;
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use loupe_agent::capture::probe::{
-    AttachMode, AttachedVia, OwnFlows, Probe, ProbeConfig, SegmentStream, CAPTURE_PROGRAM_NAME,
-    RINGBUF_DROPPED_EVENTS, STALE_FILTERS_REMOVED,
+    AttachMode, AttachedVia, MethodChoice, OwnFlows, Probe, ProbeConfig, ProbeMethod,
+    SegmentStream, CAPTURE_PROGRAM_NAMES, METHOD_ENV, RINGBUF_DROPPED_EVENTS,
+    STALE_FILTERS_REMOVED,
 };
 use loupe_agent::capture::{Direction, Segment};
 use loupe_agent::resolve::netns::Netns;
@@ -158,7 +165,7 @@ impl TestNetns {
     fn loupe_netlink_filters(&self) -> usize {
         self.tc_egress_filters()
             .lines()
-            .filter(|line| line.contains(CAPTURE_PROGRAM_NAME))
+            .filter(|line| CAPTURE_PROGRAM_NAMES.iter().any(|name| line.contains(name)))
             .count()
     }
 
@@ -172,6 +179,21 @@ impl TestNetns {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// [`Self::loupe_tcx_programs`] once it equals `want`, or after 2 s. A link is released when
+    /// its last file reference closes: a process another test forks at that moment holds a copy
+    /// of every descriptor until it execs, so the release can lag the close by a little.
+    async fn tcx_programs_settled(&self, want: usize) -> usize {
+        let mut count = self.loupe_tcx_programs();
+        for _ in 0..20 {
+            if count == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            count = self.loupe_tcx_programs();
+        }
+        count
+    }
+
     /// Loupe programs attached with TCX on this namespace's lo egress.
     fn loupe_tcx_programs(&self) -> usize {
         let programs = self
@@ -182,7 +204,10 @@ impl TestNetns {
         programs
             .1
             .iter()
-            .filter(|p| p.name_as_str() == Some(CAPTURE_PROGRAM_NAME))
+            .filter(|p| {
+                p.name_as_str()
+                    .is_some_and(|name| CAPTURE_PROGRAM_NAMES.contains(&name))
+            })
             .count()
     }
 }
@@ -203,10 +228,16 @@ fn run(program: &str, args: &[&str]) {
     assert!(status.success(), "{program} {args:?}: {status}");
 }
 
+/// Loads with the method from `LOUPE_PROBE_METHOD` (default auto).
 fn load(ring_bytes: u32, attach_mode: AttachMode) -> Probe {
+    load_with(ring_bytes, attach_mode, MethodChoice::from_env())
+}
+
+fn load_with(ring_bytes: u32, attach_mode: AttachMode, method: MethodChoice) -> Probe {
     Probe::load(&ProbeConfig {
         ring_bytes,
         attach_mode,
+        method,
     })
     .unwrap_or_else(|e| panic!("load probe: {e}"))
 }
@@ -398,6 +429,18 @@ async fn unwatched_ports_and_own_flows_are_not_copied() {
     if !can_run("unwatched_ports_and_own_flows_are_not_copied") {
         return;
     }
+    unwatched_and_own_flows(MethodChoice::from_env()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_namespace_unwatched_ports_and_own_flows_are_not_copied() {
+    if !can_run("per_namespace_unwatched_ports_and_own_flows_are_not_copied") {
+        return;
+    }
+    unwatched_and_own_flows(MethodChoice::PerNamespace).await;
+}
+
+async fn unwatched_and_own_flows(method: MethodChoice) {
     let ns = TestNetns::new();
     let watched = ns.listen();
     let watched_port = watched.local_addr().expect("addr").port();
@@ -406,7 +449,7 @@ async fn unwatched_ports_and_own_flows_are_not_copied() {
     let watched_server = serve(watched, b"watched\n".to_vec(), 2);
     let unwatched_server = serve(unwatched, b"unwatched\n".to_vec(), 1);
 
-    let mut probe = load(1 << 20, AttachMode::Auto);
+    let mut probe = load_with(1 << 20, AttachMode::Auto, method);
     let cookie = probe.attach(&ns.netns).expect("attach");
     probe.watch_port(cookie, watched_port).expect("watch");
     let own = probe.own_flows();
@@ -482,11 +525,23 @@ async fn own_flows_over_ipv6_are_not_copied() {
     if !can_run("own_flows_over_ipv6_are_not_copied") {
         return;
     }
+    own_flows_ipv6(MethodChoice::from_env()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_namespace_own_flows_over_ipv6_are_not_copied() {
+    if !can_run("per_namespace_own_flows_over_ipv6_are_not_copied") {
+        return;
+    }
+    own_flows_ipv6(MethodChoice::PerNamespace).await;
+}
+
+async fn own_flows_ipv6(method: MethodChoice) {
     let (ns, listener, port) = TestNetns::listening_on_ipv6();
     let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
     let server = serve(listener, b"v6\n".to_vec(), 2);
 
-    let mut probe = load(1 << 20, AttachMode::Auto);
+    let mut probe = load_with(1 << 20, AttachMode::Auto, method);
     let cookie = probe.attach(&ns.netns).expect("attach");
     probe.watch_port(cookie, port).expect("watch");
     let own = probe.own_flows();
@@ -511,6 +566,18 @@ async fn five_megabyte_response_arrives_byte_identical() {
     if !can_run("five_megabyte_response_arrives_byte_identical") {
         return;
     }
+    five_megabytes(MethodChoice::from_env()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_namespace_five_megabyte_response_arrives_byte_identical() {
+    if !can_run("per_namespace_five_megabyte_response_arrives_byte_identical") {
+        return;
+    }
+    five_megabytes(MethodChoice::PerNamespace).await;
+}
+
+async fn five_megabytes(method: MethodChoice) {
     let ns = TestNetns::new();
     let listener = ns.listen();
     let port = listener.local_addr().expect("addr").port();
@@ -519,7 +586,7 @@ async fn five_megabyte_response_arrives_byte_identical() {
         .collect();
     let server = serve(listener, body.clone(), 1);
 
-    let mut probe = load(16 << 20, AttachMode::Auto);
+    let mut probe = load_with(16 << 20, AttachMode::Auto, method);
     let cookie = probe.attach(&ns.netns).expect("attach");
     probe.watch_port(cookie, port).expect("watch");
     let mut stream = probe.segments().expect("segments");
@@ -547,6 +614,18 @@ async fn a_full_ring_counts_drops() {
     if !can_run("a_full_ring_counts_drops") {
         return;
     }
+    full_ring_drops(MethodChoice::from_env()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_namespace_a_full_ring_counts_drops() {
+    if !can_run("per_namespace_a_full_ring_counts_drops") {
+        return;
+    }
+    full_ring_drops(MethodChoice::PerNamespace).await;
+}
+
+async fn full_ring_drops(method: MethodChoice) {
     let ns = TestNetns::new();
     let listener = ns.listen();
     let port = listener.local_addr().expect("addr").port();
@@ -555,7 +634,7 @@ async fn a_full_ring_counts_drops() {
 
     capture_logs();
     // One page: a 4 KiB chunk record (4 KiB + header) never fits.
-    let mut probe = load(4096, AttachMode::Auto);
+    let mut probe = load_with(4096, AttachMode::Auto, method);
     let cookie = probe.attach(&ns.netns).expect("attach");
     probe.watch_port(cookie, port).expect("watch");
     let before = RINGBUF_DROPPED_EVENTS.get();
@@ -587,21 +666,41 @@ async fn detach_and_drop_leave_no_program_attached() {
     if !can_run("detach_and_drop_leave_no_program_attached") {
         return;
     }
+    detach_and_drop(MethodChoice::from_env()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_namespace_detach_and_drop_leave_no_program_attached() {
+    if !can_run("per_namespace_detach_and_drop_leave_no_program_attached") {
+        return;
+    }
+    detach_and_drop(MethodChoice::PerNamespace).await;
+}
+
+async fn detach_and_drop(method: MethodChoice) {
     let ns = TestNetns::new();
-    let mut probe = load(1 << 20, AttachMode::Auto);
+    let mut probe = load_with(1 << 20, AttachMode::Auto, method);
     let cookie = probe.attach(&ns.netns).expect("attach");
     assert_eq!(ns.loupe_tcx_programs(), 1);
     probe.detach(cookie);
-    assert_eq!(ns.loupe_tcx_programs(), 0, "still attached after detach");
+    assert_eq!(
+        ns.tcx_programs_settled(0).await,
+        0,
+        "still attached after detach"
+    );
 
     probe.attach(&ns.netns).expect("attach again");
     assert_eq!(ns.loupe_tcx_programs(), 1);
     drop(probe);
-    assert_eq!(ns.loupe_tcx_programs(), 0, "still attached after drop");
+    assert_eq!(
+        ns.tcx_programs_settled(0).await,
+        0,
+        "still attached after drop"
+    );
 }
 
 /// Starts this test binary as a child that attaches in `ns` and waits to be killed.
-fn spawn_attached_child(ns: &TestNetns, mode: &str) -> std::process::Child {
+fn spawn_attached_child(ns: &TestNetns, mode: &str, method: &str) -> std::process::Child {
     let exe = std::env::current_exe().expect("current exe");
     let mut child = Command::new(exe)
         .args([
@@ -613,6 +712,7 @@ fn spawn_attached_child(ns: &TestNetns, mode: &str) -> std::process::Child {
         ])
         .env(CHILD_NETNS_VAR, ns.netns.path())
         .env(CHILD_MODE_VAR, mode)
+        .env(METHOD_ENV, method)
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn child");
@@ -633,7 +733,8 @@ async fn kill_9_leaves_no_tcx_program() {
         return;
     }
     let ns = TestNetns::new();
-    let mut child = spawn_attached_child(&ns, "tcx");
+    let method = std::env::var(METHOD_ENV).unwrap_or_else(|_| "auto".to_owned());
+    let mut child = spawn_attached_child(&ns, "tcx", &method);
     assert_eq!(ns.loupe_tcx_programs(), 1, "child's TCX link not seen");
     child.kill().expect("SIGKILL child");
     child.wait().expect("reap child");
@@ -654,8 +755,28 @@ async fn netlink_filters_left_by_a_killed_agent_are_removed_on_attach() {
     if !can_run("netlink_filters_left_by_a_killed_agent_are_removed_on_attach") {
         return;
     }
+    netlink_leftovers_removed(MethodChoice::from_env()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_namespace_netlink_filters_left_by_a_killed_agent_are_removed_on_attach() {
+    if !can_run("per_namespace_netlink_filters_left_by_a_killed_agent_are_removed_on_attach") {
+        return;
+    }
+    netlink_leftovers_removed(MethodChoice::PerNamespace).await;
+}
+
+/// A child attaches with a netlink filter and is killed; the filter stays; the next probe
+/// (with `method`) removes it on attach, captures, and leaves nothing when dropped.
+async fn netlink_leftovers_removed(method: MethodChoice) {
     let ns = TestNetns::new();
-    let mut child = spawn_attached_child(&ns, "netlink");
+    let child_method = match method {
+        MethodChoice::PerNamespace => "per-namespace",
+        MethodChoice::PerNamespaceBounded => "per-namespace-bounded",
+        MethodChoice::Shared => "shared",
+        MethodChoice::Auto => "auto",
+    };
+    let mut child = spawn_attached_child(&ns, "netlink", child_method);
     child.kill().expect("SIGKILL child");
     child.wait().expect("reap child");
     assert_eq!(
@@ -669,7 +790,7 @@ async fn netlink_filters_left_by_a_killed_agent_are_removed_on_attach() {
     let listener = ns.listen();
     let port = listener.local_addr().expect("addr").port();
     let server = serve(listener, b"netlink\n".to_vec(), 1);
-    let mut probe = load(1 << 20, AttachMode::Netlink);
+    let mut probe = load_with(1 << 20, AttachMode::Netlink, method);
     let cookie = probe.attach(&ns.netns).expect("attach");
     assert_eq!(probe.attached_via(cookie), Some(AttachedVia::Netlink));
     assert!(STALE_FILTERS_REMOVED.get() > removed_before);
@@ -699,6 +820,9 @@ async fn netlink_filters_left_by_a_killed_agent_are_removed_on_attach() {
         ns.tc_egress_filters()
     );
 }
+
+#[path = "probe/per_namespace.rs"]
+mod per_namespace;
 
 /// Not a test of its own: the child process of the kill -9 tests (started with its env vars).
 #[test]

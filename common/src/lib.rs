@@ -4,8 +4,24 @@
 //! `payload_len` bytes of TCP payload (then unspecified padding up to the record's size class).
 #![no_std]
 
-/// Name of the TC classifier program (also the netlink filter name used to find stale filters).
+/// Name of the TC classifier loaded once for all namespaces (netns cookie helper, `bpf_loop`;
+/// about Linux 6.14+). Also the netlink filter name used to find stale filters.
 pub const PROGRAM_NAME: &str = "loupe_lo_egress";
+/// Name of the TC classifier loaded once per namespace, identity in [`NETNS_ID_GLOBAL`], payload
+/// copied with a bounded loop (Linux 5.10+).
+pub const PER_NAMESPACE_PROGRAM_NAME: &str = "loupe_lo_ns";
+/// Like [`PER_NAMESPACE_PROGRAM_NAME`], payload copied with `bpf_loop` (Linux 5.17+): cheaper to
+/// verify, so faster to load per namespace.
+pub const PER_NAMESPACE_LOOP_PROGRAM_NAME: &str = "loupe_lo_nsloop";
+/// Every program name loupe attaches (at most 15 bytes: the kernel's name limit).
+pub const PROGRAM_NAMES: [&str; 3] = [
+    PROGRAM_NAME,
+    PER_NAMESPACE_LOOP_PROGRAM_NAME,
+    PER_NAMESPACE_PROGRAM_NAME,
+];
+/// Read-only `u64` global of [`PER_NAMESPACE_PROGRAM_NAME`]: the namespace identity its records
+/// carry in [`SegmentHeader::netns_cookie`] and its map keys use.
+pub const NETNS_ID_GLOBAL: &str = "NETNS_ID";
 /// Ring buffer of [`SegmentHeader`] records.
 pub const SEGMENTS_MAP: &str = "SEGMENTS";
 /// Hash map `PortKey -> u8`: server ports whose traffic is copied, per namespace.
@@ -52,7 +68,9 @@ pub const TCP_ACK: u8 = 0x10;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SegmentHeader {
-    /// `bpf_get_netns_cookie(skb)`: equals `SO_NETNS_COOKIE` of a socket in that namespace.
+    /// The namespace's identity: `bpf_get_netns_cookie(skb)` (equals `SO_NETNS_COOKIE` of a
+    /// socket there) for [`PROGRAM_NAME`], the instance's [`NETNS_ID_GLOBAL`] for
+    /// [`PER_NAMESPACE_PROGRAM_NAME`].
     pub netns_cookie: u64,
     /// Source address, IPv6 or IPv4-mapped, network byte order (`Ipv6Addr::from(saddr)`).
     pub saddr: [u8; 16],
@@ -127,5 +145,10 @@ mod user {
 }
 
 const _: () = assert!(SEGMENT_HEADER_LEN == 64);
+const _: () = assert!(
+    PROGRAM_NAME.len() <= 15
+        && PER_NAMESPACE_PROGRAM_NAME.len() <= 15
+        && PER_NAMESPACE_LOOP_PROGRAM_NAME.len() <= 15
+);
 const _: () = assert!(core::mem::size_of::<PortKey>() == 16);
 const _: () = assert!(core::mem::size_of::<DropCounters>() == 16);

@@ -5,9 +5,16 @@
 //! `loupe_common::SegmentHeader`).
 //! It only observes: it always returns `TC_ACT_UNSPEC` (= `TCX_NEXT`), never changing traffic.
 //!
-//! Kernel needs: `bpf_get_netns_cookie` for TC programs (added early 2025, about Linux
-//! 6.14/6.15; verified on 6.18), which lets one program tell all namespaces apart; `bpf_loop`
-//! (5.17+); ring buffers (5.8+); TCX (6.6+, else netlink clsact).
+//! Two entry points share all the code; the agent picks one per kernel by trying to load it:
+//! - `loupe_lo_egress` (one instance for all namespaces): the namespace comes from
+//!   `bpf_get_netns_cookie` (allowed in TC programs from about Linux 6.14/6.15; verified on
+//!   6.18), payload is copied with `bpf_loop` (5.17+).
+//! - `loupe_lo_nsloop` and `loupe_lo_ns` (one instance per namespace): the namespace identity
+//!   is the read-only global `NETNS_ID`, set by the agent before each instance is loaded;
+//!   payload is copied with `bpf_loop` (5.17+) or, in `loupe_lo_ns` (Linux 5.10+), a bounded
+//!   loop (5.3+ verifier) without callback, which kernels that cannot load BTF func info for
+//!   callbacks (before 5.13) accept.
+//! Both need ring buffers (5.8+). The maps are shared by all instances (the agent reuses them).
 #![no_std]
 #![no_main]
 
@@ -41,6 +48,15 @@ static OWN_FLOWS: HashMap<PortKey, u8> = HashMap::with_max_entries(MAX_OWN_FLOWS
 #[map]
 static DROPS: PerCpuArray<DropCounters> = PerCpuArray::with_max_entries(1, 0);
 
+/// Identity of the namespace this instance is attached in (`loupe_lo_ns` only): written into the
+/// object's `.rodata` by the agent before load, so the verifier sees it as a constant.
+#[no_mangle]
+static NETNS_ID: u64 = 0;
+
+/// Chunks the bounded loop copies per packet (`loupe_lo_ns`): 64 KiB, the largest GSO packet
+/// without BIG TCP.
+const BOUNDED_CHUNKS: usize = 16;
+
 /// `TC_ACT_UNSPEC` for netlink filters, `TCX_NEXT` for TCX links: let the next program decide.
 const PASS_ON: i32 = -1;
 
@@ -59,9 +75,25 @@ struct Record<const N: usize> {
     data: [u8; N],
 }
 
+/// One instance for every namespace: needs `bpf_get_netns_cookie` in TC programs and `bpf_loop`.
 #[classifier]
 pub fn loupe_lo_egress(ctx: TcContext) -> i32 {
-    let _ = observe(&ctx);
+    let _ = observe::<true, true>(&ctx);
+    PASS_ON
+}
+
+/// One instance per namespace (identity in `NETNS_ID`), `bpf_loop` (5.17+): the verifier checks
+/// the chunk body once, so each instance loads about 3 times faster than `loupe_lo_ns`.
+#[classifier]
+pub fn loupe_lo_nsloop(ctx: TcContext) -> i32 {
+    let _ = observe::<false, true>(&ctx);
+    PASS_ON
+}
+
+/// One instance per namespace (identity in `NETNS_ID`); no helper newer than 5.8.
+#[classifier]
+pub fn loupe_lo_ns(ctx: TcContext) -> i32 {
+    let _ = observe::<false, false>(&ctx);
     PASS_ON
 }
 
@@ -162,8 +194,10 @@ fn load_into<T: Copy>(ctx: &TcContext, offset: usize, dst: &mut T) -> Result<(),
     }
 }
 
+/// `SHARED`: one instance for all namespaces (netns cookie helper), otherwise one per namespace
+/// (`NETNS_ID`). `LOOP_HELPER`: payload copied with `bpf_loop`, otherwise a bounded loop.
 #[inline(always)]
-fn observe(ctx: &TcContext) -> Result<(), i64> {
+fn observe<const SHARED: bool, const LOOP_HELPER: bool>(ctx: &TcContext) -> Result<(), i64> {
     // Built in place: the record header lives once on the stack, inside the loop state.
     let mut state = ChunkLoop {
         skb: ctx.skb.skb,
@@ -186,8 +220,14 @@ fn observe(ctx: &TcContext) -> Result<(), i64> {
     }
     let flags = tcp[13];
 
-    // SAFETY: the helper only reads the skb the kernel passed to this program.
-    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.skb.skb.cast::<c_void>()) };
+    let netns_cookie = if SHARED {
+        // SAFETY: the helper only reads the skb the kernel passed to this program.
+        unsafe { bpf_get_netns_cookie(ctx.skb.skb.cast::<c_void>()) }
+    } else {
+        // SAFETY: a plain u64 in .rodata; the volatile read keeps the compiler from folding the
+        // compiled-in 0, since the agent writes the real value before load.
+        unsafe { core::ptr::read_volatile(&NETNS_ID) }
+    };
     let (direction, client_port) = if is_watched(netns_cookie, dport) {
         (DIRECTION_REQUEST, sport)
     } else if is_watched(netns_cookie, sport) {
@@ -239,16 +279,30 @@ fn observe(ctx: &TcContext) -> Result<(), i64> {
     state.payload_off = payload_off as u32;
     state.payload_len = payload_len as u32;
     state.chunks = chunks as u32;
-    // bpf_loop has the verifier check the body once instead of once per iteration.
-    // SAFETY: the callback has the signature bpf_loop expects and only reads/writes `state`
-    // through the pointer it is given, which lives on this stack frame during the call.
-    unsafe {
-        bpf_loop(
-            chunks.min(MAX_CHUNKS) as u32,
-            emit_chunk as *mut c_void,
-            (&mut state as *mut ChunkLoop).cast::<c_void>(),
-            0,
-        );
+    if LOOP_HELPER {
+        // bpf_loop has the verifier check the body once instead of once per iteration.
+        // SAFETY: the callback has the signature bpf_loop expects and only reads/writes `state`
+        // through the pointer it is given, which lives on this stack frame during the call.
+        unsafe {
+            bpf_loop(
+                chunks.min(MAX_CHUNKS) as u32,
+                emit_chunk as *mut c_void,
+                (&mut state as *mut ChunkLoop).cast::<c_void>(),
+                0,
+            );
+        }
+    } else {
+        // A bounded loop: the verifier walks every iteration (5.3+), no callback function.
+        // Every record has the full chunk size here: one path per iteration, where a choice of
+        // sizes would have older verifiers (5.10) follow each size into the next iteration.
+        // At most BOUNDED_CHUNKS iterations (64 KiB): kernels without bpf_loop (before 5.17)
+        // have no BIG TCP (5.19+), so no packet carries more; the 5.10 verifier's cost grows
+        // with the square of the iterations. A longer packet is counted as dropped.
+        for index in 0..BOUNDED_CHUNKS as u64 {
+            if !next_chunk::<true>(index, &mut state) {
+                break;
+            }
+        }
     }
     let emitted = state.emitted as usize;
     if emitted < chunks {
@@ -287,13 +341,24 @@ struct ChunkFields {
 extern "C" fn emit_chunk(index: u64, state: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer to the ChunkLoop given to it.
     let state = unsafe { &mut *state.cast::<ChunkLoop>() };
+    if next_chunk::<false>(index, state) {
+        0
+    } else {
+        1
+    }
+}
+
+/// Emits chunk `index` of the packet; false when the loop should stop (all emitted, ring full).
+/// `FULL`: only the largest record size is used (ring space traded for a simpler program).
+#[inline(always)]
+fn next_chunk<const FULL: bool>(index: u64, state: &mut ChunkLoop) -> bool {
     if index >= MAX_CHUNKS as u64 || index != u64::from(state.emitted) {
-        return 1;
+        return false;
     }
     let offset = index * CHUNK_BYTES as u64;
     let remaining = u64::from(state.payload_len).saturating_sub(offset);
     if remaining == 0 {
-        return 1;
+        return false;
     }
     let len = remaining.min(CHUNK_BYTES as u64);
     let chunks = u64::from(state.chunks);
@@ -311,7 +376,7 @@ extern "C" fn emit_chunk(index: u64, state: *mut c_void) -> i64 {
         fields.flags &= !(TCP_FIN | TCP_PSH | TCP_RST);
     }
     let src = u64::from(state.payload_off) + offset;
-    let emitted = if len > 1024 {
+    let emitted = if FULL || len > 1024 {
         emit::<CHUNK_BYTES>(state.skb, &state.header, fields, src, len)
     } else if len > 256 {
         emit::<1024>(state.skb, &state.header, fields, src, len)
@@ -319,10 +384,10 @@ extern "C" fn emit_chunk(index: u64, state: *mut c_void) -> i64 {
         emit::<256>(state.skb, &state.header, fields, src, len)
     };
     if !emitted {
-        return 1;
+        return false;
     }
     state.emitted += 1;
-    0
+    true
 }
 
 #[inline(always)]

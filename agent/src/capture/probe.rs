@@ -1,8 +1,12 @@
 //! Loading the eBPF object, attaching it in pod namespaces, reading its ring buffer.
 //!
-//! One [`Probe`] loads the capture program once and attaches it on `lo` egress in every watched
-//! pod's network namespace (TCX links where the kernel has them, netlink `clsact` filters
-//! otherwise). Which flows are copied is decided by two kernel maps the probe edits: watched
+//! One [`Probe`] attaches the capture program on `lo` egress in every watched pod's network
+//! namespace (TCX links where the kernel has them, netlink `clsact` filters otherwise). How the
+//! program tells namespaces apart is chosen at load by trying ([`method`]): one shared program
+//! (netns cookie helper, about Linux 6.14+) or one instance per namespace (Linux 5.10+); either
+//! way a segment's [`FlowKey::netns`] is the namespace's [`Netns::cookie`].
+//! [`Probe::load`] also attaches once in a scratch namespace, so a kernel where no TC attachment
+//! works is found at start, with one error, not once per pod. Which flows are copied is decided by two kernel maps the probe edits: watched
 //! server ports per namespace ([`Probe::watch_port`]) and the agent's own client ports
 //! ([`OwnFlows`]), so the fetch path's requests are never copied.
 //!
@@ -31,13 +35,21 @@
 //! - Own flows are skipped entirely (SYN to FIN) while registered; a FIN or ACK sent after the
 //!   guard is dropped can still show up as a lone segment of an unknown flow.
 //!
-//! Kernel needs: see `ebpf/src/main.rs` (netns cookie helper for TC programs, about Linux 6.14/6.15+;
-//! `bpf_loop`; TCX 6.6+, else netlink). On an older kernel [`Probe::load`] fails with the
-//! verifier's message.
+//! Kernel needs: BTF (`/sys/kernel/btf/vmlinux`), ring buffers (5.8+), TC attachments (TCX 6.6+,
+//! else `sch_ingress` + `cls_bpf`); see `ebpf/src/main.rs`. Otherwise [`Probe::load`] fails
+//! saying which.
+//!
+//! Size: this file holds the probe's whole kernel-facing life cycle (load, attach, maps, ring),
+//! which reads best in one place; the method choice and instance loading live in [`method`].
 //!
 //! Leftovers: a TCX link is released with its file descriptor, so even `kill -9` leaves nothing
 //! attached. A netlink filter outlives the process, so [`Probe::attach`] first removes every
-//! filter named [`PROGRAM_NAME`] from that namespace's `lo` egress.
+//! filter named like one of loupe's programs ([`PROGRAM_NAMES`]) from that namespace's `lo`
+//! egress.
+
+mod method;
+
+pub use method::{MethodChoice, ProbeMethod, METHOD_ENV};
 
 use std::collections::{BTreeSet, HashMap as StdHashMap};
 use std::net::{Ipv6Addr, SocketAddr};
@@ -48,20 +60,25 @@ use aya::maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::links::Link as _;
 use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError};
 use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
+use aya::sys::BpfHelper;
 use aya::{Ebpf, EbpfLoader};
 use aya_log::EbpfLogger;
 use bytes::Bytes;
 use loupe_common::{
     DropCounters, PortKey, SegmentHeader, CHUNK_BYTES, DEFAULT_RING_BYTES, DIRECTION_REQUEST,
-    DIRECTION_RESPONSE, DROPS_MAP, OWN_FLOWS_MAP, PROGRAM_NAME, SEGMENTS_MAP, SEGMENT_HEADER_LEN,
+    DIRECTION_RESPONSE, DROPS_MAP, NETNS_ID_GLOBAL, OWN_FLOWS_MAP, PER_NAMESPACE_LOOP_PROGRAM_NAME,
+    PER_NAMESPACE_PROGRAM_NAME, PROGRAM_NAME, PROGRAM_NAMES, SEGMENTS_MAP, SEGMENT_HEADER_LEN,
     WATCHED_PORTS_MAP,
 };
+use method::InstanceLoader;
 use tokio::io::unix::AsyncFd;
 
 use super::{Direction, FlowKey, NetnsCookie, Segment};
-use crate::resolve::netns::{Netns, NetnsError};
+use crate::resolve::netns::{identity_kind, IdentityKind, Netns, NetnsError};
 
 pub use loupe_common::PROGRAM_NAME as CAPTURE_PROGRAM_NAME;
+/// Names of every program loupe attaches (shared and per-namespace).
+pub use loupe_common::PROGRAM_NAMES as CAPTURE_PROGRAM_NAMES;
 
 /// The capture object built by `agent/build.rs` from `ebpf/`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loupe"));
@@ -121,7 +138,16 @@ pub enum ProbeError {
         kind: &'static str,
         name: &'static str,
     },
-    #[error("eBPF capture program {PROGRAM_NAME}: {what}: {source}")]
+    #[error("the kernel has no BTF (/sys/kernel/btf/vmlinux is missing; CONFIG_DEBUG_INFO_BTF): loupe observes only on kernels with BTF")]
+    NoBtf,
+    #[error("no capture method loads on this kernel: shared program: {shared}; per-namespace program: {per_namespace}")]
+    NoMethod {
+        shared: String,
+        per_namespace: String,
+    },
+    #[error("per-namespace capture: {what}")]
+    Instance { what: String },
+    #[error("eBPF capture program: {what}: {source}")]
     Program {
         what: &'static str,
         source: ProgramError,
@@ -161,11 +187,22 @@ pub enum AttachedVia {
     Netlink,
 }
 
+impl std::fmt::Display for AttachedVia {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttachedVia::Tcx => "TCX",
+            AttachedVia::Netlink => "netlink",
+        })
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct ProbeConfig {
     /// Bytes of the segment ring buffer shared by all namespaces: a power of two, at least 4096.
     pub ring_bytes: u32,
     pub attach_mode: AttachMode,
+    /// Defaults to [`MethodChoice::from_env`] (`LOUPE_PROBE_METHOD`), else auto.
+    pub method: MethodChoice,
 }
 
 impl Default for ProbeConfig {
@@ -173,6 +210,7 @@ impl Default for ProbeConfig {
         Self {
             ring_bytes: DEFAULT_RING_BYTES,
             attach_mode: AttachMode::Auto,
+            method: MethodChoice::from_env(),
         }
     }
 }
@@ -180,8 +218,10 @@ impl Default for ProbeConfig {
 struct Attachment {
     link: SchedClassifierLink,
     via: AttachedVia,
-    /// Kept only for netlink filters, which must be removed from inside the namespace.
-    netns: Option<Netns>,
+    /// Netlink filters must be removed from inside the namespace; holding the namespace also
+    /// keeps its identity (an inode number, on kernels without netns cookies) from being reused
+    /// while it is attached.
+    netns: Netns,
 }
 
 enum LogForwarding {
@@ -194,7 +234,13 @@ enum LogForwarding {
 
 /// The loaded capture program and its maps.
 pub struct Probe {
+    /// The first instance: owns the maps; its program is the one attached with the shared method.
     ebpf: Ebpf,
+    method: ProbeMethod,
+    method_reason: String,
+    attach_support: AttachedVia,
+    /// Loads per-namespace instances (per-namespace method only).
+    instances: Option<InstanceLoader>,
     attach_mode: AttachMode,
     attachments: StdHashMap<NetnsCookie, Attachment>,
     watched: HashMap<MapData, PortKey, u8>,
@@ -210,6 +256,7 @@ pub struct Probe {
 impl std::fmt::Debug for Probe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Probe")
+            .field("method", &self.method)
             .field("attach_mode", &self.attach_mode)
             .field("attached", &self.attachments.keys().collect::<Vec<_>>())
             .field("watched_ports", &self.watched_ports)
@@ -239,35 +286,33 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Probe
 
 impl Probe {
     /// Loads the object into the kernel (maps and program, nothing attached yet) and, inside a
-    /// tokio runtime, starts forwarding the program's aya-log records to the `log` crate.
+    /// tokio runtime, starts forwarding the program's aya-log records to the `log` crate. Picks
+    /// the capture method (see [`method`]) and checks, in a scratch namespace, that the program
+    /// can be attached at all.
     pub fn load(config: &ProbeConfig) -> Result<Probe, ProbeError> {
         if !config.ring_bytes.is_power_of_two() || config.ring_bytes < 4096 {
             return Err(ProbeError::RingSize {
                 bytes: config.ring_bytes,
             });
         }
+        if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+            return Err(ProbeError::NoBtf);
+        }
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(SEGMENTS_MAP, config.ring_bytes)
+            .override_global(NETNS_ID_GLOBAL, &0u64, true)
             .load(OBJECT)
             .map_err(ProbeError::Load)?;
-        let log_forwarding = match EbpfLogger::init(&mut ebpf) {
-            Ok(logger) => match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => LogForwarding::Task(runtime.spawn(forward_logs(logger))),
-                Err(_) => {
-                    log::warn!("no tokio runtime while loading the capture program: its log records are not forwarded");
-                    LogForwarding::Idle(Box::new(logger))
-                }
-            },
-            Err(e) => {
-                log::warn!("capture program log records are not forwarded: {e}");
-                LogForwarding::None
-            }
+        let (method, program, method_reason) = choose_method(&mut ebpf, config.method)?;
+        let instances = match method {
+            ProbeMethod::PerNamespace => Some(InstanceLoader::new(&ebpf, program)?),
+            ProbeMethod::Shared => None,
         };
-        let program = classifier(&mut ebpf)?;
-        program.load().map_err(|source| ProbeError::Program {
-            what: "load (verifier)",
-            source,
-        })?;
+        let attach_support = check_attach(classifier(&mut ebpf, program)?, config.attach_mode)?;
+        log::info!(
+            "capture method: {method} ({method_reason}); pods are attached with {attach_support}"
+        );
+        let log_forwarding = start_log_forwarding(&mut ebpf);
         let watched = HashMap::try_from(take_map(&mut ebpf, WATCHED_PORTS_MAP)?)
             .map_err(map_err(WATCHED_PORTS_MAP, "open"))?;
         let own_flows = HashMap::try_from(take_map(&mut ebpf, OWN_FLOWS_MAP)?)
@@ -278,6 +323,10 @@ impl Probe {
             .map_err(map_err(SEGMENTS_MAP, "open"))?;
         Ok(Probe {
             ebpf,
+            method,
+            method_reason,
+            attach_support,
+            instances,
             attach_mode: config.attach_mode,
             attachments: StdHashMap::new(),
             watched,
@@ -293,16 +342,41 @@ impl Probe {
         })
     }
 
+    /// The capture method chosen at load.
+    pub fn method(&self) -> ProbeMethod {
+        self.method
+    }
+
+    /// Why that method was chosen (what the kernel lacks for the shared one, if anything).
+    pub fn method_reason(&self) -> &str {
+        &self.method_reason
+    }
+
+    /// How the start-up check in a scratch namespace attached: what pods will get.
+    pub fn attach_support(&self) -> AttachedVia {
+        self.attach_support
+    }
+
     /// Attaches the program on `lo` egress inside `netns` and returns the namespace's cookie
     /// (the one segments carry). Attaching a namespace twice is a no-op. Netlink filters named
-    /// [`PROGRAM_NAME`] already there (a crashed earlier run) are removed first.
+    /// like loupe's programs already there (a crashed earlier run) are removed first. With the
+    /// per-namespace method this loads the namespace's own instance first.
     pub fn attach(&mut self, netns: &Netns) -> Result<NetnsCookie, ProbeError> {
         let cookie = netns.cookie()?;
         if self.attachments.contains_key(&cookie) {
             return Ok(cookie);
         }
         let mode = self.attach_mode;
-        let program = classifier(&mut self.ebpf)?;
+        let mut instance;
+        let program = match &self.instances {
+            Some(loader) => {
+                instance = loader
+                    .load(OBJECT, cookie)
+                    .inspect_err(|_| ATTACH_FAILURES.inc())?;
+                classifier(&mut instance, loader.program())?
+            }
+            None => classifier(&mut self.ebpf, PROGRAM_NAME)?,
+        };
         let attached = netns.run(|| attach_here(program, mode))?;
         let (link, via) = attached.map_err(|reason| {
             ATTACH_FAILURES.inc();
@@ -311,10 +385,7 @@ impl Probe {
                 reason,
             }
         })?;
-        let netns = match via {
-            AttachedVia::Tcx => None,
-            AttachedVia::Netlink => Some(netns.try_clone()?),
-        };
+        let netns = netns.try_clone()?;
         self.attachments
             .insert(cookie, Attachment { link, via, netns });
         Ok(cookie)
@@ -410,11 +481,153 @@ impl Drop for Probe {
     }
 }
 
-fn classifier(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, ProbeError> {
-    ebpf.program_mut(PROGRAM_NAME)
+/// Picks the capture method by loading: the shared program if allowed and the kernel takes it,
+/// else a per-namespace one (`bpf_loop` if the kernel has it, else the bounded loop). Returns
+/// the method, the program attached, and why.
+fn choose_method(
+    ebpf: &mut Ebpf,
+    choice: MethodChoice,
+) -> Result<(ProbeMethod, &'static str, String), ProbeError> {
+    let shared = match try_shared(ebpf, choice)? {
+        Ok(reason) => return Ok((ProbeMethod::Shared, PROGRAM_NAME, reason)),
+        Err(why_not) => why_not,
+    };
+    let mut loop_error = None;
+    if choice != MethodChoice::PerNamespaceBounded {
+        match classifier(ebpf, PER_NAMESPACE_LOOP_PROGRAM_NAME)?.load() {
+            Ok(()) => {
+                return Ok((
+                    ProbeMethod::PerNamespace,
+                    PER_NAMESPACE_LOOP_PROGRAM_NAME,
+                    format!("shared program: {shared}; so one program instance per pod namespace (payload copied with bpf_loop)"),
+                ))
+            }
+            Err(e) => loop_error = Some(crate::telemetry::with_causes(&e)),
+        }
+    }
+    if let (Some(e), Some(missing)) = (
+        &loop_error,
+        method::helper_missing(BpfHelper::BPF_FUNC_loop),
+    ) {
+        // The bounded-loop program verifies, but the 5.10 verifier takes minutes over it (under
+        // emulation); trying it unasked would hold up loupe's start. Fetch-only instead.
+        return Err(ProbeError::NoMethod {
+            shared,
+            per_namespace: format!("{missing}, which the per-namespace program needs ({}); the bounded-loop program for such kernels is experimental: {METHOD_ENV}=per-namespace-bounded", truncated(e)),
+        });
+    }
+    match classifier(ebpf, PER_NAMESPACE_PROGRAM_NAME)?.load() {
+        Ok(()) => {
+            let why_bounded = match (loop_error, method::helper_missing(BpfHelper::BPF_FUNC_loop)) {
+                (None, _) => format!("{METHOD_ENV}=per-namespace-bounded"),
+                (Some(_), Some(missing)) => missing,
+                (Some(e), None) => format!("the bpf_loop variant does not load: {}", truncated(&e)),
+            };
+            Ok((
+                ProbeMethod::PerNamespace,
+                PER_NAMESPACE_PROGRAM_NAME,
+                format!("shared program: {shared}; so one program instance per pod namespace (payload copied with a bounded loop: {why_bounded})"),
+            ))
+        }
+        Err(e) => Err(ProbeError::NoMethod {
+            shared,
+            per_namespace: crate::telemetry::with_causes(&e),
+        }),
+    }
+}
+
+/// Loads the shared program when allowed: `Ok(Ok(reason))` when it loads, `Ok(Err(why not))`
+/// when another method should be tried.
+fn try_shared(ebpf: &mut Ebpf, choice: MethodChoice) -> Result<Result<String, String>, ProbeError> {
+    if matches!(
+        choice,
+        MethodChoice::PerNamespace | MethodChoice::PerNamespaceBounded
+    ) {
+        return Ok(Err(format!("not tried ({METHOD_ENV})")));
+    }
+    if identity_kind() == IdentityKind::Inode {
+        // The shared program's records carry kernel cookies, which user space cannot read here.
+        let why = "namespaces are identified by inode here (no SO_NETNS_COOKIE), not by the cookie it reports".to_owned();
+        if choice == MethodChoice::Shared {
+            return Err(ProbeError::NoMethod {
+                shared: why,
+                per_namespace: format!("not allowed ({METHOD_ENV}=shared)"),
+            });
+        }
+        return Ok(Err(why));
+    }
+    let missing = method::shared_missing_helpers();
+    match classifier(ebpf, PROGRAM_NAME)?.load() {
+        Ok(()) => Ok(Ok("bpf_get_netns_cookie and bpf_loop are available to TC programs: one program serves every namespace".to_owned())),
+        Err(source) if choice == MethodChoice::Shared => Err(ProbeError::Program {
+            what: "load (verifier)",
+            source,
+        }),
+        Err(e) => Ok(Err(missing.unwrap_or_else(|| {
+            format!("it does not load: {}", truncated(&crate::telemetry::with_causes(&e)))
+        }))),
+    }
+}
+
+/// The start of a long message (a verifier log), for one line of `loupe doctor`.
+fn truncated(text: &str) -> String {
+    text.chars().take(400).collect()
+}
+
+fn start_log_forwarding(ebpf: &mut Ebpf) -> LogForwarding {
+    match EbpfLogger::init(ebpf) {
+        Ok(logger) => match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => LogForwarding::Task(runtime.spawn(forward_logs(logger))),
+            Err(_) => {
+                log::warn!("no tokio runtime while loading the capture program: its log records are not forwarded");
+                LogForwarding::Idle(Box::new(logger))
+            }
+        },
+        Err(e) => {
+            log::warn!("capture program log records are not forwarded: {e}");
+            LogForwarding::None
+        }
+    }
+}
+
+/// Attaches `program` in a new, empty namespace that disappears right after: finds a kernel
+/// without TCX, `sch_ingress` or `cls_bpf` at start. Returns how it attached.
+fn check_attach(
+    program: &mut SchedClassifier,
+    mode: AttachMode,
+) -> Result<AttachedVia, ProbeError> {
+    let attached = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: unshare only moves this short-lived thread into a new namespace.
+                if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                    return Err(format!(
+                        "cannot create a scratch network namespace: {}",
+                        std::io::Error::last_os_error()
+                    ));
+                }
+                let (link, via) = attach_here(program, mode)?;
+                link.detach()
+                    .map_err(|e| format!("detaching from the scratch namespace: {e}"))?;
+                Ok(via)
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the attach check thread panicked".to_owned()))
+    });
+    attached.map_err(|reason| ProbeError::Attach {
+        netns: "a scratch namespace (start-up check)".to_owned(),
+        reason,
+    })
+}
+
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, ProbeError> {
+    ebpf.program_mut(name)
         .ok_or(ProbeError::Missing {
             kind: "program",
-            name: PROGRAM_NAME,
+            name,
         })?
         .try_into()
         .map_err(|source| ProbeError::Program {
@@ -436,6 +649,7 @@ fn attach_here(
             .take_link(id)
             .map_err(|e| format!("cannot take the new link: {e}"))
     };
+    let mut tcx_error = String::new();
     if mode != AttachMode::Netlink {
         let tcx = program.attach_with_options(
             LOOPBACK,
@@ -445,7 +659,10 @@ fn attach_here(
         match tcx {
             Ok(id) => return Ok((take(program, id)?, AttachedVia::Tcx)),
             Err(e) if mode == AttachMode::Tcx => return Err(format!("TCX: {e}")),
-            Err(e) => log::info!("TCX attach on lo failed ({e}); using a netlink clsact filter"),
+            Err(e) => {
+                log::debug!("TCX attach on lo failed ({e}); using a netlink clsact filter");
+                tcx_error = format!("TCX: {e}; ");
+            }
         }
     }
     // Fails with EEXIST when the qdisc is there already; a real problem shows in the attach.
@@ -458,33 +675,36 @@ fn attach_here(
             TcAttachType::Egress,
             TcAttachOptions::Netlink(NlOptions::default()),
         )
-        .map_err(|e| format!("netlink clsact filter: {e}"))?;
+        .map_err(|e| {
+            format!("{tcx_error}netlink clsact filter (needs sch_ingress and cls_bpf): {e}")
+        })?;
     Ok((take(program, id)?, AttachedVia::Netlink))
 }
 
-/// Removes netlink filters named [`PROGRAM_NAME`] on this namespace's `lo` egress.
+/// Removes netlink filters named like loupe's programs on this namespace's `lo` egress.
 fn remove_stale_filters() {
-    match tc::qdisc_detach_program(LOOPBACK, TcAttachType::Egress, PROGRAM_NAME) {
-        Ok(()) => {
-            STALE_FILTERS_REMOVED.inc();
-            log::info!("removed {PROGRAM_NAME} netlink filters left on lo by an earlier run");
+    for name in PROGRAM_NAMES {
+        match tc::qdisc_detach_program(LOOPBACK, TcAttachType::Egress, name) {
+            Ok(()) => {
+                STALE_FILTERS_REMOVED.inc();
+                log::info!("removed {name} netlink filters left on lo by an earlier run");
+            }
+            Err(TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // Typically: no clsact qdisc on lo, so there is nothing to remove.
+            Err(e) => log::debug!("looking for stale {name} filters on lo: {e}"),
         }
-        Err(TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
-        // Typically: no clsact qdisc on lo, so there is nothing to remove.
-        Err(e) => log::debug!("looking for stale {PROGRAM_NAME} filters on lo: {e}"),
     }
 }
 
 fn detach_attachment(cookie: NetnsCookie, attachment: Attachment) {
     let Attachment { link, via, netns } = attachment;
-    let result = match (via, netns) {
+    let result = match via {
         // A TCX link lives in its file descriptor; closing it detaches, from any namespace.
-        (AttachedVia::Tcx, _) => link.detach().map_err(|e| e.to_string()),
-        (AttachedVia::Netlink, Some(netns)) => match netns.run(move || link.detach()) {
+        AttachedVia::Tcx => link.detach().map_err(|e| e.to_string()),
+        AttachedVia::Netlink => match netns.run(move || link.detach()) {
             Ok(detached) => detached.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         },
-        (AttachedVia::Netlink, None) => Err("namespace handle missing".to_owned()),
     };
     if let Err(e) = result {
         log::warn!("detaching {PROGRAM_NAME} from netns cookie {cookie}: {e}");

@@ -5,13 +5,87 @@
 //! enters the namespace, does its work and ends. Pooled threads (tokio's blocking pool) are never
 //! used for this: they would stay in the pod's namespace. A socket keeps the namespace it was
 //! created in, so the agent can use it from any thread afterwards.
+//!
+//! Identity: a namespace is known by its kernel cookie (`SO_NETNS_COOKIE`, Linux 5.14+: never
+//! reused) where the kernel has it, else by its namespace file's device and inode (the same
+//! pair `ip netns identify` and `stat -L /proc/PID/ns/net` use). An inode number can be reused
+//! once its namespace is gone; the agent holds a handle on every namespace it tracks (see
+//! [`Netns`]), so a tracked namespace's number is never reused while it is tracked. Which one a
+//! process uses is decided once, by trying the socket option ([`identity_kind`]).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::{AtomicU8, Ordering};
+
 /// Linux `SO_NETNS_COOKIE` (since 5.14); not yet exported by every libc crate version.
 const SO_NETNS_COOKIE: libc::c_int = 71;
+/// Linux `SIOCGSKNS` (since 4.9): an fd of the network namespace a socket belongs to.
+const SIOCGSKNS: libc::c_ulong = 0x894C;
+/// Marks an inode-derived identity, so it can never equal a kernel cookie (a counter from 1).
+const INODE_ID_FLAG: u64 = 1 << 63;
+
+/// How namespaces are identified in this process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdentityKind {
+    /// The kernel's netns cookie (`SO_NETNS_COOKIE`, Linux 5.14+).
+    Cookie,
+    /// The namespace file's device and inode (any kernel), flagged with the top bit.
+    Inode,
+}
+
+impl std::fmt::Display for IdentityKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IdentityKind::Cookie => "netns cookie (SO_NETNS_COOKIE)",
+            IdentityKind::Inode => "namespace file device and inode",
+        })
+    }
+}
+
+const KIND_UNKNOWN: u8 = 0;
+const KIND_COOKIE: u8 = 1;
+const KIND_INODE: u8 = 2;
+/// Decided on first use; `LOUPE_NETNS_IDENTITY=inode` forces the inode form (tests, old kernels).
+static KIND: AtomicU8 = AtomicU8::new(KIND_UNKNOWN);
+
+/// How this process identifies namespaces: the cookie when the kernel reports one for a socket
+/// (probed once, on the agent's own namespace), else the namespace file's inode.
+pub fn identity_kind() -> IdentityKind {
+    match KIND.load(Ordering::Relaxed) {
+        KIND_COOKIE => return IdentityKind::Cookie,
+        KIND_INODE => return IdentityKind::Inode,
+        _ => {}
+    }
+    let forced = std::env::var("LOUPE_NETNS_IDENTITY").as_deref() == Ok("inode");
+    let kind = if forced {
+        IdentityKind::Inode
+    } else {
+        match std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| kernel_cookie(&s)) {
+            Ok(_) => IdentityKind::Cookie,
+            Err(e) => {
+                log::info!("no netns cookie for sockets ({e}; SO_NETNS_COOKIE needs Linux 5.14): namespaces are identified by their file's device and inode");
+                IdentityKind::Inode
+            }
+        }
+    };
+    let code = match kind {
+        IdentityKind::Cookie => KIND_COOKIE,
+        IdentityKind::Inode => KIND_INODE,
+    };
+    KIND.store(code, Ordering::Relaxed);
+    kind
+}
+
+/// The inode-derived identity of a namespace file: device and inode, top bit set.
+fn inode_identity(file: &File) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata()?;
+    // nsfs inode numbers are 32-bit (proc_inum); the device is nsfs's single anonymous device.
+    let dev = meta.dev() & 0x7fff_ffff;
+    Ok(INODE_ID_FLAG | (dev << 32) | (meta.ino() & 0xffff_ffff))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
@@ -155,22 +229,41 @@ impl Netns {
         Ok(())
     }
 
-    /// The kernel's cookie for this namespace, as `bpf_get_netns_cookie` reports it.
+    /// This namespace's identity (see [`identity_kind`]): the kernel's cookie, as
+    /// `bpf_get_netns_cookie` reports it, or the namespace file's device and inode.
     pub fn cookie(&self) -> Result<u64, NetnsError> {
         let cookie_err = |source| NetnsError::Cookie {
             path: self.path.clone(),
             source,
         };
+        if identity_kind() == IdentityKind::Inode {
+            return inode_identity(&self.file).map_err(cookie_err);
+        }
         self.run(|| {
             let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
-            socket_netns_cookie(&socket)
+            kernel_cookie(&socket)
         })?
         .map_err(cookie_err)
     }
 }
 
-/// The netns cookie of the namespace a socket was created in.
+/// The identity (see [`identity_kind`]) of the namespace a socket was created in.
 pub fn socket_netns_cookie(socket: &impl AsRawFd) -> std::io::Result<u64> {
+    if identity_kind() == IdentityKind::Cookie {
+        return kernel_cookie(socket);
+    }
+    // SAFETY: SIOCGSKNS takes no argument and returns a new fd (or -1); the fd is a socket.
+    let fd = unsafe { libc::ioctl(socket.as_raw_fd(), SIOCGSKNS as _) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the ioctl returned a new descriptor that nothing else owns.
+    let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    inode_identity(&file)
+}
+
+/// `SO_NETNS_COOKIE` of a socket (Linux 5.14+; ENOPROTOOPT before).
+fn kernel_cookie(socket: &impl AsRawFd) -> std::io::Result<u64> {
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: the pointers are to a live u64 and its length; the fd is a valid socket.
@@ -271,6 +364,49 @@ mod tests {
         let b = own.cookie().expect("cookie");
         assert_eq!(a, b);
         assert_ne!(a, 0);
+    }
+
+    #[test]
+    fn inode_identity_matches_for_handle_and_socket_and_differs_between_namespaces() {
+        if !loupe_testkit::root::require(
+            "inode_identity_matches_for_handle_and_socket",
+            "network namespaces",
+        ) {
+            return;
+        }
+        let own = Netns::current().expect("own netns");
+        let ns = testing::scratch();
+        let own_id = inode_identity(&own.file).expect("own identity");
+        let ns_id = inode_identity(&ns.file).expect("scratch identity");
+        assert_ne!(own_id, ns_id);
+        assert_ne!(own_id & INODE_ID_FLAG, 0, "flagged as inode-derived");
+        // Through SIOCGSKNS, a socket made in the namespace leads to the same identity.
+        let socket = ns
+            .run(|| std::net::UdpSocket::bind("127.0.0.1:0"))
+            .unwrap()
+            .unwrap();
+        // SAFETY: as in socket_netns_cookie.
+        let fd = unsafe { libc::ioctl(socket.as_raw_fd(), SIOCGSKNS as _) };
+        assert!(fd >= 0, "SIOCGSKNS: {}", std::io::Error::last_os_error());
+        // SAFETY: a fresh descriptor from the ioctl.
+        let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        assert_eq!(inode_identity(&file).unwrap(), ns_id);
+        // Another handle on the same namespace (a path) gives the same identity.
+        let again = Netns::open(Path::new(&format!("/proc/self/fd/{}", ns.file.as_raw_fd())))
+            .expect("reopen");
+        assert_eq!(inode_identity(&again.file).unwrap(), ns_id);
+    }
+
+    #[test]
+    fn identity_kind_is_stable_and_matches_the_kernel() {
+        let kind = identity_kind();
+        assert_eq!(identity_kind(), kind);
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        if std::env::var("LOUPE_NETNS_IDENTITY").is_err() {
+            assert_eq!(kind == IdentityKind::Cookie, kernel_cookie(&socket).is_ok());
+        }
+        let own = Netns::current().unwrap();
+        assert_eq!(socket_netns_cookie(&socket).unwrap(), own.cookie().unwrap());
     }
 
     #[test]
