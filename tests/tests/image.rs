@@ -1,0 +1,373 @@
+//! loupe's image, run as deployed: `kubectl kustomize deploy/base` is rendered, the DaemonSet's
+//! container (securityContext, hostPID, args, env, probes, volumes, resources) is read from it
+//! and the image built by `scripts/image.sh` runs under podman with exactly those settings
+//! (tests/src/podman.rs), configured the in-cluster way: a service account token, CA and
+//! namespace at /var/run/secrets/kubernetes.io/serviceaccount, `KUBERNETES_SERVICE_HOST/PORT`,
+//! the in-process API server over TLS checking the token. The pods are testbed pods (network
+//! namespaces, kubelet-style cgroups) that the agent finds through the host's /proc (hostPID).
+//!
+//! Also: each added capability is needed (without it, the test shows what fails), `loupe doctor`
+//! inside says what it says on the host, and bad input (no token, no API server, read-only /tmp,
+//! a seccomp profile denying bpf()) gives a clear log line and the documented fallback.
+//!
+//! Needs root and podman (skipped with the reason otherwise, a failure when `CI=true`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use loupe_tests::cgroup::{new_container_id, new_pod_uid, KubeCgroups, Layout};
+use loupe_tests::certs::{self_signed, signed};
+use loupe_tests::client::ClientLoop;
+use loupe_tests::expo::{self, Exposition};
+use loupe_tests::kubeapi::{running_pod, KubeApi, TlsOptions};
+use loupe_tests::pod::Pod;
+use loupe_tests::podman::{self, Container, ContainerSpec, HttpProbe, PodEnv};
+use loupe_tests::{attached, http, run, unique_suffix, wait_for, Proc, TempDir};
+use serde_json::{json, Value};
+
+const NODE: &str = "n1";
+const APP_PORT: u16 = 8080;
+const SERIES: usize = 10;
+const WAIT: Duration = Duration::from_secs(60);
+
+/// One container at a time: each loads the probe and the machine has two cores.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The DaemonSet of `kubectl kustomize deploy/base`.
+fn daemonset() -> Value {
+    let dir = loupe_tests::workspace_root().join("deploy/base");
+    let out = std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&dir)
+        .env("KUBECONFIG", "/dev/null")
+        .output()
+        .expect("run kubectl kustomize");
+    assert!(out.status.success(), "kubectl kustomize {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    text.split("\n---\n")
+        .map(|doc| serde_yaml::from_str::<Value>(doc).expect("YAML document"))
+        .find(|doc| doc["kind"] == "DaemonSet")
+        .expect("a DaemonSet in deploy/base")
+}
+
+fn spec() -> ContainerSpec {
+    ContainerSpec::from_daemonset(&daemonset()).expect("the DaemonSet's container")
+}
+
+/// The capability bits of `/proc/PID/status` lines like `CapEff`.
+fn status_field(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// The CapEff mask of capability names (include/uapi/linux/capability.h).
+fn cap_mask(caps: &[String]) -> u64 {
+    caps.iter()
+        .map(|c| match c.trim_start_matches("CAP_") {
+            "NET_ADMIN" => 12,
+            "SYS_PTRACE" => 19,
+            "SYS_ADMIN" => 21,
+            "SYS_RESOURCE" => 24,
+            "PERFMON" => 38,
+            "BPF" => 39,
+            other => panic!("capability {other} not known to this test"),
+        })
+        .fold(0, |m, bit| m | 1 << bit)
+}
+
+/// A testbed pod running the test app on APP_PORT, its process in kubelet-style cgroups under a
+/// container ID. Fields drop in order: the app, its cgroups, the namespace.
+struct AppPod {
+    name: String,
+    _app: Proc,
+    cgroups: KubeCgroups,
+    netns: Pod,
+}
+
+impl AppPod {
+    fn start(name: &str) -> AppPod {
+        let netns = Pod::new().expect("pod network namespace");
+        let app = netns.spawn_app(APP_PORT, &["--series", &SERIES.to_string()]).expect("metrics-app");
+        let (p, n) = unique_suffix();
+        let cgroups = KubeCgroups::place_in(
+            app.pid(),
+            &[Layout::V2Systemd],
+            Some(&format!("loupe-image-{p}-{n}")),
+            "burstable",
+            &new_pod_uid(),
+            &new_container_id(),
+        )
+        .expect("kubelet-style cgroups");
+        AppPod { name: name.into(), _app: app, cgroups, netns }
+    }
+
+    fn json(&self) -> Value {
+        let id = format!("containerd://{}", self.cgroups.container_id);
+        let annotations = json!({"prometheus.io/scrape": "true", "prometheus.io/port": APP_PORT.to_string()});
+        let mut pod = running_pod("shop", &self.name, NODE, &[("app", id.as_str())], annotations);
+        pod["metadata"]["uid"] = json!(self.cgroups.pod_uid);
+        pod
+    }
+
+    fn attachments(&self) -> Vec<String> {
+        attached::in_pod(&self.netns, "lo").expect("listing attachments")
+    }
+}
+
+/// The agent's pod network (a namespace whose veth's host side the API server listens on), the
+/// API server over TLS, and the service account volume. Fields drop in order.
+struct Cluster {
+    api: KubeApi,
+    agent_net: Pod,
+    service_account: TempDir,
+    _certs: TempDir,
+    rt: tokio::runtime::Runtime,
+}
+
+const TOKEN: &str = "loupe-image-test-token";
+
+impl Cluster {
+    fn start() -> Cluster {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let agent_net = Pod::new().expect("the agent pod's network namespace");
+        let certs = TempDir::new("loupe-image-certs").expect("temp dir");
+        let ca = self_signed(&certs, "ca", "kubernetes").expect("CA");
+        let ext = format!("subjectAltName=IP:{}\nextendedKeyUsage=serverAuth\n", agent_net.host_ip);
+        let server = signed(&certs, "apiserver", &ca, "kube-apiserver", &ext).expect("server certificate");
+        let api = rt
+            .block_on(KubeApi::start_tls(TlsOptions {
+                ip: agent_net.host_ip.into(),
+                cert: server.cert,
+                key: server.key,
+                token: TOKEN.into(),
+            }))
+            .expect("API server");
+        let service_account = TempDir::new("loupe-image-sa").expect("temp dir");
+        let sa = service_account.path();
+        std::fs::write(sa.join("token"), TOKEN).expect("token");
+        std::fs::copy(&ca.cert, sa.join("ca.crt")).expect("ca.crt");
+        std::fs::write(sa.join("namespace"), "loupe").expect("namespace");
+        Cluster { api, agent_net, service_account, _certs: certs, rt }
+    }
+
+    /// What the kubelet gives the agent's pod.
+    fn env(&self) -> PodEnv {
+        PodEnv {
+            node_name: NODE.into(),
+            netns: self.agent_net.netns_path(),
+            service_account: Some(self.service_account.path().to_path_buf()),
+            api_server: Some((self.agent_net.host_ip.to_string(), self.api.addr().port())),
+            seccomp_root: None,
+        }
+    }
+
+    fn create(&self, pod: &AppPod) {
+        let _rt = self.rt.enter();
+        self.api.create_pod(pod.json()).expect("create pod");
+    }
+
+    /// `host:port` of a container port on the agent's pod IP.
+    fn agent_addr(&self, port: u16) -> String {
+        format!("{}:{port}", self.agent_net.pod_ip)
+    }
+
+    /// A probe as the kubelet makes it: GET on the pod IP, its User-Agent, the probe's timeout.
+    fn probe(&self, probe: &HttpProbe) -> Result<u16, String> {
+        let headers = [("User-Agent", "kube-probe/1.30"), ("Accept", "*/*")];
+        http::get(&self.agent_addr(probe.port), &probe.path, &headers, probe.timeout.max(Duration::from_secs(1)))
+            .map(|r| r.status)
+            .map_err(|e| e.to_string())
+    }
+
+    fn wait_probe(&self, probe: &HttpProbe, want: u16) {
+        wait_for(&format!("{} to answer {want}", probe.path), WAIT, || match self.probe(probe) {
+            Ok(s) if s == want => Ok(Some(())),
+            Ok(s) => Err(format!("answered {s}")),
+            Err(e) => Err(e),
+        })
+        .unwrap();
+    }
+
+    fn scrape(&self, port: u16) -> Result<Exposition, String> {
+        let r = http::get(&self.agent_addr(port), "/metrics", &[], Duration::from_secs(20)).map_err(|e| e.to_string())?;
+        let text = r.text().map_err(|e| e.to_string())?;
+        expo::check_all(&text).map_err(|e| e.to_string())
+    }
+
+    fn metrics_until(&self, port: u16, what: &str, pred: impl Fn(&Exposition) -> bool) -> Exposition {
+        wait_for(what, WAIT, || {
+            let exp = self.scrape(port)?;
+            Ok(pred(&exp).then_some(exp))
+        })
+        .unwrap()
+    }
+}
+
+fn target(exp: &Exposition, pod: &str) -> Option<f64> {
+    exp.value("loupe_target_up", &[("pod", pod), ("namespace", "shop"), ("container", "app")])
+}
+
+fn source_is(exp: &Exposition, pod: &str, source: &str) -> bool {
+    exp.value("loupe_target_info", &[("pod", pod), ("source", source)]) == Some(1.0)
+}
+
+fn app_samples(exp: &Exposition, pod: &str) -> usize {
+    exp.samples.iter().filter(|s| s.name.starts_with("app_") && s.label("pod") == Some(pod)).count()
+}
+
+/// (check, level) of each `loupe doctor` line: `[ok  ] CAP_BPF: ...` -> ("CAP_BPF", "ok").
+fn doctor_levels(out: &str) -> Vec<(String, String)> {
+    out.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix('[')?;
+            let (level, rest) = rest.split_once(']')?;
+            let (check, _) = rest.trim().split_once(':')?;
+            Some((check.to_string(), level.trim().to_string()))
+        })
+        .collect()
+}
+
+/// The static binary the image was packed from (scripts/image.sh).
+fn static_binary() -> PathBuf {
+    let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    loupe_tests::workspace_root().join("target/static").join(triple).join("release/loupe")
+}
+
+fn image_label(image: &str, label: &str) -> String {
+    let format = format!("{{{{index .Labels \"{label}\"}}}}");
+    run("podman", &["image", "inspect", "--format", &format, image]).expect("podman image inspect").trim().to_string()
+}
+
+#[test]
+fn image_runs_as_the_daemonset_says_against_testbed_pods_and_the_api_server_over_tls() {
+    if !podman::available("image_runs_as_the_daemonset_says") {
+        return;
+    }
+    let image = podman::image().unwrap();
+    let _serial = serial();
+    let spec = spec();
+    // The settings this test runs with are the manifest's; these are the ones it relies on.
+    assert!(spec.host_pid && !spec.host_network && !spec.privileged, "{spec:?}");
+    assert!(spec.read_only_root && spec.run_as_user == Some(0), "{spec:?}");
+    assert_eq!(spec.cap_drop, ["ALL"]);
+    assert!(spec.args.contains(&"--kubernetes".to_string()), "{:?}", spec.args);
+
+    let cluster = Cluster::start();
+    let observed = AppPod::start("observed");
+    let fetched = AppPod::start("fetched");
+    // Another scraper inside the `observed` pod: its replies cross the pod's loopback.
+    let url = format!("http://127.0.0.1:{APP_PORT}/metrics");
+    let client = ClientLoop::start(&observed.netns, &url, "0.3", "").expect("in-pod client");
+    cluster.create(&observed);
+    cluster.create(&fetched);
+
+    let container = Container::run(&image, &spec, &cluster.env()).expect("podman run");
+    cluster.wait_probe(&spec.readiness, 200);
+    cluster.wait_probe(&spec.liveness, 200);
+
+    // What the process got: exactly the added capabilities, uid 0, the runtime's seccomp filter,
+    // the host's PID namespace, the pod's network namespace, a read-only root.
+    let pid = container.pid().unwrap();
+    let cap_eff = u64::from_str_radix(&status_field(pid, "CapEff"), 16).unwrap();
+    assert_eq!(cap_eff, cap_mask(&spec.cap_add), "CapEff {cap_eff:016x} vs {:?}", spec.cap_add);
+    assert_eq!(status_field(pid, "Uid").split_whitespace().next(), Some("0"));
+    assert_eq!(status_field(pid, "Seccomp"), "2", "RuntimeDefault: a seccomp filter");
+    let ns = |p: &str| std::fs::read_link(p).map(|l| l.display().to_string()).unwrap();
+    assert_eq!(ns(&format!("/proc/{pid}/ns/pid")), ns("/proc/self/ns/pid"), "hostPID");
+    let netns_ino = std::fs::metadata(cluster.agent_net.netns_path()).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap();
+    assert_eq!(ns(&format!("/proc/{pid}/ns/net")), format!("net:[{netns_ino}]"), "the pod's network");
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mounts")).unwrap();
+    let root = mounts.lines().find(|l| l.split(' ').nth(1) == Some("/")).expect("root mount");
+    assert!(root.split(' ').nth(3).is_some_and(|o| o.split(',').any(|f| f == "ro")), "root: {root}");
+
+    let port = spec.readiness.port;
+    let exp = cluster.metrics_until(port, "both pods served, one observed, one fetched", |exp| {
+        [&observed, &fetched].iter().all(|p| target(exp, &p.name) == Some(1.0) && app_samples(exp, &p.name) > 0)
+            && source_is(exp, "observed", "observed")
+            && source_is(exp, "fetched", "fetched")
+    });
+    assert_eq!(exp.value("loupe_capture_active", &[]), Some(1.0));
+    assert_eq!(app_samples(&exp, "observed"), app_samples(&exp, "fetched"));
+    assert!(client.failures() == 0, "the in-pod client failed");
+    assert!(!observed.attachments().is_empty() && !fetched.attachments().is_empty());
+    container.wait_log_line(&["kubernetes: watching pods on node n1"], WAIT).unwrap();
+    // In-cluster config: every request carried the service account token, over TLS.
+    assert_eq!(cluster.api.unauthorized(), 0);
+    let requests = cluster.api.requests();
+    assert!(requests.iter().any(|r| r.contains("watch=true") && r.contains("spec.nodeName%3Dn1")), "{requests:?}");
+
+    doctor_and_version_match_the_host(&container, &image);
+
+    let code = container.stop().unwrap();
+    assert_eq!(code, 0, "exit code after podman stop; log:\n{}", container.logs());
+    container.wait_log_line(&["detaching from every pod namespace"], WAIT).unwrap();
+    for pod in [&observed, &fetched] {
+        assert!(pod.attachments().is_empty(), "left attached in {}: {:?}", pod.name, pod.attachments());
+    }
+    drop(client);
+}
+
+/// `loupe doctor` inside says what it says on the host (same level for every check); `loupe
+/// --version` inside shows the image's version and revision labels.
+fn doctor_and_version_match_the_host(container: &Container, image: &str) {
+    let (code_in, inside) = container.exec(&["loupe", "doctor"]).unwrap();
+    let out = std::process::Command::new(static_binary()).arg("doctor").output().expect("host doctor");
+    let on_host = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(doctor_levels(&inside), doctor_levels(&on_host), "doctor inside:\n{inside}\non the host:\n{on_host}");
+    assert!(!doctor_levels(&inside).is_empty(), "{inside}");
+    assert_eq!(code_in, out.status.code().unwrap_or(-1), "doctor's exit code:\n{inside}");
+
+    let (_, version) = container.exec(&["loupe", "--version"]).unwrap();
+    let want_version = image_label(image, "org.opencontainers.image.version");
+    let want_revision = image_label(image, "org.opencontainers.image.revision");
+    assert!(!want_revision.is_empty() && want_revision != "unknown", "revision label {want_revision:?}");
+    assert_eq!(version.trim(), format!("loupe {want_version} (git {want_revision})"));
+}
+
+/// Runs the image with `spec` against one fetched pod; returns the container and the pod.
+fn run_with(spec: &ContainerSpec, cluster: &Cluster, env: &PodEnv) -> (Container, AppPod) {
+    let pod = AppPod::start("app");
+    cluster.create(&pod);
+    let image = podman::image().unwrap();
+    (Container::run(&image, spec, env).expect("podman run"), pod)
+}
+
+#[test]
+fn every_added_capability_is_needed_and_its_absence_names_the_failing_call() {
+    if !podman::available("every_added_capability_is_needed") {
+        return;
+    }
+    podman::image().unwrap();
+    let _serial = serial();
+    let full = spec();
+    for cap in &full.cap_add {
+        let mut spec = full.clone();
+        spec.cap_add.retain(|c| c != cap);
+        let cluster = Cluster::start();
+        let (container, pod) = run_with(&spec, &cluster, &cluster.env());
+        cluster.wait_probe(&spec.readiness, 200);
+        let (needles, served): (&[&str], bool) = match cap.as_str() {
+            // Loading the probe also falls back (bpf() needs SYS_ADMIN or BPF).
+            "SYS_ADMIN" => (&["setns", "Operation not permitted"], false),
+            "SYS_PTRACE" => (&["/ns/net", "Permission denied"], false),
+            "NET_ADMIN" => (&["netlink", "Operation not permitted"], true),
+            other => panic!("no expectation for {other}: add one"),
+        };
+        let line = container.wait_log_line(needles, WAIT).unwrap_or_else(|e| panic!("without {cap}: {e}\n{}", container.logs()));
+        eprintln!("without {cap}: {line}");
+        let exp = cluster.metrics_until(spec.readiness.port, "the pod's target reported", |exp| target(exp, "app").is_some());
+        assert_eq!(target(&exp, "app") == Some(1.0), served, "without {cap}: {:?}", target(&exp, "app"));
+        drop((container, pod));
+    }
+}
