@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds loupe's image, localhost/loupe:<version>, from deploy/Dockerfile with podman (or buildah),
+# Builds loupe's image, localhost/loupe:<version>, from deploy/Dockerfile with podman,
 # pulling nothing: a statically linked binary is built here with cargo, then the Dockerfile's
 # `from-host` stage (FROM scratch + COPY) packs it with the version and git revision as
 # org.opencontainers.image.* labels. Prints the image's size.
@@ -31,13 +31,11 @@ version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Ca
 revision=${LOUPE_GIT_REVISION:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}
 export LOUPE_GIT_REVISION=$revision
 
-if command -v podman >/dev/null; then
-  builder=(podman build --pull=never)
-elif command -v buildah >/dev/null; then
-  builder=(buildah bud --pull-never)
-else
-  die "neither podman nor buildah is installed (scripts/setup.sh installs them)"
-fi
+# --no-cache: buildah 1.28 (under podman 4.3) reuses a cached LABEL step even when the build-arg
+# in it changed, leaving a stale revision label; with no RUN step the build takes a second anyway.
+command -v podman >/dev/null || die "podman is not installed (scripts/setup.sh installs it)"
+builder=(podman build --pull=never --no-cache)
+images_cmd=podman
 
 native=$(uname -m)
 case "$arch" in
@@ -84,11 +82,15 @@ build_image() {
   trap 'rm -rf "$context"' EXIT
   "$strip" -o "$context/loupe" "$bin"
   log "packing $bin ($(stat -c %s "$context/loupe") bytes stripped) into $name"
+  old=$("$images_cmd" image inspect --format '{{.Id}}' "$name" 2>/dev/null || true)
   "${builder[@]}" --platform "$platform" --target from-host \
     --build-arg "VERSION=$version" --build-arg "REVISION=$revision" \
     -f deploy/Dockerfile -t "$name" "$context" >&2
+  # The image it replaces, and the intermediate images of this and earlier builds.
+  [ -z "$old" ] || "$images_cmd" rmi "$old" >/dev/null 2>&1 || true
+  "$images_cmd" image prune -f --filter label=org.opencontainers.image.title=loupe >/dev/null 2>&1 || true
   # With --arch all the native image is also the plain localhost/loupe:VERSION.
-  [ "$a" != "$native" ] || [ "$arch" != all ] || podman tag "$name" "localhost/loupe:$version" >&2
+  [ "$a" != "$native" ] || [ "$arch" != all ] || "$images_cmd" tag "$name" "localhost/loupe:$version" >&2
   echo "$name"
 }
 
@@ -109,8 +111,6 @@ if [ "$arch" = all ]; then
 fi
 log "done in $((SECONDS - start)) s"
 for image in "${images[@]}"; do
-  inspect=(podman image inspect)
-  command -v podman >/dev/null || inspect=(buildah inspect --type image)
-  size=$("${inspect[@]}" --format '{{.Size}}' "$image" 2>/dev/null || echo '?')
-  echo "image: $image size: $size bytes ($(( ${size/\?/0} / 1024 / 1024 )) MiB) version: $version revision: $revision"
+  size=$(podman image inspect --format '{{.Size}}' "$image")
+  echo "image: $image size: $size bytes ($((size / 1024 / 1024)) MiB) version: $version revision: $revision"
 done

@@ -167,7 +167,10 @@ impl ContainerSpec {
         let pod = &ds["spec"]["template"]["spec"];
         let containers = pod["containers"].as_array().cloned().unwrap_or_default();
         let [c] = containers.as_slice() else {
-            return Err(invalid("containers", format!("want one, got {}", containers.len())));
+            return Err(invalid(
+                "containers",
+                format!("want one, got {}", containers.len()),
+            ));
         };
         let sc = &c["securityContext"];
         let ports: Vec<(String, u16)> = c["ports"]
@@ -175,7 +178,12 @@ impl ContainerSpec {
             .cloned()
             .unwrap_or_default()
             .iter()
-            .filter_map(|p| Some((p["name"].as_str()?.to_string(), p["containerPort"].as_u64()? as u16)))
+            .filter_map(|p| {
+                Some((
+                    p["name"].as_str()?.to_string(),
+                    p["containerPort"].as_u64()? as u16,
+                ))
+            })
             .collect();
         let probe = |which: &str| -> Result<HttpProbe> {
             let get = &c[which]["httpGet"];
@@ -200,21 +208,35 @@ impl ContainerSpec {
             allow_privilege_escalation: sc["allowPrivilegeEscalation"].as_bool(),
             run_as_user: sc["runAsUser"].as_u64(),
             read_only_root: sc["readOnlyRootFilesystem"].as_bool().unwrap_or(false),
-            seccomp: sc["seccompProfile"]["type"].as_str().unwrap_or("RuntimeDefault").to_string(),
+            seccomp: sc["seccompProfile"]["type"]
+                .as_str()
+                .unwrap_or("RuntimeDefault")
+                .to_string(),
             cap_drop: strings(&sc["capabilities"]["drop"], "capabilities.drop")?,
             cap_add: strings(&sc["capabilities"]["add"], "capabilities.add")?,
             liveness: probe("livenessProbe")?,
             readiness: probe("readinessProbe")?,
             mounts: mounts(c, pod)?,
-            memory_limit: c["resources"]["limits"]["memory"].as_str().map(str::to_string),
-            memory_request: c["resources"]["requests"]["memory"].as_str().map(str::to_string),
+            memory_limit: c["resources"]["limits"]["memory"]
+                .as_str()
+                .map(str::to_string),
+            memory_request: c["resources"]["requests"]["memory"]
+                .as_str()
+                .map(str::to_string),
             cpu_limit: c["resources"]["limits"]["cpu"].as_str().map(str::to_string),
-            cpu_request: c["resources"]["requests"]["cpu"].as_str().map(str::to_string),
+            cpu_request: c["resources"]["requests"]["cpu"]
+                .as_str()
+                .map(str::to_string),
             grace_seconds: pod["terminationGracePeriodSeconds"].as_u64().unwrap_or(30),
-            automount_token: pod["automountServiceAccountToken"].as_bool().unwrap_or(true),
+            automount_token: pod["automountServiceAccountToken"]
+                .as_bool()
+                .unwrap_or(true),
         };
         if c["command"].is_array() {
-            return Err(invalid("command", "not supported here (the image's entrypoint is used)"));
+            return Err(invalid(
+                "command",
+                "not supported here (the image's entrypoint is used)",
+            ));
         }
         Ok(spec)
     }
@@ -223,7 +245,9 @@ impl ContainerSpec {
 fn env_vars(env: &Value) -> Result<Vec<EnvVar>> {
     let mut out = Vec::new();
     for e in env.as_array().cloned().unwrap_or_default() {
-        let name = e["name"].as_str().ok_or_else(|| invalid("env", e.to_string()))?;
+        let name = e["name"]
+            .as_str()
+            .ok_or_else(|| invalid("env", e.to_string()))?;
         if let Some(v) = e["value"].as_str() {
             out.push(EnvVar::Value(name.into(), v.into()));
         } else if let Some(f) = e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
@@ -246,7 +270,10 @@ fn mounts(c: &Value, pod: &Value) -> Result<Vec<EmptyDirMount>> {
             .ok_or_else(|| invalid("volumeMounts", format!("no volume {name}")))?;
         let empty = &volume["emptyDir"];
         if !empty.is_object() {
-            return Err(invalid("volumes", format!("only emptyDir is run here: {volume}")));
+            return Err(invalid(
+                "volumes",
+                format!("only emptyDir is run here: {volume}"),
+            ));
         }
         out.push(EmptyDirMount {
             path: m["mountPath"].as_str().unwrap_or_default().to_string(),
@@ -303,8 +330,14 @@ pub fn run_flags(spec: &ContainerSpec, env: &PodEnv, volumes: &[PathBuf]) -> Res
             let profile = other
                 .strip_prefix("Localhost:")
                 .ok_or_else(|| invalid("seccompProfile", other))?;
-            let root = env.seccomp_root.as_ref().ok_or_else(|| invalid("seccompProfile", "no seccomp root"))?;
-            f.push(format!("--security-opt=seccomp={}", root.join(profile).display()));
+            let root = env
+                .seccomp_root
+                .as_ref()
+                .ok_or_else(|| invalid("seccompProfile", "no seccomp root"))?;
+            f.push(format!(
+                "--security-opt=seccomp={}",
+                root.join(profile).display()
+            ));
         }
     }
     if spec.host_pid {
@@ -340,9 +373,16 @@ pub fn run_flags(spec: &ContainerSpec, env: &PodEnv, volumes: &[PathBuf]) -> Res
         if m.memory {
             let size = m.size_limit.as_deref().map(memory_flag).transpose()?;
             let size = size.map(|s| format!(",tmpfs-size={s}")).unwrap_or_default();
-            f.push(format!("--mount=type=tmpfs,destination={}{size}{ro}", m.path));
+            f.push(format!(
+                "--mount=type=tmpfs,destination={}{size}{ro}",
+                m.path
+            ));
         } else {
-            f.push(format!("--mount=type=bind,source={},destination={}{ro}", dir.display(), m.path));
+            f.push(format!(
+                "--mount=type=bind,source={},destination={}{ro}",
+                dir.display(),
+                m.path
+            ));
         }
     }
     if let Some(q) = &spec.memory_limit {
@@ -356,7 +396,10 @@ pub fn run_flags(spec: &ContainerSpec, env: &PodEnv, volumes: &[PathBuf]) -> Res
     }
     if let Some(q) = &spec.cpu_request {
         // The kubelet's conversion of a CPU request to cpu.shares.
-        f.push(format!("--cpu-shares={}", (millicores(q)? * 1024 / 1000).max(2)));
+        f.push(format!(
+            "--cpu-shares={}",
+            (millicores(q)? * 1024 / 1000).max(2)
+        ));
     }
     Ok(f)
 }
@@ -368,11 +411,17 @@ fn machine_flags(cgroup_parent: &str) -> Result<(Vec<String>, Vec<String>)> {
         .trim()
         .parse()
         .unwrap_or(32768);
-    let mut nproc = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut nproc = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit writes into the struct we own.
     unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut nproc) };
     let nproc = pid_max.min(nproc.rlim_max);
-    let mut nofile = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut nofile = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: as above.
     unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut nofile) };
     let nofile = nofile.rlim_max.min(1 << 20);
@@ -392,7 +441,10 @@ fn own_memory_cgroup() -> Result<String> {
         .find_map(|l| {
             let mut parts = l.splitn(3, ':');
             let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-            controllers.split(',').any(|c| c == "memory").then(|| path.to_string())
+            controllers
+                .split(',')
+                .any(|c| c == "memory")
+                .then(|| path.to_string())
         })
         .ok_or_else(|| Error::Invalid {
             what: "/proc/self/cgroup".into(),
@@ -468,20 +520,27 @@ impl Container {
 
     /// `podman inspect --format`.
     pub fn inspect(&self, format: &str) -> Result<String> {
-        Ok(self.podman(&["inspect", "--format", format, &self.name])?.trim().to_string())
+        Ok(self
+            .podman(&["inspect", "--format", format, &self.name])?
+            .trim()
+            .to_string())
     }
 
     /// The container's main process, as the host sees it.
     pub fn pid(&self) -> Result<u32> {
         let pid = self.inspect("{{.State.Pid}}")?;
-        pid.parse().ok().filter(|p| *p > 0).ok_or_else(|| Error::Invalid {
-            what: format!("pid of container {}", self.name),
-            detail: pid,
-        })
+        pid.parse()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| Error::Invalid {
+                what: format!("pid of container {}", self.name),
+                detail: pid,
+            })
     }
 
     pub fn running(&self) -> bool {
-        self.inspect("{{.State.Running}}").is_ok_and(|s| s == "true")
+        self.inspect("{{.State.Running}}")
+            .is_ok_and(|s| s == "true")
     }
 
     /// The exit code once it stopped.
@@ -500,19 +559,29 @@ impl Container {
         Command::new("podman")
             .args(&all)
             .output()
-            .map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+            .map(|o| {
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            })
             .unwrap_or_default()
     }
 
     /// Waits until a log line contains every needle; returns it.
     pub fn wait_log_line(&self, needles: &[&str], timeout: Duration) -> Result<String> {
-        wait_for(&format!("a log line of {} with {needles:?}", self.name), timeout, || {
-            Ok(self
-                .logs()
-                .lines()
-                .find(|l| needles.iter().all(|n| l.contains(n)))
-                .map(str::to_string))
-        })
+        wait_for(
+            &format!("a log line of {} with {needles:?}", self.name),
+            timeout,
+            || {
+                Ok(self
+                    .logs()
+                    .lines()
+                    .find(|l| needles.iter().all(|n| l.contains(n)))
+                    .map(str::to_string))
+            },
+        )
     }
 
     /// `podman exec` of loupe itself (the image has nothing else): (exit code, stdout).
@@ -520,13 +589,24 @@ impl Container {
         let mut all: Vec<&str> = self.global.iter().map(String::as_str).collect();
         all.extend_from_slice(&["exec", &self.name]);
         all.extend_from_slice(args);
-        let out = Command::new("podman").args(&all).output().map_err(io_err("podman exec"))?;
-        Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned()))
+        let out = Command::new("podman")
+            .args(&all)
+            .output()
+            .map_err(io_err("podman exec"))?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ))
     }
 
     /// `podman stop` with the pod's grace period (SIGTERM, then SIGKILL); returns the exit code.
     pub fn stop(&self) -> Result<i32> {
-        self.podman(&["stop", "--time", &self.grace_seconds.to_string(), &self.name])?;
+        self.podman(&[
+            "stop",
+            "--time",
+            &self.grace_seconds.to_string(),
+            &self.name,
+        ])?;
         self.exit_code()
     }
 }
@@ -585,7 +665,12 @@ impl Drop for Container {
             );
         }
         if std::thread::panicking() {
-            eprintln!("--- container {} ({}) log ---\n{}", self.name, self.image, self.logs());
+            eprintln!(
+                "--- container {} ({}) log ---\n{}",
+                self.name,
+                self.image,
+                self.logs()
+            );
         }
     }
 }

@@ -15,8 +15,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use loupe_tests::cgroup::{new_container_id, new_pod_uid, KubeCgroups, Layout};
 use loupe_tests::certs::{self_signed, signed};
+use loupe_tests::cgroup::{new_container_id, new_pod_uid, KubeCgroups, Layout};
 use loupe_tests::client::ClientLoop;
 use loupe_tests::expo::{self, Exposition};
 use loupe_tests::kubeapi::{running_pod, KubeApi, TlsOptions};
@@ -45,7 +45,12 @@ fn daemonset() -> Value {
         .env("KUBECONFIG", "/dev/null")
         .output()
         .expect("run kubectl kustomize");
-    assert!(out.status.success(), "kubectl kustomize {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).expect("utf-8");
     text.split("\n---\n")
         .map(|doc| serde_yaml::from_str::<Value>(doc).expect("YAML document"))
@@ -94,7 +99,9 @@ struct AppPod {
 impl AppPod {
     fn start(name: &str) -> AppPod {
         let netns = Pod::new().expect("pod network namespace");
-        let app = netns.spawn_app(APP_PORT, &["--series", &SERIES.to_string()]).expect("metrics-app");
+        let app = netns
+            .spawn_app(APP_PORT, &["--series", &SERIES.to_string()])
+            .expect("metrics-app");
         let (p, n) = unique_suffix();
         let cgroups = KubeCgroups::place_in(
             app.pid(),
@@ -105,13 +112,25 @@ impl AppPod {
             &new_container_id(),
         )
         .expect("kubelet-style cgroups");
-        AppPod { name: name.into(), _app: app, cgroups, netns }
+        AppPod {
+            name: name.into(),
+            _app: app,
+            cgroups,
+            netns,
+        }
     }
 
     fn json(&self) -> Value {
         let id = format!("containerd://{}", self.cgroups.container_id);
-        let annotations = json!({"prometheus.io/scrape": "true", "prometheus.io/port": APP_PORT.to_string()});
-        let mut pod = running_pod("shop", &self.name, NODE, &[("app", id.as_str())], annotations);
+        let annotations =
+            json!({"prometheus.io/scrape": "true", "prometheus.io/port": APP_PORT.to_string()});
+        let mut pod = running_pod(
+            "shop",
+            &self.name,
+            NODE,
+            &[("app", id.as_str())],
+            annotations,
+        );
         pod["metadata"]["uid"] = json!(self.cgroups.pod_uid);
         pod
     }
@@ -143,8 +162,12 @@ impl Cluster {
         let agent_net = Pod::new().expect("the agent pod's network namespace");
         let certs = TempDir::new("loupe-image-certs").expect("temp dir");
         let ca = self_signed(&certs, "ca", "kubernetes").expect("CA");
-        let ext = format!("subjectAltName=IP:{}\nextendedKeyUsage=serverAuth\n", agent_net.host_ip);
-        let server = signed(&certs, "apiserver", &ca, "kube-apiserver", &ext).expect("server certificate");
+        let ext = format!(
+            "subjectAltName=IP:{}\nextendedKeyUsage=serverAuth\n",
+            agent_net.host_ip
+        );
+        let server =
+            signed(&certs, "apiserver", &ca, "kube-apiserver", &ext).expect("server certificate");
         let api = rt
             .block_on(KubeApi::start_tls(TlsOptions {
                 ip: agent_net.host_ip.into(),
@@ -158,7 +181,13 @@ impl Cluster {
         std::fs::write(sa.join("token"), TOKEN).expect("token");
         std::fs::copy(&ca.cert, sa.join("ca.crt")).expect("ca.crt");
         std::fs::write(sa.join("namespace"), "loupe").expect("namespace");
-        Cluster { api, agent_net, service_account, _certs: certs, rt }
+        Cluster {
+            api,
+            agent_net,
+            service_account,
+            _certs: certs,
+            rt,
+        }
     }
 
     /// What the kubelet gives the agent's pod.
@@ -185,27 +214,47 @@ impl Cluster {
     /// A probe as the kubelet makes it: GET on the pod IP, its User-Agent, the probe's timeout.
     fn probe(&self, probe: &HttpProbe) -> Result<u16, String> {
         let headers = [("User-Agent", "kube-probe/1.30"), ("Accept", "*/*")];
-        http::get(&self.agent_addr(probe.port), &probe.path, &headers, probe.timeout.max(Duration::from_secs(1)))
-            .map(|r| r.status)
-            .map_err(|e| e.to_string())
+        http::get(
+            &self.agent_addr(probe.port),
+            &probe.path,
+            &headers,
+            probe.timeout.max(Duration::from_secs(1)),
+        )
+        .map(|r| r.status)
+        .map_err(|e| e.to_string())
     }
 
     fn wait_probe(&self, probe: &HttpProbe, want: u16) {
-        wait_for(&format!("{} to answer {want}", probe.path), WAIT, || match self.probe(probe) {
-            Ok(s) if s == want => Ok(Some(())),
-            Ok(s) => Err(format!("answered {s}")),
-            Err(e) => Err(e),
-        })
+        wait_for(
+            &format!("{} to answer {want}", probe.path),
+            WAIT,
+            || match self.probe(probe) {
+                Ok(s) if s == want => Ok(Some(())),
+                Ok(s) => Err(format!("answered {s}")),
+                Err(e) => Err(e),
+            },
+        )
         .unwrap();
     }
 
     fn scrape(&self, port: u16) -> Result<Exposition, String> {
-        let r = http::get(&self.agent_addr(port), "/metrics", &[], Duration::from_secs(20)).map_err(|e| e.to_string())?;
+        let r = http::get(
+            &self.agent_addr(port),
+            "/metrics",
+            &[],
+            Duration::from_secs(20),
+        )
+        .map_err(|e| e.to_string())?;
         let text = r.text().map_err(|e| e.to_string())?;
         expo::check_all(&text).map_err(|e| e.to_string())
     }
 
-    fn metrics_until(&self, port: u16, what: &str, pred: impl Fn(&Exposition) -> bool) -> Exposition {
+    fn metrics_until(
+        &self,
+        port: u16,
+        what: &str,
+        pred: impl Fn(&Exposition) -> bool,
+    ) -> Exposition {
         wait_for(what, WAIT, || {
             let exp = self.scrape(port)?;
             Ok(pred(&exp).then_some(exp))
@@ -215,7 +264,10 @@ impl Cluster {
 }
 
 fn target(exp: &Exposition, pod: &str) -> Option<f64> {
-    exp.value("loupe_target_up", &[("pod", pod), ("namespace", "shop"), ("container", "app")])
+    exp.value(
+        "loupe_target_up",
+        &[("pod", pod), ("namespace", "shop"), ("container", "app")],
+    )
 }
 
 fn source_is(exp: &Exposition, pod: &str, source: &str) -> bool {
@@ -223,7 +275,10 @@ fn source_is(exp: &Exposition, pod: &str, source: &str) -> bool {
 }
 
 fn app_samples(exp: &Exposition, pod: &str) -> usize {
-    exp.samples.iter().filter(|s| s.name.starts_with("app_") && s.label("pod") == Some(pod)).count()
+    exp.samples
+        .iter()
+        .filter(|s| s.name.starts_with("app_") && s.label("pod") == Some(pod))
+        .count()
 }
 
 /// (check, level) of each `loupe doctor` line: `[ok  ] CAP_BPF: ...` -> ("CAP_BPF", "ok").
@@ -241,12 +296,18 @@ fn doctor_levels(out: &str) -> Vec<(String, String)> {
 /// The static binary the image was packed from (scripts/image.sh).
 fn static_binary() -> PathBuf {
     let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
-    loupe_tests::workspace_root().join("target/static").join(triple).join("release/loupe")
+    loupe_tests::workspace_root()
+        .join("target/static")
+        .join(triple)
+        .join("release/loupe")
 }
 
 fn image_label(image: &str, label: &str) -> String {
     let format = format!("{{{{index .Labels \"{label}\"}}}}");
-    run("podman", &["image", "inspect", "--format", &format, image]).expect("podman image inspect").trim().to_string()
+    run("podman", &["image", "inspect", "--format", &format, image])
+        .expect("podman image inspect")
+        .trim()
+        .to_string()
 }
 
 #[test]
@@ -258,10 +319,20 @@ fn image_runs_as_the_daemonset_says_against_testbed_pods_and_the_api_server_over
     let _serial = serial();
     let spec = spec();
     // The settings this test runs with are the manifest's; these are the ones it relies on.
-    assert!(spec.host_pid && !spec.host_network && !spec.privileged, "{spec:?}");
-    assert!(spec.read_only_root && spec.run_as_user == Some(0), "{spec:?}");
+    assert!(
+        spec.host_pid && !spec.host_network && !spec.privileged,
+        "{spec:?}"
+    );
+    assert!(
+        spec.read_only_root && spec.run_as_user == Some(0),
+        "{spec:?}"
+    );
     assert_eq!(spec.cap_drop, ["ALL"]);
-    assert!(spec.args.contains(&"--kubernetes".to_string()), "{:?}", spec.args);
+    assert!(
+        spec.args.contains(&"--kubernetes".to_string()),
+        "{:?}",
+        spec.args
+    );
 
     let cluster = Cluster::start();
     let observed = AppPod::start("observed");
@@ -280,20 +351,56 @@ fn image_runs_as_the_daemonset_says_against_testbed_pods_and_the_api_server_over
     // the host's PID namespace, the pod's network namespace, a read-only root.
     let pid = container.pid().unwrap();
     let cap_eff = u64::from_str_radix(&status_field(pid, "CapEff"), 16).unwrap();
-    assert_eq!(cap_eff, cap_mask(&spec.cap_add), "CapEff {cap_eff:016x} vs {:?}", spec.cap_add);
-    assert_eq!(status_field(pid, "Uid").split_whitespace().next(), Some("0"));
-    assert_eq!(status_field(pid, "Seccomp"), "2", "RuntimeDefault: a seccomp filter");
-    let ns = |p: &str| std::fs::read_link(p).map(|l| l.display().to_string()).unwrap();
-    assert_eq!(ns(&format!("/proc/{pid}/ns/pid")), ns("/proc/self/ns/pid"), "hostPID");
-    let netns_ino = std::fs::metadata(cluster.agent_net.netns_path()).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap();
-    assert_eq!(ns(&format!("/proc/{pid}/ns/net")), format!("net:[{netns_ino}]"), "the pod's network");
+    assert_eq!(
+        cap_eff,
+        cap_mask(&spec.cap_add),
+        "CapEff {cap_eff:016x} vs {:?}",
+        spec.cap_add
+    );
+    assert_eq!(
+        status_field(pid, "Uid").split_whitespace().next(),
+        Some("0")
+    );
+    assert_eq!(
+        status_field(pid, "Seccomp"),
+        "2",
+        "RuntimeDefault: a seccomp filter"
+    );
+    let ns = |p: &str| {
+        std::fs::read_link(p)
+            .map(|l| l.display().to_string())
+            .unwrap()
+    };
+    assert_eq!(
+        ns(&format!("/proc/{pid}/ns/pid")),
+        ns("/proc/self/ns/pid"),
+        "hostPID"
+    );
+    let netns_ino = std::fs::metadata(cluster.agent_net.netns_path())
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+    assert_eq!(
+        ns(&format!("/proc/{pid}/ns/net")),
+        format!("net:[{netns_ino}]"),
+        "the pod's network"
+    );
     let mounts = std::fs::read_to_string(format!("/proc/{pid}/mounts")).unwrap();
-    let root = mounts.lines().find(|l| l.split(' ').nth(1) == Some("/")).expect("root mount");
-    assert!(root.split(' ').nth(3).is_some_and(|o| o.split(',').any(|f| f == "ro")), "root: {root}");
+    let root = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some("/"))
+        .expect("root mount");
+    assert!(
+        root.split(' ')
+            .nth(3)
+            .is_some_and(|o| o.split(',').any(|f| f == "ro")),
+        "root: {root}"
+    );
 
     let port = spec.readiness.port;
     let exp = cluster.metrics_until(port, "both pods served, one observed, one fetched", |exp| {
-        [&observed, &fetched].iter().all(|p| target(exp, &p.name) == Some(1.0) && app_samples(exp, &p.name) > 0)
+        [&observed, &fetched]
+            .iter()
+            .all(|p| target(exp, &p.name) == Some(1.0) && app_samples(exp, &p.name) > 0)
             && source_is(exp, "observed", "observed")
             && source_is(exp, "fetched", "fetched")
     });
@@ -301,19 +408,38 @@ fn image_runs_as_the_daemonset_says_against_testbed_pods_and_the_api_server_over
     assert_eq!(app_samples(&exp, "observed"), app_samples(&exp, "fetched"));
     assert!(client.failures() == 0, "the in-pod client failed");
     assert!(!observed.attachments().is_empty() && !fetched.attachments().is_empty());
-    container.wait_log_line(&["kubernetes: watching pods on node n1"], WAIT).unwrap();
+    container
+        .wait_log_line(&["kubernetes: watching pods on node n1"], WAIT)
+        .unwrap();
     // In-cluster config: every request carried the service account token, over TLS.
     assert_eq!(cluster.api.unauthorized(), 0);
     let requests = cluster.api.requests();
-    assert!(requests.iter().any(|r| r.contains("watch=true") && r.contains("spec.nodeName%3Dn1")), "{requests:?}");
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.contains("watch=true") && r.contains("spec.nodeName%3Dn1")),
+        "{requests:?}"
+    );
 
     doctor_and_version_match_the_host(&container, &image);
 
     let code = container.stop().unwrap();
-    assert_eq!(code, 0, "exit code after podman stop; log:\n{}", container.logs());
-    container.wait_log_line(&["detaching from every pod namespace"], WAIT).unwrap();
+    assert_eq!(
+        code,
+        0,
+        "exit code after podman stop; log:\n{}",
+        container.logs()
+    );
+    container
+        .wait_log_line(&["detaching from every pod namespace"], WAIT)
+        .unwrap();
     for pod in [&observed, &fetched] {
-        assert!(pod.attachments().is_empty(), "left attached in {}: {:?}", pod.name, pod.attachments());
+        assert!(
+            pod.attachments().is_empty(),
+            "left attached in {}: {:?}",
+            pod.name,
+            pod.attachments()
+        );
     }
     drop(client);
 }
@@ -322,17 +448,34 @@ fn image_runs_as_the_daemonset_says_against_testbed_pods_and_the_api_server_over
 /// --version` inside shows the image's version and revision labels.
 fn doctor_and_version_match_the_host(container: &Container, image: &str) {
     let (code_in, inside) = container.exec(&["loupe", "doctor"]).unwrap();
-    let out = std::process::Command::new(static_binary()).arg("doctor").output().expect("host doctor");
+    let out = std::process::Command::new(static_binary())
+        .arg("doctor")
+        .output()
+        .expect("host doctor");
     let on_host = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(doctor_levels(&inside), doctor_levels(&on_host), "doctor inside:\n{inside}\non the host:\n{on_host}");
+    assert_eq!(
+        doctor_levels(&inside),
+        doctor_levels(&on_host),
+        "doctor inside:\n{inside}\non the host:\n{on_host}"
+    );
     assert!(!doctor_levels(&inside).is_empty(), "{inside}");
-    assert_eq!(code_in, out.status.code().unwrap_or(-1), "doctor's exit code:\n{inside}");
+    assert_eq!(
+        code_in,
+        out.status.code().unwrap_or(-1),
+        "doctor's exit code:\n{inside}"
+    );
 
     let (_, version) = container.exec(&["loupe", "--version"]).unwrap();
     let want_version = image_label(image, "org.opencontainers.image.version");
     let want_revision = image_label(image, "org.opencontainers.image.revision");
-    assert!(!want_revision.is_empty() && want_revision != "unknown", "revision label {want_revision:?}");
-    assert_eq!(version.trim(), format!("loupe {want_version} (git {want_revision})"));
+    assert!(
+        !want_revision.is_empty() && want_revision != "unknown",
+        "revision label {want_revision:?}"
+    );
+    assert_eq!(
+        version.trim(),
+        format!("loupe {want_version} (git {want_revision})")
+    );
 }
 
 /// Runs the image with `spec` against one fetched pod; returns the container and the pod.
@@ -359,15 +502,165 @@ fn every_added_capability_is_needed_and_its_absence_names_the_failing_call() {
         cluster.wait_probe(&spec.readiness, 200);
         let (needles, served): (&[&str], bool) = match cap.as_str() {
             // Loading the probe also falls back (bpf() needs SYS_ADMIN or BPF).
-            "SYS_ADMIN" => (&["setns", "Operation not permitted"], false),
-            "SYS_PTRACE" => (&["/ns/net", "Permission denied"], false),
+            "SYS_ADMIN" => (
+                &["cannot enter network namespace", "Operation not permitted"],
+                false,
+            ),
+            "SYS_PTRACE" => (
+                &["cannot open network namespace", "Permission denied"],
+                false,
+            ),
             "NET_ADMIN" => (&["netlink", "Operation not permitted"], true),
             other => panic!("no expectation for {other}: add one"),
         };
-        let line = container.wait_log_line(needles, WAIT).unwrap_or_else(|e| panic!("without {cap}: {e}\n{}", container.logs()));
+        let line = container
+            .wait_log_line(needles, WAIT)
+            .unwrap_or_else(|e| panic!("without {cap}: {e}\n{}", container.logs()));
         eprintln!("without {cap}: {line}");
-        let exp = cluster.metrics_until(spec.readiness.port, "the pod's target reported", |exp| target(exp, "app").is_some());
-        assert_eq!(target(&exp, "app") == Some(1.0), served, "without {cap}: {:?}", target(&exp, "app"));
+        let exp = cluster.metrics_until(spec.readiness.port, "the pod's target reported", |exp| {
+            target(exp, "app").is_some()
+        });
+        assert_eq!(
+            target(&exp, "app") == Some(1.0),
+            served,
+            "without {cap}: {:?}",
+            target(&exp, "app")
+        );
         drop((container, pod));
     }
+}
+
+/// Podman's default seccomp profile (what `RuntimeDefault` is here) with bpf() taken out of every
+/// rule that allows it: bpf() then fails with EPERM, as under stricter runtime profiles.
+fn profile_denying_bpf(dir: &std::path::Path) -> String {
+    let default = std::fs::read_to_string("/usr/share/containers/seccomp.json")
+        .expect("podman's default seccomp profile");
+    let mut profile: Value = serde_json::from_str(&default).expect("JSON profile");
+    for rule in profile["syscalls"].as_array_mut().expect("syscalls") {
+        if rule["action"] == "SCMP_ACT_ALLOW" {
+            if let Some(names) = rule["names"].as_array_mut() {
+                names.retain(|n| n != "bpf");
+            }
+        }
+    }
+    profile["syscalls"]
+        .as_array_mut()
+        .expect("syscalls")
+        .push(json!({"names": ["bpf"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}));
+    let name = "deny-bpf.json";
+    std::fs::write(dir.join(name), profile.to_string()).expect("write profile");
+    format!("Localhost:{name}")
+}
+
+#[test]
+fn a_seccomp_profile_denying_bpf_gives_fetch_only_mode_with_the_reason() {
+    if !podman::available("a_seccomp_profile_denying_bpf") {
+        return;
+    }
+    podman::image().unwrap();
+    let _serial = serial();
+    let cluster = Cluster::start();
+    let profiles = TempDir::new("loupe-image-seccomp").unwrap();
+    let mut spec = spec();
+    spec.seccomp = profile_denying_bpf(profiles.path());
+    let mut env = cluster.env();
+    env.seccomp_root = Some(profiles.path().to_path_buf());
+    let (container, pod) = run_with(&spec, &cluster, &env);
+    cluster.wait_probe(&spec.readiness, 200);
+    let line = container
+        .wait_log_line(
+            &[
+                "fetch-only mode: cannot load the eBPF probe",
+                "Operation not permitted",
+            ],
+            WAIT,
+        )
+        .unwrap();
+    eprintln!("seccomp denying bpf(): {line}");
+    let exp = cluster.metrics_until(spec.readiness.port, "the pod served, fetched", |exp| {
+        target(exp, "app") == Some(1.0) && source_is(exp, "app", "fetched")
+    });
+    assert_eq!(exp.value("loupe_capture_active", &[]), Some(0.0));
+    assert_eq!(app_samples(&exp, "app"), app_samples(&exp, "app").max(1));
+    assert!(pod.attachments().is_empty(), "{:?}", pod.attachments());
+    assert!(container.running(), "log:\n{}", container.logs());
+}
+
+#[test]
+fn a_read_only_tmp_changes_nothing_since_loupe_writes_no_file() {
+    if !podman::available("a_read_only_tmp_changes_nothing") {
+        return;
+    }
+    podman::image().unwrap();
+    let _serial = serial();
+    let cluster = Cluster::start();
+    let mut spec = spec();
+    let tmp = spec
+        .mounts
+        .iter_mut()
+        .find(|m| m.path == "/tmp")
+        .expect("the DaemonSet mounts /tmp");
+    tmp.read_only = true;
+    let (container, pod) = run_with(&spec, &cluster, &cluster.env());
+    cluster.wait_probe(&spec.readiness, 200);
+    let exp = cluster.metrics_until(spec.readiness.port, "the pod served", |exp| {
+        target(exp, "app") == Some(1.0)
+    });
+    assert_eq!(exp.value("loupe_capture_active", &[]), Some(1.0));
+    assert!(!pod.attachments().is_empty());
+    let logs = container.logs();
+    assert!(!logs.contains("ERROR") && !logs.contains("WARN"), "{logs}");
+}
+
+#[test]
+fn an_unreachable_api_server_is_retried_until_it_answers() {
+    if !podman::available("an_unreachable_api_server_is_retried") {
+        return;
+    }
+    podman::image().unwrap();
+    let _serial = serial();
+    let mut cluster = Cluster::start();
+    cluster.rt.block_on(cluster.api.stop());
+    let spec = spec();
+    let (container, pod) = run_with(&spec, &cluster, &cluster.env());
+    let line = container
+        .wait_log_line(&["watching pods of node n1 failed", "retrying"], WAIT)
+        .unwrap();
+    eprintln!("API server away: {line}");
+    // Alive, not ready: the kubelet keeps it running and out of the Service's endpoints.
+    cluster.wait_probe(&spec.liveness, 200);
+    assert_eq!(cluster.probe(&spec.readiness), Ok(503));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(container.running(), "log:\n{}", container.logs());
+    let api = &mut cluster.api;
+    cluster.rt.block_on(api.restart()).expect("API server back");
+    cluster.wait_probe(&spec.readiness, 200);
+    cluster.metrics_until(spec.readiness.port, "the pod served", |exp| {
+        target(exp, "app") == Some(1.0)
+    });
+    drop(pod);
+}
+
+#[test]
+fn a_missing_token_is_named_in_the_log() {
+    if !podman::available("a_missing_token_is_named_in_the_log") {
+        return;
+    }
+    podman::image().unwrap();
+    let _serial = serial();
+    let cluster = Cluster::start();
+    std::fs::remove_file(cluster.service_account.path().join("token")).unwrap();
+    let spec = spec();
+    let (container, _pod) = run_with(&spec, &cluster, &cluster.env());
+    let line = container.wait_log_line(&["token"], WAIT).unwrap();
+    eprintln!("no token: {line}");
+    assert!(
+        line.contains(podman::SERVICE_ACCOUNT_DIR),
+        "the file is named: {line}"
+    );
+    assert_eq!(
+        cluster.api.unauthorized(),
+        0,
+        "no request without a token reached the API"
+    );
 }
