@@ -72,15 +72,18 @@ fn git_revision() {
         .ok()
         .filter(|r| !r.is_empty())
         .or_else(|| {
-            // Rerun when HEAD moves: HEAD itself, and the branch it points to.
-            for file in ["HEAD", "packed-refs"] {
-                if let Some(path) = git(&["rev-parse", "--git-path", file]) {
-                    println!("cargo:rerun-if-changed={path}");
-                }
-            }
-            if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
-                if let Some(path) = git(&["rev-parse", "--git-path", &branch]) {
-                    println!("cargo:rerun-if-changed={path}");
+            // Rerun when HEAD moves: HEAD, the branch it points to, packed refs. Only files that
+            // exist: cargo reruns on every build for a missing one.
+            let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+            let files = ["HEAD", "packed-refs"]
+                .into_iter()
+                .map(str::to_string)
+                .chain(branch);
+            for file in files {
+                if let Some(path) = git(&["rev-parse", "--git-path", &file]) {
+                    if Path::new(&path).exists() {
+                        println!("cargo:rerun-if-changed={path}");
+                    }
                 }
             }
             git(&["rev-parse", "--short=12", "HEAD"])

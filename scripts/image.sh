@@ -68,7 +68,8 @@ build_binary() {
 
 # Packs one binary; prints the image name.
 build_image() {
-  local a=$1 bin=$2 name platform strip context
+  local a=$1 bin=$2 name platform strip
+  # Not local: the EXIT trap below runs after this function returned.
   case "$a" in x86_64) platform=linux/amd64 ;; aarch64) platform=linux/arm64 ;; esac
   name="localhost/loupe:$version"
   [ "$a" = "$native" ] && [ "$arch" != all ] || name="localhost/loupe:$version-${platform#linux/}"

@@ -8,7 +8,7 @@
 //! memory cgroup, ulimits: shared notes `testbed.md`). Every container, and every cgroup directory
 //! podman makes for it, is removed on drop.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -652,6 +652,14 @@ fn made_dirs(parent: &str, before: &[PathBuf]) -> Vec<PathBuf> {
 
 impl Drop for Container {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- container {} ({}) log ---\n{}",
+                self.name,
+                self.image,
+                self.logs()
+            );
+        }
         let _ = self.podman(&["rm", "--force", "--time", "2", &self.name]);
         for dir in self.cgroups.iter().rev() {
             let _ = wait_for(
@@ -662,14 +670,6 @@ impl Drop for Container {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(())),
                     Err(e) => Err(e.to_string()),
                 },
-            );
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "--- container {} ({}) log ---\n{}",
-                self.name,
-                self.image,
-                self.logs()
             );
         }
     }

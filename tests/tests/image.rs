@@ -132,6 +132,9 @@ impl AppPod {
             annotations,
         );
         pod["metadata"]["uid"] = json!(self.cgroups.pod_uid);
+        // The declared port makes `app` the endpoint's container.
+        pod["spec"]["containers"][0]["ports"] =
+            json!([{"containerPort": APP_PORT, "protocol": "TCP"}]);
         pod
     }
 
@@ -257,7 +260,24 @@ impl Cluster {
     ) -> Exposition {
         wait_for(what, WAIT, || {
             let exp = self.scrape(port)?;
-            Ok(pred(&exp).then_some(exp))
+            if pred(&exp) {
+                return Ok(Some(exp));
+            }
+            let seen: Vec<String> = exp
+                .samples
+                .iter()
+                .filter(|s| s.name == "loupe_target_up" || s.name == "loupe_target_info")
+                .map(|s| {
+                    format!(
+                        "{}{{pod={:?},source={:?}}}={}",
+                        s.name,
+                        s.label("pod"),
+                        s.label("source"),
+                        s.value
+                    )
+                })
+                .collect();
+            Err(format!("not yet: {seen:?}"))
         })
         .unwrap()
     }
