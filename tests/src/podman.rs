@@ -7,6 +7,9 @@
 //! downward API, the emptyDir's directory) and this machine's (runc, cgroupfs under our own
 //! memory cgroup, ulimits: shared notes `testbed.md`). Every container, and every cgroup directory
 //! podman makes for it, is removed on drop.
+//!
+//! Longer than 600 lines: the manifest reading and the flag translation belong together, so that
+//! a field the DaemonSet gains is either translated or refused here.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -208,10 +211,15 @@ impl ContainerSpec {
             allow_privilege_escalation: sc["allowPrivilegeEscalation"].as_bool(),
             run_as_user: sc["runAsUser"].as_u64(),
             read_only_root: sc["readOnlyRootFilesystem"].as_bool().unwrap_or(false),
-            seccomp: sc["seccompProfile"]["type"]
-                .as_str()
-                .unwrap_or("RuntimeDefault")
-                .to_string(),
+            seccomp: match sc["seccompProfile"]["type"].as_str() {
+                Some("Localhost") => format!(
+                    "Localhost:{}",
+                    sc["seccompProfile"]["localhostProfile"]
+                        .as_str()
+                        .unwrap_or_default()
+                ),
+                other => other.unwrap_or("RuntimeDefault").to_string(),
+            },
             cap_drop: strings(&sc["capabilities"]["drop"], "capabilities.drop")?,
             cap_add: strings(&sc["capabilities"]["add"], "capabilities.add")?,
             liveness: probe("livenessProbe")?,
@@ -232,13 +240,64 @@ impl ContainerSpec {
                 .as_bool()
                 .unwrap_or(true),
         };
-        if c["command"].is_array() {
-            return Err(invalid(
-                "command",
-                "not supported here (the image's entrypoint is used)",
-            ));
-        }
+        refuse_unknown(c, CONTAINER_KEYS, "container")?;
+        refuse_unknown(sc, SECURITY_CONTEXT_KEYS, "securityContext")?;
+        refuse_unknown(pod, POD_KEYS, "pod spec")?;
         Ok(spec)
+    }
+}
+
+/// The fields read above, or with nothing to run here (scheduling, naming). Any other field is
+/// refused, so that a setting the manifest gains is never silently left out of the run.
+const CONTAINER_KEYS: &[&str] = &[
+    "name",
+    "image",
+    "args",
+    "env",
+    "ports",
+    "livenessProbe",
+    "readinessProbe",
+    "resources",
+    "securityContext",
+    "volumeMounts",
+    "imagePullPolicy",
+    "terminationMessagePath",
+    "terminationMessagePolicy",
+];
+const SECURITY_CONTEXT_KEYS: &[&str] = &[
+    "privileged",
+    "allowPrivilegeEscalation",
+    "runAsUser",
+    "readOnlyRootFilesystem",
+    "seccompProfile",
+    "capabilities",
+];
+const POD_KEYS: &[&str] = &[
+    "containers",
+    "volumes",
+    "hostPID",
+    "hostNetwork",
+    "serviceAccountName",
+    "nodeSelector",
+    "tolerations",
+    "terminationGracePeriodSeconds",
+    "automountServiceAccountToken",
+    "priorityClassName",
+    "affinity",
+];
+
+fn refuse_unknown(object: &Value, known: &[&str], what: &str) -> Result<()> {
+    let unknown: Vec<&String> = object
+        .as_object()
+        .map(|o| o.keys().filter(|k| !known.contains(&k.as_str())).collect())
+        .unwrap_or_default();
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid(
+            what,
+            format!("fields not run by this test: {unknown:?}"),
+        ))
     }
 }
 

@@ -11,6 +11,9 @@
 //! a seccomp profile denying bpf()) gives a clear log line and the documented fallback.
 //!
 //! Needs root and podman (skipped with the reason otherwise, a failure when `CI=true`).
+//!
+//! Longer than 600 lines: one harness (pods, TLS API server, kubelet-style prober) shared by the
+//! scenarios, each of which is a container run; splitting it would only move the harness.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -711,6 +714,16 @@ fn a_missing_token_is_named_in_the_log() {
         line.contains(podman::SERVICE_ACCOUNT_DIR),
         "the file is named: {line}"
     );
+    // Then it exits with that reason (the kubelet restarts it; `kubectl logs --previous` shows
+    // the line): not a silent crash loop.
+    wait_for("the agent to exit", WAIT, || {
+        Ok((!container.running()).then_some(()))
+    })
+    .unwrap();
+    assert_eq!(container.exit_code().unwrap(), 1, "{}", container.logs());
+    container
+        .wait_log_line(&["discovery stopped (see the error above)"], WAIT)
+        .unwrap();
     assert_eq!(
         cluster.api.unauthorized(),
         0,
