@@ -730,3 +730,57 @@ fn a_missing_token_is_named_in_the_log() {
         "no request without a token reached the API"
     );
 }
+
+/// No root needed: the DaemonSet's settings become exactly these podman flags (and the kubelet's
+/// part, marked), so a change to the manifest shows here first.
+#[test]
+fn the_daemonset_becomes_exactly_these_podman_flags() {
+    let spec = spec();
+    let env = PodEnv {
+        node_name: NODE.into(),
+        netns: PathBuf::from("/var/run/netns/agent"),
+        service_account: Some(PathBuf::from("/sa")),
+        api_server: Some(("198.19.0.1".into(), 6443)),
+        seccomp_root: None,
+    };
+    let flags = podman::run_flags(&spec, &env, &[PathBuf::from("/emptydir")]).unwrap();
+    let want = [
+        // securityContext (seccomp RuntimeDefault: podman's default profile, no flag)
+        "--cap-drop=ALL",
+        "--cap-add=SYS_ADMIN",
+        "--cap-add=NET_ADMIN",
+        "--cap-add=SYS_PTRACE",
+        "--user=0",
+        "--read-only",
+        "--read-only-tmpfs=false",
+        // hostPID; not hostNetwork: the pod's own namespace (kubelet)
+        "--pid=host",
+        "--network=ns:/var/run/netns/agent",
+        // env: RUST_LOG, NODE_NAME from the downward API (kubelet)
+        "--env=NODE_NAME=n1",
+        "--env=RUST_LOG=info",
+        // the kubelet's in-cluster environment and service account volume
+        "--env=KUBERNETES_SERVICE_HOST=198.19.0.1",
+        "--env=KUBERNETES_SERVICE_PORT=6443",
+        "--env=KUBERNETES_PORT=tcp://198.19.0.1:6443",
+        "--mount=type=bind,source=/sa,destination=/var/run/secrets/kubernetes.io/serviceaccount,ro",
+        // the /tmp emptyDir
+        "--mount=type=bind,source=/emptydir,destination=/tmp",
+        // resources
+        "--memory=256m",
+        "--memory-reservation=64m",
+        "--cpus=1",
+        "--cpu-shares=51",
+    ];
+    assert_eq!(flags, want);
+    assert_eq!(spec.args, ["run", "--kubernetes"]);
+    assert_eq!(
+        (spec.liveness.path.as_str(), spec.liveness.port),
+        ("/healthz", 9897)
+    );
+    assert_eq!(
+        (spec.readiness.path.as_str(), spec.readiness.port),
+        ("/readyz", 9897)
+    );
+    assert_eq!(spec.grace_seconds, 30);
+}
