@@ -43,6 +43,7 @@ impl fmt::Display for BuildError {
 }
 
 fn main() -> ExitCode {
+    git_revision();
     match build_ebpf() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -50,6 +51,45 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `LOUPE_GIT_REVISION` for `loupe --version` and the image's labels: the variable when set (an
+/// image build from a source tree without `.git`), else `git rev-parse --short=12 HEAD`, else
+/// "unknown".
+fn git_revision() {
+    println!("cargo:rerun-if-env-changed=LOUPE_GIT_REVISION");
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let revision = env::var("LOUPE_GIT_REVISION")
+        .ok()
+        .filter(|r| !r.is_empty())
+        .or_else(|| {
+            // Rerun when HEAD moves: HEAD, the branch it points to, packed refs. Only files that
+            // exist: cargo reruns on every build for a missing one.
+            let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+            let files = ["HEAD", "packed-refs"]
+                .into_iter()
+                .map(str::to_string)
+                .chain(branch);
+            for file in files {
+                if let Some(path) = git(&["rev-parse", "--git-path", &file]) {
+                    if Path::new(&path).exists() {
+                        println!("cargo:rerun-if-changed={path}");
+                    }
+                }
+            }
+            git(&["rev-parse", "--short=12", "HEAD"])
+        })
+        .unwrap_or_else(|| "unknown".to_string());
+    println!("cargo:rustc-env=LOUPE_GIT_REVISION={revision}");
 }
 
 fn var(name: &str) -> Result<PathBuf, BuildError> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 #[derive(Debug, Parser)]
 #[command(
     name = "loupe",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("LOUPE_GIT_REVISION"), ")"),
     about = "Collects pods' application metrics from inside their network namespaces and serves one merged Prometheus target per node."
 )]
 pub struct Cli {

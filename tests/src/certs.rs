@@ -61,7 +61,7 @@ fn path_str(p: &std::path::Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-fn self_signed(dir: &TempDir, name: &str, cn: &str) -> Result<Pair> {
+pub fn self_signed(dir: &TempDir, name: &str, cn: &str) -> Result<Pair> {
     let pair = Pair {
         cert: dir.path().join(format!("{name}.crt")),
         key: dir.path().join(format!("{name}.key")),
@@ -89,7 +89,7 @@ fn self_signed(dir: &TempDir, name: &str, cn: &str) -> Result<Pair> {
     Ok(pair)
 }
 
-fn signed(dir: &TempDir, name: &str, ca: &Pair, cn: &str, ext: &str) -> Result<Pair> {
+pub fn signed(dir: &TempDir, name: &str, ca: &Pair, cn: &str, ext: &str) -> Result<Pair> {
     let pair = Pair {
         cert: dir.path().join(format!("{name}.crt")),
         key: dir.path().join(format!("{name}.key")),

@@ -16,10 +16,15 @@
 //!
 //! The server can be stopped (listener and every open connection closed, so clients see the API
 //! go away mid-watch) and restarted on the same port with its state intact.
+//!
+//! [`KubeApi::start_tls`] serves HTTPS instead, on a chosen address (a pod must reach it, as pods
+//! reach `KUBERNETES_SERVICE_HOST`), with a certificate from the caller, and refuses with 401 every
+//! request without the expected `Authorization: Bearer` token: what an agent configured the
+//! in-cluster way (service account token and CA) talks to.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -74,12 +79,15 @@ struct Store {
     bookmark_interval: Duration,
     requests: VecDeque<String>,
     requests_dropped: u64,
+    unauthorized: u64,
     next_uid: u64,
 }
 
 struct Shared {
     store: Mutex<Store>,
     changes: broadcast::Sender<Arc<Change>>,
+    /// With TLS: the bearer token every request must carry.
+    token: Option<String>,
 }
 
 /// The server, running or stopped; dropping it stops it.
@@ -87,6 +95,20 @@ pub struct KubeApi {
     shared: Arc<Shared>,
     addr: SocketAddr,
     server: Option<JoinHandle<()>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// How [`KubeApi::start_tls`] serves: where, with which certificate, for which token.
+#[derive(Clone, Debug)]
+pub struct TlsOptions {
+    /// The address to listen on (port chosen free).
+    pub ip: IpAddr,
+    /// PEM certificate chain (server certificate first); its subjectAltName must name `ip`.
+    pub cert: PathBuf,
+    /// PEM private key of that certificate.
+    pub key: PathBuf,
+    /// Requests without `Authorization: Bearer <token>` get 401.
+    pub token: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,11 +129,28 @@ pub enum KubeApiError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("TLS setup with {path}: {detail}")]
+    Tls { path: PathBuf, detail: String },
 }
 
 impl KubeApi {
     /// Starts on a free port of 127.0.0.1.
     pub async fn start() -> Result<KubeApi, KubeApiError> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), None, None).await
+    }
+
+    /// Starts serving HTTPS on a free port of `options.ip`, every request needing the token.
+    pub async fn start_tls(options: TlsOptions) -> Result<KubeApi, KubeApiError> {
+        let acceptor = tls_acceptor(&options.cert, &options.key)?;
+        let addr = SocketAddr::new(options.ip, 0);
+        Self::start_on(addr, Some(acceptor), Some(options.token)).await
+    }
+
+    async fn start_on(
+        addr: SocketAddr,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        token: Option<String>,
+    ) -> Result<KubeApi, KubeApiError> {
         let (changes, _) = broadcast::channel(WATCH_QUEUE);
         let shared = Arc::new(Shared {
             store: Mutex::new(Store {
@@ -123,14 +162,17 @@ impl KubeApi {
                 bookmark_interval: Duration::from_secs(1),
                 requests: VecDeque::new(),
                 requests_dropped: 0,
+                unauthorized: 0,
                 next_uid: 1,
             }),
             changes,
+            token,
         });
         let mut api = KubeApi {
             shared,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            addr,
             server: None,
+            tls,
         };
         api.listen().await?;
         Ok(api)
@@ -141,12 +183,18 @@ impl KubeApi {
             addr: self.addr,
             source,
         };
-        let socket = TcpSocket::new_v4().map_err(listen_err)?;
+        let socket = if self.addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(listen_err)?;
         socket.set_reuseaddr(true).map_err(listen_err)?;
         socket.bind(self.addr).map_err(listen_err)?;
         let listener = socket.listen(128).map_err(listen_err)?;
         self.addr = listener.local_addr().map_err(listen_err)?;
-        self.server = Some(tokio::spawn(serve(listener, self.shared.clone())));
+        let tls = self.tls.clone();
+        self.server = Some(tokio::spawn(serve(listener, self.shared.clone(), tls)));
         Ok(())
     }
 
@@ -155,7 +203,13 @@ impl KubeApi {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Requests refused for a missing or wrong bearer token (TLS mode).
+    pub fn unauthorized(&self) -> u64 {
+        self.store().unauthorized
     }
 
     pub fn is_running(&self) -> bool {
@@ -360,7 +414,47 @@ fn key_of(pod: &Value) -> Option<(String, String)> {
     Some((ns.to_string(), name.to_string()))
 }
 
-async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+/// A TLS acceptor for the PEM certificate chain and key.
+fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, KubeApiError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let tls_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e: &dyn std::fmt::Display| KubeApiError::Tls {
+            path,
+            detail: e.to_string(),
+        }
+    };
+    let read = |path: &Path| std::fs::read(path).map_err(|e| tls_err(path)(&e));
+    let chain = CertificateDer::pem_slice_iter(&read(cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_err(cert)(&e))?;
+    let key_der = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|e| tls_err(key)(&e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err(cert)(&e))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| tls_err(cert)(&e))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves one HTTP/1.1 connection (plain or TLS) until the client or the server ends it.
+async fn serve_connection<S>(stream: S, shared: Arc<Shared>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(handle(req, shared).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+async fn serve(listener: TcpListener, shared: Arc<Shared>, tls: Option<tokio_rustls::TlsAcceptor>) {
     // Dropped (with every connection in it) when this task is aborted by `stop`.
     let mut connections = JoinSet::new();
     loop {
@@ -372,14 +466,17 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                     continue;
                 };
                 let shared = shared.clone();
+                let tls = tls.clone();
                 connections.spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let shared = shared.clone();
-                        async move { Ok::<_, Infallible>(handle(req, shared).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    match tls {
+                        // A failed handshake (a client not trusting the CA) just ends it.
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                serve_connection(stream, shared).await;
+                            }
+                        }
+                        None => serve_connection(stream, shared).await,
+                    }
                 });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -438,6 +535,14 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     lock(&shared).log_request(format!("{} {path}?{query}", req.method()));
+    if let Some(token) = &shared.token {
+        let expected = format!("Bearer {token}");
+        let given = req.headers().get(hyper::header::AUTHORIZATION);
+        if given.and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+            lock(&shared).unauthorized += 1;
+            return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+        }
+    }
     if req.method() != Method::GET {
         return status(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -15,6 +15,7 @@ pub mod http;
 pub mod kubeapi;
 pub mod loupe;
 pub mod pod;
+pub mod podman;
 pub mod prometheus;
 pub mod seccomp;
 pub mod testbed;
