@@ -20,6 +20,11 @@ ROOT=$PWD
 CACHE=${LOUPE_KERNEL_CACHE:-/var/cache/loupe-kernels}
 WORK=${LOUPE_MATRIX_WORK:-$(mktemp -d /tmp/loupe-matrix.XXXXXX)}
 ALL_KERNELS=(5.10 6.1 6.12 sid)
+# What each kernel is expected to do today. 5.10 (and so 5.14/5.15) has no bpf_loop, and its
+# verifier does not finish the bounded-loop program in minutes: loupe runs fetch-only there (issue
+# 15 stays open for it). The matrix still checks fetch, bodies and cleanup on it, and fails if it
+# ever observes or stops fetching without this line changing.
+expected_source() { case $1 in 5.10) echo fetched ;; *) echo observed ;; esac; }
 
 log() { printf 'kernel-matrix: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -278,10 +283,10 @@ boot() {
 # --- Checks and the table ---------------------------------------------------------------------
 
 # Checks one kernel's console log; prints "kernel|probe method|attach method|scraped|lonely|result".
-check_console() { # $1: kernel, $2: console file, $3: expected app body of each pod (dir)
-  python3 - "$1" "$2" "$3" <<'PY'
+check_console() { # $1: kernel, $2: console file, $3: expected app body of each pod (dir), $4: source of the scraped pod (observed|fetched)
+  python3 - "$1" "$2" "$3" "$4" <<'PY'
 import re, sys, json
-kernel, console, bodies = sys.argv[1:4]
+kernel, console, bodies, expected = sys.argv[1:5]
 text = open(console, errors="replace").read().replace("\r", "")
 def between(name):
     m = re.search(r"MATRIX %s-begin\n(.*?)MATRIX %s-end" % (name, name), text, re.S)
@@ -305,12 +310,15 @@ except ValueError:
     problems.append("/targets is not JSON")
     targets = []
 source = {t["pod"]: t.get("source") for t in targets}
-if value("observed") != "yes" or source.get("scraped") != "observed":
-    problems.append("scraped pod not observed (source %s)" % source.get("scraped"))
+if expected == "observed":
+    if value("observed") != "yes" or source.get("scraped") != "observed":
+        problems.append("scraped pod not observed (source %s)" % source.get("scraped"))
+    if value("observed-after-restart") != "yes":
+        problems.append("not observed after kill -9 and restart")
+elif source.get("scraped") != "fetched":
+    problems.append("expected fetch-only on this kernel, scraped pod's source is %s" % source.get("scraped"))
 if source.get("lonely") != "fetched":
     problems.append("pod nobody scrapes not fetched (source %s)" % source.get("lonely"))
-if value("observed-after-restart") != "yes":
-    problems.append("not observed after kill -9 and restart")
 # Every sample of each app appears in loupe's output, with the pod's labels added.
 metrics = between("metrics")
 ident = re.compile(r'(namespace|pod|container|endpoint)="[^"]*",?')
@@ -345,7 +353,7 @@ run_kernel() {
   build_initramfs "$k"
   boot "$k"
   local row
-  row=$(check_console "$k" "$WORK/$k.console" "$WORK/root-$k/www")
+  row=$(check_console "$k" "$WORK/$k.console" "$WORK/root-$k/www" "$(expected_source "$k")")
   log "$k: $((SECONDS - start)) s: $row"
   echo "$row" >>"$WORK/rows"
 }
