@@ -51,10 +51,17 @@ build_binary() {
   local a=$1 triple="$1-unknown-linux-gnu" upper
   upper=$(tr 'a-z-' 'A-Z_' <<<"$triple")
   if [ "$a" != "$native" ]; then
-    command -v "$a-linux-gnu-gcc" >/dev/null \
-      || die "$a-linux-gnu-gcc missing: apt-get install gcc-$a-linux-gnu libc6-dev-${a/aarch64/arm64}-cross"
-    rustup target list --installed 2>/dev/null | grep -qx "$triple" \
-      || die "the Rust standard library for $triple is missing: rustup target add $triple"
+    if ! command -v "$a-linux-gnu-gcc" >/dev/null; then
+      log "installing Debian's cross toolchain for $a"
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "gcc-$a-linux-gnu" "libc6-dev-${a/aarch64/arm64}-cross" >/dev/null \
+        || die "cannot install gcc-$a-linux-gnu (needs root and Debian's packages)"
+    fi
+    if ! rustup target list --installed 2>/dev/null | grep -qx "$triple"; then
+      log "adding the Rust standard library for $triple"
+      rustup target add "$triple" >&2 || die "rustup target add $triple failed"
+    fi
     # The linker, and the C compiler for ring's assembly and C parts.
     export "CARGO_TARGET_${upper}_LINKER=$a-linux-gnu-gcc" "CC_${triple//-/_}=$a-linux-gnu-gcc"
   fi
