@@ -179,23 +179,27 @@ impl TestNetns {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// [`Self::loupe_tcx_programs`] once it equals `want`, or after 2 s. A link is released when
+    /// [`Self::loupe_attachments`] once it equals `want`, or after 2 s. A TCX link is released when
     /// its last file reference closes: a process another test forks at that moment holds a copy
     /// of every descriptor until it execs, so the release can lag the close by a little.
-    async fn tcx_programs_settled(&self, want: usize) -> usize {
-        let mut count = self.loupe_tcx_programs();
+    async fn attachments_settled(&self, want: usize) -> usize {
+        let mut count = self.loupe_attachments();
         for _ in 0..20 {
             if count == want {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
-            count = self.loupe_tcx_programs();
+            count = self.loupe_attachments();
         }
         count
     }
 
-    /// Loupe programs attached with TCX on this namespace's lo egress.
-    fn loupe_tcx_programs(&self) -> usize {
+    /// Loupe programs attached on this namespace's lo egress: TCX links and netlink filters.
+    fn loupe_attachments(&self) -> usize {
+        self.loupe_tcx_links() + self.loupe_netlink_filters()
+    }
+
+    fn loupe_tcx_links(&self) -> usize {
         let programs = self
             .netns
             .run(|| SchedClassifier::query_tcx("lo", TcAttachType::Egress))
@@ -577,6 +581,14 @@ async fn per_namespace_five_megabyte_response_arrives_byte_identical() {
     five_megabytes(MethodChoice::PerNamespace).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_namespace_flat_five_megabyte_response_arrives_byte_identical() {
+    if !can_run("per_namespace_flat_five_megabyte_response_arrives_byte_identical") {
+        return;
+    }
+    five_megabytes(MethodChoice::PerNamespaceFlat).await;
+}
+
 async fn five_megabytes(method: MethodChoice) {
     let ns = TestNetns::new();
     let listener = ns.listen();
@@ -602,9 +614,15 @@ async fn five_megabytes(method: MethodChoice) {
         captured == expected,
         "captured response differs from the one sent"
     );
+    // The one-record copy (kernels without bpf_loop) sends each packet whole.
+    let largest = if method == MethodChoice::PerNamespaceFlat {
+        65535
+    } else {
+        4096
+    };
     assert!(
-        segments.iter().all(|s| s.payload.len() <= 4096),
-        "records are at most one chunk"
+        segments.iter().all(|s| s.payload.len() <= largest),
+        "records are at most {largest} bytes"
     );
     assert_eq!(probe.dropped(), (0, 0));
 }
@@ -623,6 +641,14 @@ async fn per_namespace_a_full_ring_counts_drops() {
         return;
     }
     full_ring_drops(MethodChoice::PerNamespace).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_namespace_flat_a_full_ring_counts_drops() {
+    if !can_run("per_namespace_flat_a_full_ring_counts_drops") {
+        return;
+    }
+    full_ring_drops(MethodChoice::PerNamespaceFlat).await;
 }
 
 async fn full_ring_drops(method: MethodChoice) {
@@ -681,19 +707,19 @@ async fn detach_and_drop(method: MethodChoice) {
     let ns = TestNetns::new();
     let mut probe = load_with(1 << 20, AttachMode::Auto, method);
     let cookie = probe.attach(&ns.netns).expect("attach");
-    assert_eq!(ns.loupe_tcx_programs(), 1);
+    assert_eq!(ns.loupe_attachments(), 1);
     probe.detach(cookie);
     assert_eq!(
-        ns.tcx_programs_settled(0).await,
+        ns.attachments_settled(0).await,
         0,
         "still attached after detach"
     );
 
     probe.attach(&ns.netns).expect("attach again");
-    assert_eq!(ns.loupe_tcx_programs(), 1);
+    assert_eq!(ns.loupe_attachments(), 1);
     drop(probe);
     assert_eq!(
-        ns.tcx_programs_settled(0).await,
+        ns.attachments_settled(0).await,
         0,
         "still attached after drop"
     );
@@ -733,19 +759,19 @@ async fn kill_9_leaves_no_tcx_program() {
         return;
     }
     let ns = TestNetns::new();
-    let method = std::env::var(METHOD_ENV).unwrap_or_else(|_| "auto".to_owned());
-    let mut child = spawn_attached_child(&ns, "tcx", &method);
-    assert_eq!(ns.loupe_tcx_programs(), 1, "child's TCX link not seen");
+    // TCX links are the shared method's (per-namespace filters need netlink for their classid).
+    let mut child = spawn_attached_child(&ns, "tcx", "shared");
+    assert_eq!(ns.loupe_attachments(), 1, "child's TCX link not seen");
     child.kill().expect("SIGKILL child");
     child.wait().expect("reap child");
     // The kernel releases the link with the dead process's file descriptors.
-    let mut remaining = ns.loupe_tcx_programs();
+    let mut remaining = ns.loupe_attachments();
     for _ in 0..50 {
         if remaining == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        remaining = ns.loupe_tcx_programs();
+        remaining = ns.loupe_attachments();
     }
     assert_eq!(remaining, 0, "TCX program left attached after kill -9");
 }
@@ -772,7 +798,7 @@ async fn netlink_leftovers_removed(method: MethodChoice) {
     let ns = TestNetns::new();
     let child_method = match method {
         MethodChoice::PerNamespace => "per-namespace",
-        MethodChoice::PerNamespaceBounded => "per-namespace-bounded",
+        MethodChoice::PerNamespaceFlat => "per-namespace-flat",
         MethodChoice::Shared => "shared",
         MethodChoice::Auto => "auto",
     };

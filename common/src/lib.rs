@@ -7,11 +7,12 @@
 /// Name of the TC classifier loaded once for all namespaces (netns cookie helper, `bpf_loop`;
 /// about Linux 6.14+). Also the netlink filter name used to find stale filters.
 pub const PROGRAM_NAME: &str = "loupe_lo_egress";
-/// Name of the TC classifier loaded once per namespace, identity in [`NETNS_ID_GLOBAL`], payload
-/// copied with a bounded loop (Linux 5.10+).
+/// Name of the TC classifier attached once per namespace as a netlink filter whose classid
+/// carries the namespace's slot ([`NETNS_SLOTS_MAP`]); payload copied as one record per packet,
+/// without loops (Linux 5.8+: ring buffers are the newest need).
 pub const PER_NAMESPACE_PROGRAM_NAME: &str = "loupe_lo_ns";
-/// Like [`PER_NAMESPACE_PROGRAM_NAME`], payload copied with `bpf_loop` (Linux 5.17+): cheaper to
-/// verify, so faster to load per namespace.
+/// Like [`PER_NAMESPACE_PROGRAM_NAME`], payload copied in [`CHUNK_BYTES`] records with
+/// `bpf_loop` (Linux 5.17+), so packets above 64 KiB (BIG TCP, 5.19+) are copied too.
 pub const PER_NAMESPACE_LOOP_PROGRAM_NAME: &str = "loupe_lo_nsloop";
 /// Every program name loupe attaches (at most 15 bytes: the kernel's name limit).
 pub const PROGRAM_NAMES: [&str; 3] = [
@@ -19,9 +20,13 @@ pub const PROGRAM_NAMES: [&str; 3] = [
     PER_NAMESPACE_LOOP_PROGRAM_NAME,
     PER_NAMESPACE_PROGRAM_NAME,
 ];
-/// Read-only `u64` global of [`PER_NAMESPACE_PROGRAM_NAME`]: the namespace identity its records
-/// carry in [`SegmentHeader::netns_cookie`] and its map keys use.
-pub const NETNS_ID_GLOBAL: &str = "NETNS_ID";
+/// Hash map `u32 -> u64` of the per-namespace programs: a filter's slot (the minor half of its
+/// netlink classid, which the kernel hands the program as `__sk_buff::tc_classid`) to the
+/// namespace identity its records carry in [`SegmentHeader::netns_cookie`] and its map keys use.
+/// Slot 0 is never used: traffic of a filter without a slot is ignored.
+pub const NETNS_SLOTS_MAP: &str = "NETNS_SLOTS";
+/// Entries of [`NETNS_SLOTS_MAP`]: namespaces attached at once with the per-namespace method.
+pub const MAX_NETNS_SLOTS: u32 = 4096;
 /// Ring buffer of [`SegmentHeader`] records.
 pub const SEGMENTS_MAP: &str = "SEGMENTS";
 /// Hash map `PortKey -> u8`: server ports whose traffic is copied, per namespace.
@@ -40,6 +45,13 @@ pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
 
 /// Largest payload one record carries. A bigger (GSO) packet becomes several records.
 pub const CHUNK_BYTES: usize = 4096;
+/// Largest payload of one record of [`PER_NAMESPACE_PROGRAM_NAME`] (the `payload_len` field's
+/// limit).
+pub const MAX_RECORD_PAYLOAD: usize = u16::MAX as usize;
+/// Largest packet payload [`PER_NAMESPACE_PROGRAM_NAME`] copies, as at most two records: two
+/// full segments of loopback's 64 KiB MTU (TCP's smallest GSO packet there). A longer packet
+/// (BIG TCP, 5.19+, where `bpf_loop` is there and the chunked programs run) is counted as dropped.
+pub const MAX_FLAT_PAYLOAD: usize = 2 * MAX_RECORD_PAYLOAD;
 /// Most records one packet becomes; payload beyond `MAX_CHUNKS * CHUNK_BYTES` is counted as dropped.
 pub const MAX_CHUNKS: usize = 64;
 
@@ -62,15 +74,17 @@ pub const TCP_ACK: u8 = 0x10;
 /// (`Ipv6Addr::from(saddr).to_canonical()`) and needs no family field. A real IPv6 packet never
 /// carries a mapped address: the kernel sends traffic to `::ffff:a.b.c.d` as IPv4.
 ///
-/// A packet with payload becomes one record per [`CHUNK_BYTES`] of payload, chunk `i` with
-/// `seq = packet seq + i * CHUNK_BYTES` (wrapping). SYN, FIN and RST packets without payload
-/// become one record with `payload_len == 0`.
+/// With the `bpf_loop` programs a packet with payload becomes one record per [`CHUNK_BYTES`] of
+/// payload, chunk `i` with `seq = packet seq + i * CHUNK_BYTES` (wrapping); with
+/// [`PER_NAMESPACE_PROGRAM_NAME`] it becomes one record of up to [`MAX_RECORD_PAYLOAD`] bytes,
+/// and a second (chunk 1, seq after the first) for the rest of a longer packet.
+/// SYN, FIN and RST packets without payload become one record with `payload_len == 0`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SegmentHeader {
     /// The namespace's identity: `bpf_get_netns_cookie(skb)` (equals `SO_NETNS_COOKIE` of a
-    /// socket there) for [`PROGRAM_NAME`], the instance's [`NETNS_ID_GLOBAL`] for
-    /// [`PER_NAMESPACE_PROGRAM_NAME`].
+    /// socket there) for [`PROGRAM_NAME`], the identity [`NETNS_SLOTS_MAP`] gives the filter's
+    /// slot for the per-namespace programs.
     pub netns_cookie: u64,
     /// Source address, IPv6 or IPv4-mapped, network byte order (`Ipv6Addr::from(saddr)`).
     pub saddr: [u8; 16],
@@ -80,7 +94,8 @@ pub struct SegmentHeader {
     /// Sequence number of this record's first payload byte (for SYN: the SYN's own seq).
     pub seq: u32,
     pub ack: u32,
-    /// Payload bytes following this header in the record (0..=CHUNK_BYTES).
+    /// Payload bytes following this header in the record (0..=CHUNK_BYTES, or up to
+    /// [`MAX_RECORD_PAYLOAD`] from [`PER_NAMESPACE_PROGRAM_NAME`]).
     pub payload_len: u16,
     /// TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10).
     pub flags: u8,

@@ -5,16 +5,16 @@
 //! `loupe_common::SegmentHeader`).
 //! It only observes: it always returns `TC_ACT_UNSPEC` (= `TCX_NEXT`), never changing traffic.
 //!
-//! Two entry points share all the code; the agent picks one per kernel by trying to load it:
-//! - `loupe_lo_egress` (one instance for all namespaces): the namespace comes from
-//!   `bpf_get_netns_cookie` (allowed in TC programs from about Linux 6.14/6.15; verified on
-//!   6.18), payload is copied with `bpf_loop` (5.17+).
-//! - `loupe_lo_nsloop` and `loupe_lo_ns` (one instance per namespace): the namespace identity
-//!   is the read-only global `NETNS_ID`, set by the agent before each instance is loaded;
-//!   payload is copied with `bpf_loop` (5.17+) or, in `loupe_lo_ns` (Linux 5.10+), a bounded
-//!   loop (5.3+ verifier) without callback, which kernels that cannot load BTF func info for
-//!   callbacks (before 5.13) accept.
-//! Both need ring buffers (5.8+). The maps are shared by all instances (the agent reuses them).
+//! Three entry points share all the code; the agent picks one per kernel by trying to load it.
+//! Each is loaded once, whatever the number of namespaces:
+//! - `loupe_lo_egress`: the namespace comes from `bpf_get_netns_cookie` (allowed in TC programs
+//!   from about Linux 6.14/6.15; verified on 6.18), payload is copied with `bpf_loop` (5.17+).
+//! - `loupe_lo_nsloop` and `loupe_lo_ns`: attached as one netlink filter per namespace, whose
+//!   classid carries the namespace's slot; the kernel hands it to the program as
+//!   `__sk_buff::tc_classid`, and `NETNS_SLOTS` maps it to the namespace's identity. Payload is
+//!   copied with `bpf_loop` (5.17+), or, in `loupe_lo_ns`, in one or two records per packet
+//!   without any loop, which every kernel with ring buffers (5.8+) verifies quickly (5.10's verifier took
+//!   minutes over a bounded loop of 16 chunks).
 #![no_std]
 #![no_main]
 
@@ -32,8 +32,8 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use loupe_common::{
     ipv4_mapped, DropCounters, PortKey, SegmentHeader, CHUNK_BYTES, DEFAULT_RING_BYTES,
-    DIRECTION_REQUEST, DIRECTION_RESPONSE, MAX_CHUNKS, MAX_OWN_FLOWS, MAX_WATCHED_PORTS, TCP_FIN,
-    TCP_PSH, TCP_RST, TCP_SYN,
+    DIRECTION_REQUEST, DIRECTION_RESPONSE, MAX_CHUNKS, MAX_FLAT_PAYLOAD, MAX_NETNS_SLOTS,
+    MAX_OWN_FLOWS, MAX_RECORD_PAYLOAD, MAX_WATCHED_PORTS, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN,
 };
 
 #[map]
@@ -48,14 +48,9 @@ static OWN_FLOWS: HashMap<PortKey, u8> = HashMap::with_max_entries(MAX_OWN_FLOWS
 #[map]
 static DROPS: PerCpuArray<DropCounters> = PerCpuArray::with_max_entries(1, 0);
 
-/// Identity of the namespace this instance is attached in (`loupe_lo_ns` only): written into the
-/// object's `.rodata` by the agent before load, so the verifier sees it as a constant.
-#[no_mangle]
-static NETNS_ID: u64 = 0;
-
-/// Chunks the bounded loop copies per packet (`loupe_lo_ns`): 64 KiB, the largest GSO packet
-/// without BIG TCP.
-const BOUNDED_CHUNKS: usize = 16;
+/// A per-namespace filter's slot (its classid's minor half) to the namespace's identity.
+#[map]
+static NETNS_SLOTS: HashMap<u32, u64> = HashMap::with_max_entries(MAX_NETNS_SLOTS, 0);
 
 /// `TC_ACT_UNSPEC` for netlink filters, `TCX_NEXT` for TCX links: let the next program decide.
 const PASS_ON: i32 = -1;
@@ -75,22 +70,22 @@ struct Record<const N: usize> {
     data: [u8; N],
 }
 
-/// One instance for every namespace: needs `bpf_get_netns_cookie` in TC programs and `bpf_loop`.
+/// Every namespace, told apart by `bpf_get_netns_cookie`; needs it in TC programs and `bpf_loop`.
 #[classifier]
 pub fn loupe_lo_egress(ctx: TcContext) -> i32 {
     let _ = observe::<true, true>(&ctx);
     PASS_ON
 }
 
-/// One instance per namespace (identity in `NETNS_ID`), `bpf_loop` (5.17+): the verifier checks
-/// the chunk body once, so each instance loads about 3 times faster than `loupe_lo_ns`.
+/// One netlink filter per namespace (slot in the classid), payload copied with `bpf_loop` (5.17+).
 #[classifier]
 pub fn loupe_lo_nsloop(ctx: TcContext) -> i32 {
     let _ = observe::<false, true>(&ctx);
     PASS_ON
 }
 
-/// One instance per namespace (identity in `NETNS_ID`); no helper newer than 5.8.
+/// One netlink filter per namespace (slot in the classid), one or two records per packet; no
+/// helper newer than 5.8.
 #[classifier]
 pub fn loupe_lo_ns(ctx: TcContext) -> i32 {
     let _ = observe::<false, false>(&ctx);
@@ -194,8 +189,8 @@ fn load_into<T: Copy>(ctx: &TcContext, offset: usize, dst: &mut T) -> Result<(),
     }
 }
 
-/// `SHARED`: one instance for all namespaces (netns cookie helper), otherwise one per namespace
-/// (`NETNS_ID`). `LOOP_HELPER`: payload copied with `bpf_loop`, otherwise a bounded loop.
+/// `SHARED`: the namespace from the netns cookie helper, otherwise from the filter's slot.
+/// `LOOP_HELPER`: payload copied with `bpf_loop` in chunks, otherwise as one record.
 #[inline(always)]
 fn observe<const SHARED: bool, const LOOP_HELPER: bool>(ctx: &TcContext) -> Result<(), i64> {
     // Built in place: the record header lives once on the stack, inside the loop state.
@@ -224,9 +219,14 @@ fn observe<const SHARED: bool, const LOOP_HELPER: bool>(ctx: &TcContext) -> Resu
         // SAFETY: the helper only reads the skb the kernel passed to this program.
         unsafe { bpf_get_netns_cookie(ctx.skb.skb.cast::<c_void>()) }
     } else {
-        // SAFETY: a plain u64 in .rodata; the volatile read keeps the compiler from folding the
-        // compiled-in 0, since the agent writes the real value before load.
-        unsafe { core::ptr::read_volatile(&NETNS_ID) }
+        // SAFETY: a plain read of the context the kernel passed; cls_bpf sets it to the filter's
+        // classid before running the program (16 bits in the kernel's skb control block).
+        let slot = unsafe { (*ctx.skb.skb).tc_classid } & 0xffff;
+        // SAFETY: a plain u64 value, copied out right away.
+        match unsafe { NETNS_SLOTS.get(&slot) } {
+            Some(identity) => *identity,
+            None => return Ok(()),
+        }
     };
     let (direction, client_port) = if is_watched(netns_cookie, dport) {
         (DIRECTION_REQUEST, sport)
@@ -275,34 +275,27 @@ fn observe<const SHARED: bool, const LOOP_HELPER: bool>(ctx: &TcContext) -> Resu
     } else {
         header.seq
     };
-    let chunks = payload_len.div_ceil(CHUNK_BYTES);
     state.payload_off = payload_off as u32;
     state.payload_len = payload_len as u32;
+    if !LOOP_HELPER {
+        let (records, bytes) = emit_flat(&state, payload_len);
+        if records != 0 {
+            count_drop(ctx, records, bytes);
+        }
+        return Ok(());
+    }
+    let chunks = payload_len.div_ceil(CHUNK_BYTES);
     state.chunks = chunks as u32;
-    if LOOP_HELPER {
-        // bpf_loop has the verifier check the body once instead of once per iteration.
-        // SAFETY: the callback has the signature bpf_loop expects and only reads/writes `state`
-        // through the pointer it is given, which lives on this stack frame during the call.
-        unsafe {
-            bpf_loop(
-                chunks.min(MAX_CHUNKS) as u32,
-                emit_chunk as *mut c_void,
-                (&mut state as *mut ChunkLoop).cast::<c_void>(),
-                0,
-            );
-        }
-    } else {
-        // A bounded loop: the verifier walks every iteration (5.3+), no callback function.
-        // Every record has the full chunk size here: one path per iteration, where a choice of
-        // sizes would have older verifiers (5.10) follow each size into the next iteration.
-        // At most BOUNDED_CHUNKS iterations (64 KiB): kernels without bpf_loop (before 5.17)
-        // have no BIG TCP (5.19+), so no packet carries more; the 5.10 verifier's cost grows
-        // with the square of the iterations. A longer packet is counted as dropped.
-        for index in 0..BOUNDED_CHUNKS as u64 {
-            if !next_chunk::<true>(index, &mut state) {
-                break;
-            }
-        }
+    // bpf_loop has the verifier check the body once instead of once per iteration.
+    // SAFETY: the callback has the signature bpf_loop expects and only reads/writes `state`
+    // through the pointer it is given, which lives on this stack frame during the call.
+    unsafe {
+        bpf_loop(
+            chunks.min(MAX_CHUNKS) as u32,
+            emit_chunk as *mut c_void,
+            (&mut state as *mut ChunkLoop).cast::<c_void>(),
+            0,
+        );
     }
     let emitted = state.emitted as usize;
     if emitted < chunks {
@@ -341,17 +334,73 @@ struct ChunkFields {
 extern "C" fn emit_chunk(index: u64, state: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer to the ChunkLoop given to it.
     let state = unsafe { &mut *state.cast::<ChunkLoop>() };
-    if next_chunk::<false>(index, state) {
+    if next_chunk(index, state) {
         0
     } else {
         1
     }
 }
 
-/// Emits chunk `index` of the packet; false when the loop should stop (all emitted, ring full).
-/// `FULL`: only the largest record size is used (ring space traded for a simpler program).
+/// Emits the payload without a loop: one record of up to [`MAX_RECORD_PAYLOAD`] bytes in the
+/// smallest size class that holds it, and a second record for the rest of a packet of two full
+/// segments (loopback's MTU is 64 KiB and TCP sends at least two segments per GSO packet, so
+/// such packets reach about 128 KiB on every kernel). A few straight branches that old
+/// verifiers check in one pass. Returns the records and payload bytes not emitted: the whole
+/// packet when it is above [`MAX_FLAT_PAYLOAD`], else what a full ring or a failed copy lost
+/// (the first record may be in the ring while the second is not: a gap follows it).
 #[inline(always)]
-fn next_chunk<const FULL: bool>(index: u64, state: &mut ChunkLoop) -> bool {
+fn emit_flat(state: &ChunkLoop, payload_len: usize) -> (u64, u64) {
+    if payload_len > MAX_FLAT_PAYLOAD {
+        return (1, payload_len as u64);
+    }
+    let first_len = payload_len.min(MAX_RECORD_PAYLOAD);
+    let split = first_len < payload_len;
+    let mut fields = ChunkFields {
+        seq: state.data_seq,
+        chunk: 0,
+        payload_len: first_len as u16,
+        flags: state.header.flags,
+    };
+    if split {
+        fields.flags &= !(TCP_FIN | TCP_PSH | TCP_RST);
+    }
+    let (skb, header, src) = (state.skb, &state.header, u64::from(state.payload_off));
+    let len = first_len as u64;
+    let emitted = if first_len > 16384 {
+        emit::<MAX_RECORD_PAYLOAD>(skb, header, fields, src, len)
+    } else if first_len > CHUNK_BYTES {
+        emit::<16384>(skb, header, fields, src, len)
+    } else if first_len > 1024 {
+        emit::<CHUNK_BYTES>(skb, header, fields, src, len)
+    } else if first_len > 256 {
+        emit::<1024>(skb, header, fields, src, len)
+    } else {
+        emit::<256>(skb, header, fields, src, len)
+    };
+    let records = if split { 2 } else { 1 };
+    if !emitted {
+        return (records, payload_len as u64);
+    }
+    if !split {
+        return (0, 0);
+    }
+    let rest = ChunkFields {
+        seq: state.data_seq.wrapping_add(first_len as u32),
+        chunk: 1,
+        payload_len: (payload_len - first_len) as u16,
+        flags: state.header.flags & !TCP_SYN,
+    };
+    let rest_len = (payload_len - first_len) as u64;
+    if emit::<MAX_RECORD_PAYLOAD>(skb, header, rest, src + first_len as u64, rest_len) {
+        (0, 0)
+    } else {
+        (1, rest_len)
+    }
+}
+
+/// Emits chunk `index` of the packet; false when the loop should stop (all emitted, ring full).
+#[inline(always)]
+fn next_chunk(index: u64, state: &mut ChunkLoop) -> bool {
     if index >= MAX_CHUNKS as u64 || index != u64::from(state.emitted) {
         return false;
     }
@@ -376,7 +425,7 @@ fn next_chunk<const FULL: bool>(index: u64, state: &mut ChunkLoop) -> bool {
         fields.flags &= !(TCP_FIN | TCP_PSH | TCP_RST);
     }
     let src = u64::from(state.payload_off) + offset;
-    let emitted = if FULL || len > 1024 {
+    let emitted = if len > 1024 {
         emit::<CHUNK_BYTES>(state.skb, &state.header, fields, src, len)
     } else if len > 256 {
         emit::<1024>(state.skb, &state.header, fields, src, len)

@@ -2,17 +2,19 @@
 //!
 //! One [`Probe`] attaches the capture program on `lo` egress in every watched pod's network
 //! namespace (TCX links where the kernel has them, netlink `clsact` filters otherwise). How the
-//! program tells namespaces apart is chosen at load by trying ([`method`]): one shared program
-//! (netns cookie helper, about Linux 6.14+) or one instance per namespace (Linux 5.10+); either
-//! way a segment's [`FlowKey::netns`] is the namespace's [`Netns::cookie`].
+//! program tells namespaces apart is chosen at load by trying ([`method`]): the netns cookie
+//! helper (about Linux 6.14+), or a slot in each namespace's netlink filter (Linux 5.8+, so every
+//! LTS kernel from 5.10); either way the program is loaded once, and a segment's
+//! [`FlowKey::netns`] is the namespace's [`Netns::cookie`].
 //! [`Probe::load`] also attaches once in a scratch namespace, so a kernel where no TC attachment
 //! works is found at start, with one error, not once per pod. Which flows are copied is decided by two kernel maps the probe edits: watched
 //! server ports per namespace ([`Probe::watch_port`]) and the agent's own client ports
 //! ([`OwnFlows`]), so the fetch path's requests are never copied.
 //!
-//! Ring-buffer records (layout: [`loupe_common::SegmentHeader`]) become [`Segment`]s. A packet
-//! with more than [`CHUNK_BYTES`] of payload (loopback GSO makes packets of 32 KiB up to about
-//! 128 KiB) arrives as several segments with consecutive sequence numbers. When the ring is full
+//! Ring-buffer records (layout: [`loupe_common::SegmentHeader`]) become [`Segment`]s. With the
+//! `bpf_loop` programs a packet with more than [`loupe_common::CHUNK_BYTES`] of payload
+//! (loopback GSO makes packets of 32 KiB up to about 128 KiB) arrives as several segments with
+//! consecutive sequence numbers; the one-record program sends it whole (up to 64 KiB). When the ring is full
 //! the program drops the rest of that packet and counts it ([`Probe::dropped`]); the flow then
 //! has a sequence gap.
 //!
@@ -40,7 +42,8 @@
 //! saying which.
 //!
 //! Size: this file holds the probe's whole kernel-facing life cycle (load, attach, maps, ring),
-//! which reads best in one place; the method choice and instance loading live in [`method`].
+//! which reads best in one place; the method choice lives in [`method`], the per-namespace
+//! method's slots in [`slots`].
 //!
 //! Leftovers: a TCX link is released with its file descriptor, so even `kill -9` leaves nothing
 //! attached. A netlink filter outlives the process, so [`Probe::attach`] first removes every
@@ -48,6 +51,7 @@
 //! egress.
 
 mod method;
+mod slots;
 
 pub use method::{MethodChoice, ProbeMethod, METHOD_ENV};
 
@@ -58,19 +62,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::links::Link as _;
-use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError};
+use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle};
 use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
 use aya::sys::BpfHelper;
 use aya::{Ebpf, EbpfLoader};
 use aya_log::EbpfLogger;
 use bytes::Bytes;
 use loupe_common::{
-    DropCounters, PortKey, SegmentHeader, CHUNK_BYTES, DEFAULT_RING_BYTES, DIRECTION_REQUEST,
-    DIRECTION_RESPONSE, DROPS_MAP, NETNS_ID_GLOBAL, OWN_FLOWS_MAP, PER_NAMESPACE_LOOP_PROGRAM_NAME,
+    DropCounters, PortKey, SegmentHeader, DEFAULT_RING_BYTES, DIRECTION_REQUEST,
+    DIRECTION_RESPONSE, DROPS_MAP, NETNS_SLOTS_MAP, OWN_FLOWS_MAP, PER_NAMESPACE_LOOP_PROGRAM_NAME,
     PER_NAMESPACE_PROGRAM_NAME, PROGRAM_NAME, PROGRAM_NAMES, SEGMENTS_MAP, SEGMENT_HEADER_LEN,
     WATCHED_PORTS_MAP,
 };
-use method::InstanceLoader;
+use slots::NetnsSlots;
 use tokio::io::unix::AsyncFd;
 
 use super::{Direction, FlowKey, NetnsCookie, Segment};
@@ -145,8 +149,10 @@ pub enum ProbeError {
         shared: String,
         per_namespace: String,
     },
-    #[error("per-namespace capture: {what}")]
-    Instance { what: String },
+    #[error("per-namespace capture: all {max} namespace slots are taken")]
+    SlotsFull { max: u32 },
+    #[error("the per-namespace capture method attaches with netlink filters only (a TCX link hands the program no classid), but TCX only was asked for")]
+    SlotsNeedNetlink,
     #[error("eBPF capture program: {what}: {source}")]
     Program {
         what: &'static str,
@@ -160,7 +166,9 @@ pub enum ProbeError {
     },
     #[error(transparent)]
     Netns(#[from] NetnsError),
-    #[error("cannot attach {PROGRAM_NAME} on lo egress in network namespace {netns}: {reason}")]
+    #[error(
+        "cannot attach the capture program on lo egress in network namespace {netns}: {reason}"
+    )]
     Attach { netns: String, reason: String },
     #[error("the segment stream was already taken from this probe")]
     SegmentsTaken,
@@ -218,6 +226,8 @@ impl Default for ProbeConfig {
 struct Attachment {
     link: SchedClassifierLink,
     via: AttachedVia,
+    /// The per-namespace method's slot, in the filter's classid and `NETNS_SLOTS`.
+    slot: Option<u16>,
     /// Netlink filters must be removed from inside the namespace; holding the namespace also
     /// keeps its identity (an inode number, on kernels without netns cookies) from being reused
     /// while it is attached.
@@ -234,13 +244,14 @@ enum LogForwarding {
 
 /// The loaded capture program and its maps.
 pub struct Probe {
-    /// The first instance: owns the maps; its program is the one attached with the shared method.
     ebpf: Ebpf,
+    /// The program attached in every namespace (which one depends on the method).
+    program: &'static str,
     method: ProbeMethod,
     method_reason: String,
     attach_support: AttachedVia,
-    /// Loads per-namespace instances (per-namespace method only).
-    instances: Option<InstanceLoader>,
+    /// Slots of attached namespaces (per-namespace method only).
+    slots: Option<NetnsSlots>,
     attach_mode: AttachMode,
     attachments: StdHashMap<NetnsCookie, Attachment>,
     watched: HashMap<MapData, PortKey, u8>,
@@ -300,15 +311,25 @@ impl Probe {
         }
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(SEGMENTS_MAP, config.ring_bytes)
-            .override_global(NETNS_ID_GLOBAL, &0u64, true)
             .load(OBJECT)
             .map_err(ProbeError::Load)?;
         let (method, program, method_reason) = choose_method(&mut ebpf, config.method)?;
-        let instances = match method {
-            ProbeMethod::PerNamespace => Some(InstanceLoader::new(&ebpf, program)?),
+        if method == ProbeMethod::PerNamespace && config.attach_mode == AttachMode::Tcx {
+            return Err(ProbeError::SlotsNeedNetlink);
+        }
+        let slots = match method {
+            ProbeMethod::PerNamespace => {
+                Some(NetnsSlots::new(take_map(&mut ebpf, NETNS_SLOTS_MAP)?)?)
+            }
             ProbeMethod::Shared => None,
         };
-        let attach_support = check_attach(classifier(&mut ebpf, program)?, config.attach_mode)?;
+        // Slot 0 belongs to no namespace: the check's filter sees nothing.
+        let check_slot = slots.as_ref().map(|_| 0);
+        let attach_support = check_attach(
+            classifier(&mut ebpf, program)?,
+            config.attach_mode,
+            check_slot,
+        )?;
         log::info!(
             "capture method: {method} ({method_reason}); pods are attached with {attach_support}"
         );
@@ -323,10 +344,11 @@ impl Probe {
             .map_err(map_err(SEGMENTS_MAP, "open"))?;
         Ok(Probe {
             ebpf,
+            program,
             method,
             method_reason,
             attach_support,
-            instances,
+            slots,
             attach_mode: config.attach_mode,
             attachments: StdHashMap::new(),
             watched,
@@ -360,35 +382,57 @@ impl Probe {
     /// Attaches the program on `lo` egress inside `netns` and returns the namespace's cookie
     /// (the one segments carry). Attaching a namespace twice is a no-op. Netlink filters named
     /// like loupe's programs already there (a crashed earlier run) are removed first. With the
-    /// per-namespace method this loads the namespace's own instance first.
+    /// per-namespace method the namespace first gets a slot, which its filter carries.
     pub fn attach(&mut self, netns: &Netns) -> Result<NetnsCookie, ProbeError> {
         let cookie = netns.cookie()?;
         if self.attachments.contains_key(&cookie) {
             return Ok(cookie);
         }
-        let mode = self.attach_mode;
-        let mut instance;
-        let program = match &self.instances {
-            Some(loader) => {
-                instance = loader
-                    .load(OBJECT, cookie)
-                    .inspect_err(|_| ATTACH_FAILURES.inc())?;
-                classifier(&mut instance, loader.program())?
-            }
-            None => classifier(&mut self.ebpf, PROGRAM_NAME)?,
+        let slot = match &mut self.slots {
+            Some(slots) => Some(
+                slots
+                    .assign(cookie)
+                    .inspect_err(|_| ATTACH_FAILURES.inc())?,
+            ),
+            None => None,
         };
-        let attached = netns.run(|| attach_here(program, mode))?;
-        let (link, via) = attached.map_err(|reason| {
-            ATTACH_FAILURES.inc();
-            ProbeError::Attach {
+        let attached = self.attach_with_slot(netns, slot);
+        let (link, via, netns) = match attached {
+            Ok(attached) => attached,
+            Err(e) => {
+                ATTACH_FAILURES.inc();
+                if let (Some(slots), Some(slot)) = (&mut self.slots, slot) {
+                    slots.release(slot);
+                }
+                return Err(e);
+            }
+        };
+        self.attachments.insert(
+            cookie,
+            Attachment {
+                link,
+                via,
+                slot,
+                netns,
+            },
+        );
+        Ok(cookie)
+    }
+
+    fn attach_with_slot(
+        &mut self,
+        netns: &Netns,
+        slot: Option<u16>,
+    ) -> Result<(SchedClassifierLink, AttachedVia, Netns), ProbeError> {
+        let mode = self.attach_mode;
+        let program = classifier(&mut self.ebpf, self.program)?;
+        let (link, via) = netns
+            .run(|| attach_here(program, mode, slot))?
+            .map_err(|reason| ProbeError::Attach {
                 netns: netns.path().display().to_string(),
                 reason,
-            }
-        })?;
-        let netns = netns.try_clone()?;
-        self.attachments
-            .insert(cookie, Attachment { link, via, netns });
-        Ok(cookie)
+            })?;
+        Ok((link, via, netns.try_clone()?))
     }
 
     /// How the namespace with this cookie is attached, if it is.
@@ -408,7 +452,11 @@ impl Probe {
             self.unwatch_port(cookie, port);
         }
         if let Some(attachment) = self.attachments.remove(&cookie) {
+            let slot = attachment.slot;
             detach_attachment(cookie, attachment);
+            if let (Some(slots), Some(slot)) = (&mut self.slots, slot) {
+                slots.release(slot);
+            }
         }
     }
 
@@ -482,8 +530,8 @@ impl Drop for Probe {
 }
 
 /// Picks the capture method by loading: the shared program if allowed and the kernel takes it,
-/// else a per-namespace one (`bpf_loop` if the kernel has it, else the bounded loop). Returns
-/// the method, the program attached, and why.
+/// else the per-namespace one (`bpf_loop` if the kernel has it, else one record per packet).
+/// Returns the method, the program attached, and why.
 fn choose_method(
     ebpf: &mut Ebpf,
     choice: MethodChoice,
@@ -492,46 +540,42 @@ fn choose_method(
         Ok(reason) => return Ok((ProbeMethod::Shared, PROGRAM_NAME, reason)),
         Err(why_not) => why_not,
     };
-    let mut loop_error = None;
-    if choice != MethodChoice::PerNamespaceBounded {
+    let per_namespace = |copy: &str| {
+        format!("shared program: {shared}; so one netlink filter per pod namespace, its slot in the classid ({copy})")
+    };
+    let loop_error = if choice == MethodChoice::PerNamespaceFlat {
+        format!("{METHOD_ENV}=per-namespace-flat")
+    } else {
         match classifier(ebpf, PER_NAMESPACE_LOOP_PROGRAM_NAME)?.load() {
             Ok(()) => {
                 return Ok((
                     ProbeMethod::PerNamespace,
                     PER_NAMESPACE_LOOP_PROGRAM_NAME,
-                    format!("shared program: {shared}; so one program instance per pod namespace (payload copied with bpf_loop)"),
+                    per_namespace("payload copied with bpf_loop"),
                 ))
             }
-            Err(e) => loop_error = Some(crate::telemetry::with_causes(&e)),
+            Err(e) => method::helper_missing(BpfHelper::BPF_FUNC_loop).unwrap_or_else(|| {
+                format!(
+                    "the bpf_loop variant does not load: {}",
+                    truncated(&crate::telemetry::with_causes(&e))
+                )
+            }),
         }
-    }
-    if let (Some(e), Some(missing)) = (
-        &loop_error,
-        method::helper_missing(BpfHelper::BPF_FUNC_loop),
-    ) {
-        // The bounded-loop program verifies, but the 5.10 verifier takes minutes over it (under
-        // emulation); trying it unasked would hold up loupe's start. Fetch-only instead.
-        return Err(ProbeError::NoMethod {
-            shared,
-            per_namespace: format!("{missing}, which the per-namespace program needs ({}); the bounded-loop program for such kernels is experimental: {METHOD_ENV}=per-namespace-bounded", truncated(e)),
-        });
-    }
+    };
     match classifier(ebpf, PER_NAMESPACE_PROGRAM_NAME)?.load() {
-        Ok(()) => {
-            let why_bounded = match (loop_error, method::helper_missing(BpfHelper::BPF_FUNC_loop)) {
-                (None, _) => format!("{METHOD_ENV}=per-namespace-bounded"),
-                (Some(_), Some(missing)) => missing,
-                (Some(e), None) => format!("the bpf_loop variant does not load: {}", truncated(&e)),
-            };
-            Ok((
-                ProbeMethod::PerNamespace,
-                PER_NAMESPACE_PROGRAM_NAME,
-                format!("shared program: {shared}; so one program instance per pod namespace (payload copied with a bounded loop: {why_bounded})"),
-            ))
-        }
+        Ok(()) => Ok((
+            ProbeMethod::PerNamespace,
+            PER_NAMESPACE_PROGRAM_NAME,
+            per_namespace(&format!(
+                "payload copied as one record per packet, up to 64 KiB: {loop_error}"
+            )),
+        )),
         Err(e) => Err(ProbeError::NoMethod {
             shared,
-            per_namespace: crate::telemetry::with_causes(&e),
+            per_namespace: format!(
+                "{loop_error}; the one-record variant: {}",
+                truncated(&crate::telemetry::with_causes(&e))
+            ),
         }),
     }
 }
@@ -541,7 +585,7 @@ fn choose_method(
 fn try_shared(ebpf: &mut Ebpf, choice: MethodChoice) -> Result<Result<String, String>, ProbeError> {
     if matches!(
         choice,
-        MethodChoice::PerNamespace | MethodChoice::PerNamespaceBounded
+        MethodChoice::PerNamespace | MethodChoice::PerNamespaceFlat
     ) {
         return Ok(Err(format!("not tried ({METHOD_ENV})")));
     }
@@ -595,6 +639,7 @@ fn start_log_forwarding(ebpf: &mut Ebpf) -> LogForwarding {
 fn check_attach(
     program: &mut SchedClassifier,
     mode: AttachMode,
+    slot: Option<u16>,
 ) -> Result<AttachedVia, ProbeError> {
     let attached = std::thread::scope(|scope| {
         scope
@@ -606,7 +651,7 @@ fn check_attach(
                         std::io::Error::last_os_error()
                     ));
                 }
-                let (link, via) = attach_here(program, mode)?;
+                let (link, via) = attach_here(program, mode, slot)?;
                 link.detach()
                     .map_err(|e| format!("detaching from the scratch namespace: {e}"))?;
                 Ok(via)
@@ -638,10 +683,12 @@ fn classifier<'a>(
 
 /// Runs inside the target namespace: removes stale netlink filters, then attaches. The link is
 /// taken out of aya's program so that dropping the `Ebpf` never detaches by interface index in
-/// the agent's own namespace.
+/// the agent's own namespace. With a `slot` (per-namespace method) only a netlink filter will
+/// do: its classid carries the slot to the program.
 fn attach_here(
     program: &mut SchedClassifier,
     mode: AttachMode,
+    slot: Option<u16>,
 ) -> Result<(SchedClassifierLink, AttachedVia), String> {
     remove_stale_filters();
     let take = |program: &mut SchedClassifier, id| {
@@ -650,7 +697,7 @@ fn attach_here(
             .map_err(|e| format!("cannot take the new link: {e}"))
     };
     let mut tcx_error = String::new();
-    if mode != AttachMode::Netlink {
+    if mode != AttachMode::Netlink && slot.is_none() {
         let tcx = program.attach_with_options(
             LOOPBACK,
             TcAttachType::Egress,
@@ -673,7 +720,10 @@ fn attach_here(
         .attach_with_options(
             LOOPBACK,
             TcAttachType::Egress,
-            TcAttachOptions::Netlink(NlOptions::default()),
+            TcAttachOptions::Netlink(NlOptions {
+                classid: slot.map(|slot| TcHandle::new(0, slot)),
+                ..NlOptions::default()
+            }),
         )
         .map_err(|e| {
             format!("{tcx_error}netlink clsact filter (needs sch_ingress and cls_bpf): {e}")
@@ -697,7 +747,9 @@ fn remove_stale_filters() {
 }
 
 fn detach_attachment(cookie: NetnsCookie, attachment: Attachment) {
-    let Attachment { link, via, netns } = attachment;
+    let Attachment {
+        link, via, netns, ..
+    } = attachment;
     let result = match via {
         // A TCX link lives in its file descriptor; closing it detaches, from any namespace.
         AttachedVia::Tcx => link.detach().map_err(|e| e.to_string()),
@@ -707,7 +759,7 @@ fn detach_attachment(cookie: NetnsCookie, attachment: Attachment) {
         },
     };
     if let Err(e) = result {
-        log::warn!("detaching {PROGRAM_NAME} from netns cookie {cookie}: {e}");
+        log::warn!("detaching the capture program from netns cookie {cookie}: {e}");
     }
 }
 
@@ -856,9 +908,6 @@ pub fn decode_record(record: &[u8]) -> Option<Segment> {
     let header: SegmentHeader =
         unsafe { std::ptr::read_unaligned(head.as_ptr().cast::<SegmentHeader>()) };
     let len = usize::from(header.payload_len);
-    if len > CHUNK_BYTES {
-        return None;
-    }
     let payload = record.get(SEGMENT_HEADER_LEN..SEGMENT_HEADER_LEN + len)?;
     // IPv4 packets carry IPv4-mapped addresses; to_canonical gives them back as IPv4.
     let source = SocketAddr::new(Ipv6Addr::from(header.saddr).to_canonical(), header.sport);
@@ -964,6 +1013,14 @@ mod tests {
         );
         let bad_direction = record(&header(7, 0), b"", 0);
         assert!(decode_record(&bad_direction).is_none());
+    }
+
+    #[test]
+    fn one_record_packets_above_a_chunk_decode_whole() {
+        let payload = vec![b'x'; 60_000];
+        let whole = record(&header(DIRECTION_RESPONSE, 60_000), &payload, 4);
+        let segment = decode_record(&whole).expect("decodes");
+        assert_eq!(segment.payload.len(), 60_000);
     }
 
     #[test]
