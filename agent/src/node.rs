@@ -92,7 +92,7 @@ pub fn load_probe(
             let cause = with_causes(&e);
             log::warn!(
                 "fetch-only mode: cannot load the eBPF probe: {}; serving fetched bodies only (every scrape asks each app; --capture on makes this fatal)",
-                one_line(&cause)
+                crate::telemetry::one_line(&cause)
             );
             log::debug!("the eBPF probe's load error in full: {cause}");
             Ok(None)
@@ -100,27 +100,6 @@ pub fn load_probe(
         Err(e) => Err(CaptureRequired {
             cause: with_causes(&e),
         }),
-    }
-}
-
-/// Lines of a multi-line cause kept from its end: a verifier log states its reason there, before
-/// its statistics.
-const CAUSE_TAIL_LINES: usize = 5;
-
-/// A cause fit for one log line: a multi-line one (a verifier log, which can be thousands of
-/// lines) keeps its first line and its last [`CAUSE_TAIL_LINES`].
-fn one_line(cause: &str) -> String {
-    let lines: Vec<&str> = cause
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    match lines.as_slice() {
-        [first, rest @ ..] if rest.len() > CAUSE_TAIL_LINES => {
-            let tail = &rest[rest.len() - CAUSE_TAIL_LINES..];
-            format!("{first} | ... | {}", tail.join(" | "))
-        }
-        _ => lines.join(" | "),
     }
 }
 
@@ -299,21 +278,6 @@ impl OwnPorts for OwnFlows {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_verifier_log_becomes_one_line_with_its_reason() {
-        let log = "load failed. Verifier output: 0: (b7) r0 = 0\n\n1: (85) call 122\n2: x\n3: y\n\
-                   program of this type cannot use helper bpf_get_netns_cookie#122\n\
-                   verification time 30 usec\nstack depth 0\nprocessed 12 insns\n";
-        assert_eq!(
-            one_line(log),
-            "load failed. Verifier output: 0: (b7) r0 = 0 | ... | 3: y | \
-             program of this type cannot use helper bpf_get_netns_cookie#122 | \
-             verification time 30 usec | stack depth 0 | processed 12 insns"
-        );
-        assert_eq!(one_line("a: b\nc"), "a: b | c");
-        assert_eq!(one_line("single"), "single");
-    }
 
     #[test]
     fn capture_off_loads_nothing() {

@@ -46,7 +46,7 @@ pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
 /// Largest payload one record carries. A bigger (GSO) packet becomes several records.
 pub const CHUNK_BYTES: usize = 4096;
 /// Largest payload of one record of [`PER_NAMESPACE_PROGRAM_NAME`] (the `payload_len` field's
-/// limit).
+/// limit; such a record has room for one byte more, its size class being a power of two).
 pub const MAX_RECORD_PAYLOAD: usize = u16::MAX as usize;
 /// Largest packet payload [`PER_NAMESPACE_PROGRAM_NAME`] copies, as at most two records: two
 /// full segments of loopback's 64 KiB MTU (TCP's smallest GSO packet there). A longer packet

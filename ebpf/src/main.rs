@@ -52,6 +52,9 @@ static DROPS: PerCpuArray<DropCounters> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static NETNS_SLOTS: HashMap<u32, u64> = HashMap::with_max_entries(MAX_NETNS_SLOTS, 0);
 
+/// Size class of the one-record program's largest records: room for [`MAX_RECORD_PAYLOAD`].
+const LARGEST_RECORD: usize = MAX_RECORD_PAYLOAD + 1;
+
 /// `TC_ACT_UNSPEC` for netlink filters, `TCX_NEXT` for TCX links: let the next program decide.
 const PASS_ON: i32 = -1;
 
@@ -367,7 +370,7 @@ fn emit_flat(state: &ChunkLoop, payload_len: usize) -> (u64, u64) {
     let (skb, header, src) = (state.skb, &state.header, u64::from(state.payload_off));
     let len = first_len as u64;
     let emitted = if first_len > 16384 {
-        emit::<MAX_RECORD_PAYLOAD>(skb, header, fields, src, len)
+        emit::<LARGEST_RECORD>(skb, header, fields, src, len)
     } else if first_len > CHUNK_BYTES {
         emit::<16384>(skb, header, fields, src, len)
     } else if first_len > 1024 {
@@ -391,7 +394,7 @@ fn emit_flat(state: &ChunkLoop, payload_len: usize) -> (u64, u64) {
         flags: state.header.flags & !TCP_SYN,
     };
     let rest_len = (payload_len - first_len) as u64;
-    if emit::<MAX_RECORD_PAYLOAD>(skb, header, rest, src + first_len as u64, rest_len) {
+    if emit::<LARGEST_RECORD>(skb, header, rest, src + first_len as u64, rest_len) {
         (0, 0)
     } else {
         (1, rest_len)
@@ -445,7 +448,7 @@ fn is_watched(netns_cookie: u64, port: u16) -> bool {
     unsafe { WATCHED_PORTS.get(PortKey::new(netns_cookie, port)) }.is_some()
 }
 
-/// Copies `len` payload bytes at `src` into a new record of size class `N` whose header is
+/// Copies `len` payload bytes at `src` into a new record of size class `N` (a power of two) whose header is
 /// `header` with `fields` in place. False when the ring is full or the copy fails; nothing is
 /// submitted then.
 #[inline(always)]
@@ -460,12 +463,15 @@ fn emit<const N: usize>(
         return false;
     };
     let record = entry.as_mut_ptr();
-    // The verifier needs the length provably in [1, N] right at the call.
-    let len = black_box(len);
     if len == 0 || len > N as u64 {
         entry.discard(0);
         return false;
     }
+    // The verifier needs the length provably in [1, N] right at the call. The compiler merges
+    // the two tests above into one on `len - 1`, which the 5.10 verifier cannot carry back to
+    // `len`; a mask it cannot see through (N is a power of two) bounds it whatever it knows.
+    const { assert!(N.is_power_of_two()) };
+    let len = (black_box(len - 1) & (N as u64 - 1)) + 1;
     // SAFETY: `record` points at a reserved ring-buffer slot of size_of::<Record<N>>() bytes;
     // the header is written field by field there (no stack copy), and the copy writes
     // `len <= N` bytes into its `data` array.

@@ -557,7 +557,7 @@ fn choose_method(
             Err(e) => method::helper_missing(BpfHelper::BPF_FUNC_loop).unwrap_or_else(|| {
                 format!(
                     "the bpf_loop variant does not load: {}",
-                    truncated(&crate::telemetry::with_causes(&e))
+                    crate::telemetry::one_line(&crate::telemetry::with_causes(&e))
                 )
             }),
         }
@@ -574,7 +574,7 @@ fn choose_method(
             shared,
             per_namespace: format!(
                 "{loop_error}; the one-record variant: {}",
-                truncated(&crate::telemetry::with_causes(&e))
+                crate::telemetry::one_line(&crate::telemetry::with_causes(&e))
             ),
         }),
     }
@@ -608,14 +608,9 @@ fn try_shared(ebpf: &mut Ebpf, choice: MethodChoice) -> Result<Result<String, St
             source,
         }),
         Err(e) => Ok(Err(missing.unwrap_or_else(|| {
-            format!("it does not load: {}", truncated(&crate::telemetry::with_causes(&e)))
+            format!("it does not load: {}", crate::telemetry::one_line(&crate::telemetry::with_causes(&e)))
         }))),
     }
-}
-
-/// The start of a long message (a verifier log), for one line of `loupe doctor`.
-fn truncated(text: &str) -> String {
-    text.chars().take(400).collect()
 }
 
 fn start_log_forwarding(ebpf: &mut Ebpf) -> LogForwarding {
