@@ -36,6 +36,10 @@ pub const OWN_FLOWS_MAP: &str = "OWN_FLOWS";
 /// Per-CPU array with one [`DropCounters`] at index 0.
 pub const DROPS_MAP: &str = "DROPS";
 
+/// Array `u32 -> u32` over all 65,536 port numbers: how many namespaces watch each. The program
+/// reads it first, straight from the packet's headers, so traffic between ports nobody watches
+/// is let go after two array reads, before any helper call or copy.
+pub const WATCHED_PORT_NUMBERS_MAP: &str = "WATCHED_PORT_NUMBERS";
 /// Entries of [`WATCHED_PORTS_MAP`] (namespaces times ports).
 pub const MAX_WATCHED_PORTS: u32 = 4096;
 /// Entries of [`OWN_FLOWS_MAP`] (the agent's concurrent requests).

@@ -26,7 +26,7 @@ use aya_ebpf::{
     bindings::__sk_buff,
     helpers::{bpf_get_netns_cookie, bpf_loop, bpf_skb_load_bytes},
     macros::{classifier, map},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::TcContext,
 };
 use aya_log_ebpf::warn;
@@ -41,6 +41,10 @@ static SEGMENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
 #[map]
 static WATCHED_PORTS: HashMap<PortKey, u8> = HashMap::with_max_entries(MAX_WATCHED_PORTS, 0);
+
+/// How many namespaces watch each port number (the fast path's test).
+#[map]
+static WATCHED_PORT_NUMBERS: Array<u32> = Array::with_max_entries(1 << 16, 0);
 
 #[map]
 static OWN_FLOWS: HashMap<PortKey, u8> = HashMap::with_max_entries(MAX_OWN_FLOWS, 0);
@@ -76,14 +80,18 @@ struct Record<const N: usize> {
 /// Every namespace, told apart by `bpf_get_netns_cookie`; needs it in TC programs and `bpf_loop`.
 #[classifier]
 pub fn loupe_lo_egress(ctx: TcContext) -> i32 {
-    let _ = observe::<true, true>(&ctx);
+    if may_be_watched(&ctx) {
+        let _ = observe::<true, true>(&ctx);
+    }
     PASS_ON
 }
 
 /// One netlink filter per namespace (slot in the classid), payload copied with `bpf_loop` (5.17+).
 #[classifier]
 pub fn loupe_lo_nsloop(ctx: TcContext) -> i32 {
-    let _ = observe::<false, true>(&ctx);
+    if may_be_watched(&ctx) {
+        let _ = observe::<false, true>(&ctx);
+    }
     PASS_ON
 }
 
@@ -91,8 +99,64 @@ pub fn loupe_lo_nsloop(ctx: TcContext) -> i32 {
 /// helper newer than 5.8.
 #[classifier]
 pub fn loupe_lo_ns(ctx: TcContext) -> i32 {
-    let _ = observe::<false, false>(&ctx);
+    if may_be_watched(&ctx) {
+        let _ = observe::<false, false>(&ctx);
+    }
     PASS_ON
+}
+
+/// The fast path, run on every packet before anything else: false when the packet is not TCP,
+/// or is TCP between two port numbers no namespace watches. It reads the headers in place
+/// (direct packet access at fixed offsets: IPv4 without options, IPv6 without extension
+/// headers, which is all loopback TCP but BIG TCP's jumbograms), and true sends anything it
+/// cannot read that way to the full parse.
+#[inline(always)]
+fn may_be_watched(ctx: &TcContext) -> bool {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + ETH_HLEN > end {
+        return true;
+    }
+    // SAFETY: every read below is inside [start, end), checked right before it; the verifier
+    // checks the same bounds.
+    unsafe {
+        let ethertype = u16::from_be_bytes(*((start + 12) as *const [u8; 2]));
+        let ports_at = match ethertype {
+            ETH_P_IP => {
+                if start + ETH_HLEN + 20 + 4 > end {
+                    return true;
+                }
+                let ip = (start + ETH_HLEN) as *const [u8; 20];
+                if (*ip)[9] != IPPROTO_TCP {
+                    return false;
+                }
+                if (*ip)[0] != 0x45 {
+                    return true;
+                }
+                start + ETH_HLEN + 20
+            }
+            ETH_P_IPV6 => {
+                if start + ETH_HLEN + IPV6_HLEN + 4 > end {
+                    return true;
+                }
+                match *((start + ETH_HLEN + 6) as *const u8) {
+                    IPPROTO_TCP => start + ETH_HLEN + IPV6_HLEN,
+                    IPPROTO_HOPOPTS => return true,
+                    _ => return false,
+                }
+            }
+            _ => return false,
+        };
+        let ports = *(ports_at as *const [u8; 4]);
+        port_number_watched(u16::from_be_bytes([ports[0], ports[1]]))
+            || port_number_watched(u16::from_be_bytes([ports[2], ports[3]]))
+    }
+}
+
+#[inline(always)]
+fn port_number_watched(port: u16) -> bool {
+    WATCHED_PORT_NUMBERS
+        .get(u32::from(port))
+        .is_some_and(|namespaces| *namespaces != 0)
 }
 
 /// Where the TCP header starts and how far the IP header says the packet goes.

@@ -60,7 +60,7 @@ use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use aya::maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::links::Link as _;
 use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle};
 use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
@@ -72,7 +72,7 @@ use loupe_common::{
     DropCounters, PortKey, SegmentHeader, DEFAULT_RING_BYTES, DIRECTION_REQUEST,
     DIRECTION_RESPONSE, DROPS_MAP, NETNS_SLOTS_MAP, OWN_FLOWS_MAP, PER_NAMESPACE_LOOP_PROGRAM_NAME,
     PER_NAMESPACE_PROGRAM_NAME, PROGRAM_NAME, PROGRAM_NAMES, SEGMENTS_MAP, SEGMENT_HEADER_LEN,
-    WATCHED_PORTS_MAP,
+    WATCHED_PORTS_MAP, WATCHED_PORT_NUMBERS_MAP,
 };
 use slots::NetnsSlots;
 use tokio::io::unix::AsyncFd;
@@ -256,6 +256,8 @@ pub struct Probe {
     attachments: StdHashMap<NetnsCookie, Attachment>,
     watched: HashMap<MapData, PortKey, u8>,
     watched_ports: StdHashMap<NetnsCookie, BTreeSet<u16>>,
+    /// The program's fast-path table: namespaces watching each port number.
+    port_numbers: Array<MapData, u32>,
     own_flows: OwnFlows,
     drops: PerCpuArray<MapData, DropCounters>,
     drops_seen_events: AtomicU64,
@@ -336,6 +338,8 @@ impl Probe {
         let log_forwarding = start_log_forwarding(&mut ebpf);
         let watched = HashMap::try_from(take_map(&mut ebpf, WATCHED_PORTS_MAP)?)
             .map_err(map_err(WATCHED_PORTS_MAP, "open"))?;
+        let port_numbers = Array::try_from(take_map(&mut ebpf, WATCHED_PORT_NUMBERS_MAP)?)
+            .map_err(map_err(WATCHED_PORT_NUMBERS_MAP, "open"))?;
         let own_flows = HashMap::try_from(take_map(&mut ebpf, OWN_FLOWS_MAP)?)
             .map_err(map_err(OWN_FLOWS_MAP, "open"))?;
         let drops = PerCpuArray::try_from(take_map(&mut ebpf, DROPS_MAP)?)
@@ -353,6 +357,7 @@ impl Probe {
             attachments: StdHashMap::new(),
             watched,
             watched_ports: StdHashMap::new(),
+            port_numbers,
             own_flows: OwnFlows {
                 map: Arc::new(Mutex::new(own_flows)),
             },
@@ -465,7 +470,9 @@ impl Probe {
         self.watched
             .insert(PortKey::new(cookie, port), 1, 0)
             .map_err(map_err(WATCHED_PORTS_MAP, "insert"))?;
-        self.watched_ports.entry(cookie).or_default().insert(port);
+        if self.watched_ports.entry(cookie).or_default().insert(port) {
+            self.count_port_number(port, 1)?;
+        }
         Ok(())
     }
 
@@ -473,12 +480,30 @@ impl Probe {
         if let Err(e) = self.watched.remove(&PortKey::new(cookie, port)) {
             log::debug!("unwatching port {port} in netns cookie {cookie}: {e}");
         }
-        if let Some(ports) = self.watched_ports.get_mut(&cookie) {
-            ports.remove(&port);
-            if ports.is_empty() {
-                self.watched_ports.remove(&cookie);
+        let Some(ports) = self.watched_ports.get_mut(&cookie) else {
+            return;
+        };
+        let removed = ports.remove(&port);
+        if ports.is_empty() {
+            self.watched_ports.remove(&cookie);
+        }
+        if removed {
+            if let Err(e) = self.count_port_number(port, -1) {
+                log::warn!("{e}");
             }
         }
+    }
+
+    /// Moves the fast path's count of namespaces watching `port` by `delta`.
+    fn count_port_number(&mut self, port: u16, delta: i32) -> Result<(), ProbeError> {
+        let index = u32::from(port);
+        let count = self
+            .port_numbers
+            .get(&index, 0)
+            .map_err(map_err(WATCHED_PORT_NUMBERS_MAP, "read"))?;
+        self.port_numbers
+            .set(index, count.saturating_add_signed(delta), 0)
+            .map_err(map_err(WATCHED_PORT_NUMBERS_MAP, "update"))
     }
 
     /// A handle for the fetch path to mark its own flows as not to be copied.
@@ -530,7 +555,7 @@ impl Drop for Probe {
 }
 
 /// Picks the capture method by loading: the shared program if allowed and the kernel takes it,
-/// else the per-namespace one (`bpf_loop` if the kernel has it, else one record per packet).
+/// else the per-namespace one (`bpf_loop` if the kernel has it, else one or two records per packet).
 /// Returns the method, the program attached, and why.
 fn choose_method(
     ebpf: &mut Ebpf,
@@ -567,7 +592,7 @@ fn choose_method(
             ProbeMethod::PerNamespace,
             PER_NAMESPACE_PROGRAM_NAME,
             per_namespace(&format!(
-                "payload copied as one record per packet, up to 64 KiB: {loop_error}"
+                "payload copied in one or two records per packet, without loops: {loop_error}"
             )),
         )),
         Err(e) => Err(ProbeError::NoMethod {

@@ -49,7 +49,7 @@ async fn namespaces_on_the_same_port(method: MethodChoice) {
     assert_eq!(probe.method(), ProbeMethod::PerNamespace);
     assert_eq!(probe.attach_support(), AttachedVia::Netlink);
     let copy = if method == MethodChoice::PerNamespaceFlat {
-        "one record per packet"
+        "one or two records per packet"
     } else {
         "bpf_loop"
     };

@@ -7,7 +7,7 @@
 //!   filter per pod namespace, whose classid carries a slot the agent assigns; the kernel hands
 //!   the slot to the program (`__sk_buff::tc_classid`), which maps it to the namespace's identity
 //!   (`NETNS_SLOTS`). Payload is copied with `bpf_loop` where the kernel has it (5.17+), else as
-//!   one record per packet (5.8+). Attaching a pod costs a netlink request, not a program load.
+//!   one or two records per packet (5.8+). Attaching a pod costs a netlink request, not a load.
 
 use aya::programs::ProgramType;
 use aya::sys::{is_helper_supported, BpfHelper};
@@ -40,7 +40,7 @@ pub enum MethodChoice {
     Shared,
     /// One filter per namespace, payload copied with `bpf_loop` where the kernel has it.
     PerNamespace,
-    /// One filter per namespace, one record per packet, as kernels before 5.17 get (tests).
+    /// One filter per namespace, one or two records per packet, as kernels before 5.17 get.
     PerNamespaceFlat,
 }
 
