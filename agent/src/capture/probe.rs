@@ -59,6 +59,7 @@ use std::collections::{BTreeSet, HashMap as StdHashMap};
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::links::Link as _;
@@ -504,6 +505,37 @@ impl Probe {
         self.port_numbers
             .set(index, count.saturating_add_signed(delta), 0)
             .map_err(map_err(WATCHED_PORT_NUMBERS_MAP, "update"))
+    }
+
+    /// The program's average time on `packet` (an Ethernet frame, as on `lo`) over `repeat` runs,
+    /// from the kernel's own test run (`BPF_PROG_TEST_RUN`): what it costs per packet without
+    /// the statistics' own overhead. The packet runs in the agent's namespace, outside any
+    /// filter (no slot), so it shows the cost of packets the program lets go. For benchmarks.
+    pub fn time_per_packet(&self, packet: &[u8], repeat: u32) -> Result<Duration, ProbeError> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(self.program)
+            .ok_or(ProbeError::Missing {
+                kind: "program",
+                name: self.program,
+            })?
+            .try_into()
+            .map_err(|source| ProbeError::Program {
+                what: "not a TC classifier",
+                source,
+            })?;
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                repeat,
+                ..TestRunOptions::new()
+            })
+            .map_err(|source| ProbeError::Program {
+                what: "test run",
+                source,
+            })?;
+        Ok(result.duration)
     }
 
     /// A handle for the fetch path to mark its own flows as not to be copied.
