@@ -6,7 +6,7 @@
 //! life) and then used from the runtime like any other. Its local port is registered with the
 //! eBPF side before the request is sent, so the reply is not also captured as an observation.
 //!
-//! The app is asked on 127.0.0.1, and on [::1] when nothing listens there: an app that binds
+//! The app is asked on 127.0.0.1, and on `[::1]` when nothing listens there: an app that binds
 //! `localhost` may get only the IPv6 loopback (Node.js 17 and later resolve it so).
 
 use crate::content::{self, ContentError};

@@ -162,7 +162,7 @@ pub fn with_causes(e: &dyn std::error::Error) -> String {
 const CAUSE_TAIL_LINES: usize = 5;
 
 /// A cause fit for one log line: a multi-line one (a verifier log, which can be thousands of
-/// lines) keeps its first line and its last [`CAUSE_TAIL_LINES`].
+/// lines) keeps its first line and its last `CAUSE_TAIL_LINES`.
 pub fn one_line(cause: &str) -> String {
     let lines: Vec<&str> = cause
         .lines()

@@ -33,6 +33,10 @@
 //! Every complete response becomes an [`Exchange`], whatever its status or path; the caller
 //! picks the ones it watches. The caller calls [`FlowTable::expire`] about once a second and
 //! [`FlowTable::remove_netns`] when a pod's namespace goes away.
+//!
+//! Size: the table, its limits and every drop it counts (with the counters and log lines that
+//! report them) read best together; reassembly of one direction lives in `reassembly`, the
+//! tests in `flow/tests.rs`.
 
 mod reassembly;
 

@@ -2,16 +2,16 @@
 //!
 //! One [`Probe`] attaches the capture program on `lo` egress in every watched pod's network
 //! namespace (TCX links where the kernel has them, netlink `clsact` filters otherwise). How the
-//! program tells namespaces apart is chosen at load by trying ([`method`]): the netns cookie
+//! program tells namespaces apart is chosen at load by trying (`method`): the netns cookie
 //! helper (about Linux 6.14+), or a slot in each namespace's netlink filter (Linux 5.8+, so every
 //! LTS kernel from 5.10); either way the program is loaded once, and a segment's
-//! [`FlowKey::netns`] is the namespace's [`Netns::cookie`].
+//! [`FlowKey::netns`](super::FlowKey::netns) is the namespace's [`Netns::cookie`].
 //! [`Probe::load`] also attaches once in a scratch namespace, so a kernel where no TC attachment
 //! works is found at start, with one error, not once per pod. Which flows are copied is decided by two kernel maps the probe edits: watched
 //! server ports per namespace ([`Probe::watch_port`]) and the agent's own client ports
 //! ([`OwnFlows`]), so the fetch path's requests are never copied.
 //!
-//! Ring-buffer records (layout: [`loupe_common::SegmentHeader`]) become [`Segment`]s. With the
+//! Ring-buffer records (layout: [`loupe_common::SegmentHeader`]) become [`Segment`](super::Segment)s. With the
 //! `bpf_loop` programs a packet with more than [`loupe_common::CHUNK_BYTES`] of payload
 //! (loopback GSO makes packets of 32 KiB up to about 128 KiB) arrives as several segments with
 //! consecutive sequence numbers; the one-record program sends it whole (up to 64 KiB). When the ring is full
@@ -41,9 +41,10 @@
 //! else `sch_ingress` + `cls_bpf`); see `ebpf/src/main.rs`. Otherwise [`Probe::load`] fails
 //! saying which.
 //!
-//! Size: this file holds the probe's whole kernel-facing life cycle (load, attach, maps, ring),
-//! which reads best in one place; the method choice lives in [`method`], the per-namespace
-//! method's slots in [`slots`].
+//! Size: this file holds the probe's kernel-facing life cycle (load, method choice, attach,
+//! detach, maps), which reads best in one place; beside it `method` (the methods), `slots`
+//! (the per-namespace method's slots), `own_flows` (what the program skips) and `ring`
+//! (reading records).
 //!
 //! Leftovers: a TCX link is released with its file descriptor, so even `kill -9` leaves nothing
 //! attached. A netlink filter outlives the process, so [`Probe::attach`] first removes every
@@ -51,14 +52,16 @@
 //! egress.
 
 mod method;
+mod own_flows;
+mod ring;
 mod slots;
 
 pub use method::{MethodChoice, ProbeMethod, METHOD_ENV};
+pub use own_flows::{OwnFlowGuard, OwnFlows};
+pub use ring::{decode_record, SegmentStream};
 
 use std::collections::{BTreeSet, HashMap as StdHashMap};
-use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf};
@@ -68,17 +71,14 @@ use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
 use aya::sys::BpfHelper;
 use aya::{Ebpf, EbpfLoader};
 use aya_log::EbpfLogger;
-use bytes::Bytes;
 use loupe_common::{
-    DropCounters, PortKey, SegmentHeader, DEFAULT_RING_BYTES, DIRECTION_REQUEST,
-    DIRECTION_RESPONSE, DROPS_MAP, NETNS_SLOTS_MAP, OWN_FLOWS_MAP, PER_NAMESPACE_LOOP_PROGRAM_NAME,
-    PER_NAMESPACE_PROGRAM_NAME, PROGRAM_NAME, PROGRAM_NAMES, SEGMENTS_MAP, SEGMENT_HEADER_LEN,
-    WATCHED_PORTS_MAP, WATCHED_PORT_NUMBERS_MAP,
+    DropCounters, PortKey, DEFAULT_RING_BYTES, DROPS_MAP, NETNS_SLOTS_MAP, OWN_FLOWS_MAP,
+    PER_NAMESPACE_LOOP_PROGRAM_NAME, PER_NAMESPACE_PROGRAM_NAME, PROGRAM_NAME, PROGRAM_NAMES,
+    SEGMENTS_MAP, WATCHED_PORTS_MAP, WATCHED_PORT_NUMBERS_MAP,
 };
 use slots::NetnsSlots;
-use tokio::io::unix::AsyncFd;
 
-use super::{Direction, FlowKey, NetnsCookie, Segment};
+use super::NetnsCookie;
 use crate::resolve::netns::{identity_kind, IdentityKind, Netns, NetnsError};
 
 pub use loupe_common::PROGRAM_NAME as CAPTURE_PROGRAM_NAME;
@@ -91,21 +91,6 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lo
 /// The interface the program observes in each namespace.
 const LOOPBACK: &str = "lo";
 
-crate::telemetry::counter!(
-    pub EVENTS,
-    "loupe_capture_events_total",
-    "Segment records read from the capture ring buffer (payload chunks and SYN/FIN/RST).",
-);
-crate::telemetry::counter!(
-    pub PAYLOAD_BYTES,
-    "loupe_capture_payload_bytes_total",
-    "TCP payload bytes read from the capture ring buffer.",
-);
-crate::telemetry::counter!(
-    pub MALFORMED_RECORDS,
-    "loupe_capture_malformed_records_total",
-    "Ring-buffer records too short or inconsistent to decode; skipped.",
-);
 crate::telemetry::counter!(
     pub RINGBUF_DROPPED_EVENTS,
     "loupe_ringbuf_dropped_events_total",
@@ -125,11 +110,6 @@ crate::telemetry::counter!(
     pub STALE_FILTERS_REMOVED,
     "loupe_capture_stale_filters_removed_total",
     "Namespaces where netlink filters left by an earlier loupe process were removed.",
-);
-crate::telemetry::counter!(
-    pub OWN_FLOWS_REJECTED,
-    "loupe_capture_own_flows_rejected_total",
-    "Own requests that could not be registered for skipping (table full); their replies are also observed.",
 );
 
 #[derive(Debug, thiserror::Error)]
@@ -301,7 +281,7 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Probe
 impl Probe {
     /// Loads the object into the kernel (maps and program, nothing attached yet) and, inside a
     /// tokio runtime, starts forwarding the program's aya-log records to the `log` crate. Picks
-    /// the capture method (see [`method`]) and checks, in a scratch namespace, that the program
+    /// the capture method (see `method`) and checks, in a scratch namespace, that the program
     /// can be attached at all.
     pub fn load(config: &ProbeConfig) -> Result<Probe, ProbeError> {
         if !config.ring_bytes.is_power_of_two() || config.ring_bytes < 4096 {
@@ -359,9 +339,7 @@ impl Probe {
             watched,
             watched_ports: StdHashMap::new(),
             port_numbers,
-            own_flows: OwnFlows {
-                map: Arc::new(Mutex::new(own_flows)),
-            },
+            own_flows: OwnFlows::new(own_flows),
             drops,
             drops_seen_events: AtomicU64::new(0),
             drops_seen_bytes: AtomicU64::new(0),
@@ -547,8 +525,7 @@ impl Probe {
     /// Needs a tokio runtime with I/O enabled.
     pub fn segments(&mut self) -> Result<SegmentStream, ProbeError> {
         let ring = self.segments.take().ok_or(ProbeError::SegmentsTaken)?;
-        let ring = register_readable(ring).map_err(ProbeError::Poll)?;
-        Ok(SegmentStream { ring })
+        SegmentStream::new(ring)
     }
 
     /// Records and payload bytes the program dropped since load, summed over CPUs; also brings
@@ -815,16 +792,8 @@ fn detach_attachment(cookie: NetnsCookie, attachment: Attachment) {
     }
 }
 
-/// Registers a ring-buffer reader with the tokio reactor for readability.
-fn register_readable<T: std::os::fd::AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
-    // SAFETY: the ring buffers (segments, aya-log) own their map's file descriptor for their
-    // whole life and always return that same descriptor; the AsyncFd owns them.
-    unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) }
-        .map_err(|e| e.into_parts().1)
-}
-
 async fn forward_logs(logger: EbpfLogger<&'static dyn log::Log>) {
-    let mut logger = match register_readable(logger) {
+    let mut logger = match ring::register_readable(logger) {
         Ok(fd) => fd,
         Err(e) => {
             log::warn!("cannot poll the capture program's log ring buffer: {e}");
@@ -844,236 +813,9 @@ async fn forward_logs(logger: EbpfLogger<&'static dyn log::Log>) {
     }
 }
 
-/// The fetch path's flows, which the program skips: keyed by (namespace cookie, client port).
-/// Register the port before the first packet: bind the socket, register, then connect.
-#[derive(Clone)]
-pub struct OwnFlows {
-    map: Arc<Mutex<HashMap<MapData, PortKey, u8>>>,
-}
-
-impl std::fmt::Debug for OwnFlows {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OwnFlows").finish_non_exhaustive()
-    }
-}
-
-impl OwnFlows {
-    fn lock(&self) -> MutexGuard<'_, HashMap<MapData, PortKey, u8>> {
-        self.map
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Marks the flow from `client_port` in that namespace as the agent's own until the guard
-    /// is dropped. Fails when the table is full (the flow is then observed as well).
-    pub fn register(
-        &self,
-        cookie: NetnsCookie,
-        client_port: u16,
-    ) -> Result<OwnFlowGuard, ProbeError> {
-        let key = PortKey::new(cookie, client_port);
-        self.lock().insert(key, 1, 0).map_err(|source| {
-            OWN_FLOWS_REJECTED.inc();
-            ProbeError::Map {
-                name: OWN_FLOWS_MAP,
-                what: "insert",
-                source,
-            }
-        })?;
-        Ok(OwnFlowGuard {
-            flows: self.clone(),
-            key,
-        })
-    }
-
-    pub fn unregister(&self, cookie: NetnsCookie, client_port: u16) {
-        if let Err(e) = self.lock().remove(&PortKey::new(cookie, client_port)) {
-            log::debug!("unregistering own flow port {client_port} in netns cookie {cookie}: {e}");
-        }
-    }
-}
-
-/// Unregisters its own flow when dropped.
-#[derive(Debug)]
-pub struct OwnFlowGuard {
-    flows: OwnFlows,
-    key: PortKey,
-}
-
-impl Drop for OwnFlowGuard {
-    fn drop(&mut self) {
-        self.flows.unregister(self.key.netns_cookie, self.key.port);
-    }
-}
-
-/// Captured segments, in the order the program emitted them (one ring for all CPUs).
-pub struct SegmentStream {
-    ring: AsyncFd<RingBuf<MapData>>,
-}
-
-impl std::fmt::Debug for SegmentStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SegmentStream").finish_non_exhaustive()
-    }
-}
-
-impl SegmentStream {
-    /// Waits for the next segment.
-    pub async fn next(&mut self) -> Result<Segment, ProbeError> {
-        loop {
-            if let Some(segment) = self.try_next() {
-                return Ok(segment);
-            }
-            let mut guard = self.ring.readable_mut().await.map_err(ProbeError::Poll)?;
-            if let Some(segment) = next_segment(guard.get_inner_mut()) {
-                return Ok(segment);
-            }
-            guard.clear_ready();
-        }
-    }
-
-    /// The next segment already in the ring, without waiting.
-    pub fn try_next(&mut self) -> Option<Segment> {
-        next_segment(self.ring.get_mut())
-    }
-}
-
-fn next_segment(ring: &mut RingBuf<MapData>) -> Option<Segment> {
-    loop {
-        let item = ring.next()?;
-        match decode_record(&item) {
-            Some(segment) => {
-                EVENTS.inc();
-                PAYLOAD_BYTES.add(segment.payload.len() as u64);
-                return Some(segment);
-            }
-            None => MALFORMED_RECORDS.inc(),
-        }
-    }
-}
-
-/// Decodes one ring-buffer record: a [`SegmentHeader`] then `payload_len` payload bytes.
-pub fn decode_record(record: &[u8]) -> Option<Segment> {
-    let head = record.get(..SEGMENT_HEADER_LEN)?;
-    // SAFETY: `head` holds exactly size_of::<SegmentHeader>() bytes, and SegmentHeader is a
-    // repr(C) struct of integers (aya::Pod) for which every bit pattern is valid.
-    let header: SegmentHeader =
-        unsafe { std::ptr::read_unaligned(head.as_ptr().cast::<SegmentHeader>()) };
-    let len = usize::from(header.payload_len);
-    let payload = record.get(SEGMENT_HEADER_LEN..SEGMENT_HEADER_LEN + len)?;
-    // IPv4 packets carry IPv4-mapped addresses; to_canonical gives them back as IPv4.
-    let source = SocketAddr::new(Ipv6Addr::from(header.saddr).to_canonical(), header.sport);
-    let destination = SocketAddr::new(Ipv6Addr::from(header.daddr).to_canonical(), header.dport);
-    let (direction, client, server) = match header.direction {
-        DIRECTION_REQUEST => (Direction::Request, source, destination),
-        DIRECTION_RESPONSE => (Direction::Response, destination, source),
-        _ => return None,
-    };
-    Some(Segment {
-        flow: FlowKey {
-            netns: header.netns_cookie,
-            client,
-            server,
-        },
-        direction,
-        seq: header.seq,
-        flags: header.flags,
-        payload: Bytes::copy_from_slice(payload),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn record(header: &SegmentHeader, payload: &[u8], pad: usize) -> Vec<u8> {
-        // SAFETY: SegmentHeader is repr(C) plain integers without implicit padding.
-        let head = unsafe {
-            std::slice::from_raw_parts(
-                (header as *const SegmentHeader).cast::<u8>(),
-                SEGMENT_HEADER_LEN,
-            )
-        };
-        let mut out = head.to_vec();
-        out.extend_from_slice(payload);
-        out.resize(out.len() + pad, 0xAA);
-        out
-    }
-
-    fn header(direction: u8, payload_len: u16) -> SegmentHeader {
-        SegmentHeader {
-            netns_cookie: 77,
-            saddr: loupe_common::ipv4_mapped([127, 0, 0, 1]),
-            daddr: loupe_common::ipv4_mapped([127, 0, 0, 2]),
-            sport: 40000,
-            dport: 8080,
-            seq: 1000,
-            ack: 5,
-            payload_len,
-            flags: 0x18,
-            direction,
-            packet_payload_len: u32::from(payload_len),
-            chunk: 0,
-            _reserved: 0,
-        }
-    }
-
-    #[test]
-    fn request_record_decodes_with_client_as_source() {
-        let bytes = record(&header(DIRECTION_REQUEST, 3), b"GET", 253);
-        let seg = decode_record(&bytes).expect("decodes");
-        assert_eq!(seg.direction, Direction::Request);
-        assert_eq!(seg.flow.netns, 77);
-        assert_eq!(seg.flow.client, "127.0.0.1:40000".parse().unwrap());
-        assert_eq!(seg.flow.server, "127.0.0.2:8080".parse().unwrap());
-        assert_eq!(seg.seq, 1000);
-        assert_eq!(seg.flags, 0x18);
-        assert_eq!(
-            &seg.payload[..],
-            b"GET",
-            "size-class padding is not payload"
-        );
-    }
-
-    #[test]
-    fn response_record_swaps_client_and_server() {
-        let bytes = record(&header(DIRECTION_RESPONSE, 2), b"OK", 0);
-        let seg = decode_record(&bytes).expect("decodes");
-        assert_eq!(seg.direction, Direction::Response);
-        assert_eq!(seg.flow.client, "127.0.0.2:8080".parse().unwrap());
-        assert_eq!(seg.flow.server, "127.0.0.1:40000".parse().unwrap());
-    }
-
-    #[test]
-    fn ipv6_record_keeps_ipv6_addresses() {
-        let mut header = header(DIRECTION_RESPONSE, 2);
-        header.saddr = Ipv6Addr::LOCALHOST.octets();
-        header.daddr = "fd00::2".parse::<Ipv6Addr>().unwrap().octets();
-        let seg = decode_record(&record(&header, b"OK", 0)).expect("decodes");
-        assert_eq!(seg.flow.server, "[::1]:40000".parse().unwrap());
-        assert_eq!(seg.flow.client, "[fd00::2]:8080".parse().unwrap());
-        assert!(seg.flow.client.is_ipv6() && seg.flow.server.is_ipv6());
-    }
-
-    #[test]
-    fn inconsistent_records_are_rejected() {
-        assert!(decode_record(&[0u8; 10]).is_none(), "shorter than a header");
-        let truncated = record(&header(DIRECTION_REQUEST, 10), b"GET", 0);
-        assert!(
-            decode_record(&truncated).is_none(),
-            "payload_len beyond the record"
-        );
-        let bad_direction = record(&header(7, 0), b"", 0);
-        assert!(decode_record(&bad_direction).is_none());
-    }
-
-    #[test]
-    fn one_record_packets_above_a_chunk_decode_whole() {
-        let payload = vec![b'x'; 60_000];
-        let whole = record(&header(DIRECTION_RESPONSE, 60_000), &payload, 4);
-        let segment = decode_record(&whole).expect("decodes");
-        assert_eq!(segment.payload.len(), 60_000);
-    }
 
     #[test]
     fn ring_size_must_be_a_power_of_two_page_multiple() {
