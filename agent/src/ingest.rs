@@ -244,12 +244,7 @@ mod tests {
     use super::*;
 
     fn identity(pod: &str) -> Identity {
-        Identity {
-            namespace: "ns".into(),
-            pod: pod.into(),
-            container: String::new(),
-            endpoint: "8080".into(),
-        }
+        Identity::of_test_pod(pod)
     }
 
     #[test]

@@ -222,12 +222,7 @@ mod tests {
     }
 
     fn identity(pod: &str) -> Identity {
-        Identity {
-            namespace: "ns".into(),
-            pod: pod.into(),
-            container: String::new(),
-            endpoint: "8080".into(),
-        }
+        Identity::of_test_pod(pod)
     }
 
     fn ns(cookie: NetnsCookie) -> Resolved {

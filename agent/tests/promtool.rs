@@ -2,14 +2,12 @@
 //! (Debian package `prometheus`). Skips with a reason when promtool is missing, and fails then
 //! when `CI=true`.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 
 use loupe_agent::decode::{merge_into, validate, Format, IdentityLabels, Source};
 use loupe_testkit::bodies::{body, Spec};
 use loupe_testkit::root;
 
-const PROMTOOL: &str = "/usr/bin/promtool";
+use loupe_testkit::promtool::{check_metrics, PROMTOOL};
 
 fn promtool_available(test: &str) -> bool {
     std::path::Path::new(PROMTOOL).exists()
@@ -17,22 +15,6 @@ fn promtool_available(test: &str) -> bool {
             test,
             &format!("{PROMTOOL} is missing (install the Debian package prometheus)"),
         )
-}
-
-/// Runs `promtool check metrics` on `body`; returns (exit code, output).
-fn promtool(body: &[u8]) -> (i32, String) {
-    let mut child = Command::new(PROMTOOL)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn promtool");
-    child.stdin.take().unwrap().write_all(body).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), text)
 }
 
 fn ids(n: usize) -> Vec<(String, String)> {
@@ -88,8 +70,9 @@ fn promtool_accepts_merged_pods() {
     assert_eq!(st.family_conflicts, 0);
     let s = validate(&buf, Format::Text).unwrap();
     assert!(s.samples > 1000);
-    let (code, out) = promtool(&buf);
-    assert_eq!(code, 0, "promtool check metrics failed:\n{out}");
+    if let Err(out) = check_metrics(&buf) {
+        panic!("{out}");
+    }
 }
 
 #[test]
@@ -142,14 +125,15 @@ fn promtool_accepts_tricky_merges() {
     assert_eq!(st.duplicate_series, 1);
     let out = String::from_utf8_lossy(&buf).into_owned();
     assert!(out.contains("exported_exported_pod=\"inner\""), "{out}");
-    let (code, text) = promtool(&buf);
     // Exit 0, or 3 for lint findings only (e.g. "counter metrics should have _total suffix"
     // is not expected here, but HELP-less families are lint findings); never a parse error.
-    assert!(
-        code == 0 || (code == 3 && !text.contains("error while linting")),
-        "promtool exit {code}:\n{text}\n{out}"
-    );
-    assert!(!text.contains("parsing error"), "{text}\n{out}");
+    if let Err(text) = check_metrics(&buf) {
+        assert!(
+            text.contains("exited with Some(3)") && !text.contains("error while linting"),
+            "{text}\n{out}"
+        );
+        assert!(!text.contains("parsing error"), "{text}\n{out}");
+    }
 }
 
 #[test]

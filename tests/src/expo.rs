@@ -2,13 +2,10 @@
 //! checker shared with the agent's tests (stricter than promtool and Prometheus, which accept a
 //! split family and duplicated series), and a `promtool check metrics` call.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 pub use loupe_testkit::strict::{diff, Exposition, Sample};
 use loupe_testkit::{strict, Format};
 
-use crate::{io_err, Error, Result};
+use crate::{Error, Result};
 
 /// Checks a text (0.0.4) body strictly; every problem found, with its line number.
 pub fn check_strict(text: &str) -> std::result::Result<Exposition, Vec<String>> {
@@ -30,39 +27,9 @@ pub fn parse_strict(text: &str) -> Result<Exposition> {
 /// Runs `promtool check metrics` on `text`; its complaints (parse errors and lint problems) are
 /// an error.
 pub fn promtool_check(text: &str) -> Result<()> {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(io_err(
-            "starting promtool check metrics (run scripts/setup.sh)",
-        ))?;
-    let mut stdin = child.stdin.take().ok_or_else(|| Error::Invalid {
-        what: "promtool".into(),
-        detail: "no stdin".into(),
-    })?;
-    let input = text.as_bytes().to_vec();
-    let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child
-        .wait_with_output()
-        .map_err(io_err("waiting for promtool"))?;
-    let _ = writer.join();
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(Error::Command {
+    loupe_testkit::promtool::check_metrics(text.as_bytes()).map_err(|detail| Error::Invalid {
         what: "promtool check metrics".into(),
-        code: out.status.code(),
-        stderr: format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .chars()
-        .take(4000)
-        .collect(),
+        detail: detail.chars().take(4000).collect(),
     })
 }
 

@@ -60,6 +60,17 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// Pod `pod` of namespace `ns`, endpoint `8080`, no container: the tests' stock target.
+    #[cfg(test)]
+    pub(crate) fn of_test_pod(pod: &str) -> Self {
+        Self {
+            namespace: "ns".into(),
+            pod: pod.into(),
+            container: String::new(),
+            endpoint: "8080".into(),
+        }
+    }
+
     /// The labels as the merge takes them.
     pub fn labels(&self) -> crate::decode::IdentityLabels<'_> {
         crate::decode::IdentityLabels {

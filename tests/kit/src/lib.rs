@@ -2,9 +2,11 @@
 //! judge it:
 //! - [`root`]: the one gate for tests that need root (or any other missing capability);
 //! - [`strict`]: the strict exposition checker (text 0.0.4 and OpenMetrics 1.0);
-//! - [`bodies`]: the exposition body generator, with parameters.
+//! - [`bodies`]: the exposition body generator, with parameters;
+//! - [`promtool`]: Prometheus' own check of a body.
 
 pub mod bodies;
+pub mod promtool;
 pub mod root;
 pub mod strict;
 
