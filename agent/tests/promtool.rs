@@ -2,7 +2,6 @@
 //! (Debian package `prometheus`). Skips with a reason when promtool is missing, and fails then
 //! when `CI=true`.
 
-
 use loupe_agent::decode::{merge_into, validate, Format, IdentityLabels, Source};
 use loupe_testkit::bodies::{body, Spec};
 use loupe_testkit::root;
