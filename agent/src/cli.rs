@@ -147,7 +147,7 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
     if !(secs.is_finite() && secs > 0.0) {
         return Err(format!("'{s}' must be a positive number of seconds"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' is too many seconds"))
 }
 
 #[cfg(test)]
@@ -202,6 +202,7 @@ mod tests {
     fn seconds_must_be_positive() {
         assert!(parse_seconds("0").is_err());
         assert!(parse_seconds("abc").is_err());
+        assert!(parse_seconds("1e30").is_err(), "no panic on a huge value");
         assert_eq!(parse_seconds("1.5s").unwrap(), Duration::from_millis(1500));
     }
 }

@@ -59,6 +59,21 @@ fn own_series_rejected(error: &dyn std::fmt::Display) {
 
 /// Part of the scrape timeout kept for merging and sending the answer.
 const RENDER_MARGIN: f64 = 0.2;
+/// Longest scrape timeout a scraper's header can ask for: far above any Prometheus scrape, and a
+/// bound on how long one scrape can hold the fetch slots.
+const MAX_SCRAPE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The scrape's timeout from `X-Prometheus-Scrape-Timeout-Seconds`: `default` when the header is
+/// missing, not a number or not positive; at most [`MAX_SCRAPE_TIMEOUT`] (a huge value, even one
+/// no `Duration` holds, is clamped, never a panic).
+fn scrape_timeout(header: Option<&str>, default: Duration) -> Duration {
+    match header.and_then(|v| v.trim().parse::<f64>().ok()) {
+        Some(secs) if secs > 0.0 => Duration::try_from_secs_f64(secs)
+            .unwrap_or(MAX_SCRAPE_TIMEOUT)
+            .min(MAX_SCRAPE_TIMEOUT),
+        _ => default,
+    }
+}
 
 pub struct Server {
     pub refresher: Refresher,
@@ -112,11 +127,10 @@ impl Server {
         let get = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
         let format = Format::negotiate(get("accept"));
         let gzip = get("accept-encoding").is_some_and(accepts_gzip);
-        let timeout = get("x-prometheus-scrape-timeout-seconds")
-            .and_then(|v| v.parse::<f64>().ok())
-            .filter(|v| v.is_finite() && *v > 0.0)
-            .map(Duration::from_secs_f64)
-            .unwrap_or(self.refresher.settings.fetch_timeout);
+        let timeout = scrape_timeout(
+            get("x-prometheus-scrape-timeout-seconds"),
+            self.refresher.settings.fetch_timeout,
+        );
         let budget = timeout.mul_f64(1.0 - RENDER_MARGIN);
         self.refresher
             .refresh_stale(tokio::time::Instant::now() + budget)
@@ -425,6 +439,26 @@ fn plain(status: StatusCode, text: &'static str) -> Response<ChunkBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scrape_timeout_header_is_parsed_safely_and_clamped() {
+        let default = Duration::from_secs(10);
+        assert_eq!(scrape_timeout(None, default), default);
+        assert_eq!(
+            scrape_timeout(Some("2.5"), default),
+            Duration::from_millis(2500)
+        );
+        for huge in ["1e30", "inf", "1e300", "400"] {
+            assert_eq!(
+                scrape_timeout(Some(huge), default),
+                MAX_SCRAPE_TIMEOUT,
+                "{huge}"
+            );
+        }
+        for bad in ["", "abc", "0", "-1", "NaN", "-inf"] {
+            assert_eq!(scrape_timeout(Some(bad), default), default, "{bad:?}");
+        }
+    }
 
     #[test]
     fn targets_report_reasons_and_no_source_without_a_reply() {
