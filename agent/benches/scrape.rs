@@ -103,6 +103,7 @@ fn loupe(store: Store) -> Arc<Server> {
             MAX_CONCURRENT_FETCHES,
         ),
         ready: Arc::new(AtomicBool::new(true)),
+        connections: loupe_agent::expose::ConnectionLimits::default(),
     })
 }
 

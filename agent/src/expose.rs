@@ -11,6 +11,11 @@
 //! - `/targets`: every target with its health, source, age, size and last error, as JSON (what
 //!   `loupe status` prints): the reasons are otherwise only in the log.
 //! - `/healthz`: the process serves. `/readyz`: the first discovery result has been applied.
+//!
+//! Limits ([`ConnectionLimits`]): at most 256 connections at once (more wait in the listen
+//! backlog), and a connection that sends no whole request head within 10 s, new or idle between
+//! keep-alive requests, is closed. The scrape timeout a header asks for is clamped to 300 s.
+//! Merging and compressing run on tokio's blocking threads, never on the workers that answer.
 
 use crate::collect::Refresher;
 use crate::decode::{self, Format, Source};
@@ -78,12 +83,38 @@ fn scrape_timeout(header: Option<&str>, default: Duration) -> Duration {
 pub struct Server {
     pub refresher: Refresher,
     pub ready: Arc<AtomicBool>,
+    pub connections: ConnectionLimits,
+}
+
+/// What one client can hold of the server.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// Connections served at once; further ones wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// A connection that has not sent a whole request head within this time is closed, whether it
+    /// is new or idle between keep-alive requests (Prometheus reconnects at its next scrape).
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Server {
     /// Serves until the listener fails or the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            self.connections.max_connections,
+        ));
         loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let (stream, peer) = match listener.accept().await {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -93,12 +124,16 @@ impl Server {
                 }
             };
             let this = self.clone();
+            let header_read_timeout = self.connections.header_read_timeout;
             tokio::spawn(async move {
+                let _slot = slot;
                 let service = hyper::service::service_fn(move |req| {
                     let this = this.clone();
                     async move { Ok::<_, Infallible>(this.handle(req).await) }
                 });
                 if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(header_read_timeout)
                     .serve_connection(TokioIo::new(stream), service)
                     .await
                 {
@@ -108,7 +143,7 @@ impl Server {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<ChunkBody> {
+    async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<ChunkBody> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
         }
@@ -122,7 +157,7 @@ impl Server {
         }
     }
 
-    async fn metrics(&self, req: &Request<Incoming>) -> Response<ChunkBody> {
+    async fn metrics(self: &Arc<Self>, req: &Request<Incoming>) -> Response<ChunkBody> {
         SCRAPES.inc();
         let get = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
         let format = Format::negotiate(get("accept"));
@@ -136,16 +171,30 @@ impl Server {
             .refresh_stale(tokio::time::Instant::now() + budget)
             .await;
 
-        let chunks = self.render_chunks(format);
+        // Merging (with renderings to make for bodies that have none) and compressing take
+        // milliseconds to a second of CPU: off the async workers, which answer /healthz too.
+        let this = Arc::clone(self);
+        let made = tokio::task::spawn_blocking(move || {
+            let chunks = this.render_chunks(format);
+            if gzip {
+                vec![Bytes::from(gzip_chunks(&chunks))]
+            } else {
+                chunks
+            }
+        })
+        .await;
+        let Ok(chunks) = made else {
+            return plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "rendering the node target failed\n",
+            );
+        };
         let mut builder = Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, format.content_type());
-        let chunks = if gzip {
+        if gzip {
             builder = builder.header(header::CONTENT_ENCODING, "gzip");
-            vec![Bytes::from(gzip_chunks(&chunks))]
-        } else {
-            chunks
-        };
+        }
         // The exact size hint gives the response its Content-Length.
         builder
             .body(ChunkBody::new(chunks))
@@ -439,6 +488,96 @@ fn plain(status: StatusCode, text: &'static str) -> Response<ChunkBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A server over an empty store on a loopback port.
+    async fn start(connections: ConnectionLimits) -> std::net::SocketAddr {
+        let refresher = Refresher::new(
+            crate::store::Store::default(),
+            crate::ingest::Wanted::default(),
+            None,
+            crate::collect::Settings {
+                freshness: Duration::from_secs(60),
+                fetch_timeout: Duration::from_secs(2),
+                max_body_bytes: 1 << 20,
+            },
+            4,
+        );
+        let server = Arc::new(Server {
+            refresher,
+            ready: Arc::new(AtomicBool::new(true)),
+            connections,
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(server.serve(listener));
+        addr
+    }
+
+    /// Sends `GET /healthz` on `stream` and reads the answer's first bytes.
+    async fn healthz(stream: &mut tokio::net::TcpStream) -> String {
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: loupe\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_no_request_head_is_closed() {
+        let addr = start(ConnectionLimits {
+            header_read_timeout: Duration::from_millis(200),
+            ..ConnectionLimits::default()
+        })
+        .await;
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        silent.write_all(b"GET /metr").await.unwrap();
+        let mut buf = [0u8; 256];
+        let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf)).await;
+        // Closed by the server: end of stream (hyper may first answer 408).
+        let answer = read.expect("still open after 10 s").unwrap_or(0);
+        assert!(
+            answer == 0 || String::from_utf8_lossy(&buf[..answer]).contains("408"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..answer])
+        );
+        // An idle keep-alive connection is closed the same way.
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(healthz(&mut idle).await.starts_with("HTTP/1.1 200"));
+        // The rest of the answer, then the end of the stream.
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut rest))
+            .await
+            .expect("idle connection kept open")
+            .ok();
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+        let addr = start(ConnectionLimits {
+            max_connections: 1,
+            header_read_timeout: Duration::from_secs(30),
+        })
+        .await;
+        let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(healthz(&mut first).await.starts_with("HTTP/1.1 200"));
+        let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+        second
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: loupe\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let early = tokio::time::timeout(Duration::from_millis(300), second.read(&mut buf)).await;
+        assert!(early.is_err(), "answered while the only slot was taken");
+        drop(first);
+        let n = tokio::time::timeout(Duration::from_secs(10), second.read(&mut buf))
+            .await
+            .expect("not answered after the slot was freed")
+            .unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    }
 
     #[test]
     fn scrape_timeout_header_is_parsed_safely_and_clamped() {

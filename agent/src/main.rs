@@ -6,7 +6,7 @@ use loupe_agent::cli::{Cli, Command, RunArgs};
 use loupe_agent::cmd;
 use loupe_agent::collect::{Observer, Refresher, Settings, MAX_CONCURRENT_FETCHES};
 use loupe_agent::discover::{kubernetes, pods_file, Pod};
-use loupe_agent::expose::Server;
+use loupe_agent::expose::{ConnectionLimits, Server};
 use loupe_agent::fetch::OwnPorts;
 use loupe_agent::ingest::Wanted;
 use loupe_agent::node::{self, Node};
@@ -98,6 +98,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let server = Arc::new(Server {
         refresher,
         ready: ready.clone(),
+        connections: ConnectionLimits::default(),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
