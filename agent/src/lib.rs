@@ -30,17 +30,29 @@
 //! `collect` moves replies from capture and fetch through ingest into the store, and `node`
 //! (second in the data's path, as it applies discovery) sets up the probe and the store's targets.
 
+#[cfg(feature = "agent")]
 pub mod capture;
+#[cfg(feature = "agent")]
 pub mod cli;
+#[cfg(feature = "agent")]
 pub mod cmd;
+#[cfg(feature = "agent")]
 pub mod collect;
+#[cfg(feature = "agent")]
 pub mod content;
 pub mod decode;
+#[cfg(feature = "agent")]
 pub mod discover;
+#[cfg(feature = "agent")]
 pub mod expose;
+#[cfg(feature = "agent")]
 pub mod fetch;
+#[cfg(feature = "agent")]
 pub mod ingest;
+#[cfg(feature = "agent")]
 pub mod node;
+#[cfg(feature = "agent")]
 pub mod resolve;
+#[cfg(feature = "agent")]
 pub mod store;
 pub mod telemetry;
