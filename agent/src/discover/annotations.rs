@@ -24,6 +24,10 @@
 //! 7. With `sidecar_stats`, the mesh sidecar's own stats: Envoy's `:15090/stats/prometheus` on an
 //!    `istio-proxy` container, Linkerd's `:4191/metrics` on `linkerd-proxy`.
 //!
+//! At most [`MAX_ENDPOINTS_PER_POD`] endpoints per pod, the first in the order above; the rest are
+//! reported as an error on the pod, so one pod annotated with thousands of endpoints cannot take
+//! every fetch slot and watched port of the node.
+//!
 //! Every endpoint names the container that declares its port (regular containers and native
 //! sidecars, i.e. init containers with `restartPolicy: Always`), or none when no container does.
 
@@ -45,6 +49,10 @@ pub const ISTIO_SCRAPE_TARGETS: &str = "prometheus.istio.io/scrape-targets";
 pub const ISTIO_ENV: &str = "ISTIO_PROMETHEUS_ANNOTATIONS";
 pub const CONSUL_METRICS_PORT: &str = "consul.hashicorp.com/service-metrics-port";
 pub const CONSUL_METRICS_PATH: &str = "consul.hashicorp.com/service-metrics-path";
+
+/// Endpoints one pod can have scraped (a pod with several containers and a sidecar rarely needs
+/// more than four).
+pub const MAX_ENDPOINTS_PER_POD: usize = 16;
 
 const DEFAULT_PATH: &str = "/metrics";
 const ISTIO_PROXY: &str = "istio-proxy";
@@ -131,6 +139,16 @@ pub fn endpoints(pod: &KubePod, sidecar_stats: bool) -> (Vec<Endpoint>, Vec<Anno
     }
     if sidecar_stats {
         found.sidecar_stats();
+    }
+    let declared = found.endpoints.len();
+    if declared > MAX_ENDPOINTS_PER_POD {
+        found.endpoints.truncate(MAX_ENDPOINTS_PER_POD);
+        found.error(
+            "metrics endpoints",
+            format!(
+                "{declared} endpoints declared; only the first {MAX_ENDPOINTS_PER_POD} are scraped"
+            ),
+        );
     }
     (found.endpoints, found.errors)
 }

@@ -425,3 +425,21 @@ fn pod_without_spec_or_annotations_has_no_endpoints() {
     let p: KubePod = serde_json::from_value(json!({"metadata": {"name": "x"}})).expect("pod");
     assert_eq!(endpoints(&p, true), (Vec::new(), Vec::new()));
 }
+
+#[test]
+fn endpoints_beyond_the_per_pod_cap_are_reported_not_scraped() {
+    let list: Vec<String> = (0..40).map(|i| (9000 + i).to_string()).collect();
+    let p = pod(
+        json!({"loupe.dev/endpoints": list.join(",")}),
+        json!([app(json!([]))]),
+    );
+    let (found, errors) = endpoints(&p, false);
+    assert_eq!(found.len(), MAX_ENDPOINTS_PER_POD);
+    assert_eq!(found[0].port, 9000, "the first ones are kept");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].reason.contains("40 endpoints") && errors[0].to_string().contains("shop/cart-1"),
+        "{}",
+        errors[0]
+    );
+}
