@@ -758,6 +758,18 @@ async fn kill_9_leaves_no_tcx_program() {
     if !can_run("kill_9_leaves_no_tcx_program") {
         return;
     }
+    let cookie_helper = aya::sys::is_helper_supported(
+        aya::programs::ProgramType::SchedClassifier,
+        aya::sys::BpfHelper::BPF_FUNC_get_netns_cookie,
+    );
+    if !matches!(cookie_helper, Ok(true))
+        && !root::skip(
+            "kill_9_leaves_no_tcx_program",
+            "TCX links are the shared method's, which needs bpf_get_netns_cookie in TC programs (about Linux 6.14+)",
+        )
+    {
+        return;
+    }
     let ns = TestNetns::new();
     // TCX links are the shared method's (per-namespace filters need netlink for their classid).
     let mut child = spawn_attached_child(&ns, "tcx", "shared");
