@@ -21,6 +21,10 @@
 //! reach `KUBERNETES_SERVICE_HOST`), with a certificate from the caller, and refuses with 401 every
 //! request without the expected `Authorization: Bearer` token: what an agent configured the
 //! in-cluster way (service account token and CA) talks to.
+//!
+//! It also answers `TokenReview` and `SubjectAccessReview` creations from a policy the test sets
+//! ([`KubeApi::add_token`], [`KubeApi::allow_non_resource`], ...) and records them, for an agent
+//! that delegates authentication and authorization of its own clients to the API server.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
@@ -41,6 +45,10 @@ use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
+
+mod reviews;
+
+pub use reviews::{Grantee, Subject};
 
 /// Events kept for watches that resume from an older `resourceVersion`.
 pub const DEFAULT_HISTORY: usize = 1000;
@@ -88,6 +96,8 @@ struct Shared {
     changes: broadcast::Sender<Arc<Change>>,
     /// With TLS: the bearer token every request must carry.
     token: Option<String>,
+    /// Tokens, grants and the reviews received; apart from `store` as it never meets a watch.
+    reviews: Mutex<reviews::Reviews>,
 }
 
 /// The server, running or stopped; dropping it stops it.
@@ -167,6 +177,7 @@ impl KubeApi {
             }),
             changes,
             token,
+            reviews: Mutex::new(reviews::Reviews::default()),
         });
         let mut api = KubeApi {
             shared,
@@ -542,6 +553,9 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
             lock(&shared).unauthorized += 1;
             return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
         }
+    }
+    if let Some(review) = reviews::route(&path) {
+        return reviews::handle(review, req, &shared).await;
     }
     if req.method() != Method::GET {
         return status(
