@@ -104,6 +104,8 @@ fn loupe(store: Store) -> Arc<Server> {
         ),
         ready: Arc::new(AtomicBool::new(true)),
         connections: loupe_agent::expose::ConnectionLimits::default(),
+        web: loupe_agent::expose::web_config::Current::plain(),
+        reviewer: None,
     })
 }
 

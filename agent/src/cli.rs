@@ -52,13 +52,22 @@ pub struct CaptureArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The agent's address (its --listen), as `http://HOST:PORT` or `HOST:PORT`.
+    /// The agent's address (its --listen), as `http://HOST:PORT`, `https://HOST:PORT` or
+    /// `HOST:PORT`. Over https to a loopback address the certificate is not verified (the
+    /// agent's own pod); to another address it must chain to --ca-file.
     #[arg(
         long,
         env = "LOUPE_STATUS_URL",
         default_value = "http://127.0.0.1:9897"
     )]
     pub url: String,
+    /// A file holding the bearer token to send (an agent with --authz kubernetes needs one
+    /// allowed `get` on /targets, e.g. the pod's service-account token).
+    #[arg(long, env = "LOUPE_STATUS_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// PEM CA certificates the agent's certificate must chain to (https, not loopback).
+    #[arg(long, env = "LOUPE_STATUS_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -115,6 +124,30 @@ pub struct RunArgs {
     /// Largest response body (after decompression) loupe keeps, in bytes.
     #[arg(long, env = "LOUPE_MAX_BODY_BYTES", default_value_t = 64 << 20)]
     pub max_body_bytes: usize,
+
+    /// TLS, client certificates, basic-auth users and response headers, in the web
+    /// configuration format of Prometheus' exporter-toolkit (reloaded when it or its
+    /// certificates change).
+    #[arg(long, env = "LOUPE_WEB_CONFIG_FILE")]
+    pub web_config_file: Option<PathBuf>,
+
+    /// Serve TLS with a certificate made in memory at start: encrypted, but scrapers cannot
+    /// verify it (use --web-config-file with a real certificate for that).
+    #[arg(long, env = "LOUPE_TLS_SELF_SIGNED")]
+    pub tls_self_signed: bool,
+
+    /// Who may read /metrics and /targets: `none` (anyone who reaches the port), or
+    /// `kubernetes` (a bearer token the API server reviews, and RBAC allows for the view asked).
+    #[arg(long, env = "LOUPE_AUTHZ", value_enum, default_value_t = Authz::None)]
+    pub authz: Authz,
+}
+
+/// `--authz`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Authz {
+    None,
+    /// TokenReview, then SubjectAccessReview, as the kubelet and kube-rbac-proxy do.
+    Kubernetes,
 }
 
 /// Whether the eBPF probe is loaded (`--capture`).
@@ -196,6 +229,36 @@ mod tests {
         assert_eq!(parse_ring_bytes("2147483648").unwrap(), 1 << 31);
         assert!(parse_ring_bytes("2147483649").is_err());
         assert!(parse_ring_bytes("lots").is_err());
+    }
+
+    #[test]
+    fn access_flags_parse_and_default_to_open() {
+        let cli = Cli::try_parse_from(["loupe", "run", "--pods-file", "p"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(args.authz, Authz::None);
+        assert!(!args.tls_self_signed && args.web_config_file.is_none());
+        let cli = Cli::try_parse_from([
+            "loupe",
+            "run",
+            "--pods-file",
+            "p",
+            "--authz",
+            "kubernetes",
+            "--tls-self-signed",
+            "--web-config-file",
+            "/etc/web.yml",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(args.authz, Authz::Kubernetes);
+        assert!(args.tls_self_signed);
+        let err = Cli::try_parse_from(["loupe", "run", "--pods-file", "p", "--authz", "rbac"])
+            .unwrap_err();
+        assert!(err.to_string().contains("kubernetes"), "{err}");
     }
 
     #[test]

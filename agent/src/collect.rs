@@ -118,9 +118,14 @@ impl Refresher {
     /// most. Fetches still running then go on and land for the next scrape. Concurrent callers
     /// share the fetches in flight: each target's fetch holds its lock, and a caller that got the
     /// lock after another finds the result fresh and does not ask again.
-    pub async fn refresh_stale(&self, deadline: tokio::time::Instant) {
+    pub async fn refresh_stale(
+        &self,
+        deadline: tokio::time::Instant,
+        wanted: impl Fn(&TargetKey) -> bool,
+    ) {
         let freshness = self.settings.freshness;
-        let stale = self.store.stale(Instant::now(), freshness);
+        let mut stale = self.store.stale(Instant::now(), freshness);
+        stale.retain(|key| wanted(key));
         let locks = self.locks_of(&stale);
         let mut handles = Vec::with_capacity(stale.len());
         for (key, lock) in stale.into_iter().zip(locks) {
@@ -303,7 +308,7 @@ mod tests {
         let scrapes: Vec<_> = (0..5)
             .map(|_| {
                 let r = refresher.clone();
-                tokio::spawn(async move { r.refresh_stale(deadline(5)).await })
+                tokio::spawn(async move { r.refresh_stale(deadline(5), |_| true).await })
             })
             .collect();
         for s in scrapes {
@@ -319,7 +324,7 @@ mod tests {
         let snapshot = outcome.result.expect("good body");
         assert_eq!(&snapshot.body[..], b"a 1\n");
         // Fresh now: another scrape asks nothing.
-        refresher.refresh_stale(deadline(5)).await;
+        refresher.refresh_stale(deadline(5), |_| true).await;
         assert_eq!(requests.load(Ordering::SeqCst), 1);
     }
 
@@ -333,7 +338,7 @@ mod tests {
         }
         let reply = response("200 OK", "", b"a 1\n");
         let (refresher, _, requests) = setup_on("[::1]:0", reply, Duration::ZERO);
-        refresher.refresh_stale(deadline(5)).await;
+        refresher.refresh_stale(deadline(5), |_| true).await;
         let outcome = latest(&refresher);
         assert_eq!(&outcome.result.expect("good body").body[..], b"a 1\n");
         assert_eq!(requests.load(Ordering::SeqCst), 1);
@@ -354,7 +359,7 @@ mod tests {
         let port = if key.port == 1 { 2 } else { 1 };
         let key = TargetKey { port, ..key };
         refresher.store.set_targets(vec![(key, identity, resolved)]);
-        refresher.refresh_stale(deadline(5)).await;
+        refresher.refresh_stale(deadline(5), |_| true).await;
         let err = latest(&refresher).result.unwrap_err().to_string();
         assert_eq!(
             err,
@@ -372,7 +377,7 @@ mod tests {
             response("500 Internal Server Error", "", b"oops"),
             Duration::ZERO,
         );
-        refresher.refresh_stale(deadline(5)).await;
+        refresher.refresh_stale(deadline(5), |_| true).await;
         let err = latest(&refresher).result.unwrap_err();
         assert!(matches!(err, TargetError::Status(500)), "{err:?}");
         assert_eq!(err.to_string(), "HTTP status 500");
@@ -385,7 +390,7 @@ mod tests {
         }
         let (mut refresher, _, _) = setup(Vec::new(), Duration::from_secs(3600));
         refresher.settings.fetch_timeout = Duration::from_millis(300);
-        refresher.refresh_stale(deadline(5)).await;
+        refresher.refresh_stale(deadline(5), |_| true).await;
         let err = latest(&refresher).result.unwrap_err().to_string();
         assert!(err.contains("no complete response"), "{err}");
     }
@@ -410,12 +415,12 @@ mod tests {
             &gz.finish().unwrap(),
         );
         let (mut refresher, _, _) = setup(reply, Duration::ZERO);
-        refresher.refresh_stale(deadline(5)).await;
+        refresher.refresh_stale(deadline(5), |_| true).await;
         assert_eq!(latest(&refresher).result.unwrap().body.len(), body.len());
 
         refresher.settings.max_body_bytes = 1000;
         refresher.settings.freshness = Duration::ZERO;
-        refresher.refresh_stale(deadline(5)).await;
+        refresher.refresh_stale(deadline(5), |_| true).await;
         let err = latest(&refresher).result.unwrap_err().to_string();
         assert!(err.contains("1000 bytes"), "{err}");
     }

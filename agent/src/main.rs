@@ -2,11 +2,11 @@
 
 use clap::Parser;
 use loupe_agent::capture::{self, flow::FlowLimits, probe};
-use loupe_agent::cli::{Cli, Command, RunArgs};
+use loupe_agent::cli::{Authz, Cli, Command, RunArgs};
 use loupe_agent::cmd;
 use loupe_agent::collect::{Observer, Refresher, Settings, MAX_CONCURRENT_FETCHES};
 use loupe_agent::discover::{kubernetes, pods_file, Pod};
-use loupe_agent::expose::{ConnectionLimits, Server};
+use loupe_agent::expose::{authz, tls, web_config, ConnectionLimits, Server};
 use loupe_agent::fetch::OwnPorts;
 use loupe_agent::ingest::Wanted;
 use loupe_agent::node::{self, Node};
@@ -28,7 +28,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args).await,
         Command::Doctor => return cmd::doctor::run(),
-        Command::Status(args) => return cmd::status::run(&args.url).await,
+        Command::Status(args) => return cmd::status::run(&args).await,
         Command::Capture(args) => return cmd::capture::run(&args).await,
     };
     match result {
@@ -41,6 +41,27 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
+    // Who may read comes first: a broken web config stops the agent before it touches a pod.
+    let reviewer = match args.authz {
+        Authz::None => None,
+        Authz::Kubernetes => {
+            let client = kubernetes::client(args.kubeconfig.as_deref()).await?;
+            Some(Arc::new(authz::Reviewer::new(client)))
+        }
+    };
+    let self_signed = match args.tls_self_signed {
+        true => Some(
+            tls::self_signed(certificate_names())
+                .map_err(|e| format!("--tls-self-signed: cannot make a certificate: {e}"))?,
+        ),
+        false => None,
+    };
+    let (web, reloader) = web_config::Current::load(web_config::Sources {
+        file: args.web_config_file.clone(),
+        self_signed,
+        bearer_tokens: reviewer.is_some(),
+    })?;
+    tokio::spawn(reloader.run());
     let probe_config = probe::ProbeConfig {
         ring_bytes: args.ring_bytes,
         ..Default::default()
@@ -99,11 +120,22 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         refresher,
         ready: ready.clone(),
         connections: ConnectionLimits::default(),
+        web: web.clone(),
+        reviewer,
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    log::info!("serving the node target on http://{}/metrics", args.listen);
+    let scheme = if web.get().tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    log::info!(
+        "serving the node target on {scheme}://{}/metrics (authz: {:?})",
+        args.listen,
+        args.authz
+    );
     tokio::spawn(server.serve(listener));
 
     let mut node = Node::new(probe, store, detached_tx);
@@ -136,4 +168,17 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     log::info!("stopping: detaching from every pod namespace");
     drop(node);
     Ok(())
+}
+
+/// The names the self-signed certificate is for: loopback, the pod's name and IP (downward API).
+fn certificate_names() -> Vec<String> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+    for var in ["HOSTNAME", "POD_IP", "NODE_NAME"] {
+        if let Ok(value) = std::env::var(var) {
+            if !value.is_empty() && !names.contains(&value) {
+                names.push(value);
+            }
+        }
+    }
+    names
 }

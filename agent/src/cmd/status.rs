@@ -2,12 +2,19 @@
 //! target, with the reason of those that are down, which is otherwise only in the agent's log.
 //! In a cluster: `kubectl exec -n loupe ds/loupe -- loupe status` (the agent's node only).
 
+use crate::cli::StatusArgs;
 use crate::expose::{TargetStatus, Targets};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::header;
 use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// `/targets` of a node with many pods stays far below this.
@@ -16,8 +23,12 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
-    #[error("{url}: not an address (expected http://HOST:PORT or HOST:PORT)")]
+    #[error("{url}: not an address (expected http://HOST:PORT, https://HOST:PORT or HOST:PORT)")]
     Url { url: String },
+    #[error("{url}: https to a non-loopback address needs --ca-file to verify the agent")]
+    NoCa { url: String },
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
     #[error("cannot connect to {authority}: {source}")]
     Connect {
         authority: String,
@@ -25,8 +36,12 @@ pub enum StatusError {
     },
     #[error("{authority}: {reason}")]
     Http { authority: String, reason: String },
-    #[error("{authority}/targets answered HTTP status {status} (is it a loupe agent?)")]
-    Status { authority: String, status: u16 },
+    #[error("{authority}/targets answered HTTP status {status}{hint}")]
+    Status {
+        authority: String,
+        status: u16,
+        hint: &'static str,
+    },
     #[error("{authority}/targets: not loupe's answer: {source}")]
     Json {
         authority: String,
@@ -37,8 +52,8 @@ pub enum StatusError {
 }
 
 /// Prints the table, or the error; exit status 1 when the agent could not be asked.
-pub async fn run(url: &str) -> ExitCode {
-    match targets(url).await {
+pub async fn run(args: &StatusArgs) -> ExitCode {
+    match targets(args).await {
         Ok(answer) => {
             println!(
                 "capture: {}",
@@ -59,24 +74,146 @@ pub async fn run(url: &str) -> ExitCode {
 }
 
 /// The agent's `/targets`.
-pub async fn targets(url: &str) -> Result<Targets, StatusError> {
-    let authority = url
-        .strip_prefix("http://")
-        .unwrap_or(url)
-        .trim_end_matches('/')
-        .to_string();
-    if authority.is_empty() || authority.contains('/') || url.starts_with("https://") {
+pub async fn targets(args: &StatusArgs) -> Result<Targets, StatusError> {
+    let url = args.url.as_str();
+    let (https, rest) = match url.split_once("://") {
+        Some(("http", rest)) => (false, rest),
+        Some(("https", rest)) => (true, rest),
+        Some(_) => return Err(StatusError::Url { url: url.into() }),
+        None => (false, url),
+    };
+    let authority = rest.trim_end_matches('/').to_string();
+    if authority.is_empty() || authority.contains('/') {
         return Err(StatusError::Url { url: url.into() });
     }
+    let tls = match https {
+        false => None,
+        true => Some(client_tls(url, &authority, args.ca_file.as_deref())?),
+    };
+    let token = match &args.token_file {
+        Some(path) => Some(read(path)?.trim().to_string()),
+        None => None,
+    };
     let timeout = StatusError::Timeout {
         authority: authority.clone(),
     };
-    tokio::time::timeout(TIMEOUT, ask(&authority))
+    tokio::time::timeout(TIMEOUT, ask(&authority, tls, token.as_deref()))
         .await
         .unwrap_or(Err(timeout))
 }
 
-async fn ask(authority: &str) -> Result<Targets, StatusError> {
+fn read(path: &Path) -> Result<String, StatusError> {
+    std::fs::read_to_string(path).map_err(|e| StatusError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// What to trust: `ca_file`, or, to a loopback address only, any certificate (the agent is in
+/// the same pod, and its default certificate is self-signed).
+fn client_tls(
+    url: &str,
+    authority: &str,
+    ca_file: Option<&Path>,
+) -> Result<(Arc<rustls::ClientConfig>, ServerName<'static>), StatusError> {
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name =
+        ServerName::try_from(host.to_string()).map_err(|_| StatusError::Url { url: url.into() })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StatusError::Url {
+            url: format!("{url}: {e}"),
+        })?;
+    let config = match ca_file {
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let pem = read(path)?;
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                let added = cert
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| roots.add(c).map_err(|e| e.to_string()));
+                added.map_err(|reason| StatusError::File {
+                    path: path.to_path_buf(),
+                    reason,
+                })?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None if host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+            || host == "localhost" =>
+        {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(OwnPod(provider)))
+                .with_no_client_auth()
+        }
+        None => return Err(StatusError::NoCa { url: url.into() }),
+    };
+    Ok((Arc::new(config), name))
+}
+
+/// Accepts the agent's certificate unverified, its handshake signature still checked: only used
+/// for a loopback address, i.e. the agent of this very pod.
+#[derive(Debug)]
+struct OwnPod(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for OwnPod {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+async fn ask(
+    authority: &str,
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    token: Option<&str>,
+) -> Result<Targets, StatusError> {
     let http = |e: &dyn std::error::Error| StatusError::Http {
         authority: authority.into(),
         reason: crate::telemetry::with_causes(e),
@@ -87,34 +224,58 @@ async fn ask(authority: &str) -> Result<Targets, StatusError> {
             authority: authority.into(),
             source,
         })?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| http(&e))?;
-    let conn = tokio::spawn(conn);
-    let request = hyper::Request::get("/targets")
-        .header(header::HOST, authority)
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| http(&e))?;
-    let response = sender.send_request(request).await.map_err(|e| http(&e))?;
-    let status = response.status().as_u16();
+    let mut request = hyper::Request::get("/targets").header(header::HOST, authority);
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request.body(Empty::<Bytes>::new()).map_err(|e| http(&e))?;
+    let response = match tls {
+        None => send(TokioIo::new(stream), request).await,
+        Some((config, name)) => {
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, stream)
+                .await
+                .map_err(|e| http(&e))?;
+            send(TokioIo::new(stream), request).await
+        }
+    };
+    let (status, body) = response.map_err(|e| http(&*e))?;
     if status != 200 {
-        conn.abort();
         return Err(StatusError::Status {
             authority: authority.into(),
             status,
+            hint: match status {
+                401 => " (the agent wants credentials: --token-file)",
+                403 => " (the token is not allowed get on /targets)",
+                400 => " (is the agent serving https?)",
+                _ => " (is it a loupe agent?)",
+            },
         });
     }
-    let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-        .collect()
-        .await
-        .map_err(|e| http(&*e))?
-        .to_bytes();
-    conn.abort();
     let answer: Targets = serde_json::from_slice(&body).map_err(|source| StatusError::Json {
         authority: authority.into(),
         source,
     })?;
     Ok(answer)
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One request on a fresh connection: the status and at most [`MAX_ANSWER_BYTES`] of the body.
+async fn send<I>(io: I, request: hyper::Request<Empty<Bytes>>) -> Result<(u16, Bytes), BoxError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    let conn = tokio::spawn(conn);
+    let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
+    let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+        .collect()
+        .await?
+        .to_bytes();
+    conn.abort();
+    Ok((status, body))
 }
 
 /// One aligned line per target, down ones first (the reason last, whole).
@@ -231,15 +392,24 @@ mod tests {
 
     #[tokio::test]
     async fn addresses_that_are_not_an_agent_are_named() {
-        let e = targets("https://node:9897").await.unwrap_err();
+        let args = |url: &str| StatusArgs {
+            url: url.into(),
+            token_file: None,
+            ca_file: None,
+        };
+        let e = targets(&args("https://node:9897")).await.unwrap_err();
+        assert!(matches!(e, StatusError::NoCa { .. }), "{e}");
+        let e = targets(&args("ftp://node:9897")).await.unwrap_err();
         assert!(matches!(e, StatusError::Url { .. }), "{e}");
-        let e = targets("http://node:9897/metrics").await.unwrap_err();
+        let e = targets(&args("http://node:9897/metrics"))
+            .await
+            .unwrap_err();
         assert!(matches!(e, StatusError::Url { .. }), "{e}");
         // A port nothing listens on: the error names it.
         let idle = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = idle.local_addr().unwrap();
         drop(idle);
-        let e = targets(&format!("http://{addr}")).await.unwrap_err();
+        let e = targets(&args(&format!("http://{addr}"))).await.unwrap_err();
         assert!(e.to_string().contains(&addr.to_string()), "{e}");
     }
 }

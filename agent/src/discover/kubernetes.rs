@@ -128,7 +128,7 @@ pub async fn run_with(
     if config.node_name.is_empty() {
         return Err(KubeError::NoNodeName);
     }
-    let client = client(&config).await?;
+    let client = client(config.kubeconfig.as_deref()).await?;
     let api: Api<KubePod> = Api::all(client);
     let selector = format!("spec.nodeName={}", config.node_name);
     let stream = watcher::watcher(api, watcher::Config::default().fields(&selector))
@@ -170,17 +170,19 @@ pub async fn run_with(
     }
 }
 
-async fn client(config: &KubeConfig) -> Result<Client, KubeError> {
-    let kube_config = match &config.kubeconfig {
+/// A client of the API server `kubeconfig` names, else of `KUBECONFIG`, `~/.kube/config` or the
+/// in-cluster configuration (also what `--authz kubernetes` asks).
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, KubeError> {
+    let kube_config = match kubeconfig {
         Some(path) => {
             let file = Kubeconfig::read_from(path).map_err(|source| KubeError::Kubeconfig {
-                path: path.clone(),
+                path: path.to_path_buf(),
                 source,
             })?;
             Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
                 .await
                 .map_err(|source| KubeError::Kubeconfig {
-                    path: path.clone(),
+                    path: path.to_path_buf(),
                     source,
                 })?
         }

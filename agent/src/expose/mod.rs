@@ -10,12 +10,28 @@
 //!   OpenMetrics; gzip when accepted.
 //! - `/targets`: every target with its health, source, age, size and last error, as JSON (what
 //!   `loupe status` prints): the reasons are otherwise only in the log.
+//!   `/metrics?namespace=A&namespace=B` is a namespace view ([`View`]): those namespaces' pods
+//!   and their `loupe_target_*` series only, without the agent-wide series.
 //! - `/healthz`: the process serves. `/readyz`: the first discovery result has been applied.
+//!   Neither needs credentials (kubelet probes); both are served over TLS when TLS is on.
+//!
+//! Who may read (`/metrics`, `/targets`): TLS and client certificates and basic-auth users from
+//! the web configuration ([`web_config`], reloaded), and with `--authz kubernetes` a bearer token
+//! the API server reviews for exactly the view asked ([`authz`]). Nothing of a pod is read, not
+//! even fetched, before the request is allowed.
 //!
 //! Limits ([`ConnectionLimits`]): at most 256 connections at once (more wait in the listen
 //! backlog), and a connection that sends no whole request head within 10 s, new or idle between
 //! keep-alive requests, is closed. The scrape timeout a header asks for is clamped to 300 s.
 //! Merging and compressing run on tokio's blocking threads, never on the workers that answer.
+
+pub mod authz;
+mod basic_auth;
+pub mod tls;
+pub mod view;
+pub mod web_config;
+
+pub use view::View;
 
 use crate::collect::Refresher;
 use crate::decode::{self, Format, Source};
@@ -39,6 +55,26 @@ crate::telemetry::counter!(
     pub SCRAPES,
     "loupe_scrapes_total",
     "Scrapes of loupe's /metrics.",
+);
+crate::telemetry::counter!(
+    pub REFUSED_UNAUTHENTICATED,
+    "loupe_http_refused_unauthenticated_total",
+    "Requests refused with 401: no, malformed or unknown credentials.",
+);
+crate::telemetry::counter!(
+    pub REFUSED_FORBIDDEN,
+    "loupe_http_refused_forbidden_total",
+    "Requests refused with 403: the API server did not allow the reviewed user what it asked.",
+);
+crate::telemetry::counter!(
+    pub REFUSED_UNAVAILABLE,
+    "loupe_http_refused_unavailable_total",
+    "Requests refused with 503: the API server could not review the token.",
+);
+crate::telemetry::counter!(
+    pub TLS_HANDSHAKE_FAILURES,
+    "loupe_tls_handshake_failures_total",
+    "Connections closed because their TLS handshake failed or stalled (plain HTTP included).",
 );
 crate::telemetry::counter!(
     pub REJECTED_BODIES,
@@ -84,6 +120,10 @@ pub struct Server {
     pub refresher: Refresher,
     pub ready: Arc<AtomicBool>,
     pub connections: ConnectionLimits,
+    /// TLS, basic-auth users and response headers in force (the web configuration, reloaded).
+    pub web: Arc<web_config::Current>,
+    /// `--authz kubernetes`; `None` for `--authz none`.
+    pub reviewer: Option<Arc<authz::Reviewer>>,
 }
 
 /// What one client can hold of the server.
@@ -92,7 +132,8 @@ pub struct ConnectionLimits {
     /// Connections served at once; further ones wait in the listen backlog until one closes.
     pub max_connections: usize,
     /// A connection that has not sent a whole request head within this time is closed, whether it
-    /// is new or idle between keep-alive requests (Prometheus reconnects at its next scrape).
+    /// is new or idle between keep-alive requests (Prometheus reconnects at its next scrape). A
+    /// TLS handshake must finish within it too.
     pub header_read_timeout: Duration,
 }
 
@@ -104,6 +145,9 @@ impl Default for ConnectionLimits {
         }
     }
 }
+
+/// Go's answer to plain HTTP on a TLS port, which Prometheus users recognise.
+const PLAIN_HTTP_TO_TLS: &[u8] = b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
 
 impl Server {
     /// Serves until the listener fails or the task is dropped.
@@ -124,40 +168,110 @@ impl Server {
                 }
             };
             let this = self.clone();
-            let header_read_timeout = self.connections.header_read_timeout;
             tokio::spawn(async move {
                 let _slot = slot;
-                let service = hyper::service::service_fn(move |req| {
-                    let this = this.clone();
-                    async move { Ok::<_, Infallible>(this.handle(req).await) }
-                });
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(header_read_timeout)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    log::debug!("connection from {peer}: {e}");
+                // The configuration in force when the connection came.
+                match this.web.get().tls.clone() {
+                    None => this.serve_connection(stream, peer).await,
+                    Some(tls) => {
+                        let limit = this.connections.header_read_timeout;
+                        match tokio::time::timeout(limit, handshake(stream, tls)).await {
+                            Ok(Ok(stream)) => this.serve_connection(stream, peer).await,
+                            Ok(Err(e)) => handshake_failed(peer, &e),
+                            Err(_) => handshake_failed(peer, &"not finished in time"),
+                        }
+                    }
                 }
             });
         }
     }
 
-    async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<ChunkBody> {
-        if req.method() != Method::GET && req.method() != Method::HEAD {
-            return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
-        }
-        match req.uri().path() {
-            "/metrics" => self.metrics(&req).await,
-            "/targets" => self.targets(),
-            "/healthz" => plain(StatusCode::OK, "ok\n"),
-            "/readyz" if self.ready.load(Ordering::Relaxed) => plain(StatusCode::OK, "ready\n"),
-            "/readyz" => plain(StatusCode::SERVICE_UNAVAILABLE, "discovery not done yet\n"),
-            _ => plain(StatusCode::NOT_FOUND, "try /metrics\n"),
+    async fn serve_connection<S>(self: Arc<Self>, stream: S, peer: std::net::SocketAddr)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let this = self.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let this = this.clone();
+            async move { Ok::<_, Infallible>(this.handle(req).await) }
+        });
+        if let Err(e) = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(self.connections.header_read_timeout)
+            .serve_connection(TokioIo::new(stream), service)
+            .await
+        {
+            log::debug!("connection from {peer}: {e}");
         }
     }
 
-    async fn metrics(self: &Arc<Self>, req: &Request<Incoming>) -> Response<ChunkBody> {
+    async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<ChunkBody> {
+        let web = self.web.get();
+        let mut response = self.route(&req, &web).await;
+        for (name, value) in &web.headers {
+            response.headers_mut().insert(name.clone(), value.clone());
+        }
+        response
+    }
+
+    async fn route(
+        self: &Arc<Self>,
+        req: &Request<Incoming>,
+        web: &web_config::WebConfig,
+    ) -> Response<ChunkBody> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+        }
+        // Kubelet probes: no credentials, no data.
+        match req.uri().path() {
+            "/healthz" => return plain(StatusCode::OK, "ok\n"),
+            "/readyz" if self.ready.load(Ordering::Relaxed) => {
+                return plain(StatusCode::OK, "ready\n")
+            }
+            "/readyz" => return plain(StatusCode::SERVICE_UNAVAILABLE, "discovery not done yet\n"),
+            "/metrics" | "/targets" => {}
+            _ => return plain(StatusCode::NOT_FOUND, "try /metrics\n"),
+        }
+        let view = match req.uri().path() {
+            "/metrics" => match View::of_query(req.uri().query()) {
+                Ok(view) => view,
+                Err(reason) => return refused(StatusCode::BAD_REQUEST, reason),
+            },
+            _ => View::Node,
+        };
+        let authorization = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        if !web.users.is_empty() && !web.users.check(authorization).await {
+            REFUSED_UNAUTHENTICATED.inc();
+            let mut answer = plain(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+            answer.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic"),
+            );
+            return answer;
+        }
+        if let Some(reviewer) = &self.reviewer {
+            let asks = match (&view, req.uri().path()) {
+                (View::Namespaces(names), _) => names
+                    .iter()
+                    .map(|n| authz::Access::NamespacePods(n.clone()))
+                    .collect(),
+                (View::Node, "/targets") => vec![authz::Access::Path("/targets")],
+                (View::Node, _) => vec![authz::Access::Path("/metrics")],
+            };
+            if let Some(refusal) = authorize(reviewer, authorization, &asks).await {
+                return refusal;
+            }
+        }
+        match req.uri().path() {
+            "/metrics" => self.metrics(req, view).await,
+            _ => self.targets(),
+        }
+    }
+
+    async fn metrics(self: &Arc<Self>, req: &Request<Incoming>, view: View) -> Response<ChunkBody> {
         SCRAPES.inc();
         let get = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
         let format = Format::negotiate(get("accept"));
@@ -167,15 +281,16 @@ impl Server {
             self.refresher.settings.fetch_timeout,
         );
         let budget = timeout.mul_f64(1.0 - RENDER_MARGIN);
+        let deadline = tokio::time::Instant::now() + budget;
         self.refresher
-            .refresh_stale(tokio::time::Instant::now() + budget)
+            .refresh_stale(deadline, |key| view.shows(&key.pod.namespace))
             .await;
 
         // Merging (with renderings to make for bodies that have none) and compressing take
         // milliseconds to a second of CPU: off the async workers, which answer /healthz too.
         let this = Arc::clone(self);
         let made = tokio::task::spawn_blocking(move || {
-            let chunks = this.render_chunks(format);
+            let chunks = this.render_chunks(format, &view);
             if gzip {
                 vec![Bytes::from(gzip_chunks(&chunks))]
             } else {
@@ -217,17 +332,20 @@ impl Server {
         }
     }
 
-    /// [`Self::render_chunks`], joined.
+    /// [`Self::render_chunks`] of the node view, joined.
     pub fn render(&self, format: Format) -> Vec<u8> {
-        self.render_chunks(format).concat()
+        self.render_chunks(format, &View::Node).concat()
     }
 
-    /// Merges every good body with the health series and counters, as chunks whose
-    /// concatenation is the answer.
-    pub fn render_chunks(&self, format: Format) -> Vec<Bytes> {
+    /// Merges every good body `shown` with its health series (and, in the node view, the
+    /// agent's counters), as chunks whose concatenation is the answer.
+    pub fn render_chunks(&self, format: Format, shown: &View) -> Vec<Bytes> {
         let now = Instant::now();
-        let view = self.refresher.store.view();
-        let own = self.own_series(&view, now);
+        let mut view = self.refresher.store.view();
+        if let View::Namespaces(_) = shown {
+            view.retain(|(_, identity, _)| shown.shows(&identity.namespace));
+        }
+        let own = self.own_series(&view, now, shown == &View::Node);
         // loupe's own series are well-formed by construction; a failure here is a bug, logged below.
         let own_prepared = decode::prepare(own.as_bytes(), Format::Text);
         // Bodies arriving next are rendered at ingest for this format.
@@ -263,7 +381,12 @@ impl Server {
     }
 
     /// `loupe_target_*` per target, then the agent's counters and gauges, in text format 0.0.4.
-    fn own_series(&self, view: &[(TargetKey, Identity, Option<Outcome>)], now: Instant) -> String {
+    fn own_series(
+        &self,
+        view: &[(TargetKey, Identity, Option<Outcome>)],
+        now: Instant,
+        agent_wide: bool,
+    ) -> String {
         let mut out = String::with_capacity(256 * view.len() + 4096);
         type Value = fn(&Outcome, Instant) -> Option<f64>;
         let gauges: [(&str, &str, Value); 5] = [
@@ -320,9 +443,86 @@ impl Server {
                 );
             }
         }
-        crate::telemetry::render_registered(&mut out);
+        if agent_wide {
+            crate::telemetry::render_registered(&mut out);
+        }
         out
     }
+}
+
+/// The refusal `asks` earn for the request's `Authorization` header, or `None` if allowed.
+async fn authorize(
+    reviewer: &authz::Reviewer,
+    authorization: Option<&[u8]>,
+    asks: &[authz::Access],
+) -> Option<Response<ChunkBody>> {
+    let token = match authz::bearer(authorization) {
+        Ok(token) => token,
+        Err(reason) => return Some(unauthenticated(reason)),
+    };
+    match reviewer.decide(token, asks).await {
+        Ok(authz::Verdict::Allowed) => None,
+        Ok(authz::Verdict::Unauthenticated) => {
+            Some(unauthenticated("the API server does not know this token"))
+        }
+        Ok(authz::Verdict::Denied(what)) => {
+            REFUSED_FORBIDDEN.inc();
+            log::debug!("refused: {what}");
+            Some(refused(
+                StatusCode::FORBIDDEN,
+                format!("Forbidden: {what}\n"),
+            ))
+        }
+        Err(e) => {
+            REFUSED_UNAVAILABLE.inc();
+            log::error!("authorization: {e}; refusing the request");
+            Some(refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "authorization unavailable: the API server could not review the token\n".into(),
+            ))
+        }
+    }
+}
+
+fn unauthenticated(reason: &str) -> Response<ChunkBody> {
+    REFUSED_UNAUTHENTICATED.inc();
+    let mut answer = refused(
+        StatusCode::UNAUTHORIZED,
+        format!("Unauthorized: {reason}\n"),
+    );
+    answer.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    answer
+}
+
+fn refused(status: StatusCode, text: String) -> Response<ChunkBody> {
+    let mut answer = plain(status, "");
+    *answer.body_mut() = ChunkBody::new(vec![Bytes::from(text)]);
+    answer
+}
+
+/// The TLS handshake; a client speaking plain HTTP gets Go's 400 answer rather than silence.
+async fn handshake(
+    stream: tokio::net::TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+) -> std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut first = [0u8; 1];
+    let mut stream = stream;
+    // A TLS record starts with 0x16 (handshake); an HTTP request with a method's letter.
+    if stream.peek(&mut first).await? == 1 && first[0].is_ascii_uppercase() {
+        let _ = stream.write_all(PLAIN_HTTP_TO_TLS).await;
+        let _ = stream.shutdown().await;
+        return Err(std::io::Error::other("plain HTTP on the TLS port"));
+    }
+    tokio_rustls::TlsAcceptor::from(tls).accept(stream).await
+}
+
+fn handshake_failed(peer: std::net::SocketAddr, error: &dyn std::fmt::Display) {
+    TLS_HANDSHAKE_FAILURES.inc();
+    log::debug!("TLS handshake with {peer}: {error}");
 }
 
 /// `/targets`: what an operator asks when a pod is down.
@@ -507,6 +707,8 @@ mod tests {
             refresher,
             ready: Arc::new(AtomicBool::new(true)),
             connections,
+            web: web_config::Current::plain(),
+            reviewer: None,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
