@@ -12,6 +12,7 @@ pub mod client;
 pub mod envoy;
 pub mod expo;
 pub mod http;
+pub mod https;
 pub mod kubeapi;
 pub mod loupe;
 pub mod pod;

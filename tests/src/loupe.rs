@@ -149,6 +149,31 @@ pub fn loupe_bin() -> Result<PathBuf> {
         })
 }
 
+/// How the tests' requests reach loupe.
+#[derive(Debug, Clone, Default)]
+pub struct Client {
+    /// `Some`: loupe serves TLS.
+    pub tls: Option<crate::https::Https>,
+    /// Sent with every request (e.g. `Authorization`).
+    pub headers: Vec<(String, String)>,
+}
+
+impl Client {
+    /// `GET path` on `addr` with the client's headers, then `extra`.
+    pub fn get(&self, addr: &str, path: &str, extra: &[(&str, &str)]) -> Result<Response> {
+        let mut headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        headers.extend_from_slice(extra);
+        match &self.tls {
+            Some(tls) => crate::https::get(addr, path, tls, &headers),
+            None => http::get(addr, path, &headers, Duration::from_secs(30)),
+        }
+    }
+}
+
 /// A running (or stopped) loupe agent with its own pods file, log file and listen port.
 #[derive(Debug)]
 pub struct Loupe {
@@ -161,6 +186,8 @@ pub struct Loupe {
     uses_pods_file: bool,
     /// Whether the process runs with bpf(2) denied ([`crate::seccomp::deny_bpf`]).
     deny_bpf: bool,
+    /// How requests reach it: TLS (when loupe serves it) and headers sent with every request.
+    pub client: Client,
     proc: Option<Proc>,
     dir: TempDir,
 }
@@ -203,6 +230,19 @@ impl Loupe {
         Ok((status, loupe.log()))
     }
 
+    /// Like [`Loupe::start`], reached through `client` (TLS, credentials).
+    pub fn start_with_client(
+        pods: &[PodSpec],
+        extra_args: &[&str],
+        client: Client,
+    ) -> Result<Loupe> {
+        let mut loupe = Loupe::new(extra_args, true)?;
+        loupe.client = client;
+        loupe.write_pods(&pods_yaml(pods))?;
+        loupe.spawn()?;
+        Ok(loupe)
+    }
+
     /// Starts loupe without a pods file, its discovery given by `args` (e.g. `--kubernetes
     /// --node-name n1 --kubeconfig FILE`); returns once `/readyz` is 200.
     pub fn start_with_args(args: &[&str]) -> Result<Loupe> {
@@ -222,6 +262,7 @@ impl Loupe {
             args: args.iter().map(|s| s.to_string()).collect(),
             uses_pods_file,
             deny_bpf: false,
+            client: Client::default(),
             proc: None,
             dir,
         })
@@ -290,6 +331,7 @@ impl Loupe {
     fn wait_ready(&mut self) -> Result<()> {
         let listen = self.listen.clone();
         let log_file = self.log_file.clone();
+        let client = self.client.clone();
         let mut proc = self.proc.as_mut();
         wait_for(
             &format!("loupe on {listen} to be ready"),
@@ -303,7 +345,7 @@ impl Loupe {
                         ));
                     }
                 }
-                match http::get(&listen, "/readyz", &[], Duration::from_secs(2)) {
+                match client.get(&listen, "/readyz", &[]) {
                     Ok(r) if r.status == 200 => Ok(Some(())),
                     Ok(r) => Err(format!("/readyz answered {}", r.status)),
                     Err(e) => Err(e.to_string()),
@@ -318,7 +360,7 @@ impl Loupe {
 
     /// `GET path` on loupe.
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Result<Response> {
-        http::get(&self.listen, path, headers, Duration::from_secs(30))
+        self.client.get(&self.listen, path, headers)
     }
 
     /// `/metrics` as text; a non-200 answer is an error.

@@ -28,12 +28,24 @@ pub struct Prometheus {
 impl Prometheus {
     /// Starts Prometheus scraping `targets` ("host:port", path /metrics) in job `job`.
     pub fn start(job: &str, targets: &[&str]) -> Result<Prometheus> {
+        Self::start_with(job, targets, "")
+    }
+
+    /// [`Prometheus::start`] with more settings of the scrape job (YAML lines at the job's
+    /// level, e.g. `scheme: https`).
+    pub fn start_with(job: &str, targets: &[&str], job_settings: &str) -> Result<Prometheus> {
         let dir = TempDir::new("loupe-prometheus")?;
         let listen = format!("127.0.0.1:{}", free_port()?);
         let quoted: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        let mut settings = String::new();
+        for line in job_settings.lines() {
+            settings.push_str("    ");
+            settings.push_str(line);
+            settings.push('\n');
+        }
         let config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-scrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: [{}]\n",
+scrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: [{}]\n{settings}",
             quoted.join(", ")
         );
         let cfg = dir.path().join("prometheus.yml");
