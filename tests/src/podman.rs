@@ -80,6 +80,8 @@ pub enum EnvVar {
 pub struct HttpProbe {
     pub path: String,
     pub port: u16,
+    /// `scheme: HTTPS`: the kubelet speaks TLS, without verifying the certificate.
+    pub https: bool,
     pub timeout: Duration,
 }
 
@@ -194,6 +196,7 @@ impl ContainerSpec {
             Ok(HttpProbe {
                 path: get["path"].as_str().unwrap_or("/").to_string(),
                 port,
+                https: get["scheme"].as_str() == Some("HTTPS"),
                 timeout: Duration::from_secs(c[which]["timeoutSeconds"].as_u64().unwrap_or(1)),
             })
         };

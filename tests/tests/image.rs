@@ -25,6 +25,7 @@ use loupe_tests::expo::{self, Exposition};
 use loupe_tests::kubeapi::{running_pod, KubeApi, TlsOptions};
 use loupe_tests::pod::Pod;
 use loupe_tests::podman::{self, Container, ContainerSpec, HttpProbe, PodEnv};
+use loupe_tests::https::{self, Https};
 use loupe_tests::{attached, http, run, unique_suffix, wait_for, Proc, TempDir};
 use serde_json::{json, Value};
 
@@ -150,6 +151,8 @@ impl AppPod {
 /// API server over TLS, and the service account volume. Fields drop in order.
 struct Cluster {
     api: KubeApi,
+    /// The DaemonSet serves TLS (its probes say `scheme: HTTPS`).
+    https: bool,
     agent_net: Pod,
     service_account: TempDir,
     _certs: TempDir,
@@ -157,6 +160,11 @@ struct Cluster {
 }
 
 const TOKEN: &str = "loupe-image-test-token";
+/// The agent's own service account (TOKEN), which `loupe status` inside uses.
+const AGENT_USER: &str = "system:serviceaccount:loupe:loupe";
+/// Prometheus' token and user: bound to the loupe-scraper ClusterRole (get /metrics).
+const SCRAPER_TOKEN: &str = "loupe-image-test-scraper-token";
+const SCRAPER_USER: &str = "system:serviceaccount:monitoring:prometheus-k8s";
 
 impl Cluster {
     fn start() -> Cluster {
@@ -182,6 +190,11 @@ impl Cluster {
                 token: TOKEN.into(),
             }))
             .expect("API server");
+        // RBAC as deploy/ grants it: the scraper may get /metrics, the agent /targets.
+        api.add_token(SCRAPER_TOKEN, SCRAPER_USER, &["system:serviceaccounts"]);
+        api.allow_non_resource(SCRAPER_USER, "/metrics", "get");
+        api.add_token(TOKEN, AGENT_USER, &["system:serviceaccounts"]);
+        api.allow_non_resource(AGENT_USER, "/targets", "get");
         let service_account = TempDir::new("loupe-image-sa").expect("temp dir");
         let sa = service_account.path();
         std::fs::write(sa.join("token"), TOKEN).expect("token");
@@ -189,6 +202,7 @@ impl Cluster {
         std::fs::write(sa.join("namespace"), "loupe").expect("namespace");
         Cluster {
             api,
+            https: spec().readiness.https,
             agent_net,
             service_account,
             _certs: certs,
@@ -220,12 +234,16 @@ impl Cluster {
     /// A probe as the kubelet makes it: GET on the pod IP, its User-Agent, the probe's timeout.
     fn probe(&self, probe: &HttpProbe) -> Result<u16, String> {
         let headers = [("User-Agent", "kube-probe/1.30"), ("Accept", "*/*")];
-        http::get(
-            &self.agent_addr(probe.port),
-            &probe.path,
-            &headers,
-            probe.timeout.max(Duration::from_secs(1)),
-        )
+        let addr = self.agent_addr(probe.port);
+        match probe.https {
+            true => https::get(&addr, &probe.path, &Https::default(), &headers),
+            false => http::get(
+                &addr,
+                &probe.path,
+                &headers,
+                probe.timeout.max(Duration::from_secs(1)),
+            ),
+        }
         .map(|r| r.status)
         .map_err(|e| e.to_string())
     }
@@ -243,14 +261,20 @@ impl Cluster {
         .unwrap();
     }
 
+    /// `/metrics` as Prometheus gets it: its service-account token, over TLS when served (the
+    /// default certificate is self-signed: not verified, as deploy/'s monitors do).
     fn scrape(&self, port: u16) -> Result<Exposition, String> {
-        let r = http::get(
-            &self.agent_addr(port),
-            "/metrics",
-            &[],
-            Duration::from_secs(20),
-        )
+        let addr = self.agent_addr(port);
+        let bearer = format!("Bearer {SCRAPER_TOKEN}");
+        let headers = [("Authorization", bearer.as_str())];
+        let r = match self.https {
+            true => https::get(&addr, "/metrics", &Https::default(), &headers),
+            false => http::get(&addr, "/metrics", &headers, Duration::from_secs(20)),
+        }
         .map_err(|e| e.to_string())?;
+        if r.status != 200 {
+            return Err(format!("status {}: {}", r.status, String::from_utf8_lossy(&r.body)));
+        }
         let text = r.text().map_err(|e| e.to_string())?;
         expo::check_all(&text).map_err(|e| e.to_string())
     }
@@ -442,6 +466,31 @@ fn image_runs_as_the_daemonset_says_against_testbed_pods_and_the_api_server_over
             .iter()
             .any(|r| r.contains("watch=true") && r.contains("spec.nodeName%3Dn1")),
         "{requests:?}"
+    );
+
+    // Who may read: the scraper's token was reviewed for exactly get /metrics; no token, no data.
+    let reviews = cluster.api.access_reviews();
+    assert!(
+        reviews.iter().any(|r| r["spec"]["user"] == SCRAPER_USER
+            && r["spec"]["nonResourceAttributes"] == json!({"path": "/metrics", "verb": "get"})),
+        "{reviews:?}"
+    );
+    if cluster.https {
+        let anonymous = https::get(
+            &cluster.agent_addr(port),
+            "/metrics",
+            &Https::default(),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(anonymous.status, 401);
+    }
+    // `kubectl exec ds/loupe -- loupe status`: the pod's env and token are enough.
+    let (code, status) = container.exec(&["loupe", "status"]).unwrap();
+    assert_eq!(code, 0, "{status}");
+    assert!(
+        status.contains("observed") && status.contains("fetched"),
+        "{status}"
     );
 
     doctor_and_version_match_the_host(&container, &image);
@@ -756,8 +805,12 @@ fn the_daemonset_becomes_exactly_these_podman_flags() {
         // hostPID; not hostNetwork: the pod's own namespace (kubelet)
         "--pid=host",
         "--network=ns:/var/run/netns/agent",
-        // env: RUST_LOG, NODE_NAME from the downward API (kubelet)
+        // env: NODE_NAME from the downward API (kubelet); TLS made in memory; how `loupe
+        // status` reaches this pod; RUST_LOG
         "--env=NODE_NAME=n1",
+        "--env=LOUPE_TLS_SELF_SIGNED=true",
+        "--env=LOUPE_STATUS_URL=https://127.0.0.1:9897",
+        "--env=LOUPE_STATUS_TOKEN_FILE=/var/run/secrets/kubernetes.io/serviceaccount/token",
         "--env=RUST_LOG=info",
         // the kubelet's in-cluster environment and service account volume
         "--env=KUBERNETES_SERVICE_HOST=198.19.0.1",
@@ -773,14 +826,14 @@ fn the_daemonset_becomes_exactly_these_podman_flags() {
         "--cpu-shares=51",
     ];
     assert_eq!(flags, want);
-    assert_eq!(spec.args, ["run", "--kubernetes"]);
+    assert_eq!(spec.args, ["run", "--kubernetes", "--authz", "kubernetes"]);
     assert_eq!(
-        (spec.liveness.path.as_str(), spec.liveness.port),
-        ("/healthz", 9897)
+        (spec.liveness.path.as_str(), spec.liveness.port, spec.liveness.https),
+        ("/healthz", 9897, true)
     );
     assert_eq!(
-        (spec.readiness.path.as_str(), spec.readiness.port),
-        ("/readyz", 9897)
+        (spec.readiness.path.as_str(), spec.readiness.port, spec.readiness.https),
+        ("/readyz", 9897, true)
     );
     assert_eq!(spec.grace_seconds, 30);
 }
