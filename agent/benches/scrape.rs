@@ -9,6 +9,8 @@
 //! - `loupe_*`: loupe's own `/metrics` (`expose::Server` over a `store::Store` holding the 100
 //!   bodies as the agent stores them): the merged, labelled node target, text or OpenMetrics as
 //!   negotiated, with and without gzip.
+//! - `loupe_text_tls*`: the same over TLS (`--tls-self-signed`, rustls, TLS 1.3): on a kept-alive
+//!   connection as Prometheus scrapes, and with a new connection (handshake) for every scrape.
 //!
 //! `--bench merge` times the merge alone; this is what a scraper waits for, sending included.
 
@@ -27,7 +29,9 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use loupe_agent::collect::{Refresher, Settings, MAX_CONCURRENT_FETCHES};
 use loupe_agent::discover::{Identity, PodKey, TargetKey};
-use loupe_agent::expose::{ChunkBody, Server};
+use loupe_agent::expose::{tls, web_config, ChunkBody, Server};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use loupe_agent::ingest::{self, Origin, Outcome, TargetError, Wanted};
 use loupe_agent::resolve::ResolveError;
 use loupe_agent::store::Store;
@@ -90,6 +94,22 @@ fn store(bodies: &[Bytes]) -> Store {
 }
 
 fn loupe(store: Store) -> Arc<Server> {
+    loupe_with(store, web_config::Current::plain())
+}
+
+/// The self-signed certificate (PEM) and a server serving TLS with it.
+fn loupe_tls(store: Store) -> (Arc<Server>, Vec<u8>) {
+    let (cert, key) = tls::self_signed(vec!["localhost".into()]).expect("certificate");
+    let (web, _reloader) = web_config::Current::load(web_config::Sources {
+        file: None,
+        self_signed: Some((cert.clone(), key)),
+        bearer_tokens: false,
+    })
+    .expect("TLS configuration");
+    (loupe_with(store, web), cert)
+}
+
+fn loupe_with(store: Store, web: Arc<web_config::Current>) -> Arc<Server> {
     Arc::new(Server {
         refresher: Refresher::new(
             store,
@@ -104,7 +124,7 @@ fn loupe(store: Store) -> Arc<Server> {
         ),
         ready: Arc::new(AtomicBool::new(true)),
         connections: loupe_agent::expose::ConnectionLimits::default(),
-        web: loupe_agent::expose::web_config::Current::plain(),
+        web,
         reviewer: None,
     })
 }
@@ -133,6 +153,36 @@ async fn serve_plain(
 
 async fn connect(addr: SocketAddr) -> SendRequest<Empty<Bytes>> {
     let stream = TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+/// A client trusting `cert_pem` (the server's self-signed certificate) for `localhost`.
+fn client_tls(cert_pem: &[u8]) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(cert_pem) {
+        roots.add(cert.expect("PEM")).expect("root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+async fn connect_tls(
+    addr: SocketAddr,
+    connector: &tokio_rustls::TlsConnector,
+) -> SendRequest<Empty<Bytes>> {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let name = ServerName::try_from("localhost").expect("name");
+    let stream = connector.connect(name, stream).await.expect("TLS handshake");
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("handshake");
@@ -177,6 +227,15 @@ fn bench(c: &mut Criterion) {
         .collect();
     let input: usize = bodies.iter().map(Bytes::len).sum();
 
+    let (tls_server, cert) = loupe_tls(store(&bodies));
+    let connector = client_tls(&cert);
+    let tls_addr = rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(tls_server.serve(listener));
+        addr
+    });
+    let mut node_tls = rt.block_on(connect_tls(tls_addr, &connector));
     let (concat_addr, chunks_addr, loupe_addr) = rt.block_on(async {
         let bind = || TcpListener::bind("127.0.0.1:0");
         let (a, b, l) = (
@@ -214,6 +273,7 @@ fn bench(c: &mut Criterion) {
         merged > input,
         "loupe's answer ({merged} bytes) lacks the pods' labelled series ({input} bytes in)"
     );
+    assert_eq!(rt.block_on(scrape(&mut node_tls, TEXT, "identity")), merged);
     let merged_om = rt.block_on(scrape(&mut node, OPEN_METRICS, "identity"));
     let zipped = rt.block_on(scrape(&mut node, TEXT, "gzip"));
     assert!(zipped > 0 && zipped < merged / 4, "gzip: {zipped} bytes");
@@ -241,6 +301,17 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("loupe_text_gzip", |b| {
         b.iter(|| black_box(rt.block_on(scrape(&mut node, TEXT, "gzip"))))
+    });
+    g.bench_function("loupe_text_tls", |b| {
+        b.iter(|| black_box(rt.block_on(scrape(&mut node_tls, TEXT, "identity"))))
+    });
+    g.bench_function("loupe_text_tls_handshake", |b| {
+        b.iter(|| {
+            black_box(rt.block_on(async {
+                let mut fresh = connect_tls(tls_addr, &connector).await;
+                scrape(&mut fresh, TEXT, "identity").await
+            }))
+        })
     });
     g.finish();
 }
