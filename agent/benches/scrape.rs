@@ -30,12 +30,12 @@ use hyper_util::rt::TokioIo;
 use loupe_agent::collect::{Refresher, Settings, MAX_CONCURRENT_FETCHES};
 use loupe_agent::discover::{Identity, PodKey, TargetKey};
 use loupe_agent::expose::{tls, web_config, ChunkBody, Server};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
 use loupe_agent::ingest::{self, Origin, Outcome, TargetError, Wanted};
 use loupe_agent::resolve::ResolveError;
 use loupe_agent::store::Store;
 use loupe_testkit::bodies::{body, pod_name, Spec};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 
@@ -182,7 +182,10 @@ async fn connect_tls(
 ) -> SendRequest<Empty<Bytes>> {
     let stream = TcpStream::connect(addr).await.expect("connect");
     let name = ServerName::try_from("localhost").expect("name");
-    let stream = connector.connect(name, stream).await.expect("TLS handshake");
+    let stream = connector
+        .connect(name, stream)
+        .await
+        .expect("TLS handshake");
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("handshake");

@@ -232,6 +232,10 @@ mod tests {
         names.sort_unstable();
         let expected = [
             "loupe_attach_errors_total",
+            "loupe_authz_access_reviews_total",
+            "loupe_authz_decisions_not_remembered_total",
+            "loupe_authz_review_failures_total",
+            "loupe_authz_token_reviews_total",
             "loupe_capture_active",
             "loupe_capture_attach_failures_total",
             "loupe_capture_events_total",
@@ -249,6 +253,9 @@ mod tests {
             "loupe_flow_gaps_total",
             "loupe_flows_evicted_total",
             "loupe_flows_expired_total",
+            "loupe_http_refused_forbidden_total",
+            "loupe_http_refused_unauthenticated_total",
+            "loupe_http_refused_unavailable_total",
             "loupe_kubernetes_pods_dropped_total",
             "loupe_kubernetes_watch_errors_total",
             "loupe_merge_rejected_bodies_total",
@@ -256,6 +263,7 @@ mod tests {
             "loupe_pods_file_reloads_total",
             "loupe_rendered_oversize_total",
             "loupe_requests_malformed_total",
+            "loupe_reserved_families_dropped_total",
             "loupe_resolve_errors_total",
             "loupe_responses_discarded_gap_total",
             "loupe_responses_discarded_malformed_total",
@@ -267,6 +275,9 @@ mod tests {
             "loupe_ringbuf_dropped_bytes_total",
             "loupe_ringbuf_dropped_events_total",
             "loupe_scrapes_total",
+            "loupe_tls_handshake_failures_total",
+            "loupe_web_config_reload_failures_total",
+            "loupe_web_config_reloads_total",
         ];
         for name in expected {
             assert!(names.contains(&name), "{name} is not registered: {names:?}");

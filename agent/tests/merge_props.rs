@@ -13,17 +13,22 @@ use loupe_agent::decode::{merge_into, validate, Format, Source};
 use loupe_testkit::strict;
 use proptest::prelude::*;
 
-const NAMES: [&str; 5] = [
+const NAMES: [&str; 6] = [
     "http_requests",
     "queue_depth",
     "latency_seconds",
     "job:temp:avg",
     "errors",
+    // Reserved: an app's is left out.
+    "loupe_up",
 ];
-const LABELS: [&str; 8] = [
+const LABELS: [&str; 10] = [
     "pod",
     "namespace",
     "exported_pod",
+    // Target labels: an app's are renamed.
+    "job",
+    "exported_job",
     "container",
     "endpoint",
     "path",
@@ -100,7 +105,7 @@ proptest! {
         }
         let v = validate(text.as_bytes(), out);
         prop_assert!(v.is_ok(), "{:?}\n{}", v, text);
-        if st.family_conflicts == 0 {
+        if st.family_conflicts == 0 && st.reserved_families == 0 {
             let inputs: usize = bodies.iter().map(|(_, b, f)| validate(b.as_bytes(), *f).unwrap().samples).sum();
             prop_assert_eq!(v.unwrap().samples as u64 + st.duplicate_series, inputs as u64);
         }

@@ -23,8 +23,10 @@ use proptest::prelude::*;
 
 /// Names chosen to clash: OpenMetrics counter `errors` owns `errors_total` and `errors_created`;
 /// a text counter `errors_total` with a gauge `errors_created` folds into one OpenMetrics counter.
-const NAMES: [&str; 7] = [
+const NAMES: [&str; 8] = [
     "http_requests",
+    // Reserved: an app's family is left out.
+    "loupe_up",
     "errors",
     "errors_created",
     "latency_seconds",
@@ -32,10 +34,11 @@ const NAMES: [&str; 7] = [
     "errors_total",
     "h_bucket",
 ];
-const LABELS: [&str; 7] = [
+const LABELS: [&str; 8] = [
     "pod",
     "namespace",
     "exported_pod",
+    "instance",
     "container",
     "path",
     "code",

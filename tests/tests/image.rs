@@ -22,10 +22,10 @@ use loupe_tests::certs::{self_signed, signed};
 use loupe_tests::cgroup::{new_container_id, new_pod_uid, KubeCgroups, Layout};
 use loupe_tests::client::ClientLoop;
 use loupe_tests::expo::{self, Exposition};
+use loupe_tests::https::{self, Https};
 use loupe_tests::kubeapi::{running_pod, KubeApi, TlsOptions};
 use loupe_tests::pod::Pod;
 use loupe_tests::podman::{self, Container, ContainerSpec, HttpProbe, PodEnv};
-use loupe_tests::https::{self, Https};
 use loupe_tests::{attached, http, run, unique_suffix, wait_for, Proc, TempDir};
 use serde_json::{json, Value};
 
@@ -273,7 +273,11 @@ impl Cluster {
         }
         .map_err(|e| e.to_string())?;
         if r.status != 200 {
-            return Err(format!("status {}: {}", r.status, String::from_utf8_lossy(&r.body)));
+            return Err(format!(
+                "status {}: {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            ));
         }
         let text = r.text().map_err(|e| e.to_string())?;
         expo::check_all(&text).map_err(|e| e.to_string())
@@ -828,11 +832,19 @@ fn the_daemonset_becomes_exactly_these_podman_flags() {
     assert_eq!(flags, want);
     assert_eq!(spec.args, ["run", "--kubernetes", "--authz", "kubernetes"]);
     assert_eq!(
-        (spec.liveness.path.as_str(), spec.liveness.port, spec.liveness.https),
+        (
+            spec.liveness.path.as_str(),
+            spec.liveness.port,
+            spec.liveness.https
+        ),
         ("/healthz", 9897, true)
     );
     assert_eq!(
-        (spec.readiness.path.as_str(), spec.readiness.port, spec.readiness.https),
+        (
+            spec.readiness.path.as_str(),
+            spec.readiness.port,
+            spec.readiness.https
+        ),
         ("/readyz", 9897, true)
     );
     assert_eq!(spec.grace_seconds, 30);

@@ -44,11 +44,17 @@
 //!    `endpoint` are added to every sample (first, in that order). An app label with one of those
 //!    names and a non-empty value is renamed `exported_<name>`; if that name is taken too, the
 //!    prefix is added again (`exported_exported_<name>`), as Prometheus does with
-//!    `honor_labels: false`. An app label with an empty value counts as absent. A source without
-//!    identity (the agent's own series) is added as it is.
-//! 3. **TYPE conflicts: the first source wins.** Sources are taken in the order given. The first
-//!    source that has a family fixes its type; a later source whose family has another type
-//!    contributes none of that family's samples, and each such source counts once in
+//!    `honor_labels: false`. An app's `job` and `instance` labels, which Prometheus sets for the
+//!    target and `honor_labels: true` would let the app override, are renamed the same way
+//!    (`exported_job`, `exported_instance`). An app label with an empty value counts as absent. A
+//!    source without identity (the agent's own series) is added as it is. Family names starting
+//!    `loupe_` are loupe's own: an app's are left out (the app's other families stay), counted in
+//!    `loupe_reserved_families_dropped_total`.
+//! 3. **TYPE conflicts: the most sources win.** The type most sources declare for a family wins,
+//!    each source voting once (with its first block's type); a tie goes to the type of the
+//!    earliest source among the tied. So one pod cannot take a family from the others by
+//!    declaring another type first. A source whose family has another type contributes none of
+//!    that family's samples, and each such source counts once in
 //!    `loupe_family_conflicts_total`. Sample names clash across families too (counter `a` owns
 //!    `a_total` and `a_created`; histogram `h` owns `h_bucket`, ...): of two clashing output
 //!    families the one whose first source comes first (then the smaller name) is kept, and the
@@ -142,6 +148,13 @@ crate::telemetry::counter!(
     "loupe_family_conflicts_total",
     "Sources whose family disagreed with an earlier source's TYPE, HELP or UNIT, or whose family clashed with another family's sample names; see the decode module's merging rules.",
 );
+crate::telemetry::counter!(
+    pub RESERVED_FAMILIES,
+    "loupe_reserved_families_dropped_total",
+    "App families named loupe_* left out (the prefix is loupe's own); counted once per rendering of the body.",
+);
+/// Family names only loupe's own series may use.
+pub const RESERVED_PREFIX: &[u8] = b"loupe_";
 crate::telemetry::counter!(
     pub DUPLICATE_SERIES,
     "loupe_duplicate_series_total",
@@ -302,6 +315,8 @@ impl<'a> IdentityLabels<'a> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MergeStats {
     pub family_conflicts: u64,
+    /// App families named `loupe_*`, left out (rule 2).
+    pub reserved_families: u64,
     pub duplicate_series: u64,
     /// Sources rejected whole, by index into the `sources` given to [`merge`].
     pub rejected: Vec<(usize, ParseError)>,

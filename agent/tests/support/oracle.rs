@@ -98,7 +98,10 @@ fn identify(id: &Option<IdentityLabels<'_>>, app: &Labels) -> Labels {
         .filter(|(_, v)| !v.is_empty())
         .map(|(n, v)| (n.to_string(), v.to_string()))
         .collect();
-    let is_ident = |n: &str| ident.iter().any(|(k, _)| k == n);
+    // An app's target labels are renamed whether or not the identity sets them.
+    let is_ident = |n: &str| {
+        ident.iter().any(|(k, _)| k == n) || (id.is_some() && ["job", "instance"].contains(&n))
+    };
     let mut kept: Labels = app.iter().filter(|(n, _)| !is_ident(n)).cloned().collect();
     let clashing: Labels = app
         .iter()
@@ -127,8 +130,12 @@ pub fn merge(
     // (source, family) by output name, in source order.
     let mut by_name: HashMap<String, Vec<(usize, Family)>> = HashMap::new();
     let mut first_source: HashMap<String, usize> = HashMap::new();
-    for (si, (_, body)) in sources.iter().enumerate() {
+    for (si, (id, body)) in sources.iter().enumerate() {
         for f in families(body, om)? {
+            // `loupe_*` is loupe's own: an app's family is left out.
+            if id.is_some() && f.name.starts_with("loupe_") {
+                continue;
+            }
             first_source.entry(f.name.clone()).or_insert(si);
             by_name.entry(f.name.clone()).or_default().push((si, f));
         }
@@ -136,8 +143,25 @@ pub fn merge(
     let mut conflicts = 0u64;
     let mut planned: Vec<(Family, Vec<(usize, Family)>)> = Vec::new();
     for (name, members) in by_name {
-        // Rule 3: the first source's type wins; rule 4: the first HELP and UNIT.
-        let typ = members[0].1.typ.clone();
+        // Rule 3: the type most sources declare wins, a tie to the earliest source's among the
+        // tied; rule 4: the first HELP and UNIT.
+        let mut votes: Vec<(String, usize)> = Vec::new();
+        let mut voted = HashSet::new();
+        for (si, f) in &members {
+            if !voted.insert(*si) {
+                continue;
+            }
+            match votes.iter_mut().find(|(t, _)| *t == f.typ) {
+                Some((_, n)) => *n += 1,
+                None => votes.push((f.typ.clone(), 1)),
+            }
+        }
+        let top = votes.iter().map(|(_, n)| *n).max().unwrap_or(0);
+        let typ = votes
+            .iter()
+            .find(|(_, n)| *n == top)
+            .map(|(t, _)| t.clone())
+            .unwrap_or_default();
         let mut out = Family {
             name,
             typ: typ.clone(),

@@ -33,7 +33,7 @@ pub(super) struct Contribution<'a> {
 }
 
 impl Contribution<'_> {
-    fn stem(&self) -> &[u8] {
+    pub(super) fn stem(&self) -> &[u8] {
         &self.base[..self.base.len() - self.strip]
     }
     pub(super) fn name_cmp(&self, o: &Contribution<'_>) -> Ordering {

@@ -10,6 +10,10 @@ use super::super::{Format, IdentityLabels};
 use super::convert::{rest, Contribution};
 use super::dedup::first_of_each_series;
 
+/// The labels Prometheus gives a target: an app's own are kept as `exported_*` (what
+/// `honor_labels: false` would do), so that they never override the scrape's.
+pub(crate) const TARGET_LABELS: [&str; 2] = ["job", "instance"];
+
 /// A body that parsed, with its identity labels pre-rendered.
 pub(super) struct ParsedSource<'a> {
     pub(super) parsed: Parsed<'a>,
@@ -17,6 +21,8 @@ pub(super) struct ParsedSource<'a> {
     pub(super) prefix: Vec<u8>,
     /// Non-empty identity labels: name and escaped value.
     pub(super) ident: Vec<(&'static str, Vec<u8>)>,
+    /// An app's body (it has an identity): its `job` and `instance` are renamed (rule 2).
+    pub(super) app: bool,
     ident_hash: u64,
     /// `prefix` followed by `,`, and `{prefix}` (empty without identity).
     prefix_comma: Vec<u8>,
@@ -46,6 +52,7 @@ impl<'a> ParsedSource<'a> {
         }
         ParsedSource {
             parsed,
+            app: identity.is_some(),
             ident,
             ident_hash,
             prefix_comma: [&prefix[..], b","].concat(),
@@ -280,7 +287,10 @@ impl LineWriter {
         let b = s.parsed.body;
         self.relex(b, sm, s.parsed.format == Format::OpenMetrics);
         out.clear();
-        let is_ident = |n: &[u8]| s.ident.iter().any(|(k, _)| k.as_bytes() == n);
+        let is_ident = |n: &[u8]| {
+            s.ident.iter().any(|(k, _)| k.as_bytes() == n)
+                || (s.app && TARGET_LABELS.iter().any(|t| t.as_bytes() == n))
+        };
         let mut conflicting: Vec<Label> = Vec::new();
         for l in &self.labels {
             let n = l.name(b);

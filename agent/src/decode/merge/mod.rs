@@ -137,7 +137,10 @@ fn run<S: write::Sink>(sources: &[Source<'_>], out: Format, sink: &mut S) -> Mer
                 }
                 stats.rejected.push((i, e.clone()));
             }
-            None => rs.push(r),
+            None => {
+                stats.reserved_families += r.reserved;
+                rs.push(r)
+            }
         }
     }
     let plan = plan::plan(&rs, out);

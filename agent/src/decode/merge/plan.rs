@@ -195,8 +195,9 @@ fn union_of_families<'a>(rs: &[&'a Rendered]) -> Union<'a> {
 }
 
 impl<'a> Plan<'a> {
-    /// Rules 3 and 4 for one family: the first source's type wins, later sources of another
-    /// type contribute nothing; the first HELP and UNIT win.
+    /// Rules 3 and 4 for one family: the type most sources declare wins (a tie: the earliest
+    /// source's among the tied), sources of another type contribute nothing; the first HELP and
+    /// UNIT win.
     fn family(
         &mut self,
         rs: &[&'a Rendered],
@@ -204,10 +205,7 @@ impl<'a> Plan<'a> {
         scratch: &mut Vec<u8>,
         scratch2: &mut Vec<u8>,
     ) -> FamilyPlan<'a> {
-        let first = self.members[a as usize];
-        let r0 = rs[first.source as usize];
-        let f0 = &r0.families[first.block.unwrap_or(0) as usize];
-        let mtype = r0.blocks[f0.blocks.0 as usize].mtype;
+        let mtype = self.winning_type(rs, (a, z));
         let mut help: Option<(u32, &[u8], Format)> = None;
         let mut unit: Option<&[u8]> = None;
         let mut kept = 0u64;
@@ -257,6 +255,31 @@ impl<'a> Plan<'a> {
             first_source: 0,
             kept,
         }
+    }
+}
+
+impl Plan<'_> {
+    /// Rule 3's vote: each member's first block's type; the most votes win, a tie goes to the
+    /// type that appeared first.
+    fn winning_type(&self, rs: &[&Rendered], (a, z): (u32, u32)) -> MType {
+        // Few types exist: (type, votes) in order of first appearance.
+        let mut votes: Vec<(MType, u32)> = Vec::with_capacity(2);
+        for m in &self.members[a as usize..z as usize] {
+            let r = rs[m.source as usize];
+            let f = &r.families[m.block.unwrap_or(0) as usize];
+            let t = r.blocks[f.blocks.0 as usize].mtype;
+            match votes.iter_mut().find(|(v, _)| *v == t) {
+                Some((_, n)) => *n += 1,
+                None => votes.push((t, 1)),
+            }
+        }
+        let mut best = votes[0];
+        for &(t, n) in &votes[1..] {
+            if n > best.1 {
+                best = (t, n);
+            }
+        }
+        best.0
     }
 }
 

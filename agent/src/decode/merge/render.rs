@@ -12,7 +12,10 @@ use bytes::Bytes;
 
 use super::super::lex::{self, name_hash};
 use super::super::parse::{parse, MType, Parsed, DUP};
-use super::super::{Format, IdentityLabels, ParseError, Prepared, RENDERED_OVERSIZE};
+use super::super::{
+    Format, IdentityLabels, ParseError, Prepared, RENDERED_OVERSIZE, RESERVED_FAMILIES,
+    RESERVED_PREFIX,
+};
 use super::convert::{source_contributions, Contribution};
 use super::lines::{LineWriter, ParsedSource};
 use super::Source;
@@ -32,6 +35,8 @@ pub struct Rendered {
     pub(super) identity_hash: u64,
     body_len: usize,
     pub(super) rejected: Option<ParseError>,
+    /// App families named `loupe_*` left out.
+    pub(super) reserved: u64,
     /// Sorted by name.
     pub(super) families: Vec<RenderedFamily>,
     pub(super) blocks: Vec<TypedBlock>,
@@ -148,6 +153,7 @@ impl Rendered {
             identity_hash,
             body_len,
             rejected: None,
+            reserved: 0,
             families: Vec::new(),
             blocks: Vec::new(),
             metas: Vec::new(),
@@ -226,6 +232,13 @@ fn render_parsed(
     let src = ParsedSource::new(parsed, identity);
     let mut parts: Vec<Contribution<'_>> = Vec::new();
     source_contributions(&mut parts, &src, out);
+    if identity.is_some() {
+        // `loupe_*` is loupe's own (decode's docs): an app's is left out, the app stays up.
+        let before = parts.len();
+        parts.retain(|c| !c.stem().starts_with(RESERVED_PREFIX));
+        r.reserved = (before - parts.len()) as u64;
+        RESERVED_FAMILIES.add(r.reserved);
+    }
     parts.sort_by(|a, b| a.name_cmp(b));
     let mut lines: Vec<u8> = Vec::with_capacity(
         src.parsed.body.len() + src.parsed.samples.len() * (src.prefix.len() + 2) + 64,

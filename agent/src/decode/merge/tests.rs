@@ -118,11 +118,26 @@ fn identity_conflicts_are_exported() {
 }
 
 #[test]
-fn type_conflict_first_source_wins() {
+fn type_conflict_most_sources_win_a_tie_the_earliest() {
     let a = "# TYPE m gauge\nm 1\n";
     let b = "# TYPE m counter\nm 2\n";
     let (s, st) = run(&[text("p1", a), text("p2", b)], Format::Text);
     assert!(s.contains("# TYPE m gauge\n") && !s.contains(" 2\n"), "{s}");
+    assert_eq!(st.family_conflicts, 1);
+    // A pod whose namespace sorts first cannot take the family from two others.
+    let (s, st) = run(
+        &[
+            text("aaa", a),
+            text("p2", b),
+            text("p3", "# TYPE m counter\nm 3\n"),
+        ],
+        Format::Text,
+    );
+    assert!(
+        s.contains("# TYPE m counter\n") && s.contains(" 2\n") && s.contains(" 3\n"),
+        "{s}"
+    );
+    assert!(!s.contains(" 1\n"), "{s}");
     assert_eq!(st.family_conflicts, 1);
     // HELP conflicts keep samples.
     let a = "# HELP m one\nm 1\n";
@@ -130,6 +145,29 @@ fn type_conflict_first_source_wins() {
     let (s, st) = run(&[text("p1", a), text("p2", b)], Format::Text);
     assert!(s.contains("# HELP m one\n") && s.contains(" 2\n"), "{s}");
     assert_eq!(st.family_conflicts, 1);
+}
+
+#[test]
+fn an_apps_job_instance_and_loupe_families_cannot_pass_for_loupes() {
+    let body = "# TYPE loupe_target_up gauge\nloupe_target_up 1\n# TYPE m gauge\nm{job=\"x\",instance=\"y\",exported_job=\"z\"} 1\n";
+    let (s, _) = run(&[text("p1", body)], Format::Text);
+    assert!(!s.contains("loupe_target_up"), "{s}");
+    for label in [
+        "exported_job=\"z\"",
+        "exported_exported_job=\"x\"",
+        "exported_instance=\"y\"",
+    ] {
+        assert!(s.contains(label), "{label}: {s}");
+    }
+    assert!(!s.contains(",job=") && !s.contains("{job="), "{s}");
+    // loupe's own series (no identity) keep theirs.
+    let own = Source::new(
+        None,
+        b"# TYPE loupe_x gauge\nloupe_x{job=\"j\"} 1\n",
+        Format::Text,
+    );
+    let (s, _) = run(&[own], Format::Text);
+    assert_eq!(s, "# TYPE loupe_x gauge\nloupe_x{job=\"j\"} 1\n");
 }
 
 #[test]

@@ -78,6 +78,9 @@ fn is_identity_name(n: &[u8]) -> bool {
         (3, Some(b'p')) => n == b"pod",
         (9, Some(b'c')) => n == b"container",
         (8, Some(b'e')) => n == b"endpoint",
+        // Prometheus' target labels: an app's are renamed too (rule 2).
+        (3, Some(b'j')) => n == b"job",
+        (8, Some(b'i')) => n == b"instance",
         _ => false,
     }
 }
