@@ -140,6 +140,34 @@ pub struct RunArgs {
     /// `kubernetes` (a bearer token the API server reviews, and RBAC allows for the view asked).
     #[arg(long, env = "LOUPE_AUTHZ", value_enum, default_value_t = Authz::None)]
     pub authz: Authz,
+
+    /// Per endpoint, as Prometheus' scrape config means them (0: none); a pod overrides each
+    /// with `loupe.dev/sample-limit`, ... An endpoint past one is down, with the limit named.
+    #[arg(long, env = "LOUPE_SAMPLE_LIMIT", default_value_t = 0)]
+    pub sample_limit: usize,
+    /// Labels of a series: its name, the app's labels, loupe's identity labels, job and instance.
+    #[arg(long, env = "LOUPE_LABEL_LIMIT", default_value_t = 0)]
+    pub label_limit: usize,
+    #[arg(long, env = "LOUPE_LABEL_NAME_LENGTH_LIMIT", default_value_t = 0)]
+    pub label_name_length_limit: usize,
+    #[arg(long, env = "LOUPE_LABEL_VALUE_LENGTH_LIMIT", default_value_t = 0)]
+    pub label_value_length_limit: usize,
+    /// Bytes of a body after decompression (at most --max-body-bytes, which bounds every body).
+    #[arg(long, env = "LOUPE_BODY_SIZE_LIMIT", default_value_t = 0)]
+    pub body_size_limit: usize,
+}
+
+impl RunArgs {
+    /// The agent's default scrape limits.
+    pub fn limits(&self) -> crate::ingest::Limits {
+        crate::ingest::Limits {
+            sample_limit: self.sample_limit,
+            label_limit: self.label_limit,
+            label_name_length_limit: self.label_name_length_limit,
+            label_value_length_limit: self.label_value_length_limit,
+            body_size_limit: self.body_size_limit,
+        }
+    }
 }
 
 /// `--authz`.

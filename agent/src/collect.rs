@@ -20,6 +20,8 @@ const INLINE_DECODE_BYTES: usize = 256 << 10;
 pub struct Observer {
     pub store: Store,
     pub wanted: Wanted,
+    /// The agent's default scrape limits.
+    pub limits: ingest::Limits,
 }
 
 impl Observer {
@@ -40,12 +42,16 @@ impl Observer {
         let work = move || {
             // Rendered with the first target's identity; another target answered by the same
             // reply (rare) has its rendering made at scrape time.
-            let identity = keys.first().and_then(|k| this.store.identity(k));
+            let target = keys.first().and_then(|k| this.store.identity(k));
+            let limits = target
+                .as_ref()
+                .map_or(this.limits, |(_, pod)| this.limits.for_pod(pod));
             let result = ingest::observed(
                 exchange.status,
                 exchange.body,
                 exchange.content_type.as_deref(),
-                identity.as_ref(),
+                target.as_ref().map(|(identity, _)| identity),
+                &limits,
                 &this.wanted,
             );
             for key in &keys {
@@ -75,6 +81,8 @@ pub struct Settings {
     pub freshness: Duration,
     pub fetch_timeout: Duration,
     pub max_body_bytes: usize,
+    /// The agent's default scrape limits.
+    pub limits: ingest::Limits,
 }
 
 /// What the refresh of stale targets needs.
@@ -177,8 +185,12 @@ impl Refresher {
                     max_body_bytes: self.settings.max_body_bytes,
                 };
                 let fetched = fetch::fetch(request, self.own.as_deref()).await;
-                let identity = self.store.identity(key);
-                let result = ingest::fetched(fetched, identity.as_ref(), &self.wanted);
+                let target = self.store.identity(key);
+                let limits = target.as_ref().map_or(self.settings.limits, |(_, pod)| {
+                    self.settings.limits.for_pod(pod)
+                });
+                let identity = target.as_ref().map(|(identity, _)| identity);
+                let result = ingest::fetched(fetched, identity, &limits, &self.wanted);
                 (Origin::Fetched, result)
             }
         };
@@ -270,7 +282,12 @@ mod tests {
             container: "app".into(),
             endpoint: "http".into(),
         };
-        store.set_targets(vec![(key.clone(), identity, Ok((Arc::new(netns), cookie)))]);
+        store.set_targets(vec![(
+            key.clone(),
+            identity,
+            Default::default(),
+            Ok((Arc::new(netns), cookie)),
+        )]);
         let refresher = Refresher::new(
             store,
             Wanted::default(),
@@ -279,6 +296,7 @@ mod tests {
                 freshness: Duration::from_secs(60),
                 fetch_timeout: Duration::from_secs(2),
                 max_body_bytes: 1 << 20,
+                limits: ingest::Limits::default(),
             },
             4,
         );
@@ -358,7 +376,9 @@ mod tests {
         let resolved = refresher.store.resolved(&key).unwrap();
         let port = if key.port == 1 { 2 } else { 1 };
         let key = TargetKey { port, ..key };
-        refresher.store.set_targets(vec![(key, identity, resolved)]);
+        refresher
+            .store
+            .set_targets(vec![(key, identity, Default::default(), resolved)]);
         refresher.refresh_stale(deadline(5), |_| true).await;
         let err = latest(&refresher).result.unwrap_err().to_string();
         assert_eq!(

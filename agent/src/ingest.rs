@@ -49,6 +49,113 @@ pub enum Limit {
     Body { limit: usize },
     #[error("the body exceeds {limit} bytes once decoded")]
     Decoded { limit: usize },
+    #[error("body_size_limit exceeded: {found} bytes, above {limit}")]
+    BodySize { limit: usize, found: usize },
+    #[error("sample_limit exceeded: {found} samples, above {limit}")]
+    Samples { limit: usize, found: usize },
+    #[error("label_limit exceeded: a series of {metric} has {found} labels, above {limit}")]
+    Labels {
+        limit: usize,
+        metric: String,
+        found: usize,
+    },
+    #[error("label_name_length_limit exceeded: a label name of {metric} has {found} bytes, above {limit}")]
+    LabelNameLength {
+        limit: usize,
+        metric: String,
+        found: usize,
+    },
+    #[error("label_value_length_limit exceeded: a label value of {metric} has {found} bytes, above {limit}")]
+    LabelValueLength {
+        limit: usize,
+        metric: String,
+        found: usize,
+    },
+}
+
+crate::telemetry::counter!(
+    pub LIMITS_EXCEEDED,
+    "loupe_target_limit_exceeded_total",
+    "Bodies refused for passing a scrape limit (sample_limit, label_limit, ...); the endpoint is down with the limit named.",
+);
+
+/// The scrape limits in force for one endpoint, as Prometheus names and means them (0: none):
+/// the agent's defaults (`--sample-limit`, ...), with the pod's own over them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub sample_limit: usize,
+    /// Labels of a series as Prometheus stores it: its name, the app's labels, loupe's identity
+    /// labels, and the `job` and `instance` the scrape adds.
+    pub label_limit: usize,
+    pub label_name_length_limit: usize,
+    /// Bytes as written (escapes included).
+    pub label_value_length_limit: usize,
+    /// Bytes of the body after decompression.
+    pub body_size_limit: usize,
+}
+
+impl Limits {
+    /// These defaults with `pod`'s own limits over them.
+    pub fn for_pod(&self, pod: &crate::discover::Limits) -> Limits {
+        Limits {
+            sample_limit: pod.sample_limit.unwrap_or(self.sample_limit),
+            label_limit: pod.label_limit.unwrap_or(self.label_limit),
+            label_name_length_limit: pod
+                .label_name_length_limit
+                .unwrap_or(self.label_name_length_limit),
+            label_value_length_limit: pod
+                .label_value_length_limit
+                .unwrap_or(self.label_value_length_limit),
+            body_size_limit: pod.body_size_limit.unwrap_or(self.body_size_limit),
+        }
+    }
+
+    /// The body within every limit, or the first it passes.
+    fn check(
+        &self,
+        body: &[u8],
+        prepared: &decode::Prepared,
+        identity: Option<&Identity>,
+    ) -> Result<(), Limit> {
+        let samples = prepared.summary().samples;
+        if self.sample_limit > 0 && samples > self.sample_limit {
+            return Err(Limit::Samples {
+                limit: self.sample_limit,
+                found: samples,
+            });
+        }
+        let identity_labels = identity.map_or(0, |i| {
+            i.labels()
+                .labels()
+                .iter()
+                .filter(|(_, v)| !v.is_empty())
+                .count()
+        });
+        let label_limits = decode::LabelLimits {
+            labels: self.label_limit,
+            // The identity labels, then `job` and `instance`.
+            extra: identity_labels + 2,
+            name_length: self.label_name_length_limit,
+            value_length: self.label_value_length_limit,
+        };
+        decode::check_labels(body, prepared, label_limits).map_err(|excess| match excess {
+            decode::LabelExcess::Labels { metric, found } => Limit::Labels {
+                limit: self.label_limit,
+                metric,
+                found,
+            },
+            decode::LabelExcess::NameLength { metric, found } => Limit::LabelNameLength {
+                limit: self.label_name_length_limit,
+                metric,
+                found,
+            },
+            decode::LabelExcess::ValueLength { metric, found } => Limit::LabelValueLength {
+                limit: self.label_value_length_limit,
+                metric,
+                found,
+            },
+        })
+    }
 }
 
 impl From<ResolveError> for TargetError {
@@ -194,10 +301,22 @@ pub fn check(
     body: Bytes,
     content_type: Option<&str>,
     identity: Option<&Identity>,
+    limits: &Limits,
     wanted: &Wanted,
 ) -> Result<Snapshot, TargetError> {
+    let exceeded = |limit: Limit| {
+        LIMITS_EXCEEDED.inc();
+        TargetError::Limit(limit)
+    };
+    if limits.body_size_limit > 0 && body.len() > limits.body_size_limit {
+        return Err(exceeded(Limit::BodySize {
+            limit: limits.body_size_limit,
+            found: body.len(),
+        }));
+    }
     let format = Format::from_content_type(content_type);
     let prepared = decode::prepare(&body, format).map_err(TargetError::Parse)?;
+    limits.check(&body, &prepared, identity).map_err(exceeded)?;
     let snapshot = Snapshot {
         body,
         prepared,
@@ -215,18 +334,20 @@ pub fn observed(
     body: Bytes,
     content_type: Option<&str>,
     identity: Option<&Identity>,
+    limits: &Limits,
     wanted: &Wanted,
 ) -> Result<Arc<Snapshot>, TargetError> {
     if status != 200 {
         return Err(TargetError::Status(status));
     }
-    check(body, content_type, identity, wanted).map(Arc::new)
+    check(body, content_type, identity, limits, wanted).map(Arc::new)
 }
 
 /// A fetch's result, its body checked.
 pub fn fetched(
     result: Result<Fetched, FetchError>,
     identity: Option<&Identity>,
+    limits: &Limits,
     wanted: &Wanted,
 ) -> Result<Arc<Snapshot>, TargetError> {
     let fetched = result?;
@@ -234,6 +355,7 @@ pub fn fetched(
         fetched.body,
         fetched.content_type.as_deref(),
         identity,
+        limits,
         wanted,
     )
     .map(Arc::new)
@@ -251,19 +373,33 @@ mod tests {
     fn snapshots_render_for_their_identity_only() {
         let wanted = Wanted::default();
         let body = Bytes::from_static(b"# TYPE a gauge\na{x=\"1\"} 1\n");
-        let snap = check(body.clone(), None, Some(&identity("a")), &wanted).unwrap();
+        let snap = check(
+            body.clone(),
+            None,
+            Some(&identity("a")),
+            &Limits::default(),
+            &wanted,
+        )
+        .unwrap();
         for format in [Format::Text, Format::OpenMetrics] {
             let r = snap.rendered(&identity("a"), format).expect("rendered");
             assert_eq!(r.format(), format);
             assert!(r.heap_bytes() > 0);
         }
         assert!(snap.rendered(&identity("b"), Format::Text).is_none());
-        let anonymous = check(body, None, None, &wanted).unwrap();
+        let anonymous = check(body, None, None, &Limits::default(), &wanted).unwrap();
         assert!(anonymous.rendered(&identity("a"), Format::Text).is_none());
         // A rendering past the bound is not kept: short lines, a long identity.
         let mut long = identity("a");
         long.pod = "p".repeat(70_000);
-        let tiny = check(Bytes::from_static(b"a 1\n"), None, Some(&long), &wanted).unwrap();
+        let tiny = check(
+            Bytes::from_static(b"a 1\n"),
+            None,
+            Some(&long),
+            &Limits::default(),
+            &wanted,
+        )
+        .unwrap();
         assert!(tiny.rendered(&long, Format::Text).is_none());
     }
 
@@ -272,17 +408,97 @@ mod tests {
         let wanted = Wanted::default();
         wanted.mark(Format::OpenMetrics);
         let body = Bytes::from_static(b"a 1\n");
-        let snap = check(body, None, Some(&identity("a")), &wanted).unwrap();
+        let snap = check(
+            body,
+            None,
+            Some(&identity("a")),
+            &Limits::default(),
+            &wanted,
+        )
+        .unwrap();
         assert!(snap.open_metrics.get().is_some());
         assert!(snap.text.get().is_none());
     }
 
     #[test]
+    fn each_limit_downs_the_body_and_names_itself() {
+        let wanted = Wanted::default();
+        let body = Bytes::from_static(b"a 1\nb{x=\"1\"} 2\nc{long_label=\"abcdef\"} 3\n");
+        let id = identity("a");
+        let down = |limits: Limits| {
+            check(body.clone(), None, Some(&id), &limits, &wanted)
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert_eq!(down(Limits::default()), None);
+        let cases = [
+            (
+                Limits {
+                    sample_limit: 2,
+                    ..Limits::default()
+                },
+                "sample_limit exceeded: 3 samples, above 2",
+            ),
+            (
+                Limits {
+                    body_size_limit: 10,
+                    ..Limits::default()
+                },
+                "body_size_limit exceeded: 40 bytes, above 10",
+            ),
+            // name + namespace, pod, endpoint + job, instance + x = 7
+            (
+                Limits {
+                    label_limit: 6,
+                    ..Limits::default()
+                },
+                "label_limit exceeded: a series of b has 7 labels, above 6",
+            ),
+            (
+                Limits {
+                    label_name_length_limit: 5,
+                    ..Limits::default()
+                },
+                "label_name_length_limit exceeded: a label name of c has 10 bytes, above 5",
+            ),
+            (
+                Limits {
+                    label_value_length_limit: 5,
+                    ..Limits::default()
+                },
+                "label_value_length_limit exceeded: a label value of c has 6 bytes, above 5",
+            ),
+        ];
+        for (limits, reason) in cases {
+            assert_eq!(down(limits).as_deref(), Some(reason));
+        }
+        // A pod's own limit over the default; 0 lifts it.
+        let defaults = Limits {
+            sample_limit: 2,
+            ..Limits::default()
+        };
+        let pod = crate::discover::Limits {
+            sample_limit: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(down(defaults.for_pod(&pod)), None);
+        assert_eq!(defaults.for_pod(&Default::default()), defaults);
+    }
+
+    #[test]
     fn reasons_read_as_before() {
         let wanted = Wanted::default();
-        let err = observed(500, Bytes::new(), None, None, &wanted).unwrap_err();
+        let err = observed(500, Bytes::new(), None, None, &Limits::default(), &wanted).unwrap_err();
         assert_eq!(err.to_string(), "HTTP status 500");
-        let err = observed(200, Bytes::from_static(b"{\n"), None, None, &wanted).unwrap_err();
+        let err = observed(
+            200,
+            Bytes::from_static(b"{\n"),
+            None,
+            None,
+            &Limits::default(),
+            &wanted,
+        )
+        .unwrap_err();
         assert!(matches!(err, TargetError::Parse(_)), "{err:?}");
         assert!(
             err.to_string()

@@ -77,6 +77,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         freshness: args.freshness,
         fetch_timeout: args.fetch_timeout,
         max_body_bytes: args.max_body_bytes,
+        limits: args.limits(),
     };
     let refresher = Refresher::new(
         store.clone(),
@@ -94,6 +95,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         let observer = Observer {
             store: store.clone(),
             wanted,
+            limits: args.limits(),
         };
         capture::spawn_observer(probe, detached_rx, move |e| observer.record(e), limits)?;
     }

@@ -167,7 +167,7 @@ impl Node {
                 } else if let Err(reason) = &resolved {
                     failures.push((key.clone(), reason.clone()));
                 }
-                targets.push((key, identity, resolved.clone()));
+                targets.push((key, identity, pod.limits, resolved.clone()));
             }
         }
         self.errors = errors;

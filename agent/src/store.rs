@@ -7,7 +7,7 @@
 //! fails (error status, unparsable body, timeout) the target reports `loupe_target_up 0` and its
 //! samples are withheld, as Prometheus itself drops a failed target's series.
 
-use crate::discover::{Identity, TargetKey};
+use crate::discover::{Identity, Limits, TargetKey};
 use crate::ingest::{Outcome, TargetError};
 use crate::resolve::netns::Netns;
 use crate::resolve::NetnsCookie;
@@ -21,6 +21,8 @@ pub type Resolved = Result<(Arc<Netns>, NetnsCookie), TargetError>;
 #[derive(Debug)]
 pub struct Target {
     pub identity: Identity,
+    /// The pod's own scrape limits (over the agent's defaults).
+    pub limits: Limits,
     pub resolved: Resolved,
     pub latest: Option<Outcome>,
 }
@@ -58,21 +60,23 @@ impl Store {
 
     /// Makes `targets` the complete set of targets; results of targets that stay are kept,
     /// and targets that are gone vanish with their series at once.
-    pub fn set_targets(&self, targets: Vec<(TargetKey, Identity, Resolved)>) {
+    pub fn set_targets(&self, targets: Vec<(TargetKey, Identity, Limits, Resolved)>) {
         let mut inner = self.lock();
         let mut old = std::mem::take(&mut inner.targets);
         inner.by_port.clear();
-        for (key, identity, resolved) in targets {
+        for (key, identity, limits, resolved) in targets {
             let cookie = resolved.as_ref().ok().map(|(_, c)| *c);
             let target = match old.remove(&key) {
                 Some(mut t) if t.cookie() == cookie && cookie.is_some() => {
                     t.identity = identity;
+                    t.limits = limits;
                     t.resolved = resolved;
                     t
                 }
                 // New target, or the pod's namespace changed (restarted pod): start afresh.
                 _ => Target {
                     identity,
+                    limits,
                     resolved,
                     latest: None,
                 },
@@ -88,9 +92,12 @@ impl Store {
         }
     }
 
-    /// The identity labels of a target.
-    pub fn identity(&self, key: &TargetKey) -> Option<Identity> {
-        self.lock().targets.get(key).map(|t| t.identity.clone())
+    /// The identity labels and the pod's limits of a target: what ingest checks a body with.
+    pub fn identity(&self, key: &TargetKey) -> Option<(Identity, Limits)> {
+        self.lock()
+            .targets
+            .get(key)
+            .map(|t| (t.identity.clone(), t.limits))
     }
 
     /// The namespace to fetch a target from.
@@ -239,6 +246,7 @@ mod tests {
                 bytes::Bytes::from_static(b"a 1\n"),
                 None,
                 Some(&identity("a")),
+                &ingest::Limits::default(),
                 &Wanted::default(),
             ),
         }
@@ -248,8 +256,8 @@ mod tests {
     fn observed_replies_match_by_namespace_port_and_path() {
         let store = Store::default();
         store.set_targets(vec![
-            (key("a", 8080), identity("a"), ns(1)),
-            (key("b", 8080), identity("b"), ns(2)),
+            (key("a", 8080), identity("a"), Limits::default(), ns(1)),
+            (key("b", 8080), identity("b"), Limits::default(), ns(2)),
         ]);
         assert_eq!(
             store.match_observed(1, 8080, "/metrics?x=1"),
@@ -263,24 +271,24 @@ mod tests {
     fn removed_targets_vanish_and_kept_ones_keep_their_result() {
         let store = Store::default();
         store.set_targets(vec![
-            (key("a", 1), identity("a"), ns(1)),
-            (key("b", 1), identity("b"), ns(1)),
+            (key("a", 1), identity("a"), Limits::default(), ns(1)),
+            (key("b", 1), identity("b"), Limits::default(), ns(1)),
         ]);
         let now = Instant::now();
         store.record(&key("a", 1), good(now, Origin::Fetched));
-        store.set_targets(vec![(key("a", 1), identity("a"), ns(1))]);
+        store.set_targets(vec![(key("a", 1), identity("a"), Limits::default(), ns(1))]);
         let view = store.view();
         assert_eq!(view.len(), 1);
         assert!(view[0].2.is_some());
         // Same pod, new namespace (pod restarted): the old result must not carry over.
-        store.set_targets(vec![(key("a", 1), identity("a"), ns(9))]);
+        store.set_targets(vec![(key("a", 1), identity("a"), Limits::default(), ns(9))]);
         assert!(store.view()[0].2.is_none());
     }
 
     #[test]
     fn freshness_and_ordering_of_results() {
         let store = Store::default();
-        store.set_targets(vec![(key("a", 1), identity("a"), ns(1))]);
+        store.set_targets(vec![(key("a", 1), identity("a"), Limits::default(), ns(1))]);
         let t0 = Instant::now();
         let fresh = Duration::from_secs(10);
         assert_eq!(store.stale(t0, fresh).len(), 1);

@@ -275,6 +275,7 @@ mod tests {
             "loupe_ringbuf_dropped_bytes_total",
             "loupe_ringbuf_dropped_events_total",
             "loupe_scrapes_total",
+            "loupe_target_limit_exceeded_total",
             "loupe_tls_handshake_failures_total",
             "loupe_web_config_reload_failures_total",
             "loupe_web_config_reloads_total",

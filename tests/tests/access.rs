@@ -138,6 +138,20 @@ fn https_with_client_certificates_and_basic_auth_rotation_and_a_broken_reload() 
     let ok = loupe.get("/metrics", &[]).unwrap();
     assert_eq!(ok.status, 200);
     assert_eq!(ok.header("x-content-type-options"), Some("nosniff"));
+    // A namespace view needs no authz to work: only that namespace's pods, no agent-wide series.
+    let web = loupe
+        .get("/metrics?namespace=web", &[])
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        web.contains("pod=\"blog\"") && !web.contains("pod=\"cart\""),
+        "{web}"
+    );
+    assert!(
+        web.contains("loupe_target_up{") && !web.contains("loupe_scrapes_total"),
+        "{web}"
+    );
 
     // Refusals. Plain HTTP to the TLS port: Go's 400, no data.
     let plain = http::get(&loupe.listen, "/metrics", &[], Duration::from_secs(10)).unwrap();

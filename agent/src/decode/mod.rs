@@ -57,8 +57,8 @@
 //!    that family's samples, and each such source counts once in
 //!    `loupe_family_conflicts_total`. Sample names clash across families too (counter `a` owns
 //!    `a_total` and `a_created`; histogram `h` owns `h_bucket`, ...): of two clashing output
-//!    families the one whose first source comes first (then the smaller name) is kept, and the
-//!    other is dropped whole and counted the same way.
+//!    families the one more sources have is kept (a tie: the one whose first source comes
+//!    first, then the smaller name), and the other is dropped whole and counted the same way.
 //! 4. **HELP and UNIT conflicts: the first one wins.** The first source with a HELP (UNIT)
 //!    provides it; a later source with a different one still contributes its samples and counts
 //!    once in `loupe_family_conflicts_total`.
@@ -126,6 +126,7 @@
 //! kept as a dev-dependency only, as a differential oracle in the tests on inputs inside its
 //! grammar (label values without those characters), and as the baseline of the benchmark.
 
+mod limits;
 mod merge;
 mod negotiate;
 mod parse;
@@ -135,6 +136,8 @@ mod lex {
     pub(super) use super::parse::escape::{unescape, write_escaped, Escaped};
     pub(super) use super::parse::lex::*;
 }
+
+pub use limits::{check_labels, LabelExcess, LabelLimits};
 
 // A family's header lines, for expose's own series (the store/expose restructuring).
 #[allow(unused_imports)]

@@ -37,7 +37,7 @@ use std::fmt;
 use k8s_openapi::api::core::v1::{Container, Pod as KubePod};
 use serde::Deserialize;
 
-use super::Endpoint;
+use super::{Endpoint, Limits};
 
 pub const LOUPE_SCRAPE: &str = "loupe.dev/scrape";
 pub const LOUPE_ENDPOINTS: &str = "loupe.dev/endpoints";
@@ -151,6 +151,49 @@ pub fn endpoints(pod: &KubePod, sidecar_stats: bool) -> (Vec<Endpoint>, Vec<Anno
         );
     }
     (found.endpoints, found.errors)
+}
+
+/// The pod's scrape limits from `loupe.dev/sample-limit`, `loupe.dev/label-limit`,
+/// `loupe.dev/label-name-length-limit`, `loupe.dev/label-value-length-limit` and
+/// `loupe.dev/body-size-limit` (a whole number; 0: none). A malformed one is reported and the
+/// agent's default applies.
+pub fn limits(pod: &KubePod) -> (Limits, Vec<AnnotationError>) {
+    let mut limits = Limits::default();
+    let mut errors = Vec::new();
+    let Some(annotations) = pod.metadata.annotations.as_ref() else {
+        return (limits, errors);
+    };
+    let fields: [(&str, &mut Option<usize>); 5] = [
+        ("loupe.dev/sample-limit", &mut limits.sample_limit),
+        ("loupe.dev/label-limit", &mut limits.label_limit),
+        (
+            "loupe.dev/label-name-length-limit",
+            &mut limits.label_name_length_limit,
+        ),
+        (
+            "loupe.dev/label-value-length-limit",
+            &mut limits.label_value_length_limit,
+        ),
+        ("loupe.dev/body-size-limit", &mut limits.body_size_limit),
+    ];
+    for (annotation, field) in fields {
+        let Some(value) = annotations.get(annotation) else {
+            continue;
+        };
+        match value.trim().parse::<usize>() {
+            Ok(n) => *field = Some(n),
+            Err(_) => errors.push(AnnotationError {
+                pod: format!(
+                    "{}/{}",
+                    pod.metadata.namespace.as_deref().unwrap_or_default(),
+                    pod.metadata.name.as_deref().unwrap_or_default()
+                ),
+                annotation: annotation.into(),
+                reason: format!("{value:?} is not a whole number; the agent's default applies"),
+            }),
+        }
+    }
+    (limits, errors)
 }
 
 /// Regular containers and native sidecars (init containers that keep running).

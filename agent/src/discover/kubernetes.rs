@@ -277,7 +277,9 @@ impl State {
         if ids.is_empty() {
             return None;
         }
-        let (endpoints, errors) = annotations::endpoints(kube_pod, self.sidecar_stats);
+        let (endpoints, mut errors) = annotations::endpoints(kube_pod, self.sidecar_stats);
+        let (limits, limit_errors) = annotations::limits(kube_pod);
+        errors.extend(limit_errors);
         self.report(&key, errors);
         Some(Pod {
             namespace: key.namespace,
@@ -285,6 +287,7 @@ impl State {
             uid: kube_pod.metadata.uid.clone().unwrap_or_default(),
             netns: NetnsRef::Containers(ids),
             endpoints,
+            limits,
         })
     }
 

@@ -18,6 +18,22 @@ pub struct Pod {
     pub uid: String,
     pub netns: NetnsRef,
     pub endpoints: Vec<Endpoint>,
+    /// The pod's own scrape limits, over the agent's defaults.
+    pub limits: Limits,
+}
+
+/// A pod's scrape limits, with Prometheus' names and meaning (0: none); `None` keeps the
+/// agent's default (`--sample-limit`, ...). Set by `loupe.dev/sample-limit`, ... annotations or
+/// a pods file's `limits:`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub sample_limit: Option<usize>,
+    pub label_limit: Option<usize>,
+    pub label_name_length_limit: Option<usize>,
+    pub label_value_length_limit: Option<usize>,
+    /// Bytes of the body after decompression.
+    pub body_size_limit: Option<usize>,
 }
 
 impl Pod {

@@ -83,6 +83,9 @@ struct PodEntry {
     pid: Option<u32>,
     #[serde(default)]
     endpoints: Vec<EndpointEntry>,
+    /// Scrape limits over the agent's defaults (`sample_limit: 1000`, ...).
+    #[serde(default)]
+    limits: super::Limits,
 }
 
 #[derive(Deserialize)]
@@ -176,6 +179,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Pod>, PodsFileError> {
             uid: entry.uid,
             netns,
             endpoints,
+            limits: entry.limits,
         });
     }
     Ok(pods)
@@ -273,6 +277,18 @@ mod tests {
         assert_eq!(pods[0].endpoints[1].path, "/metrics");
         assert_eq!(pods[1].netns, NetnsRef::Pid(1234));
         assert!(pods[1].endpoints.is_empty());
+    }
+
+    #[test]
+    fn a_pods_limits_are_read_and_unknown_ones_refused() {
+        let pods = p("pods:\n  - namespace: shop\n    name: cart\n    pid: 1\n    limits:\n      sample_limit: 100\n      label_limit: 30\n").unwrap();
+        assert_eq!(pods[0].limits.sample_limit, Some(100));
+        assert_eq!(pods[0].limits.label_limit, Some(30));
+        assert_eq!(pods[0].limits.body_size_limit, None);
+        let msg = p("pods:\n  - namespace: shop\n    name: cart\n    pid: 1\n    limits:\n      samples: 100\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("samples"), "{msg}");
     }
 
     #[test]

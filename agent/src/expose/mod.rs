@@ -700,6 +700,7 @@ mod tests {
                 freshness: Duration::from_secs(60),
                 fetch_timeout: Duration::from_secs(2),
                 max_body_bytes: 1 << 20,
+                limits: Default::default(),
             },
             4,
         );

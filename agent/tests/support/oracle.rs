@@ -194,9 +194,19 @@ pub fn merge(
         }
         planned.push((out, kept));
     }
-    // Rule 3, clashes: by first source, then name; the later family's sample names taken.
+    // Rule 3, clashes: by sources kept (more first), first source, then name; the later
+    // family's sample names taken.
     planned.sort_by(|a, b| {
-        (first_source[&a.0.name], &a.0.name).cmp(&(first_source[&b.0.name], &b.0.name))
+        (
+            std::cmp::Reverse(a.1.len()),
+            first_source[&a.0.name],
+            &a.0.name,
+        )
+            .cmp(&(
+                std::cmp::Reverse(b.1.len()),
+                first_source[&b.0.name],
+                &b.0.name,
+            ))
     });
     let mut claimed: HashMap<String, String> = HashMap::new();
     let mut written = Vec::new();

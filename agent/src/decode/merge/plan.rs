@@ -43,6 +43,8 @@ pub(super) struct FamilyPlan<'a> {
     first_source: u32,
     /// Source families kept after TYPE conflicts (what a clash drops).
     kept: u64,
+    /// Sources kept after TYPE conflicts: a clash keeps the family more sources have.
+    sources: u32,
 }
 
 /// One source's part of an output family.
@@ -244,6 +246,10 @@ impl<'a> Plan<'a> {
                 }
             }
         }
+        let sources = self.members[a as usize..z as usize]
+            .iter()
+            .filter(|m| m.block.is_some())
+            .count() as u32;
         FamilyPlan {
             name: &[],
             mtype,
@@ -254,6 +260,7 @@ impl<'a> Plan<'a> {
             compare_series: false,
             first_source: 0,
             kept,
+            sources,
         }
     }
 }
@@ -367,8 +374,15 @@ fn mark_whole_duplicates(
 /// one whose first source comes first (then the smaller name) is kept; the other is dropped and
 /// each of its kept source families counts as a conflict. Returns that count.
 fn drop_clashes(families: &mut [FamilyPlan<'_>], out: Format) -> u64 {
+    // The family more sources have first, then the one whose first source comes first (then,
+    // the sort being stable, the smaller name).
     let mut by_source: Vec<usize> = (0..families.len()).collect();
-    by_source.sort_by_key(|&p| families[p].first_source);
+    by_source.sort_by_key(|&p| {
+        (
+            std::cmp::Reverse(families[p].sources),
+            families[p].first_source,
+        )
+    });
     let mut claimed: HashMap<Vec<u8>, usize> = HashMap::new();
     let mut owned: Vec<Vec<u8>> = Vec::new();
     let mut conflicts = 0;

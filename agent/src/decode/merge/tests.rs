@@ -180,6 +180,16 @@ fn clashing_sample_names_drop_the_later_family() {
         "{s}"
     );
     assert_eq!(st.family_conflicts, 1);
+    // Unless more sources have the other family: one pod cannot drop everyone's counter.
+    let (s, st) = run(
+        &[om("aaa", a), om("p2", b), om("p3", b)],
+        Format::OpenMetrics,
+    );
+    assert!(
+        s.contains("# TYPE a counter") && !s.contains("# TYPE a_created gauge"),
+        "{s}"
+    );
+    assert_eq!(st.family_conflicts, 1);
 }
 
 #[test]

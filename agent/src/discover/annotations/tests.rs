@@ -443,3 +443,24 @@ fn endpoints_beyond_the_per_pod_cap_are_reported_not_scraped() {
         errors[0]
     );
 }
+
+#[test]
+fn limits_come_from_annotations_and_a_malformed_one_is_named() {
+    let p = pod(
+        json!({"loupe.dev/sample-limit": "5000", "loupe.dev/label-value-length-limit": " 0 ",
+               "loupe.dev/body-size-limit": "lots"}),
+        json!([app(json!([]))]),
+    );
+    let (limits, errors) = super::limits(&p);
+    assert_eq!(limits.sample_limit, Some(5000));
+    assert_eq!(limits.label_value_length_limit, Some(0));
+    assert_eq!(limits.label_limit, None);
+    assert_eq!(limits.body_size_limit, None, "the default applies");
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].annotation, "loupe.dev/body-size-limit");
+    assert!(
+        errors[0].to_string().contains("shop/cart-1"),
+        "{}",
+        errors[0]
+    );
+}
