@@ -323,7 +323,10 @@ fn bench(c: &mut Criterion) {
             b.iter(|| black_box(rt.block_on(scrape(&mut node, accept, encoding))))
         });
     }
-    for (name, encoding) in [("loupe_text_tls", "identity"), ("loupe_text_gzip_tls", "gzip")] {
+    for (name, encoding) in [
+        ("loupe_text_tls", "identity"),
+        ("loupe_text_gzip_tls", "gzip"),
+    ] {
         let mut node = tls();
         g.bench_function(name, |b| {
             b.iter(|| black_box(rt.block_on(scrape(&mut node, TEXT, encoding))))
