@@ -3,7 +3,7 @@
 //! scrape asks ([`Refresher`], which also keeps fetches of one target from overlapping).
 
 use crate::capture::Exchange;
-use crate::discover::TargetKey;
+use crate::discover::{PodKey, TargetKey};
 use crate::fetch::{self, OwnPorts, Request};
 use crate::ingest::{self, Origin, Outcome, Wanted};
 use crate::store::Store;
@@ -95,6 +95,10 @@ pub struct Refresher {
     pub settings: Settings,
     /// Bounds the fetches in flight (each briefly needs a thread to enter a namespace).
     slots: Arc<tokio::sync::Semaphore>,
+    /// Per pod: at most [`POD_SHARE`] of the slots, so that one pod's slow endpoints cannot
+    /// hold every slot while other pods wait.
+    pod_slots: Arc<Mutex<HashMap<PodKey, Arc<tokio::sync::Semaphore>>>>,
+    per_pod: usize,
     /// One per target: serialises fetches of it, so concurrent scrapes wait for the one in
     /// flight and then find its fresh result, instead of each asking the app.
     locks: Arc<Mutex<HashMap<TargetKey, Arc<tokio::sync::Mutex<()>>>>>,
@@ -102,6 +106,9 @@ pub struct Refresher {
 
 /// At most this many fetches run at once, node-wide.
 pub const MAX_CONCURRENT_FETCHES: usize = 64;
+/// A pod's fetches in flight are at most this part of the slots (4 of 64): at least 16 pods
+/// fetch at once whatever the others do.
+pub const POD_SHARE: usize = 16;
 
 impl Refresher {
     /// `slots` bounds the fetches in flight ([`MAX_CONCURRENT_FETCHES`] in the agent).
@@ -118,6 +125,8 @@ impl Refresher {
             own,
             settings,
             slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+            pod_slots: Arc::default(),
+            per_pod: (slots / POD_SHARE).max(1),
             locks: Arc::default(),
         }
     }
@@ -135,14 +144,19 @@ impl Refresher {
         let mut stale = self.store.stale(Instant::now(), freshness);
         stale.retain(|key| wanted(key));
         let locks = self.locks_of(&stale);
+        let pod_slots = self.pod_slots_of(&stale);
         let mut handles = Vec::with_capacity(stale.len());
-        for (key, lock) in stale.into_iter().zip(locks) {
+        for ((key, lock), pod_slots) in stale.into_iter().zip(locks).zip(pod_slots) {
             let this = self.clone();
             handles.push(tokio::spawn(async move {
                 let _guard = lock.lock().await;
                 if this.store.is_fresh(&key, Instant::now(), freshness) {
                     return;
                 }
+                // The pod's share first: waiting for it holds none of the node's slots.
+                let Ok(_pod_slot) = pod_slots.acquire().await else {
+                    return;
+                };
                 let Ok(_slot) = this.slots.acquire().await else {
                     return;
                 };
@@ -165,6 +179,21 @@ impl Refresher {
         }
         keys.iter()
             .map(|key| locks.entry(key.clone()).or_default().clone())
+            .collect()
+    }
+
+    /// The pods' shares of the slots for `keys`; those of pods with no fetch waiting are dropped.
+    fn pod_slots_of(&self, keys: &[TargetKey]) -> Vec<Arc<tokio::sync::Semaphore>> {
+        let mut pods = self.pod_slots.lock().unwrap_or_else(|e| e.into_inner());
+        if pods.len() > self.store.len() {
+            pods.retain(|_, share| Arc::strong_count(share) > 1);
+        }
+        keys.iter()
+            .map(|key| {
+                pods.entry(key.pod.clone())
+                    .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_pod)))
+                    .clone()
+            })
             .collect()
     }
 
@@ -309,6 +338,69 @@ mod tests {
 
     fn deadline(secs: u64) -> tokio::time::Instant {
         tokio::time::Instant::now() + Duration::from_secs(secs)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pod_with_slow_endpoints_cannot_hold_every_fetch_slot() {
+        if !loupe_testkit::root::require(
+            "a_pod_with_slow_endpoints_cannot_hold_every_fetch_slot",
+            "network namespaces",
+        ) {
+            return;
+        }
+        let ok = response("200 OK", "", b"a 1\n");
+        let netns = Arc::new(scratch());
+        let (slow, _) = app(&netns, "127.0.0.1:0", ok.clone(), Duration::from_secs(4));
+        let (quick, _) = app(&netns, "127.0.0.1:0", ok, Duration::ZERO);
+        let cookie = netns.cookie().unwrap();
+        let target = |pod: &str, port: u16, path: String| {
+            let key = TargetKey {
+                pod: PodKey {
+                    namespace: "ns".into(),
+                    name: pod.into(),
+                },
+                port,
+                path,
+            };
+            let identity = Identity::of_test_pod(pod);
+            (
+                key,
+                identity,
+                Default::default(),
+                Ok((netns.clone(), cookie)),
+            )
+        };
+        // The greedy pod sorts first: its eight slow endpoints ask first.
+        let mut targets: Vec<_> = (0..8)
+            .map(|i| target("greedy", slow, format!("/metrics/{i}")))
+            .collect();
+        targets.push(target("modest", quick, "/metrics".into()));
+        let store = Store::default();
+        store.set_targets(targets);
+        let settings = Settings {
+            freshness: Duration::from_secs(60),
+            fetch_timeout: Duration::from_secs(10),
+            max_body_bytes: 1 << 20,
+            limits: ingest::Limits::default(),
+        };
+        // Four slots: a pod gets one of them.
+        let refresher = Refresher::new(store, Wanted::default(), None, settings, 4);
+        let started = tokio::time::Instant::now();
+        refresher
+            .refresh_stale(started + Duration::from_secs(2), |_| true)
+            .await;
+        let view = refresher.store.view();
+        let modest = view
+            .iter()
+            .find(|(key, _, _)| key.pod.name == "modest")
+            .and_then(|(_, _, outcome)| outcome.clone())
+            .expect("the modest pod was fetched while the greedy one's endpoints hung");
+        assert!(modest.result.is_ok());
+        let greedy_done = view
+            .iter()
+            .filter(|(key, _, outcome)| key.pod.name == "greedy" && outcome.is_some())
+            .count();
+        assert_eq!(greedy_done, 0, "the slow endpoints were still answering");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
