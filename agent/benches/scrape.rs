@@ -134,6 +134,7 @@ fn loupe_with(store: Store, web: Arc<web_config::Current>) -> Arc<Server> {
         connections: loupe_agent::expose::ConnectionLimits::default(),
         web,
         reviewer: None,
+        merges: Default::default(),
     })
 }
 

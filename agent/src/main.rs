@@ -124,6 +124,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         connections: ConnectionLimits::default(),
         web: web.clone(),
         reviewer,
+        merges: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -274,6 +274,7 @@ mod tests {
             "loupe_responses_observed_total",
             "loupe_ringbuf_dropped_bytes_total",
             "loupe_ringbuf_dropped_events_total",
+            "loupe_scrapes_sharing_a_merge_total",
             "loupe_scrapes_total",
             "loupe_target_limit_exceeded_total",
             "loupe_tls_handshake_failures_total",

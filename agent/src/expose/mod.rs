@@ -23,7 +23,10 @@
 //! Limits ([`ConnectionLimits`]): at most 256 connections at once (more wait in the listen
 //! backlog), and a connection that sends no whole request head within 10 s, new or idle between
 //! keep-alive requests, is closed. The scrape timeout a header asks for is clamped to 300 s.
-//! Merging and compressing run on tokio's blocking threads, never on the workers that answer.
+//! Merging and compressing run on tokio's blocking threads, never on the workers that answer,
+//! once for all the scrapes that ask the same view and format while it runs. A fetch a scrape
+//! started goes on after the scrape gave up (bounded by `--fetch-timeout`), and lands for the
+//! next one.
 
 pub mod authz;
 mod basic_auth;
@@ -38,6 +41,7 @@ use crate::decode::{self, Format, Source};
 use crate::discover::{Identity, TargetKey};
 use crate::ingest::Outcome;
 use bytes::Bytes;
+use futures::FutureExt as _;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::{header, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -75,6 +79,11 @@ crate::telemetry::counter!(
     pub TLS_HANDSHAKE_FAILURES,
     "loupe_tls_handshake_failures_total",
     "Connections closed because their TLS handshake failed or stalled (plain HTTP included).",
+);
+crate::telemetry::counter!(
+    pub MERGES_SHARED,
+    "loupe_scrapes_sharing_a_merge_total",
+    "Scrapes answered by a merge another scrape of the same view and format had started.",
 );
 crate::telemetry::counter!(
     pub REJECTED_BODIES,
@@ -124,7 +133,20 @@ pub struct Server {
     pub web: Arc<web_config::Current>,
     /// `--authz kubernetes`; `None` for `--authz none`.
     pub reviewer: Option<Arc<authz::Reviewer>>,
+    /// The merges running, by what they answer ([`Server::shared_merge`]).
+    pub merges: Merges,
 }
+
+/// One scrape's answer: its chunks.
+type Merged = Option<Arc<Vec<Bytes>>>;
+type MergeKey = (View, Format, bool);
+/// See [`Server::shared_merge`]; `Merges::default()` in a new server.
+pub type Merges = std::sync::Mutex<
+    std::collections::HashMap<
+        MergeKey,
+        futures::future::Shared<futures::future::BoxFuture<'static, Merged>>,
+    >,
+>;
 
 /// What one client can hold of the server.
 #[derive(Clone, Copy, Debug)]
@@ -286,19 +308,7 @@ impl Server {
             .refresh_stale(deadline, |key| view.shows(&key.pod.namespace))
             .await;
 
-        // Merging (with renderings to make for bodies that have none) and compressing take
-        // milliseconds to a second of CPU: off the async workers, which answer /healthz too.
-        let this = Arc::clone(self);
-        let made = tokio::task::spawn_blocking(move || {
-            let chunks = this.render_chunks(format, &view);
-            if gzip {
-                vec![Bytes::from(gzip_chunks(&chunks))]
-            } else {
-                chunks
-            }
-        })
-        .await;
-        let Ok(chunks) = made else {
+        let Some(chunks) = self.shared_merge(view, format, gzip).await else {
             return plain(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "rendering the node target failed\n",
@@ -312,8 +322,52 @@ impl Server {
         }
         // The exact size hint gives the response its Content-Length.
         builder
-            .body(ChunkBody::new(chunks))
+            .body(ChunkBody::new(chunks.to_vec()))
             .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "response\n"))
+    }
+
+    /// The merged answer for `view` in `format` (gzipped or not). Merging (with renderings to
+    /// make for bodies that have none) and compressing take milliseconds to a second of CPU and
+    /// up to the answer's size in memory: off the async workers, which answer /healthz too, and
+    /// once for all the scrapes asking the same while it runs (they get the same answer, a few
+    /// milliseconds old at most). `None` if the merge panicked.
+    async fn shared_merge(self: &Arc<Self>, view: View, format: Format, gzip: bool) -> Merged {
+        let key = (view, format, gzip);
+        let merge = {
+            let mut merges = self.merges.lock().unwrap_or_else(|e| e.into_inner());
+            match merges.get(&key) {
+                Some(running) => {
+                    MERGES_SHARED.inc();
+                    running.clone()
+                }
+                None => {
+                    let this = Arc::clone(self);
+                    let (view, format, gzip) = key.clone();
+                    let merge = async move {
+                        let made = tokio::task::spawn_blocking(move || {
+                            let chunks = this.render_chunks(format, &view);
+                            if gzip {
+                                vec![Bytes::from(gzip_chunks(&chunks))]
+                            } else {
+                                chunks
+                            }
+                        });
+                        made.await.ok().map(Arc::new)
+                    }
+                    .boxed()
+                    .shared();
+                    merges.insert(key.clone(), merge.clone());
+                    merge
+                }
+            }
+        };
+        let merged = merge.await;
+        // Done: the next scrape merges anew.
+        let mut merges = self.merges.lock().unwrap_or_else(|e| e.into_inner());
+        if merges.get(&key).is_some_and(|m| m.peek().is_some()) {
+            merges.remove(&key);
+        }
+        merged
     }
 
     fn targets(&self) -> Response<ChunkBody> {
@@ -692,6 +746,15 @@ mod tests {
 
     /// A server over an empty store on a loopback port.
     async fn start(connections: ConnectionLimits) -> std::net::SocketAddr {
+        let server = server(connections);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(server.serve(listener));
+        addr
+    }
+
+    /// A server over an empty store.
+    fn server(connections: ConnectionLimits) -> Arc<Server> {
         let refresher = Refresher::new(
             crate::store::Store::default(),
             crate::ingest::Wanted::default(),
@@ -704,17 +767,40 @@ mod tests {
             },
             4,
         );
-        let server = Arc::new(Server {
+        Arc::new(Server {
             refresher,
             ready: Arc::new(AtomicBool::new(true)),
             connections,
             web: web_config::Current::plain(),
             reviewer: None,
-        });
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(server.serve(listener));
-        addr
+            merges: Merges::default(),
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scrapes_asking_the_same_while_a_merge_runs_share_it() {
+        let server = server(ConnectionLimits::default());
+        let before = MERGES_SHARED.get();
+        let (a, b) = tokio::join!(
+            server.shared_merge(View::Node, Format::Text, false),
+            server.shared_merge(View::Node, Format::Text, false),
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(Arc::ptr_eq(&a, &b), "one merge for both");
+        assert!(MERGES_SHARED.get() > before);
+        // Done: nothing is kept, the next scrape merges anew (with newer data).
+        assert!(server.merges.lock().unwrap().is_empty());
+        let c = server
+            .shared_merge(View::Node, Format::Text, false)
+            .await
+            .unwrap();
+        assert!(!Arc::ptr_eq(&a, &c));
+        // Another view or format is another merge.
+        let (d, e) = tokio::join!(
+            server.shared_merge(View::Node, Format::Text, false),
+            server.shared_merge(View::Node, Format::OpenMetrics, false),
+        );
+        assert!(!Arc::ptr_eq(&d.unwrap(), &e.unwrap()));
     }
 
     /// Sends `GET /healthz` on `stream` and reads the answer's first bytes.

@@ -5,7 +5,7 @@
 /// More namespaces than this in one request is refused: a bound on the reviews one request costs.
 pub const MAX_NAMESPACES: usize = 64;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum View {
     /// Every pod, and loupe's own series.
     Node,
