@@ -156,6 +156,16 @@ fn main() {
             grew as f64 / buf.len() as f64,
             elapsed,
         );
+        // What the store holds per series for one format (issue 10's goal: at most 400 B).
+        let n = (pods * series) as f64;
+        println!(
+            "{out:?} out, held per series: body {:.0} B + index {:.0} B + rendering {:.0} B = \
+             {:.0} B",
+            input as f64 / n,
+            index as f64 / n,
+            held as f64 / n,
+            (input + index + held) as f64 / n,
+        );
         let output = buf.len();
         drop(buf);
 
