@@ -3,6 +3,7 @@
 //! In a cluster: `kubectl exec -n loupe ds/loupe -- loupe status` (the agent's node only).
 
 use crate::cli::StatusArgs;
+use crate::expose::tls::HandshakeSignatures;
 use crate::expose::{TargetStatus, Targets};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
@@ -151,7 +152,7 @@ fn client_tls(
         {
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(OwnPod(provider)))
+                .with_custom_certificate_verifier(Arc::new(OwnPod(HandshakeSignatures(provider))))
                 .with_no_client_auth()
         }
         None => return Err(StatusError::NoCa { url: url.into() }),
@@ -162,7 +163,7 @@ fn client_tls(
 /// Accepts the agent's certificate unverified, its handshake signature still checked: only used
 /// for a loopback address, i.e. the agent of this very pod.
 #[derive(Debug)]
-struct OwnPod(Arc<rustls::crypto::CryptoProvider>);
+struct OwnPod(HandshakeSignatures);
 
 impl ServerCertVerifier for OwnPod {
     fn verify_server_cert(
@@ -182,12 +183,7 @@ impl ServerCertVerifier for OwnPod {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -196,16 +192,11 @@ impl ServerCertVerifier for OwnPod {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.0.schemes()
     }
 }
 

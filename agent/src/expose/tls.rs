@@ -74,6 +74,23 @@ pub struct TlsSettings {
     pub prefer_server_cipher_suites: bool,
 }
 
+impl TlsSettings {
+    /// A certificate and key with exporter-toolkit's defaults for everything else.
+    pub fn new(cert_pem: Vec<u8>, key_pem: Vec<u8>) -> TlsSettings {
+        TlsSettings {
+            cert_pem,
+            key_pem,
+            client_auth: ClientAuth::NoClientCert,
+            client_ca_pem: None,
+            cipher_suites: vec![],
+            curves: vec![],
+            min_version: None,
+            max_version: None,
+            prefer_server_cipher_suites: true,
+        }
+    }
+}
+
 /// A setting that cannot be served: the field and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
@@ -282,7 +299,7 @@ fn client_verifier(
         }
         _ => Ok(Arc::new(AnyClientCert {
             mandatory: auth == ClientAuth::RequireAnyClientCert,
-            provider: provider.clone(),
+            signatures: HandshakeSignatures(provider.clone()),
         })),
     }
 }
@@ -292,7 +309,38 @@ fn client_verifier(
 #[derive(Debug)]
 struct AnyClientCert {
     mandatory: bool,
-    provider: Arc<CryptoProvider>,
+    signatures: HandshakeSignatures,
+}
+
+/// The handshake-signature checks a verifier makes with its provider's algorithms, also when it
+/// accepts the certificate itself unverified.
+#[derive(Debug)]
+pub(crate) struct HandshakeSignatures(pub Arc<CryptoProvider>);
+
+impl HandshakeSignatures {
+    pub fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+    }
+
+    pub fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+    }
+
+    pub fn schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 impl ClientCertVerifier for AnyClientCert {
@@ -323,12 +371,7 @@ impl ClientCertVerifier for AnyClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -337,18 +380,11 @@ impl ClientCertVerifier for AnyClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }
 
@@ -368,17 +404,7 @@ mod tests {
 
     fn settings() -> TlsSettings {
         let (cert_pem, key_pem) = self_signed(vec!["localhost".into()]).unwrap();
-        TlsSettings {
-            cert_pem,
-            key_pem,
-            client_auth: ClientAuth::NoClientCert,
-            client_ca_pem: None,
-            cipher_suites: vec![],
-            curves: vec![],
-            min_version: None,
-            max_version: None,
-            prefer_server_cipher_suites: true,
-        }
+        TlsSettings::new(cert_pem, key_pem)
     }
 
     #[test]

@@ -211,18 +211,8 @@ fn self_signed_config(
     cert: &[u8],
     key: &[u8],
 ) -> Result<Arc<rustls::ServerConfig>, WebConfigError> {
-    tls::server_config(&TlsSettings {
-        cert_pem: cert.to_vec(),
-        key_pem: key.to_vec(),
-        client_auth: ClientAuth::NoClientCert,
-        client_ca_pem: None,
-        cipher_suites: vec![],
-        curves: vec![],
-        min_version: None,
-        max_version: None,
-        prefer_server_cipher_suites: true,
-    })
-    .map_err(|e| field_error(Path::new("--tls-self-signed"), e.field, e.reason))
+    tls::server_config(&TlsSettings::new(cert.to_vec(), key.to_vec()))
+        .map_err(|e| field_error(Path::new("--tls-self-signed"), e.field, e.reason))
 }
 
 /// One of a file and an inline value (exporter-toolkit's `cert_file` / `cert`).
