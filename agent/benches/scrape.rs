@@ -84,6 +84,10 @@ fn store(bodies: &[Bytes]) -> Store {
             Some("text/plain; version=0.0.4"),
             Some(identity),
             &Default::default(),
+            ingest::Intake {
+                budget: &Default::default(),
+                freeing: 0,
+            },
             &Wanted::default(),
         )
         .expect("corpus is valid");
@@ -127,6 +131,7 @@ fn loupe_with(store: Store, web: Arc<web_config::Current>) -> Arc<Server> {
                 fetch_timeout: Duration::from_secs(10),
                 max_body_bytes: 64 << 20,
                 limits: Default::default(),
+                budget: Default::default(),
             },
             MAX_CONCURRENT_FETCHES,
         ),

@@ -155,6 +155,13 @@ pub struct RunArgs {
     /// Bytes of a body after decompression (at most --max-body-bytes, which bounds every body).
     #[arg(long, env = "LOUPE_BODY_SIZE_LIMIT", default_value_t = 0)]
     pub body_size_limit: usize,
+
+    /// The memory loupe may use, in bytes; half of it is the budget for pods' kept bodies (a
+    /// body that does not fit is refused, its endpoint down with the reason). Default: the
+    /// memory limit of loupe's own cgroup (v2 `memory.max`, v1 `memory.limit_in_bytes`); 0: no
+    /// budget.
+    #[arg(long, env = "LOUPE_MEMORY_LIMIT")]
+    pub memory_limit: Option<usize>,
 }
 
 impl RunArgs {

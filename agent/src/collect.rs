@@ -22,6 +22,7 @@ pub struct Observer {
     pub wanted: Wanted,
     /// The agent's default scrape limits.
     pub limits: ingest::Limits,
+    pub budget: ingest::Budget,
 }
 
 impl Observer {
@@ -46,12 +47,19 @@ impl Observer {
             let limits = target
                 .as_ref()
                 .map_or(this.limits, |(_, pod)| this.limits.for_pod(pod));
+            // Replacing every answered target's body: what the first holds is freed (the
+            // others' bodies, rarer, are freed too but not counted in advance).
+            let intake = ingest::Intake {
+                budget: &this.budget,
+                freeing: keys.first().map_or(0, |k| this.store.held_by(k)),
+            };
             let result = ingest::observed(
                 exchange.status,
                 exchange.body,
                 exchange.content_type.as_deref(),
                 target.as_ref().map(|(identity, _)| identity),
                 &limits,
+                intake,
                 &this.wanted,
             );
             for key in &keys {
@@ -75,7 +83,7 @@ impl Observer {
 }
 
 /// How stale targets are fetched.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Settings {
     /// A result younger than this is served without asking the app.
     pub freshness: Duration,
@@ -83,6 +91,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// The agent's default scrape limits.
     pub limits: ingest::Limits,
+    /// The node's memory budget for kept bodies.
+    pub budget: ingest::Budget,
 }
 
 /// What the refresh of stale targets needs.
@@ -219,7 +229,11 @@ impl Refresher {
                     self.settings.limits.for_pod(pod)
                 });
                 let identity = target.as_ref().map(|(identity, _)| identity);
-                let result = ingest::fetched(fetched, identity, &limits, &self.wanted);
+                let intake = ingest::Intake {
+                    budget: &self.settings.budget,
+                    freeing: self.store.held_by(key),
+                };
+                let result = ingest::fetched(fetched, identity, &limits, intake, &self.wanted);
                 (Origin::Fetched, result)
             }
         };
@@ -326,6 +340,7 @@ mod tests {
                 fetch_timeout: Duration::from_secs(2),
                 max_body_bytes: 1 << 20,
                 limits: ingest::Limits::default(),
+                budget: ingest::Budget::default(),
             },
             4,
         );
@@ -382,6 +397,7 @@ mod tests {
             fetch_timeout: Duration::from_secs(10),
             max_body_bytes: 1 << 20,
             limits: ingest::Limits::default(),
+            budget: ingest::Budget::default(),
         };
         // Four slots: a pod gets one of them.
         let refresher = Refresher::new(store, Wanted::default(), None, settings, 4);

@@ -71,6 +71,110 @@ pub enum Limit {
         metric: String,
         found: usize,
     },
+    #[error("memory budget: this body would hold {needed} bytes with {held} of the node's {limit} in use")]
+    Memory {
+        needed: usize,
+        held: usize,
+        limit: usize,
+    },
+}
+
+crate::telemetry::gauge!(
+    pub MEMORY_BUDGET,
+    "loupe_memory_budget_bytes",
+    "What loupe may hold of pods' bodies, indexes and renderings (0: no budget).",
+);
+crate::telemetry::gauge!(
+    pub MEMORY_HELD,
+    "loupe_memory_held_bytes",
+    "What the bodies kept now hold, as reserved when they arrived.",
+);
+
+/// A body holds about this many times its size while kept: itself, its index (0.3x) and one
+/// rendering (1.9x), measured at 1M series (BENCHMARKS.md), with a margin.
+pub const HELD_FACTOR: usize = 4;
+
+/// The node's budget for what ingest keeps (bodies, indexes, renderings). A body is admitted
+/// only if what it will hold fits, counting what the body it replaces frees; a body that does not
+/// fit is refused whole and its target is down with the reason. Limit 0: no budget, the use is
+/// still counted.
+#[derive(Clone, Debug, Default)]
+pub struct Budget(Arc<BudgetState>);
+
+#[derive(Debug, Default)]
+struct BudgetState {
+    limit: usize,
+    held: std::sync::atomic::AtomicUsize,
+}
+
+/// What a kept body holds of the budget, given back when it is dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    budget: Budget,
+    bytes: usize,
+}
+
+impl Budget {
+    pub fn new(limit: usize) -> Budget {
+        MEMORY_BUDGET.set(limit as u64);
+        Budget(Arc::new(BudgetState {
+            limit,
+            held: Default::default(),
+        }))
+    }
+
+    /// Reserves `bytes`, counting `freeing` (what the body it replaces holds) as free.
+    fn reserve(&self, bytes: usize, freeing: usize) -> Result<Reservation, Limit> {
+        let state = &self.0;
+        let mut held = state.held.load(Ordering::Relaxed);
+        loop {
+            if state.limit > 0 && held.saturating_sub(freeing) + bytes > state.limit {
+                return Err(Limit::Memory {
+                    needed: bytes,
+                    held,
+                    limit: state.limit,
+                });
+            }
+            match state.held.compare_exchange_weak(
+                held,
+                held + bytes,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => held = now,
+            }
+        }
+        MEMORY_HELD.set((held + bytes) as u64);
+        Ok(Reservation {
+            budget: self.clone(),
+            bytes,
+        })
+    }
+
+    pub fn held(&self) -> usize {
+        self.0.held.load(Ordering::Relaxed)
+    }
+
+    /// The budget's limit (0: none).
+    pub fn limit_of(budget: &Budget) -> usize {
+        budget.0.limit
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let before = self.budget.0.held.fetch_sub(self.bytes, Ordering::Relaxed);
+        MEMORY_HELD.set(before.saturating_sub(self.bytes) as u64);
+    }
+}
+
+/// Where a body is admitted: the node's budget, and what the target's current body holds (freed
+/// when the new one replaces it).
+#[derive(Clone, Copy, Debug)]
+pub struct Intake<'a> {
+    pub budget: &'a Budget,
+    pub freeing: usize,
 }
 
 crate::telemetry::counter!(
@@ -255,12 +359,18 @@ pub struct Snapshot {
     identity: Option<Identity>,
     text: OnceLock<Option<Rendered>>,
     open_metrics: OnceLock<Option<Rendered>>,
+    held: Reservation,
 }
 
 /// A rendering may take this many times its body's size (plus 64 KiB).
 pub const RENDERED_LIMIT_FACTOR: usize = 4;
 
 impl Snapshot {
+    /// What the snapshot holds of the memory budget.
+    pub fn held_bytes(&self) -> usize {
+        self.held.bytes
+    }
+
     pub fn samples(&self) -> usize {
         self.prepared.summary().samples
     }
@@ -302,6 +412,7 @@ pub fn check(
     content_type: Option<&str>,
     identity: Option<&Identity>,
     limits: &Limits,
+    intake: Intake<'_>,
     wanted: &Wanted,
 ) -> Result<Snapshot, TargetError> {
     let exceeded = |limit: Limit| {
@@ -314,6 +425,11 @@ pub fn check(
             found: body.len(),
         }));
     }
+    let held = body.len().saturating_mul(HELD_FACTOR);
+    let held = intake
+        .budget
+        .reserve(held, intake.freeing)
+        .map_err(exceeded)?;
     let format = Format::from_content_type(content_type);
     let prepared = decode::prepare(&body, format).map_err(TargetError::Parse)?;
     limits.check(&body, &prepared, identity).map_err(exceeded)?;
@@ -323,6 +439,7 @@ pub fn check(
         identity: identity.cloned(),
         text: OnceLock::new(),
         open_metrics: OnceLock::new(),
+        held,
     };
     snapshot.render(wanted.format());
     Ok(snapshot)
@@ -335,12 +452,13 @@ pub fn observed(
     content_type: Option<&str>,
     identity: Option<&Identity>,
     limits: &Limits,
+    intake: Intake<'_>,
     wanted: &Wanted,
 ) -> Result<Arc<Snapshot>, TargetError> {
     if status != 200 {
         return Err(TargetError::Status(status));
     }
-    check(body, content_type, identity, limits, wanted).map(Arc::new)
+    check(body, content_type, identity, limits, intake, wanted).map(Arc::new)
 }
 
 /// A fetch's result, its body checked.
@@ -348,6 +466,7 @@ pub fn fetched(
     result: Result<Fetched, FetchError>,
     identity: Option<&Identity>,
     limits: &Limits,
+    intake: Intake<'_>,
     wanted: &Wanted,
 ) -> Result<Arc<Snapshot>, TargetError> {
     let fetched = result?;
@@ -356,6 +475,7 @@ pub fn fetched(
         fetched.content_type.as_deref(),
         identity,
         limits,
+        intake,
         wanted,
     )
     .map(Arc::new)
@@ -369,6 +489,77 @@ mod tests {
         Identity::of_test_pod(pod)
     }
 
+    /// No budget.
+    fn free() -> Intake<'static> {
+        static NONE: std::sync::LazyLock<Budget> = std::sync::LazyLock::new(Budget::default);
+        Intake {
+            budget: &NONE,
+            freeing: 0,
+        }
+    }
+
+    #[test]
+    fn a_body_that_does_not_fit_the_budget_is_refused_and_a_dropped_one_frees_its_share() {
+        let wanted = Wanted::default();
+        let body = Bytes::from("a 1\n".repeat(250));
+        let budget = Budget::new(body.len() * HELD_FACTOR * 2);
+        let intake = Intake {
+            budget: &budget,
+            freeing: 0,
+        };
+        let one = check(
+            body.clone(),
+            None,
+            None,
+            &Limits::default(),
+            intake,
+            &wanted,
+        )
+        .unwrap();
+        let two = check(
+            body.clone(),
+            None,
+            None,
+            &Limits::default(),
+            intake,
+            &wanted,
+        )
+        .unwrap();
+        assert_eq!(budget.held(), 2 * one.held_bytes());
+        let err = check(
+            body.clone(),
+            None,
+            None,
+            &Limits::default(),
+            intake,
+            &wanted,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("memory budget: this body would hold"),
+            "{err}"
+        );
+        // Replacing one of them: what it frees counts.
+        let replacing = Intake {
+            budget: &budget,
+            freeing: two.held_bytes(),
+        };
+        let three = check(
+            body.clone(),
+            None,
+            None,
+            &Limits::default(),
+            replacing,
+            &wanted,
+        )
+        .unwrap();
+        drop(two);
+        assert_eq!(budget.held(), one.held_bytes() + three.held_bytes());
+        drop((one, three));
+        assert_eq!(budget.held(), 0);
+    }
+
     #[test]
     fn snapshots_render_for_their_identity_only() {
         let wanted = Wanted::default();
@@ -378,6 +569,7 @@ mod tests {
             None,
             Some(&identity("a")),
             &Limits::default(),
+            free(),
             &wanted,
         )
         .unwrap();
@@ -387,7 +579,7 @@ mod tests {
             assert!(r.heap_bytes() > 0);
         }
         assert!(snap.rendered(&identity("b"), Format::Text).is_none());
-        let anonymous = check(body, None, None, &Limits::default(), &wanted).unwrap();
+        let anonymous = check(body, None, None, &Limits::default(), free(), &wanted).unwrap();
         assert!(anonymous.rendered(&identity("a"), Format::Text).is_none());
         // A rendering past the bound is not kept: short lines, a long identity.
         let mut long = identity("a");
@@ -397,6 +589,7 @@ mod tests {
             None,
             Some(&long),
             &Limits::default(),
+            free(),
             &wanted,
         )
         .unwrap();
@@ -413,6 +606,7 @@ mod tests {
             None,
             Some(&identity("a")),
             &Limits::default(),
+            free(),
             &wanted,
         )
         .unwrap();
@@ -426,7 +620,7 @@ mod tests {
         let body = Bytes::from_static(b"a 1\nb{x=\"1\"} 2\nc{long_label=\"abcdef\"} 3\n");
         let id = identity("a");
         let down = |limits: Limits| {
-            check(body.clone(), None, Some(&id), &limits, &wanted)
+            check(body.clone(), None, Some(&id), &limits, free(), &wanted)
                 .err()
                 .map(|e| e.to_string())
         };
@@ -488,7 +682,16 @@ mod tests {
     #[test]
     fn reasons_read_as_before() {
         let wanted = Wanted::default();
-        let err = observed(500, Bytes::new(), None, None, &Limits::default(), &wanted).unwrap_err();
+        let err = observed(
+            500,
+            Bytes::new(),
+            None,
+            None,
+            &Limits::default(),
+            free(),
+            &wanted,
+        )
+        .unwrap_err();
         assert_eq!(err.to_string(), "HTTP status 500");
         let err = observed(
             200,
@@ -496,6 +699,7 @@ mod tests {
             None,
             None,
             &Limits::default(),
+            free(),
             &wanted,
         )
         .unwrap_err();

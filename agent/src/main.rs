@@ -8,7 +8,7 @@ use loupe_agent::collect::{Observer, Refresher, Settings, MAX_CONCURRENT_FETCHES
 use loupe_agent::discover::{kubernetes, pods_file, Pod};
 use loupe_agent::expose::{authz, tls, web_config, ConnectionLimits, Server};
 use loupe_agent::fetch::OwnPorts;
-use loupe_agent::ingest::Wanted;
+use loupe_agent::ingest::{self, Wanted};
 use loupe_agent::node::{self, Node};
 use loupe_agent::store::Store;
 use std::process::ExitCode;
@@ -73,11 +73,22 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let own = probe
         .as_ref()
         .map(|p| Arc::new(p.own_flows()) as Arc<dyn OwnPorts>);
+    let budget = ingest::Budget::new(node::memory_budget(args.memory_limit));
+    log::info!(
+        "memory budget for pods' bodies: {} bytes{}",
+        ingest::Budget::limit_of(&budget),
+        if ingest::Budget::limit_of(&budget) == 0 {
+            " (none: no memory limit found)"
+        } else {
+            ""
+        }
+    );
     let settings = Settings {
         freshness: args.freshness,
         fetch_timeout: args.fetch_timeout,
         max_body_bytes: args.max_body_bytes,
         limits: args.limits(),
+        budget: budget.clone(),
     };
     let refresher = Refresher::new(
         store.clone(),
@@ -96,6 +107,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             store: store.clone(),
             wanted,
             limits: args.limits(),
+            budget,
         };
         capture::spawn_observer(probe, detached_rx, move |e| observer.record(e), limits)?;
     }

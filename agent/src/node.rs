@@ -285,3 +285,75 @@ mod tests {
         assert!(probe.is_none());
     }
 }
+
+/// The part of loupe's memory its kept bodies may hold: the rest is for what it holds besides
+/// (the ring buffer, flows being reassembled, scrape answers, the runtime).
+const BUDGET_SHARE: f64 = 0.5;
+
+/// The budget for kept bodies: [`BUDGET_SHARE`] of `explicit`, else of loupe's own cgroup's
+/// memory limit; 0 (no budget) without either.
+pub fn memory_budget(explicit: Option<usize>) -> usize {
+    let limit = explicit.or_else(own_memory_limit).unwrap_or(0);
+    (limit as f64 * BUDGET_SHARE) as usize
+}
+
+/// The memory limit of the cgroup this process is in: cgroup v2 `memory.max`, else v1
+/// `memory.limit_in_bytes`; `None` when unlimited or not found.
+fn own_memory_limit() -> Option<usize> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    memory_limit_of(&cgroups, |path| std::fs::read_to_string(path).ok())
+}
+
+/// [`own_memory_limit`] from `/proc/self/cgroup`'s text, reading files with `read`.
+fn memory_limit_of(cgroups: &str, read: impl Fn(&str) -> Option<String>) -> Option<usize> {
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let text = if controllers.is_empty() {
+            read(&format!("/sys/fs/cgroup{path}/memory.max"))
+        } else if controllers.split(',').any(|c| c == "memory") {
+            read(&format!(
+                "/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"
+            ))
+        } else {
+            continue;
+        };
+        // "max" (v2), or v1's huge "unlimited" number: no limit.
+        match text.and_then(|t| t.trim().parse::<u64>().ok()) {
+            Some(bytes) if bytes < (1 << 60) => return usize::try_from(bytes).ok(),
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod memory_limit_tests {
+    use super::*;
+
+    #[test]
+    fn the_limit_comes_from_v2_or_v1_and_unlimited_is_none() {
+        let files = |path: &str| match path {
+            "/sys/fs/cgroup/kubepods/pod1/memory.max" => Some("268435456\n".to_string()),
+            "/sys/fs/cgroup/kubepods/pod2/memory.max" => Some("max\n".to_string()),
+            "/sys/fs/cgroup/memory/a/memory.limit_in_bytes" => Some("9223372036854771712".into()),
+            "/sys/fs/cgroup/memory/b/memory.limit_in_bytes" => Some("1048576".into()),
+            _ => None,
+        };
+        assert_eq!(
+            memory_limit_of("0::/kubepods/pod1\n", files),
+            Some(256 << 20)
+        );
+        assert_eq!(memory_limit_of("0::/kubepods/pod2\n", files), None);
+        assert_eq!(memory_limit_of("4:memory:/a\n0::/\n", files), None);
+        assert_eq!(
+            memory_limit_of("5:cpu:/x\n4:memory:/b\n0::/\n", files),
+            Some(1 << 20)
+        );
+        assert_eq!(memory_budget(Some(1000)), 500);
+        assert_eq!(memory_budget(Some(0)), 0);
+    }
+}

@@ -100,6 +100,16 @@ impl Store {
             .map(|t| (t.identity.clone(), t.limits))
     }
 
+    /// What the target's latest good body holds of the memory budget (freed when a new body
+    /// replaces it).
+    pub fn held_by(&self, key: &TargetKey) -> usize {
+        let inner = self.lock();
+        let latest = inner.targets.get(key).and_then(|t| t.latest.as_ref());
+        latest
+            .and_then(|o| o.result.as_ref().ok())
+            .map_or(0, |s| s.held_bytes())
+    }
+
     /// The namespace to fetch a target from.
     pub fn resolved(&self, key: &TargetKey) -> Option<Resolved> {
         self.lock().targets.get(key).map(|t| t.resolved.clone())
@@ -247,6 +257,10 @@ mod tests {
                 None,
                 Some(&identity("a")),
                 &ingest::Limits::default(),
+                ingest::Intake {
+                    budget: &ingest::Budget::default(),
+                    freeing: 0,
+                },
                 &Wanted::default(),
             ),
         }

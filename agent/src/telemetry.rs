@@ -258,6 +258,8 @@ mod tests {
             "loupe_http_refused_unavailable_total",
             "loupe_kubernetes_pods_dropped_total",
             "loupe_kubernetes_watch_errors_total",
+            "loupe_memory_budget_bytes",
+            "loupe_memory_held_bytes",
             "loupe_merge_rejected_bodies_total",
             "loupe_pods_file_errors_total",
             "loupe_pods_file_reloads_total",

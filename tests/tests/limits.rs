@@ -91,3 +91,57 @@ fn an_endpoint_past_its_limit_is_down_with_the_limit_named_and_no_other_is_touch
         "{targets}"
     );
 }
+
+#[test]
+fn a_body_past_the_memory_budget_is_refused_whole_and_the_others_are_kept() {
+    if !root::require(
+        "a_body_past_the_memory_budget_is_refused_whole_and_the_others_are_kept",
+        TESTBED_NEEDS,
+    ) {
+        return;
+    }
+    // About 1 MB of body, which would hold 4 MB kept: past a 2 MB budget (half of 4 MB).
+    let (_pod_big, _app_big, big) = pod_with_app("big", 8080, &["--series", "20000"]).unwrap();
+    let (_pod_small, _app_small, small) = pod_with_app("small", 8080, &["--series", "5"]).unwrap();
+    let loupe = Loupe::start(
+        &[big, small],
+        &[
+            "--capture",
+            "off",
+            "--memory-limit",
+            "4000000",
+            "--freshness",
+            "0.5",
+        ],
+    )
+    .unwrap();
+    let (_, exp) = loupe
+        .metrics_until("small served, big down", Duration::from_secs(30), |exp| {
+            app_samples(exp, "small") > 0
+                && exp
+                    .find("loupe_target_up", &[("pod", "big")])
+                    .any(|s| s.value == 0.0)
+        })
+        .unwrap();
+    assert_eq!(app_samples(&exp, "big"), 0);
+    assert_eq!(
+        exp.value("loupe_memory_budget_bytes", &[]),
+        Some(2_000_000.0)
+    );
+    let held = exp.value("loupe_memory_held_bytes", &[]).unwrap();
+    assert!(held > 0.0 && held <= 2_000_000.0, "{held}");
+    let targets: Value = serde_json::from_slice(&loupe.get("/targets", &[]).unwrap().body).unwrap();
+    let big_error = targets["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["pod"] == "big")
+        .map(|t| t["error"].clone())
+        .unwrap();
+    assert!(
+        big_error
+            .as_str()
+            .is_some_and(|e| e.starts_with("memory budget:")),
+        "{big_error}"
+    );
+}

@@ -764,6 +764,7 @@ mod tests {
                 fetch_timeout: Duration::from_secs(2),
                 max_body_bytes: 1 << 20,
                 limits: Default::default(),
+                budget: Default::default(),
             },
             4,
         );
