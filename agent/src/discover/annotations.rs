@@ -62,6 +62,17 @@ const ENVOY_STATS_PORT: u16 = 15090;
 const CONSUL_MERGE_PORT: u16 = 20200;
 const CONSUL_CONTAINERS: &[&str] = &["consul-dataplane", "envoy-sidecar"];
 const LINKERD_PROXY: &str = "linkerd-proxy";
+/// Containers meshes inject beside the app: never the owner of an app's metrics port.
+const MESH_SIDECARS: &[&str] = &[
+    ISTIO_PROXY,
+    LINKERD_PROXY,
+    "linkerd-init",
+    "istio-init",
+    "istio-validation",
+    "consul-dataplane",
+    "envoy-sidecar",
+    "consul-connect-inject-init",
+];
 const LINKERD_ADMIN_PORT: u16 = 4191;
 
 /// A malformed or unsupported annotation; the pod's other endpoints still work.
@@ -288,8 +299,24 @@ impl Found {
         Endpoint {
             port,
             path: path.to_string(),
-            container: container.map(str::to_string).or(declaring),
+            container: container
+                .map(str::to_string)
+                .or(declaring)
+                .or_else(|| self.only_app_container()),
             name,
+        }
+    }
+
+    /// The owner of a port no container declares: the one container that is not a known mesh
+    /// sidecar, if there is exactly one (an app beside `istio-proxy`, say); else none.
+    fn only_app_container(&self) -> Option<String> {
+        let mut apps = self
+            .containers
+            .iter()
+            .filter(|c| !MESH_SIDECARS.contains(&c.name.as_str()));
+        match (apps.next(), apps.next()) {
+            (Some(only), None) => Some(only.name.clone()),
+            _ => None,
         }
     }
 

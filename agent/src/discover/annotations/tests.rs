@@ -54,8 +54,28 @@ fn prometheus_io_default_path_and_undeclared_port() {
         json!([app(json!([{"containerPort": 8080}]))]),
     );
     let (eps, errs) = endpoints(&p, false);
-    assert_eq!(eps, vec![ep(9000, "/metrics", None, None)]);
+    // No container declares 9000: the pod's only container owns it.
+    assert_eq!(eps, vec![ep(9000, "/metrics", Some("app"), None)]);
     assert!(errs.is_empty());
+}
+
+#[test]
+fn an_undeclared_port_belongs_to_the_only_container_that_is_not_a_mesh_sidecar() {
+    let annotations = json!({"prometheus.io/scrape": "true", "prometheus.io/port": "9000"});
+    let beside_istio = pod(
+        annotations.clone(),
+        json!([app(json!([])), istio_proxy(None)]),
+    );
+    assert_eq!(
+        endpoints(&beside_istio, false).0,
+        vec![ep(9000, "/metrics", Some("app"), None)]
+    );
+    // Two app containers: the owner is not obvious, so none is named.
+    let two = pod(
+        annotations,
+        json!([app(json!([])), {"name": "worker", "image": "worker"}]),
+    );
+    assert_eq!(endpoints(&two, false).0, vec![ep(9000, "/metrics", None, None)]);
 }
 
 #[test]
@@ -300,7 +320,7 @@ fn consul_default_path() {
     );
     assert_eq!(
         endpoints(&p, false).0,
-        vec![ep(8080, "/metrics", None, None)]
+        vec![ep(8080, "/metrics", Some("app"), None)]
     );
 }
 
