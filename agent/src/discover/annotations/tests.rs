@@ -75,7 +75,10 @@ fn an_undeclared_port_belongs_to_the_only_container_that_is_not_a_mesh_sidecar()
         annotations,
         json!([app(json!([])), {"name": "worker", "image": "worker"}]),
     );
-    assert_eq!(endpoints(&two, false).0, vec![ep(9000, "/metrics", None, None)]);
+    assert_eq!(
+        endpoints(&two, false).0,
+        vec![ep(9000, "/metrics", None, None)]
+    );
 }
 
 #[test]
