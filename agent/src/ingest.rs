@@ -157,8 +157,8 @@ impl Budget {
     }
 
     /// The budget's limit (0: none).
-    pub fn limit_of(budget: &Budget) -> usize {
-        budget.0.limit
+    pub fn limit(&self) -> usize {
+        self.0.limit
     }
 }
 

@@ -76,8 +76,8 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let budget = ingest::Budget::new(node::memory_budget(args.memory_limit));
     log::info!(
         "memory budget for pods' bodies: {} bytes{}",
-        ingest::Budget::limit_of(&budget),
-        if ingest::Budget::limit_of(&budget) == 0 {
+        budget.limit(),
+        if budget.limit() == 0 {
             " (none: no memory limit found)"
         } else {
             ""

@@ -269,19 +269,24 @@ impl Plan<'_> {
     /// Rule 3's vote: each member's first block's type; the most votes win, a tie goes to the
     /// type that appeared first.
     fn winning_type(&self, rs: &[&Rendered], (a, z): (u32, u32)) -> MType {
-        // Few types exist: (type, votes) in order of first appearance.
-        let mut votes: Vec<(MType, u32)> = Vec::with_capacity(2);
+        // (type, votes) in order of first appearance; at most one entry per type, and this runs
+        // for every family of every scrape: no allocation.
+        let mut votes = [(MType::Unknown, 0u32); MType::COUNT];
+        let mut kinds = 0;
         for m in &self.members[a as usize..z as usize] {
             let r = rs[m.source as usize];
             let f = &r.families[m.block.unwrap_or(0) as usize];
             let t = r.blocks[f.blocks.0 as usize].mtype;
-            match votes.iter_mut().find(|(v, _)| *v == t) {
+            match votes[..kinds].iter_mut().find(|(v, _)| *v == t) {
                 Some((_, n)) => *n += 1,
-                None => votes.push((t, 1)),
+                None => {
+                    votes[kinds] = (t, 1);
+                    kinds += 1;
+                }
             }
         }
         let mut best = votes[0];
-        for &(t, n) in &votes[1..] {
+        for &(t, n) in &votes[1..kinds] {
             if n > best.1 {
                 best = (t, n);
             }

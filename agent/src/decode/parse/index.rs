@@ -21,6 +21,9 @@ pub(crate) enum MType {
 }
 
 impl MType {
+    /// How many types there are.
+    pub(crate) const COUNT: usize = 8;
+
     /// The type an OpenMetrics TYPE line names.
     pub(super) fn from_om(s: &[u8]) -> Option<MType> {
         Some(match s {
