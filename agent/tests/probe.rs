@@ -322,6 +322,15 @@ async fn get_on(
     (client_port, response)
 }
 
+/// No byte of the flow from `client_port` was copied. Its closing FIN and ACKs may be: the
+/// registration ends when the socket is dropped, and loopback delivers the last packets from a
+/// softirq that can run after that (seen once in CI), so only payload counts.
+fn no_payload_from(segments: &[Segment], client_port: u16) -> bool {
+    segments
+        .iter()
+        .all(|s| s.flow.client.port() != client_port || s.payload.is_empty())
+}
+
 /// Reads segments until both directions of the flow from `client_port` have shown a FIN.
 async fn collect_flow(stream: &mut SegmentStream, client_port: u16) -> Vec<Segment> {
     let mut segments = Vec::new();
@@ -472,7 +481,7 @@ async fn unwatched_and_own_flows(method: MethodChoice) {
     assert!(segments
         .iter()
         .all(|s| s.flow.server.port() != unwatched_port));
-    assert!(segments.iter().all(|s| s.flow.client.port() != own_port));
+    assert!(no_payload_from(&segments, own_port));
     assert!(segments.iter().any(|s| s.flow.client.port() == marker_port));
 }
 
@@ -559,7 +568,7 @@ async fn own_flows_ipv6(method: MethodChoice) {
     let segments = collect_flow(&mut stream, marker_port).await;
     server.join().expect("server");
 
-    assert!(segments.iter().all(|s| s.flow.client.port() != own_port));
+    assert!(no_payload_from(&segments, own_port));
     assert!(segments
         .iter()
         .any(|s| s.flow.client == SocketAddr::new(v6, marker_port)));
