@@ -21,7 +21,9 @@
 //! even fetched, before the request is allowed.
 //!
 //! Limits ([`ConnectionLimits`]): at most 256 connections at once (more wait in the listen
-//! backlog), and a connection that sends no whole request head within 10 s, new or idle between
+//! backlog), at most 32 of them from one client address (more are closed at once and counted, so
+//! one pod holding connections open cannot keep the kubelet's probes or Prometheus waiting), and
+//! a connection that sends no whole request head within 10 s, new or idle between
 //! keep-alive requests, is closed. The scrape timeout a header asks for is clamped to 300 s.
 //! Merging and compressing run on tokio's blocking threads, never on the workers that answer,
 //! once for all the scrapes that ask the same view and format while it runs. A fetch a scrape
@@ -81,6 +83,11 @@ crate::telemetry::counter!(
     "Connections closed because their TLS handshake failed or stalled (plain HTTP included).",
 );
 crate::telemetry::counter!(
+    pub REFUSED_CONNECTIONS,
+    "loupe_http_refused_connections_total",
+    "Connections closed unserved: their client address already held its share of the slots.",
+);
+crate::telemetry::counter!(
     pub MERGES_SHARED,
     "loupe_scrapes_sharing_a_merge_total",
     "Scrapes answered by a merge another scrape of the same view and format had started.",
@@ -100,6 +107,11 @@ fn body_rejected(key: &TargetKey, identity: &Identity, error: &dyn std::fmt::Dis
         key.pod,
         identity.endpoint
     );
+}
+
+fn connection_refused(peer: std::net::SocketAddr, share: usize) {
+    REFUSED_CONNECTIONS.inc();
+    log::debug!("connection from {peer} closed: that address already holds {share} connections");
 }
 
 fn own_series_rejected(error: &dyn std::fmt::Display) {
@@ -153,6 +165,8 @@ pub type Merges = std::sync::Mutex<
 pub struct ConnectionLimits {
     /// Connections served at once; further ones wait in the listen backlog until one closes.
     pub max_connections: usize,
+    /// Connections served at once from one client address; further ones are closed unserved.
+    pub max_per_client: usize,
     /// A connection that has not sent a whole request head within this time is closed, whether it
     /// is new or idle between keep-alive requests (Prometheus reconnects at its next scrape). A
     /// TLS handshake must finish within it too.
@@ -163,7 +177,64 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         Self {
             max_connections: 256,
+            max_per_client: 32,
             header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Connections open per client address; an entry exists only while its address has one open,
+/// so the table is bounded by the connection cap.
+struct ClientShares {
+    max: usize,
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection's place in its address's share, given back on drop.
+struct ClientShare {
+    shares: Arc<ClientShares>,
+    ip: std::net::IpAddr,
+}
+
+impl ClientShares {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: Default::default(),
+        }
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, usize>> {
+        self.open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A place for one more connection from `ip`; `None` when it holds its share.
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<ClientShare> {
+        let mut open = self.lock();
+        let count = open.entry(ip).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(ClientShare {
+            shares: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientShare {
+    fn drop(&mut self) {
+        let mut open = self.shares.lock();
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
         }
     }
 }
@@ -177,6 +248,7 @@ impl Server {
         let slots = Arc::new(tokio::sync::Semaphore::new(
             self.connections.max_connections,
         ));
+        let clients = Arc::new(ClientShares::new(self.connections.max_per_client));
         loop {
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
@@ -189,9 +261,13 @@ impl Server {
                     continue;
                 }
             };
+            let Some(share) = clients.take(peer.ip()) else {
+                connection_refused(peer, clients.max);
+                continue;
+            };
             let this = self.clone();
             tokio::spawn(async move {
-                let _slot = slot;
+                let _slot = (slot, share);
                 // The configuration in force when the connection came.
                 match this.web.get().tls.clone() {
                     None => this.serve_connection(stream, peer).await,
@@ -849,6 +925,7 @@ mod tests {
         let addr = start(ConnectionLimits {
             max_connections: 1,
             header_read_timeout: Duration::from_secs(30),
+            ..ConnectionLimits::default()
         })
         .await;
         let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -867,6 +944,63 @@ mod tests {
             .expect("not answered after the slot was freed")
             .unwrap();
         assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    }
+
+    /// A connection to `addr` from `from` (any 127/8 address is this host's loopback).
+    async fn connect_from(from: [u8; 4], addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind((std::net::Ipv4Addr::from(from), 0).into())
+            .unwrap();
+        socket.connect(addr).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_address_holds_at_most_its_share_of_the_connections() {
+        let addr = start(ConnectionLimits {
+            max_per_client: 2,
+            header_read_timeout: Duration::from_secs(30),
+            ..ConnectionLimits::default()
+        })
+        .await;
+        let before = REFUSED_CONNECTIONS.get();
+        // Two silent connections hold 127.0.0.2's share.
+        let _held = (
+            connect_from([127, 0, 0, 2], addr).await,
+            connect_from([127, 0, 0, 2], addr).await,
+        );
+        let mut third = connect_from([127, 0, 0, 2], addr).await;
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf))
+            .await
+            .expect("a connection past the share was kept open")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "closed unserved");
+        assert!(REFUSED_CONNECTIONS.get() > before);
+        // Another address is served at once.
+        let mut other = connect_from([127, 0, 0, 3], addr).await;
+        let answer = tokio::time::timeout(Duration::from_secs(5), healthz(&mut other))
+            .await
+            .expect("another client waited");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // A share given back (once the server saw the close) is free again.
+        drop(_held);
+        let served_again = async {
+            loop {
+                let mut again = connect_from([127, 0, 0, 2], addr).await;
+                let sent = again
+                    .write_all(b"GET /healthz HTTP/1.1\r\nHost: loupe\r\n\r\n")
+                    .await;
+                let n = again.read(&mut buf).await.unwrap_or(0);
+                if sent.is_ok() && buf[..n].starts_with(b"HTTP/1.1 200") {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), served_again)
+            .await
+            .expect("the share was not given back");
     }
 
     #[test]
