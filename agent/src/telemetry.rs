@@ -262,6 +262,7 @@ mod tests {
             "loupe_memory_budget_bytes",
             "loupe_memory_held_bytes",
             "loupe_merge_rejected_bodies_total",
+            "loupe_pods_file_endpoints_over_cap_total",
             "loupe_pods_file_errors_total",
             "loupe_pods_file_reloads_total",
             "loupe_rendered_oversize_total",

@@ -22,6 +22,14 @@ pub enum Mode {
     OpenMetrics,
     Gzip,
     Chunked,
+    /// `--series` lines of one gauge with a distinct label each (3 million in about 60 MB).
+    ManySeries,
+    /// `--series` samples, each with a 64 KiB label value.
+    LongLabels,
+    /// Always gzip (whatever was accepted): a few MB that expand to ~1.5 GB of valid exposition.
+    GzipBomb,
+    /// The normal body's head and Content-Length at once, then one byte a second.
+    Drip,
 }
 
 impl std::str::FromStr for Mode {
@@ -37,6 +45,10 @@ impl std::str::FromStr for Mode {
             "openmetrics" => Mode::OpenMetrics,
             "gzip" => Mode::Gzip,
             "chunked" => Mode::Chunked,
+            "many-series" => Mode::ManySeries,
+            "long-labels" => Mode::LongLabels,
+            "gzip-bomb" => Mode::GzipBomb,
+            "drip" => Mode::Drip,
             other => return Err(format!("unknown --mode {other:?}")),
         })
     }
@@ -49,6 +61,8 @@ pub struct Options {
     pub series: usize,
     pub mode: Mode,
     pub extra_label: Option<(String, String)>,
+    /// Served instead of the generated body (modes normal, gzip, chunked, cut, drip).
+    pub body_file: Option<std::path::PathBuf>,
 }
 
 impl Options {
@@ -58,6 +72,7 @@ impl Options {
             series: 100,
             mode: Mode::Normal,
             extra_label: None,
+            body_file: None,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -76,6 +91,7 @@ impl Options {
                         .ok_or(format!("--extra-label wants NAME=VALUE, got {v:?}"))?;
                     o.extra_label = Some((k.to_string(), val.to_string()));
                 }
+                "--body-file" => o.body_file = Some(value()?.into()),
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
@@ -94,6 +110,38 @@ pub fn openmetrics(series: usize, extra: Option<&(String, String)>) -> Vec<u8> {
         .extra_label(extra.cloned())
         .format(Format::OpenMetrics);
     body(&spec).into_bytes()
+}
+
+/// One gauge with `series` distinct label values, in short lines.
+pub fn many_series(series: usize) -> Vec<u8> {
+    let mut out = b"# TYPE app_many gauge\n".to_vec();
+    for i in 0..series {
+        let _ = writeln!(out, "app_many{{i=\"{i}\"}} 1");
+    }
+    out
+}
+
+/// `series` samples of one gauge, each with a 64 KiB label value.
+pub fn long_labels(series: usize) -> Vec<u8> {
+    let value = "v".repeat(64 << 10);
+    let mut out = b"# TYPE app_long gauge\n".to_vec();
+    for i in 0..series {
+        let _ = writeln!(out, "app_long{{i=\"{i}\",v=\"{value}\"}} 1");
+    }
+    out
+}
+
+/// A gzip stream of many members (RFC 1952 2.2; what loupe and Go read as one body) that expands
+/// to about 1.5 GB: one gauge, then 1 MiB blocks of comment lines, each block one member.
+pub fn gzip_bomb() -> Vec<u8> {
+    let comment = format!("# {}\n", "x".repeat(1021));
+    let block = comment.repeat(1024);
+    let member = gzip(block.as_bytes());
+    let mut out = gzip(b"# TYPE app_bomb gauge\napp_bomb 1\n");
+    for _ in 0..1500 {
+        out.extend_from_slice(&member);
+    }
+    out
 }
 
 /// gzip of `body`.

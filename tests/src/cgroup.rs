@@ -3,7 +3,8 @@
 //! cgroup v2 (mounted at /sys/fs/cgroup/unified here, systemd driver):
 //! `kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<uid with _>.slice/cri-containerd-<id>.scope`.
 //! cgroup v1 (cgroupfs driver) in the `pids` and `cpu` hierarchies: `kubepods/<qos>/pod<uid>/<id>`.
-//! The v1 `memory` hierarchy is left alone: the machine's own supervisor uses it.
+//! The v1 `memory` hierarchy is the machine supervisor's: only [`MemoryCgroup`] touches it, with a
+//! child below this process's own memory cgroup.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -172,4 +173,95 @@ impl Drop for KubeCgroups {
 pub fn proc_cgroup(pid: u32) -> Result<String> {
     let path = format!("/proc/{pid}/cgroup");
     std::fs::read_to_string(&path).map_err(io_err(format!("reading {path}")))
+}
+
+/// This process's memory cgroup (v1), below which memory-limited cgroups and containers live.
+pub fn own_memory_cgroup() -> Result<String> {
+    let own = proc_cgroup(std::process::id())?;
+    own.lines()
+        .find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            controllers
+                .split(',')
+                .any(|c| c == "memory")
+                .then(|| path.to_string())
+        })
+        .ok_or_else(|| crate::Error::Invalid {
+            what: "/proc/self/cgroup".into(),
+            detail: "no memory hierarchy".into(),
+        })
+}
+
+/// A v1 memory cgroup with a limit, made below this process's own memory cgroup (never at the
+/// hierarchy's root) and removed on drop, once the processes in it have exited.
+#[derive(Debug)]
+pub struct MemoryCgroup {
+    pub dir: PathBuf,
+}
+
+impl MemoryCgroup {
+    pub fn new(limit_bytes: u64) -> Result<MemoryCgroup> {
+        let (pid, n) = unique_suffix();
+        let own = own_memory_cgroup()?;
+        let dir = PathBuf::from("/sys/fs/cgroup/memory")
+            .join(own.trim_start_matches('/'))
+            .join(format!("loupe-test-{pid}-{n}"));
+        std::fs::create_dir(&dir).map_err(io_err(format!("creating cgroup {}", dir.display())))?;
+        let cgroup = MemoryCgroup { dir };
+        cgroup.write("memory.limit_in_bytes", &limit_bytes.to_string())?;
+        Ok(cgroup)
+    }
+
+    fn write(&self, file: &str, value: &str) -> Result<()> {
+        let path = self.dir.join(file);
+        std::fs::write(&path, value).map_err(io_err(format!("writing {}", path.display())))
+    }
+
+    fn read(&self, file: &str) -> Result<String> {
+        let path = self.dir.join(file);
+        std::fs::read_to_string(&path).map_err(io_err(format!("reading {}", path.display())))
+    }
+
+    /// The `cgroup.procs` file: a process that writes `0` (or its pid) there moves into it.
+    pub fn procs_file(&self) -> PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+
+    /// Processes the OOM killer killed in it (`oom_kill` of `memory.oom_control`, Linux 4.13+).
+    pub fn oom_kills(&self) -> Result<u64> {
+        let control = self.read("memory.oom_control")?;
+        control
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| crate::Error::Invalid {
+                what: format!("{}/memory.oom_control", self.dir.display()),
+                detail: format!("no oom_kill count in {control:?}"),
+            })
+    }
+
+    /// The most memory its processes held at once, in bytes.
+    pub fn max_usage(&self) -> Result<u64> {
+        let v = self.read("memory.max_usage_in_bytes")?;
+        v.trim().parse().map_err(|_| crate::Error::Invalid {
+            what: format!("{}/memory.max_usage_in_bytes", self.dir.display()),
+            detail: format!("not a number: {v:?}"),
+        })
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let dir = self.dir.clone();
+        let _ = wait_for(
+            &format!("removing cgroup {}", dir.display()),
+            Duration::from_secs(10),
+            || match std::fs::remove_dir(&dir) {
+                Ok(()) => Ok(Some(())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(())),
+                Err(e) => Err(e.to_string()),
+            },
+        );
+    }
 }

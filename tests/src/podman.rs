@@ -491,24 +491,6 @@ fn machine_flags(cgroup_parent: &str) -> Result<(Vec<String>, Vec<String>)> {
     Ok((global, run))
 }
 
-/// This process's memory cgroup (v1), below which containers must live.
-fn own_memory_cgroup() -> Result<String> {
-    let own = crate::cgroup::proc_cgroup(std::process::id())?;
-    own.lines()
-        .find_map(|l| {
-            let mut parts = l.splitn(3, ':');
-            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-            controllers
-                .split(',')
-                .any(|c| c == "memory")
-                .then(|| path.to_string())
-        })
-        .ok_or_else(|| Error::Invalid {
-            what: "/proc/self/cgroup".into(),
-            detail: "no memory hierarchy".into(),
-        })
-}
-
 /// Every cgroup hierarchy's mount point.
 fn cgroup_roots() -> Vec<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
@@ -538,7 +520,10 @@ impl Container {
     pub fn run(image: &str, spec: &ContainerSpec, env: &PodEnv) -> Result<Container> {
         let (pid, n) = unique_suffix();
         let name = format!("loupe-image-{pid}-{n}");
-        let parent = format!("{}/{name}", own_memory_cgroup()?.trim_end_matches('/'));
+        let parent = format!(
+            "{}/{name}",
+            crate::cgroup::own_memory_cgroup()?.trim_end_matches('/')
+        );
         let before = ancestors(&parent);
         let (global, machine) = machine_flags(&parent)?;
         let mut volumes = Vec::new();

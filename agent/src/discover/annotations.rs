@@ -37,7 +37,7 @@ use std::fmt;
 use k8s_openapi::api::core::v1::{Container, Pod as KubePod};
 use serde::Deserialize;
 
-use super::{Endpoint, Limits};
+use super::{Endpoint, Limits, MAX_ENDPOINTS_PER_POD};
 
 pub const LOUPE_SCRAPE: &str = "loupe.dev/scrape";
 pub const LOUPE_ENDPOINTS: &str = "loupe.dev/endpoints";
@@ -49,10 +49,6 @@ pub const ISTIO_SCRAPE_TARGETS: &str = "prometheus.istio.io/scrape-targets";
 pub const ISTIO_ENV: &str = "ISTIO_PROMETHEUS_ANNOTATIONS";
 pub const CONSUL_METRICS_PORT: &str = "consul.hashicorp.com/service-metrics-port";
 pub const CONSUL_METRICS_PATH: &str = "consul.hashicorp.com/service-metrics-path";
-
-/// Endpoints one pod can have scraped (a pod with several containers and a sidecar rarely needs
-/// more than four).
-pub const MAX_ENDPOINTS_PER_POD: usize = 16;
 
 const DEFAULT_PATH: &str = "/metrics";
 const ISTIO_PROXY: &str = "istio-proxy";

@@ -22,6 +22,11 @@ pub struct Pod {
     pub limits: Limits,
 }
 
+/// Endpoints one pod can have scraped, whichever source declared them (a pod with several
+/// containers and a sidecar rarely needs more than four); the rest are reported, not scraped, so
+/// one pod cannot take every fetch slot and watched port of the node.
+pub const MAX_ENDPOINTS_PER_POD: usize = 16;
+
 /// A pod's scrape limits, with Prometheus' names and meaning (0: none); `None` keeps the
 /// agent's default (`--sample-limit`, ...). Set by `loupe.dev/sample-limit`, ... annotations or
 /// a pods file's `limits:`.

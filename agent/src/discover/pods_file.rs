@@ -15,7 +15,7 @@
 //! A file with any error is rejected whole, with the line and field named, and the agent keeps the
 //! pods of the last good version: a typo must not make every pod's series vanish.
 
-use super::{Endpoint, NetnsRef, Pod};
+use super::{Endpoint, NetnsRef, Pod, MAX_ENDPOINTS_PER_POD};
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -33,7 +33,21 @@ crate::telemetry::counter!(
     "Times the pods file was rejected (the previous pods were kept).",
 );
 
+crate::telemetry::counter!(
+    pub ENDPOINTS_OVER_CAP,
+    "loupe_pods_file_endpoints_over_cap_total",
+    "Endpoints of the pods file left unscraped: their pod listed more than 16.",
+);
+
 // Events: each writes its log line and counts it.
+
+fn endpoints_capped(path: &Path, at: &str, declared: usize) {
+    ENDPOINTS_OVER_CAP.add((declared - MAX_ENDPOINTS_PER_POD) as u64);
+    log::warn!(
+        "pods file {}: {at}: {declared} endpoints listed; only the first {MAX_ENDPOINTS_PER_POD} are scraped",
+        path.display()
+    );
+}
 
 fn read_failed(error: PodsFileError) {
     ERRORS.inc();
@@ -172,6 +186,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Pod>, PodsFileError> {
                 container: e.container.filter(|c| !c.is_empty()),
                 name: e.name,
             });
+        }
+        if endpoints.len() > MAX_ENDPOINTS_PER_POD {
+            endpoints_capped(path, &at, endpoints.len());
+            endpoints.truncate(MAX_ENDPOINTS_PER_POD);
         }
         pods.push(Pod {
             namespace: entry.namespace,
@@ -331,6 +349,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("missing netns"), "{msg}");
+    }
+
+    #[test]
+    fn endpoints_past_the_per_pod_cap_are_reported_not_scraped() {
+        let mut text = String::from(
+            "pods:\n  - namespace: shop\n    name: wide\n    pid: 1\n    endpoints:\n",
+        );
+        for port in 1..=10_000 {
+            text.push_str(&format!("      - port: {port}\n"));
+        }
+        let before = ENDPOINTS_OVER_CAP.get();
+        let pods = p(&text).unwrap();
+        assert_eq!(pods[0].endpoints.len(), MAX_ENDPOINTS_PER_POD);
+        assert_eq!(pods[0].endpoints[0].port, 1);
+        assert!(ENDPOINTS_OVER_CAP.get() >= before + 10_000 - MAX_ENDPOINTS_PER_POD as u64);
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //!
 //! `metrics-app --listen ADDR:PORT [--series N] [--mode MODE] [--extra-label NAME=VALUE]`
 //! ADDR: e.g. `127.0.0.1`, or `[::]` for both families (dual-stack with the default `bindv6only=0`).
-//! MODE: normal | garbage | status500 | invalid-utf8 | cut | hang | openmetrics | gzip | chunked
+//! `[--body-file PATH]` (served instead of the generated body)
+//! MODE: normal | garbage | status500 | invalid-utf8 | cut | hang | openmetrics | gzip | chunked |
+//! many-series | long-labels | gzip-bomb | drip (see `app_body::Mode`)
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -35,11 +37,22 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let text = app_body::text(opts.series, opts.extra_label.as_ref());
-    let gzipped = if opts.mode == Mode::Gzip {
-        app_body::gzip(&text)
-    } else {
-        Vec::new()
+    let text = match (&opts.body_file, opts.mode) {
+        (Some(path), _) => match std::fs::read(path) {
+            Ok(body) => body,
+            Err(e) => {
+                eprintln!("metrics-app: reading {}: {e}", path.display());
+                std::process::exit(2);
+            }
+        },
+        (None, Mode::ManySeries) => app_body::many_series(opts.series),
+        (None, Mode::LongLabels) => app_body::long_labels(opts.series),
+        (None, _) => app_body::text(opts.series, opts.extra_label.as_ref()),
+    };
+    let gzipped = match opts.mode {
+        Mode::Gzip => app_body::gzip(&text),
+        Mode::GzipBomb => app_body::gzip_bomb(),
+        _ => Vec::new(),
     };
     let openmetrics = if opts.mode == Mode::OpenMetrics {
         app_body::openmetrics(opts.series, opts.extra_label.as_ref())
@@ -173,7 +186,29 @@ fn respond(
 /// Answers `/metrics` in the app's mode; false when the connection must end.
 fn metrics(app: &App, out: &mut TcpStream, gzip_ok: bool) -> std::io::Result<bool> {
     match app.mode {
-        Mode::Normal => respond(out, "200 OK", app_body::TEXT_TYPE, &[], &app.text)?,
+        Mode::Normal | Mode::ManySeries | Mode::LongLabels => {
+            respond(out, "200 OK", app_body::TEXT_TYPE, &[], &app.text)?
+        }
+        Mode::GzipBomb => respond(
+            out,
+            "200 OK",
+            app_body::TEXT_TYPE,
+            &[("Content-Encoding", "gzip")],
+            &app.gzipped,
+        )?,
+        Mode::Drip => {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
+                app_body::TEXT_TYPE,
+                app.text.len()
+            );
+            out.write_all(head.as_bytes())?;
+            for byte in &app.text {
+                out.write_all(std::slice::from_ref(byte))?;
+                out.flush()?;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
         Mode::Gzip if gzip_ok => respond(
             out,
             "200 OK",
