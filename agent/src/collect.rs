@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Bodies above this size are validated on the blocking pool, so the capture loop keeps draining
-/// the ring buffer meanwhile.
+/// the ring buffer meanwhile, and the server's workers keep answering.
 const INLINE_DECODE_BYTES: usize = 256 << 10;
 
 /// Takes capture's exchanges into the store.
@@ -22,7 +22,7 @@ pub struct Observer {
     pub wanted: Wanted,
     /// The agent's default scrape limits.
     pub limits: ingest::Limits,
-    pub budget: ingest::Budget,
+    pub budget: crate::memory::Budget,
 }
 
 impl Observer {
@@ -92,7 +92,7 @@ pub struct Settings {
     /// The agent's default scrape limits.
     pub limits: ingest::Limits,
     /// The node's memory budget for kept bodies.
-    pub budget: ingest::Budget,
+    pub budget: crate::memory::Budget,
 }
 
 /// What the refresh of stale targets needs.
@@ -222,18 +222,38 @@ impl Refresher {
                     path: &key.path,
                     timeout: self.settings.fetch_timeout,
                     max_body_bytes: self.settings.max_body_bytes,
+                    budget: &self.settings.budget,
                 };
                 let fetched = fetch::fetch(request, self.own.as_deref()).await;
+                let large = fetched
+                    .as_ref()
+                    .is_ok_and(|f| f.body.len() > INLINE_DECODE_BYTES);
+                let this = self.clone();
+                let freeing = self.store.held_by(key);
                 let target = self.store.identity(key);
-                let limits = target.as_ref().map_or(self.settings.limits, |(_, pod)| {
-                    self.settings.limits.for_pod(pod)
-                });
-                let identity = target.as_ref().map(|(identity, _)| identity);
-                let intake = ingest::Intake {
-                    budget: &self.settings.budget,
-                    freeing: self.store.held_by(key),
+                let work = move || {
+                    let limits = target.as_ref().map_or(this.settings.limits, |(_, pod)| {
+                        this.settings.limits.for_pod(pod)
+                    });
+                    let identity = target.as_ref().map(|(identity, _)| identity);
+                    let intake = ingest::Intake {
+                        budget: &this.settings.budget,
+                        freeing,
+                    };
+                    ingest::fetched(fetched, identity, &limits, intake, &this.wanted)
                 };
-                let result = ingest::fetched(fetched, identity, &limits, intake, &self.wanted);
+                // A large body is checked on the blocking pool, never on the workers that
+                // answer `/healthz`.
+                let result = if large {
+                    match tokio::task::spawn_blocking(work).await {
+                        Ok(result) => result,
+                        // As if it had run inline.
+                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                        Err(_) => return, // the runtime is shutting down
+                    }
+                } else {
+                    work()
+                };
                 (Origin::Fetched, result)
             }
         };
@@ -340,7 +360,7 @@ mod tests {
                 fetch_timeout: Duration::from_secs(2),
                 max_body_bytes: 1 << 20,
                 limits: ingest::Limits::default(),
-                budget: ingest::Budget::default(),
+                budget: crate::memory::Budget::default(),
             },
             4,
         );
@@ -397,7 +417,7 @@ mod tests {
             fetch_timeout: Duration::from_secs(10),
             max_body_bytes: 1 << 20,
             limits: ingest::Limits::default(),
-            budget: ingest::Budget::default(),
+            budget: crate::memory::Budget::default(),
         };
         // Four slots: a pod gets one of them.
         let refresher = Refresher::new(store, Wanted::default(), None, settings, 4);

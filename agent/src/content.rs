@@ -2,6 +2,7 @@
 //! the decoded size. One implementation for both paths that read bodies: capture's response
 //! parser and fetch's client.
 
+use crate::memory::{Exceeded, Reservation};
 use bytes::{Bytes, BytesMut};
 use std::io::Read;
 
@@ -17,6 +18,8 @@ pub enum ContentError {
     TooLarge { limit: usize },
     #[error("unsupported Content-Encoding {0:?}")]
     Unsupported(String),
+    #[error(transparent)]
+    Memory(#[from] Exceeded),
 }
 
 /// The response's content coding (Content-Encoding), removed before publishing.
@@ -51,13 +54,34 @@ impl Coding {
         }
     }
 
-    /// Removes the coding, producing at most `max` bytes (more is a decompression bomb).
-    pub fn decode(self, body: BytesMut, max: usize) -> Result<Bytes, ContentError> {
+    /// Removes the coding, producing at most `max` bytes (more is a decompression bomb), held
+    /// in memory reserved by `room` as it grows when given.
+    pub fn decode(
+        self,
+        body: BytesMut,
+        max: usize,
+        room: Option<&mut Reservation>,
+    ) -> Result<Bytes, ContentError> {
         match self {
             Coding::Identity => Ok(body.freeze()),
-            Coding::Gzip => read_bounded("gzip", flate2::read::MultiGzDecoder::new(&body[..]), max),
+            coding => coding.decode_slice(&body, max, room),
+        }
+    }
+
+    fn decode_slice(
+        self,
+        body: &[u8],
+        max: usize,
+        room: Option<&mut Reservation>,
+    ) -> Result<Bytes, ContentError> {
+        match self {
+            Coding::Identity => Ok(Bytes::copy_from_slice(body)),
+            Coding::Gzip => {
+                let reader = flate2::read::MultiGzDecoder::new(body);
+                read_bounded("gzip", reader, max, room)
+            }
             Coding::Deflate => {
-                read_bounded("deflate", flate2::read::ZlibDecoder::new(&body[..]), max)
+                read_bounded("deflate", flate2::read::ZlibDecoder::new(body), max, room)
             }
             Coding::Unsupported(name) => Err(ContentError::Unsupported(name)),
         }
@@ -68,26 +92,52 @@ impl Coding {
 /// `max` bytes: what the fetch path does with its replies.
 pub fn decode_content(
     content_encoding: &[u8],
-    body: &[u8],
+    body: &Bytes,
     max: usize,
+    room: Option<&mut Reservation>,
 ) -> Result<Bytes, ContentError> {
-    Coding::from_headers(&[content_encoding]).decode(BytesMut::from(body), max)
+    match Coding::from_headers(&[content_encoding]) {
+        Coding::Identity => Ok(body.clone()),
+        coding => coding.decode_slice(body, max, room),
+    }
 }
+
+/// Output grows by at least this much at a time (and reserves it first).
+const GROWTH_STEP: usize = 1 << 20;
 
 fn read_bounded(
     coding: &'static str,
     reader: impl Read,
     max: usize,
+    mut room: Option<&mut Reservation>,
 ) -> Result<Bytes, ContentError> {
-    let mut out = Vec::new();
-    reader
-        .take(max as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|source| ContentError::Decode { coding, source })?;
-    if out.len() > max {
-        return Err(ContentError::TooLarge { limit: max });
+    let mut reader = reader.take(max as u64 + 1);
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        if out.len() == out.capacity() {
+            let grow = out
+                .capacity()
+                .max(GROWTH_STEP)
+                .min(max + 1 - out.len())
+                .max(1);
+            if let Some(room) = room.as_deref_mut() {
+                room.grow_body("decoding this body", grow)?;
+            }
+            out.reserve_exact(grow);
+        }
+        let spare = (out.capacity() - out.len()) as u64;
+        let read = reader
+            .by_ref()
+            .take(spare)
+            .read_to_end(&mut out)
+            .map_err(|source| ContentError::Decode { coding, source })?;
+        if out.len() > max {
+            return Err(ContentError::TooLarge { limit: max });
+        }
+        if read == 0 {
+            return Ok(Bytes::from(out));
+        }
     }
-    Ok(Bytes::from(out))
 }
 
 #[cfg(test)]
@@ -105,25 +155,25 @@ mod tests {
         let zl = zl.finish().unwrap();
         for (header, encoded) in [("GZIP", &gz), ("x-gzip", &gz), ("deflate", &zl)] {
             let c = Coding::from_headers(&[header.as_bytes()]);
-            let decoded = c.decode(BytesMut::from(&encoded[..]), 100).unwrap();
+            let decoded = c.decode(BytesMut::from(&encoded[..]), 100, None).unwrap();
             assert_eq!(&decoded[..], data, "{header}");
         }
         let c = Coding::from_headers(&[b"identity".as_slice()]);
         assert_eq!(
-            &c.decode(BytesMut::from(&b"raw"[..]), 100).unwrap()[..],
+            &c.decode(BytesMut::from(&b"raw"[..]), 100, None).unwrap()[..],
             b"raw"
         );
         let c = Coding::from_headers(&[b"br".as_slice()]);
         assert!(matches!(
-            c.decode(BytesMut::new(), 100),
+            c.decode(BytesMut::new(), 100, None),
             Err(ContentError::Unsupported(name)) if name == "br"
         ));
         // Exactly at the limit is fine; one more byte is a bomb.
         let c = Coding::from_headers(&[b"gzip".as_slice()]);
-        assert!(c.decode(BytesMut::from(&gz[..]), data.len()).is_ok());
+        assert!(c.decode(BytesMut::from(&gz[..]), data.len(), None).is_ok());
         let c = Coding::from_headers(&[b"gzip".as_slice()]);
         assert!(matches!(
-            c.decode(BytesMut::from(&gz[..]), data.len() - 1),
+            c.decode(BytesMut::from(&gz[..]), data.len() - 1, None),
             Err(ContentError::TooLarge { .. })
         ));
     }

@@ -6,14 +6,18 @@
 //! life) and then used from the runtime like any other. Its local port is registered with the
 //! eBPF side before the request is sent, so the reply is not also captured as an observation.
 //!
+//! The body is read into memory reserved from the node's budget as it grows (and so is its
+//! decoded form), so replies that would together pass it are refused, not an OOM kill.
+//!
 //! The app is asked on 127.0.0.1, and on `[::1]` when nothing listens there: an app that binds
 //! `localhost` may get only the IPv6 loopback (Node.js 17 and later resolve it so).
 
 use crate::content::{self, ContentError};
+use crate::memory::{Budget, Exceeded, Reservation};
 use crate::resolve::netns::{Netns, NetnsError};
 use crate::resolve::NetnsCookie;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Empty};
 use hyper::header;
 use hyper_util::rt::TokioIo;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -69,6 +73,8 @@ pub enum FetchError {
     Timeout(Duration),
     #[error(transparent)]
     Content(#[from] ContentError),
+    #[error(transparent)]
+    Memory(#[from] Exceeded),
 }
 
 /// Where the fetch registers its client ports, so that the observer skips its own replies (the
@@ -89,6 +95,8 @@ pub struct Fetched {
     pub content_type: Option<String>,
     pub body: Bytes,
     pub duration: Duration,
+    /// What the body holds of the budget until ingest keeps it (or not).
+    pub reading: Reservation,
 }
 
 pub struct Request<'a> {
@@ -98,6 +106,7 @@ pub struct Request<'a> {
     pub path: &'a str,
     pub timeout: Duration,
     pub max_body_bytes: usize,
+    pub budget: &'a Budget,
 }
 
 /// Asks the app for its metrics from inside its namespace. Counts the outcome.
@@ -108,17 +117,18 @@ pub async fn fetch(req: Request<'_>, own: Option<&dyn OwnPorts>) -> Result<Fetch
         Err(_) => Err(FetchError::Timeout(req.timeout)),
     };
     fetch_done(&result);
-    result.map(|(content_type, body)| Fetched {
+    result.map(|(content_type, body, reading)| Fetched {
         content_type,
         body,
         duration: started.elapsed(),
+        reading,
     })
 }
 
 async fn fetch_inner(
     req: &Request<'_>,
     own: Option<&dyn OwnPorts>,
-) -> Result<(Option<String>, Bytes), FetchError> {
+) -> Result<(Option<String>, Bytes, Reservation), FetchError> {
     let (stream, _registered) = connect(req, own).await?;
     let address = stream.peer_addr().map_err(|source| FetchError::Connect {
         address: SocketAddr::from((Ipv4Addr::LOCALHOST, req.port)),
@@ -155,25 +165,63 @@ async fn fetch_inner(
         return Err(FetchError::Status(status));
     }
     let limit = req.max_body_bytes;
-    let body = Limited::new(response.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                FetchError::TooLarge { limit }
-            } else {
-                // hyper's message alone ("error reading a body from connection") hides the
-                // cause, e.g. that the app closed the connection before the body was complete.
-                FetchError::Body(crate::telemetry::with_causes(&*e))
-            }
-        })?
-        .to_bytes();
+    let mut reading = req.budget.reserve(READING, 0, 0)?;
+    let body = read_body(response.into_body(), limit, &mut reading).await?;
     conn.abort();
     let body = match encoding {
-        Some(encoding) => content::decode_content(encoding.as_bytes(), &body, limit)?,
+        // Decoding takes CPU time in proportion to the decoded size: on the blocking pool, never
+        // on the workers that answer `/healthz`.
+        Some(encoding) => {
+            let decode = move || {
+                let decoded =
+                    content::decode_content(encoding.as_bytes(), &body, limit, Some(&mut reading));
+                (decoded, reading)
+            };
+            let (decoded, kept) = match tokio::task::spawn_blocking(decode).await {
+                Ok(done) => done,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => return Err(FetchError::Body(e.to_string())),
+            };
+            reading = kept;
+            decoded?
+        }
         None => body,
     };
-    Ok((content_type, body))
+    Ok((content_type, body, reading))
+}
+
+/// What a fetch's reservation is for, in the budget's refusal.
+const READING: &str = "reading this body";
+
+/// The budget grows by at least this much at a time.
+const RESERVE_STEP: usize = 1 << 20;
+
+/// Reads the whole body, at most `limit` bytes, into memory reserved from the budget as it grows.
+async fn read_body(
+    mut body: hyper::body::Incoming,
+    limit: usize,
+    reading: &mut Reservation,
+) -> Result<Bytes, FetchError> {
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        // hyper's message alone ("error reading a body from connection") hides the cause, e.g.
+        // that the app closed the connection before the body was complete.
+        let frame = frame.map_err(|e| FetchError::Body(crate::telemetry::with_causes(&e)))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let needed = buf.len() + data.len();
+        if needed > limit {
+            return Err(FetchError::TooLarge { limit });
+        }
+        if needed > buf.capacity() {
+            let capacity = needed.max(2 * buf.capacity()).max(RESERVE_STEP).min(limit);
+            reading.grow_body(READING, capacity.saturating_sub(reading.bytes()))?;
+            buf.reserve_exact(capacity - buf.len());
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(Bytes::from(buf))
 }
 
 /// Connects to the app's port on 127.0.0.1, or on [::1] when that is refused (or the namespace

@@ -9,6 +9,7 @@ use crate::capture::probe::ProbeError;
 use crate::decode::{self, Format, ParseError, Rendered};
 use crate::discover::Identity;
 use crate::fetch::{FetchError, Fetched};
+use crate::memory::{Budget, Reservation, HELD_FACTOR};
 use crate::resolve::ResolveError;
 use bytes::Bytes;
 use std::path::PathBuf;
@@ -71,102 +72,8 @@ pub enum Limit {
         metric: String,
         found: usize,
     },
-    #[error("memory budget: this body would hold {needed} bytes with {held} of the node's {limit} in use")]
-    Memory {
-        needed: usize,
-        held: usize,
-        limit: usize,
-    },
-}
-
-crate::telemetry::gauge!(
-    pub MEMORY_BUDGET,
-    "loupe_memory_budget_bytes",
-    "What loupe may hold of pods' bodies, indexes and renderings (0: no budget).",
-);
-crate::telemetry::gauge!(
-    pub MEMORY_HELD,
-    "loupe_memory_held_bytes",
-    "What the bodies kept now hold, as reserved when they arrived.",
-);
-
-/// A body holds about this many times its size while kept: itself, its index (0.3x) and one
-/// rendering (1.9x), measured at 1M series (BENCHMARKS.md), with a margin.
-pub const HELD_FACTOR: usize = 4;
-
-/// The node's budget for what ingest keeps (bodies, indexes, renderings). A body is admitted
-/// only if what it will hold fits, counting what the body it replaces frees; a body that does not
-/// fit is refused whole and its target is down with the reason. Limit 0: no budget, the use is
-/// still counted.
-#[derive(Clone, Debug, Default)]
-pub struct Budget(Arc<BudgetState>);
-
-#[derive(Debug, Default)]
-struct BudgetState {
-    limit: usize,
-    held: std::sync::atomic::AtomicUsize,
-}
-
-/// What a kept body holds of the budget, given back when it is dropped.
-#[derive(Debug)]
-pub struct Reservation {
-    budget: Budget,
-    bytes: usize,
-}
-
-impl Budget {
-    pub fn new(limit: usize) -> Budget {
-        MEMORY_BUDGET.set(limit as u64);
-        Budget(Arc::new(BudgetState {
-            limit,
-            held: Default::default(),
-        }))
-    }
-
-    /// Reserves `bytes`, counting `freeing` (what the body it replaces holds) as free.
-    fn reserve(&self, bytes: usize, freeing: usize) -> Result<Reservation, Limit> {
-        let state = &self.0;
-        let mut held = state.held.load(Ordering::Relaxed);
-        loop {
-            if state.limit > 0 && held.saturating_sub(freeing) + bytes > state.limit {
-                return Err(Limit::Memory {
-                    needed: bytes,
-                    held,
-                    limit: state.limit,
-                });
-            }
-            match state.held.compare_exchange_weak(
-                held,
-                held + bytes,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(now) => held = now,
-            }
-        }
-        MEMORY_HELD.set((held + bytes) as u64);
-        Ok(Reservation {
-            budget: self.clone(),
-            bytes,
-        })
-    }
-
-    pub fn held(&self) -> usize {
-        self.0.held.load(Ordering::Relaxed)
-    }
-
-    /// The budget's limit (0: none).
-    pub fn limit(&self) -> usize {
-        self.0.limit
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        let before = self.budget.0.held.fetch_sub(self.bytes, Ordering::Relaxed);
-        MEMORY_HELD.set(before.saturating_sub(self.bytes) as u64);
-    }
+    #[error(transparent)]
+    Memory(#[from] crate::memory::Exceeded),
 }
 
 /// Where a body is admitted: the node's budget, and what the target's current body holds (freed
@@ -368,7 +275,7 @@ pub const RENDERED_LIMIT_FACTOR: usize = 4;
 impl Snapshot {
     /// What the snapshot holds of the memory budget.
     pub fn held_bytes(&self) -> usize {
-        self.held.bytes
+        self.held.bytes()
     }
 
     pub fn samples(&self) -> usize {
@@ -428,8 +335,8 @@ pub fn check(
     let held = body.len().saturating_mul(HELD_FACTOR);
     let held = intake
         .budget
-        .reserve(held, intake.freeing)
-        .map_err(exceeded)?;
+        .reserve("this body", held, intake.freeing)
+        .map_err(|e| exceeded(e.into()))?;
     let format = Format::from_content_type(content_type);
     let prepared = decode::prepare(&body, format).map_err(TargetError::Parse)?;
     limits.check(&body, &prepared, identity).map_err(exceeded)?;
@@ -461,7 +368,8 @@ pub fn observed(
     check(body, content_type, identity, limits, intake, wanted).map(Arc::new)
 }
 
-/// A fetch's result, its body checked.
+/// A fetch's result, its body checked. What the fetch reserved while reading counts as freed
+/// when the body is kept: the body moves from one reservation to the other.
 pub fn fetched(
     result: Result<Fetched, FetchError>,
     identity: Option<&Identity>,
@@ -469,16 +377,26 @@ pub fn fetched(
     intake: Intake<'_>,
     wanted: &Wanted,
 ) -> Result<Arc<Snapshot>, TargetError> {
-    let fetched = result?;
-    check(
-        fetched.body,
-        fetched.content_type.as_deref(),
+    let Fetched {
+        content_type,
+        body,
+        reading,
+        ..
+    } = result?;
+    let intake = Intake {
+        freeing: intake.freeing + reading.bytes(),
+        ..intake
+    };
+    let checked = check(
+        body,
+        content_type.as_deref(),
         identity,
         limits,
         intake,
         wanted,
-    )
-    .map(Arc::new)
+    );
+    drop(reading);
+    checked.map(Arc::new)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@
 //! Helpers every stage may use: [`decode`], the exposition codec (parse, validate, merge,
 //! render; no I/O; a new output format goes there and in the `Accept` negotiation,
 //! [`decode::Format::negotiate`]); [`content`], HTTP content decoding for capture and fetch;
+//! [`memory`], the node's memory budget that fetch and ingest reserve from;
 //! [`telemetry`], the registry every module declares its counters and gauges in
 //! ([`telemetry::counter!`]); [`cli`], the flags. [`cmd`] holds the `doctor`, `status` and
 //! `capture` subcommands.
@@ -49,6 +50,8 @@ pub mod expose;
 pub mod fetch;
 #[cfg(feature = "agent")]
 pub mod ingest;
+
+pub mod memory;
 #[cfg(feature = "agent")]
 pub mod node;
 #[cfg(feature = "agent")]

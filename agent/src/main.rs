@@ -8,7 +8,8 @@ use loupe_agent::collect::{Observer, Refresher, Settings, MAX_CONCURRENT_FETCHES
 use loupe_agent::discover::{kubernetes, pods_file, Pod};
 use loupe_agent::expose::{authz, tls, web_config, ConnectionLimits, Server};
 use loupe_agent::fetch::OwnPorts;
-use loupe_agent::ingest::{self, Wanted};
+use loupe_agent::ingest::Wanted;
+use loupe_agent::memory::Budget;
 use loupe_agent::node::{self, Node};
 use loupe_agent::store::Store;
 use std::process::ExitCode;
@@ -73,7 +74,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let own = probe
         .as_ref()
         .map(|p| Arc::new(p.own_flows()) as Arc<dyn OwnPorts>);
-    let budget = ingest::Budget::new(node::memory_budget(args.memory_limit));
+    let budget = Budget::new(node::memory_budget(args.memory_limit));
     log::info!(
         "memory budget for pods' bodies: {} bytes{}",
         budget.limit(),

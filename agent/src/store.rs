@@ -258,7 +258,7 @@ mod tests {
                 Some(&identity("a")),
                 &ingest::Limits::default(),
                 ingest::Intake {
-                    budget: &ingest::Budget::default(),
+                    budget: &crate::memory::Budget::default(),
                     freeing: 0,
                 },
                 &Wanted::default(),

@@ -188,6 +188,8 @@ pub struct Loupe {
     deny_bpf: bool,
     /// How requests reach it: TLS (when loupe serves it) and headers sent with every request.
     pub client: Client,
+    /// `cgroup.procs` of the memory cgroup it starts in (before its first instruction).
+    cgroup_procs: Option<PathBuf>,
     proc: Option<Proc>,
     dir: TempDir,
 }
@@ -243,6 +245,20 @@ impl Loupe {
         Ok(loupe)
     }
 
+    /// Like [`Loupe::start`], inside `cgroup` from its first instruction (so it reads that
+    /// cgroup's memory limit at start, as in a container).
+    pub fn start_in(
+        cgroup: &crate::cgroup::MemoryCgroup,
+        pods: &[PodSpec],
+        extra_args: &[&str],
+    ) -> Result<Loupe> {
+        let mut loupe = Loupe::new(extra_args, true)?;
+        loupe.cgroup_procs = Some(cgroup.procs_file());
+        loupe.write_pods(&pods_yaml(pods))?;
+        loupe.spawn()?;
+        Ok(loupe)
+    }
+
     /// Starts loupe without a pods file, its discovery given by `args` (e.g. `--kubernetes
     /// --node-name n1 --kubeconfig FILE`); returns once `/readyz` is 200.
     pub fn start_with_args(args: &[&str]) -> Result<Loupe> {
@@ -263,6 +279,7 @@ impl Loupe {
             uses_pods_file,
             deny_bpf: false,
             client: Client::default(),
+            cgroup_procs: None,
             proc: None,
             dir,
         })
@@ -302,7 +319,17 @@ impl Loupe {
             .try_clone()
             .map_err(io_err("duplicating the log handle"))?;
         let pods = self.pods_file.to_string_lossy().into_owned();
-        let mut command = Command::new(&self.bin);
+        let mut command = match &self.cgroup_procs {
+            // The shell moves itself into the cgroup, then becomes loupe (same pid).
+            Some(procs) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", "echo $$ > \"$0\" && exec \"$@\""])
+                    .arg(procs)
+                    .arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
         command.args(["run", "--listen", &self.listen]);
         if self.uses_pods_file {
             command.args(["--pods-file", &pods]);

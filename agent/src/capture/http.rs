@@ -364,7 +364,7 @@ impl ResponseParser {
         let outcome = match request {
             None => Outcome::Discarded(Discard::Unmatched),
             Some(_) if over_limit => Outcome::Discarded(Discard::TooLarge),
-            Some(request) => match coding.decode(body, limits.max_body_bytes) {
+            Some(request) => match coding.decode(body, limits.max_body_bytes, None) {
                 Ok(body) => Outcome::Complete(Response {
                     request,
                     status,
