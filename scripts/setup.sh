@@ -15,9 +15,9 @@ need_root() {
 # Debian packages: Debian's Rust toolchain with the prebuilt BPF core (the only way to build aya
 # programs here, see README), LLVM 22 for bpf-linker, the real parts the tests start, and the
 # container runtime the image is built and run with (scripts/image.sh, tests/tests/image.rs;
-# binutils for strip and readelf).
+# binutils for strip and readelf; wrk floods a pod's loopback in tests/tests/hostile.rs).
 APT_PACKAGES=(rustc-web cargo-web libstd-rust-web-dev-bpf llvm-22-dev zlib1g-dev libzstd-dev
-  iproute2 iptables curl openssl prometheus podman buildah runc uidmap binutils)
+  iproute2 iptables curl openssl prometheus podman buildah runc uidmap binutils wrk)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

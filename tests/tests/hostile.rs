@@ -136,6 +136,10 @@ fn node() -> Node {
         specs.push(spec);
         running.push((pod, app));
     }
+    assert!(
+        std::path::Path::new("/usr/bin/wrk").exists(),
+        "wrk is missing: scripts/setup.sh installs it"
+    );
     let flood_pod = &running.last().unwrap().0;
     let url = format!("http://127.0.0.1:{PORT}/metrics");
     let wrk = flood_pod
