@@ -115,14 +115,13 @@ fn read_bounded(
     let mut out: Vec<u8> = Vec::new();
     loop {
         if out.len() == out.capacity() {
-            let grow = out
-                .capacity()
-                .max(GROWTH_STEP)
-                .min(max + 1 - out.len())
-                .max(1);
+            let mut grow = out.capacity().max(GROWTH_STEP).min(max + 1 - out.len());
             if let Some(room) = room.as_deref_mut() {
+                // As far as the budget lets a body go; one byte past it is refused.
+                grow = grow.min(room.body_room()).max(1);
                 room.grow_body("decoding this body", grow)?;
             }
+            let grow = grow.max(1);
             out.reserve_exact(grow);
         }
         let spare = (out.capacity() - out.len()) as u64;
@@ -176,5 +175,28 @@ mod tests {
             c.decode(BytesMut::from(&gz[..]), data.len() - 1, None),
             Err(ContentError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn decoding_reserves_its_output_and_stops_where_the_budget_does() {
+        let data = "a 1\n".repeat(10_000); // 40,000 bytes
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, data.as_bytes()).unwrap();
+        let gz = Bytes::from(gz.finish().unwrap());
+        // Room for a 50,000-byte body (a quarter of the budget): decoded, and reserved.
+        let budget = crate::memory::Budget::new(200_000);
+        let mut room = budget.reserve("test", 0, 0).unwrap();
+        let decoded = decode_content(b"gzip", &gz, 1 << 20, Some(&mut room)).unwrap();
+        assert_eq!(decoded.len(), data.len());
+        assert!(room.bytes() >= data.len() && room.bytes() <= 50_000);
+        // Room for 25,000: refused by the budget, before the size limit.
+        let budget = crate::memory::Budget::new(100_000);
+        let mut room = budget.reserve("test", 0, 0).unwrap();
+        let refused = decode_content(b"gzip", &gz, 1 << 20, Some(&mut room)).unwrap_err();
+        assert!(
+            refused.to_string().starts_with("memory budget: decoding this body"),
+            "{refused}"
+        );
+        assert!(budget.held() <= 25_000);
     }
 }

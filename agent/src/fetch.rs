@@ -215,7 +215,9 @@ async fn read_body(
             return Err(FetchError::TooLarge { limit });
         }
         if needed > buf.capacity() {
-            let capacity = needed.max(2 * buf.capacity()).max(RESERVE_STEP).min(limit);
+            // Ahead in steps, as far as the budget lets a body go.
+            let most = limit.min(reading.bytes() + reading.body_room());
+            let capacity = (2 * buf.capacity()).max(RESERVE_STEP).min(most).max(needed);
             reading.grow_body(READING, capacity.saturating_sub(reading.bytes()))?;
             buf.reserve_exact(capacity - buf.len());
         }

@@ -146,6 +146,11 @@ impl Reservation {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
+
+    /// How much more a body being read may reserve ([`Reservation::grow_body`]).
+    pub fn body_room(&self) -> usize {
+        self.budget.largest_body().saturating_sub(self.bytes)
+    }
 }
 
 impl Drop for Reservation {
