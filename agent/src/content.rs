@@ -194,7 +194,9 @@ mod tests {
         let mut room = budget.reserve("test", 0, 0).unwrap();
         let refused = decode_content(b"gzip", &gz, 1 << 20, Some(&mut room)).unwrap_err();
         assert!(
-            refused.to_string().starts_with("memory budget: decoding this body"),
+            refused
+                .to_string()
+                .starts_with("memory budget: decoding this body"),
             "{refused}"
         );
         assert!(budget.held() <= 25_000);
