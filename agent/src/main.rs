@@ -100,10 +100,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     );
     let (detached_tx, detached_rx) = tokio::sync::mpsc::channel(node::DETACH_QUEUE);
     if let Some(probe) = &mut probe {
-        let limits = FlowLimits {
-            max_body_bytes: args.max_body_bytes,
-            ..FlowLimits::default()
-        };
+        let limits = FlowLimits::within(&budget, args.max_body_bytes);
         let observer = Observer {
             store: store.clone(),
             wanted,

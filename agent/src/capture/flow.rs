@@ -44,6 +44,7 @@ use super::http::{
     self, Discard, HttpLimits, Outcome, PendingRequest, RequestParser, ResponseParser,
 };
 use super::{Direction, Exchange, FlowKey, NetnsCookie, Segment};
+use crate::memory::Budget;
 use bytes::Bytes;
 use reassembly::{Accepted, Reassembly};
 use std::collections::{HashMap, VecDeque};
@@ -148,6 +149,24 @@ impl Default for FlowLimits {
 }
 
 impl FlowLimits {
+    /// The defaults with bodies up to `max_body_bytes`, within the node's memory budget: the
+    /// flows being reassembled hold at most a quarter of it together (bodies being fetched and
+    /// kept reserve from the rest), and one flow at most what one body may be and still be kept
+    /// ([`Budget::largest_body`]). Without a budget, the defaults.
+    pub fn within(budget: &Budget, max_body_bytes: usize) -> Self {
+        let defaults = Self::default();
+        let (total, one) = match budget.limit() {
+            0 => (defaults.max_buffered_bytes_total, usize::MAX),
+            limit => (limit / 4, budget.largest_body()),
+        };
+        Self {
+            max_buffered_bytes_total: defaults.max_buffered_bytes_total.min(total),
+            max_buffered_bytes_per_flow: defaults.max_buffered_bytes_per_flow.min(one),
+            max_body_bytes: max_body_bytes.min(one),
+            ..defaults
+        }
+    }
+
     fn http(&self) -> HttpLimits {
         HttpLimits {
             max_header_bytes: self.max_header_bytes,

@@ -1057,3 +1057,24 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn flows_hold_a_quarter_of_the_memory_budget_and_one_flow_at_most_one_keepable_body() {
+    let limits = FlowLimits::within(&Budget::new(128 << 20), 64 << 20);
+    assert_eq!(limits.max_buffered_bytes_total, 32 << 20);
+    assert_eq!(limits.max_buffered_bytes_per_flow, 32 << 20);
+    assert_eq!(limits.max_body_bytes, 32 << 20);
+    // A roomy budget leaves the defaults; no budget too.
+    let roomy = FlowLimits::within(&Budget::new(16 << 30), 64 << 20);
+    assert_eq!(
+        roomy.max_buffered_bytes_total,
+        FlowLimits::default().max_buffered_bytes_total
+    );
+    assert_eq!(roomy.max_body_bytes, 64 << 20);
+    let none = FlowLimits::within(&Budget::default(), 1 << 20);
+    assert_eq!(
+        none.max_buffered_bytes_total,
+        FlowLimits::default().max_buffered_bytes_total
+    );
+    assert_eq!(none.max_body_bytes, 1 << 20);
+}
