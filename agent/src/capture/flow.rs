@@ -149,10 +149,11 @@ impl Default for FlowLimits {
 }
 
 impl FlowLimits {
-    /// The defaults with bodies up to `max_body_bytes`, within the node's memory budget: the
-    /// flows being reassembled hold at most a quarter of it together (bodies being fetched and
-    /// kept reserve from the rest), and one flow at most what one body may be and still be kept
-    /// ([`Budget::largest_body`]). Without a budget, the defaults.
+    /// The defaults with bodies up to `max_body_bytes`, sized from the node's memory budget: the
+    /// flows being reassembled hold at most a quarter of the budget together (on top of it: the
+    /// budget is half the memory limit, so flows get an eighth of the limit), and one flow at
+    /// most what one body may be and still be kept ([`Budget::largest_body`]). Without a
+    /// budget, the defaults.
     pub fn within(budget: &Budget, max_body_bytes: usize) -> Self {
         let defaults = Self::default();
         let (total, one) = match budget.limit() {
