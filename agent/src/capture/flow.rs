@@ -25,9 +25,10 @@
 //! pending requests are forgotten, data held beyond the hole is dropped, and the direction
 //! resynchronizes as above at data captured afterwards.
 //!
-//! **Limits.** At most `max_flows` flows (the least recently active is evicted for a new one),
-//! `max_buffered_bytes_per_flow` (held data first becomes a gap, then the body in progress is
-//! dropped) and `max_buffered_bytes_total` (least recently active flows are evicted). Every drop
+//! **Limits.** At most `max_flows` flows, `max_buffered_bytes_per_flow` (held data first becomes
+//! a gap, then the body in progress is dropped) and `max_buffered_bytes_total`. Past the flow or
+//! byte limit, the namespace holding the most flows (or bytes) loses its least recently active
+//! (or largest) flow: a pod flooding its loopback evicts its own flows, not another pod's. Every drop
 //! is counted below.
 //!
 //! Every complete response becomes an [`Exchange`], whatever its status or path; the caller
@@ -255,6 +256,13 @@ pub struct FlowTable {
     stats: FlowStats,
 }
 
+/// What an eviction makes room for.
+#[derive(Clone, Copy)]
+enum Room {
+    Flows,
+    Bytes,
+}
+
 /// Per-call context shared by a flow's handlers.
 struct Ctx<'a> {
     limits: &'a FlowLimits,
@@ -302,7 +310,7 @@ impl FlowTable {
                 return;
             }
             if self.flows.len() >= self.limits.max_flows {
-                self.evict_lru();
+                self.evict(Room::Flows);
             }
             self.flows.insert(key, Flow::new(now));
         }
@@ -328,7 +336,7 @@ impl FlowTable {
             self.flows.remove(&key);
         }
         while self.buffered > self.limits.max_buffered_bytes_total && !self.flows.is_empty() {
-            self.evict_lru();
+            self.evict(Room::Bytes);
         }
     }
 
@@ -380,14 +388,34 @@ impl FlowTable {
         self.buffered -= released;
     }
 
-    /// Evicts the least recently active flow.
-    fn evict_lru(&mut self) {
-        let Some(key) = self
-            .flows
-            .iter()
-            .min_by_key(|(_, f)| f.last_seen)
-            .map(|(k, _)| *k)
-        else {
+    /// Evicts one flow to make room, from the namespace that holds the most: of flows (`Room::
+    /// Flows`: its least recently active one) or of buffered bytes (`Room::Bytes`: its largest
+    /// flow). A pod flooding its loopback so loses its own flows, not the other pods'.
+    fn evict(&mut self, room: Room) {
+        let mut per_netns: HashMap<NetnsCookie, (usize, usize)> = HashMap::new();
+        for (key, flow) in &self.flows {
+            let held = per_netns.entry(key.netns).or_default();
+            held.0 += 1;
+            held.1 += flow.buffered();
+        }
+        let heaviest = per_netns
+            .into_iter()
+            .max_by_key(|&(netns, (flows, bytes))| {
+                let held = match room {
+                    Room::Flows => flows,
+                    Room::Bytes => bytes,
+                };
+                (held, std::cmp::Reverse(netns))
+            })
+            .map(|(netns, _)| netns);
+        let candidates = self.flows.iter().filter(|(k, _)| Some(k.netns) == heaviest);
+        let victim = match room {
+            Room::Flows => candidates.min_by_key(|(_, f)| f.last_seen).map(|(k, _)| *k),
+            Room::Bytes => candidates
+                .max_by_key(|(_, f)| f.buffered())
+                .map(|(k, _)| *k),
+        };
+        let Some(key) = victim else {
             return;
         };
         if let Some(flow) = self.flows.remove(&key) {

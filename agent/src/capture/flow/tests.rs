@@ -631,6 +631,40 @@ fn flow_count_limit_evicts_the_least_recent() {
 }
 
 #[test]
+fn a_namespace_flooding_the_table_loses_its_own_flows_not_a_quiet_ones() {
+    let limits = FlowLimits {
+        max_flows: 3,
+        max_buffered_bytes_total: 10_000,
+        ..FlowLimits::default()
+    };
+    let mut t = FlowTable::new(limits);
+    let now = Instant::now();
+    // The quiet pod (namespace 1): one scrape in progress, least recently active of all.
+    let mut quiet = Conn::new(key(1, 44000), 1, 1);
+    let mut segs = quiet.handshake();
+    segs.extend(quiet.send(Direction::Request, &get("/metrics"), 1460));
+    let reply = response_cl(&[b'q'; 3000]);
+    segs.extend(quiet.send(Direction::Response, &reply[..1000], 1000));
+    push_all(&mut t, segs, now);
+    // The flooder (namespace 2): new connections, then large replies in progress.
+    for i in 0..6u16 {
+        let mut c = Conn::new(key(2, 45000 + i), 1, 1);
+        let mut segs = c.handshake();
+        segs.extend(c.send(Direction::Request, &get("/metrics"), 1460));
+        let big = response_cl(&[b'f'; 20_000]);
+        segs.extend(c.send(Direction::Response, &big[..6000], 1000));
+        push_all(&mut t, segs, now + Duration::from_millis(1 + u64::from(i)));
+    }
+    assert!(t.stats().flows_evicted >= 4, "{:?}", t.stats());
+    assert!(t.buffered_bytes() <= 10_000);
+    // The quiet pod's scrape completes.
+    let rest = quiet.send(Direction::Response, &reply[1000..], 1000);
+    let out = push_all(&mut t, rest, now + Duration::from_millis(10));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].flow, quiet.key);
+}
+
+#[test]
 fn total_memory_limit_evicts_and_counts_bytes() {
     let limits = FlowLimits {
         max_buffered_bytes_total: 10_000,
