@@ -19,6 +19,19 @@ crate::telemetry::gauge!(
     "What bodies being read and bodies kept hold now, as reserved.",
 );
 
+crate::telemetry::counter!(
+    pub REFUSALS,
+    "loupe_memory_budget_refusals_total",
+    "Bodies refused because they did not fit the memory budget (being read, decoded or kept); each endpoint is down with the reason.",
+);
+
+// Events: each counts (the refused target's error carries the reason to /targets and the log).
+
+fn refused(exceeded: Exceeded) -> Exceeded {
+    REFUSALS.inc();
+    exceeded
+}
+
 /// A body holds about this many times its size while kept: itself, its index (0.3x) and one
 /// rendering (1.9x), measured at 1M series (BENCHMARKS.md), with a margin.
 pub const HELD_FACTOR: usize = 4;
@@ -80,12 +93,12 @@ impl Budget {
         let mut held = state.held.load(Ordering::Relaxed);
         loop {
             if state.limit > 0 && held.saturating_sub(freeing) + bytes > state.limit {
-                return Err(Exceeded {
+                return Err(refused(Exceeded {
                     what,
                     needed: bytes,
                     held,
                     limit: state.limit,
-                });
+                }));
             }
             match state.held.compare_exchange_weak(
                 held,
@@ -133,12 +146,12 @@ impl Reservation {
     pub fn grow_body(&mut self, what: &'static str, more: usize) -> Result<(), Exceeded> {
         let total = self.bytes + more;
         if total > self.budget.largest_body() {
-            return Err(Exceeded {
+            return Err(refused(Exceeded {
                 what,
                 needed: total.saturating_mul(HELD_FACTOR),
                 held: self.budget.held(),
                 limit: self.budget.limit(),
-            });
+            }));
         }
         self.grow(what, more)
     }
@@ -168,7 +181,9 @@ mod tests {
     fn reservations_fit_the_limit_grow_and_give_back() {
         let budget = Budget::new(100);
         let mut a = budget.reserve("a", 60, 0).unwrap();
+        let before = REFUSALS.get();
         let refused = budget.reserve("b", 50, 0).unwrap_err();
+        assert!(REFUSALS.get() > before);
         assert_eq!(
             refused.to_string(),
             "memory budget: b would hold 50 bytes with 60 of the node's 100 in use"

@@ -260,6 +260,7 @@ mod tests {
             "loupe_kubernetes_pods_dropped_total",
             "loupe_kubernetes_watch_errors_total",
             "loupe_memory_budget_bytes",
+            "loupe_memory_budget_refusals_total",
             "loupe_memory_held_bytes",
             "loupe_merge_rejected_bodies_total",
             "loupe_pods_file_endpoints_over_cap_total",

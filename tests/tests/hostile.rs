@@ -506,6 +506,11 @@ fn hostile_pods_and_clients_hurt_only_themselves() {
             .is_some_and(|v| v > 0.0),
         "the slow clients were never held to their share"
     );
+    assert!(
+        exp.value("loupe_memory_budget_refusals_total", &[])
+            .is_some_and(|v| v > 0.0),
+        "no body was refused by the budget"
+    );
     drop(loupe);
     drop(node);
 }
