@@ -183,39 +183,43 @@ fn respond(
     out.flush()
 }
 
+/// The gzipped body.
+fn gzipped(out: &mut TcpStream, app: &App) -> std::io::Result<()> {
+    respond(
+        out,
+        "200 OK",
+        app_body::TEXT_TYPE,
+        &[("Content-Encoding", "gzip")],
+        &app.gzipped,
+    )
+}
+
+/// A 200 response's head announcing a text body of `len` bytes.
+fn text_head(out: &mut TcpStream, len: usize) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {len}\r\n\r\n",
+        app_body::TEXT_TYPE
+    );
+    out.write_all(head.as_bytes())
+}
+
 /// Answers `/metrics` in the app's mode; false when the connection must end.
 fn metrics(app: &App, out: &mut TcpStream, gzip_ok: bool) -> std::io::Result<bool> {
     match app.mode {
         Mode::Normal | Mode::ManySeries | Mode::LongLabels => {
             respond(out, "200 OK", app_body::TEXT_TYPE, &[], &app.text)?
         }
-        Mode::GzipBomb => respond(
-            out,
-            "200 OK",
-            app_body::TEXT_TYPE,
-            &[("Content-Encoding", "gzip")],
-            &app.gzipped,
-        )?,
         Mode::Drip => {
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
-                app_body::TEXT_TYPE,
-                app.text.len()
-            );
-            out.write_all(head.as_bytes())?;
+            text_head(out, app.text.len())?;
             for byte in &app.text {
                 out.write_all(std::slice::from_ref(byte))?;
                 out.flush()?;
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
-        Mode::Gzip if gzip_ok => respond(
-            out,
-            "200 OK",
-            app_body::TEXT_TYPE,
-            &[("Content-Encoding", "gzip")],
-            &app.gzipped,
-        )?,
+        Mode::Gzip if gzip_ok => gzipped(out, app)?,
+        // The bomb is sent whatever was accepted.
+        Mode::GzipBomb => gzipped(out, app)?,
         Mode::Gzip => respond(out, "200 OK", app_body::TEXT_TYPE, &[], &app.text)?,
         Mode::OpenMetrics => respond(
             out,
@@ -268,12 +272,7 @@ fn metrics(app: &App, out: &mut TcpStream, gzip_ok: bool) -> std::io::Result<boo
             respond(out, "200 OK", app_body::TEXT_TYPE, &[], &body)?;
         }
         Mode::Cut => {
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
-                app_body::TEXT_TYPE,
-                app.text.len()
-            );
-            out.write_all(head.as_bytes())?;
+            text_head(out, app.text.len())?;
             out.write_all(&app.text[..app.text.len() / 2])?;
             out.flush()?;
             let _ = out.shutdown(std::net::Shutdown::Both);
