@@ -91,7 +91,7 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// The agent's default scrape limits.
     pub limits: ingest::Limits,
-    /// The node's memory budget for kept bodies.
+    /// The node's memory budget, for bodies being fetched and kept.
     pub budget: crate::memory::Budget,
 }
 

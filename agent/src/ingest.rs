@@ -336,7 +336,8 @@ pub fn check(
     let held = intake
         .budget
         .reserve("this body", held, intake.freeing)
-        .map_err(|e| exceeded(e.into()))?;
+        // Counted by the budget (not a scrape limit), as when a fetch is refused.
+        .map_err(|e| TargetError::Limit(e.into()))?;
     let format = Format::from_content_type(content_type);
     let prepared = decode::prepare(&body, format).map_err(TargetError::Parse)?;
     limits.check(&body, &prepared, identity).map_err(exceeded)?;
