@@ -43,6 +43,7 @@ fn segments(chunked: bool) -> Vec<Segment> {
         direction,
         seq,
         flags,
+        resumed: false,
         payload,
     };
     let mut out = vec![

@@ -87,11 +87,13 @@ fn main() {
                         continue;
                     }
                     let cookie = probe.attach(&netns).expect("attach");
-                    probe.watch_port(cookie, WATCHED_PORT).expect("watch");
+                    probe
+                        .watch_port(cookie, WATCHED_PORT, &["/metrics"])
+                        .expect("watch");
                     let other = probe.attach(&other_pod).expect("attach the other pod");
                     if elsewhere {
                         probe
-                            .watch_port(other, app.port())
+                            .watch_port(other, app.port(), &["/metrics"])
                             .expect("watch elsewhere");
                     }
                     let before = program_stats();
@@ -106,7 +108,7 @@ fn main() {
             let other = probe.attach(&other_pod).expect("attach the other pod");
             if elsewhere {
                 probe
-                    .watch_port(other, app.port())
+                    .watch_port(other, app.port(), &["/metrics"])
                     .expect("watch elsewhere");
             }
             let alone = probe

@@ -42,6 +42,10 @@ pub struct CaptureArgs {
     /// The app's metrics port on the pod's loopback.
     #[arg(long)]
     pub port: u16,
+    /// The metrics path: only exchanges whose request is a GET of it are copied (repeat for
+    /// several).
+    #[arg(long, default_value = "/metrics")]
+    pub path: Vec<String>,
     /// How long to watch (seconds); Ctrl-C stops earlier.
     #[arg(long, default_value = "10", value_parser = parse_seconds)]
     pub seconds: Duration,

@@ -15,7 +15,7 @@ use crate::ingest::{Origin, Outcome, TargetError};
 use crate::resolve::{self, cgroup::ProcIndex, netns::Netns, NetnsCookie};
 use crate::store::{Resolved, Store};
 use crate::telemetry::with_causes;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -103,6 +103,9 @@ pub fn load_probe(
     }
 }
 
+/// A namespace's watched ports, each with the paths whose GETs the probe copies.
+type Watched = BTreeMap<u16, BTreeSet<String>>;
+
 /// What is attached where, so the next snapshot changes only the difference.
 pub struct Node {
     /// None in fetch-only mode.
@@ -111,7 +114,7 @@ pub struct Node {
     /// Tells the capture loop to forget the flows of a detached namespace.
     detached: tokio::sync::mpsc::Sender<NetnsCookie>,
     /// Attached namespaces with the ports watched in each.
-    attached: HashMap<NetnsCookie, HashSet<u16>>,
+    attached: HashMap<NetnsCookie, Watched>,
     /// Last error per pod, to log changes only.
     errors: HashMap<PodKey, String>,
     /// Container ID -> PID index of `/proc`, kept between applies: rescanning a node with
@@ -146,7 +149,7 @@ impl Node {
     /// Brings attachments and targets in line with `pods`.
     pub fn apply(&mut self, pods: &[Pod]) {
         let mut targets = Vec::new();
-        let mut wanted: HashMap<NetnsCookie, HashSet<u16>> = HashMap::new();
+        let mut wanted: HashMap<NetnsCookie, Watched> = HashMap::new();
         let mut failures = Vec::new();
         let mut errors = HashMap::new();
         self.refresh_procs(pods);
@@ -163,7 +166,12 @@ impl Node {
             }
             for (key, identity) in pod.targets() {
                 if let Ok((_, cookie)) = &resolved {
-                    wanted.entry(*cookie).or_default().insert(key.port);
+                    wanted
+                        .entry(*cookie)
+                        .or_default()
+                        .entry(key.port)
+                        .or_default()
+                        .insert(key.path.clone());
                 } else if let Err(reason) = &resolved {
                     failures.push((key.clone(), reason.clone()));
                 }
@@ -226,22 +234,32 @@ impl Node {
         })
     }
 
-    /// Watches wanted ports, unwatches the rest, detaches namespaces no pod uses any more.
-    fn sync_probe(&mut self, wanted: HashMap<NetnsCookie, HashSet<u16>>) {
+    /// Watches wanted ports (with their paths), unwatches the rest, detaches namespaces no pod
+    /// uses any more.
+    fn sync_probe(&mut self, wanted: HashMap<NetnsCookie, Watched>) {
         let Some(probe) = &mut self.probe else {
             return;
         };
         for (cookie, ports) in &wanted {
             let watched = self.attached.entry(*cookie).or_default();
-            for port in ports.difference(&watched.clone()) {
-                match probe.watch_port(*cookie, *port) {
+            for (port, paths) in ports {
+                if watched.get(port) == Some(paths) {
+                    continue;
+                }
+                let paths: Vec<&String> = paths.iter().collect();
+                match probe.watch_port(*cookie, *port, &paths) {
                     Ok(()) => {
-                        watched.insert(*port);
+                        watched.insert(*port, paths.into_iter().cloned().collect());
                     }
                     Err(e) => watch_failed(*port, *cookie, &e),
                 }
             }
-            for port in watched.difference(ports).copied().collect::<Vec<_>>() {
+            let unwanted: Vec<u16> = watched
+                .keys()
+                .filter(|port| !ports.contains_key(port))
+                .copied()
+                .collect();
+            for port in unwanted {
                 probe.unwatch_port(*cookie, port);
                 watched.remove(&port);
             }
@@ -254,7 +272,7 @@ impl Node {
             .collect();
         for cookie in gone {
             if let Some(ports) = self.attached.remove(&cookie) {
-                for port in ports {
+                for port in ports.into_keys() {
                     probe.unwatch_port(cookie, port);
                 }
             }

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use aya::programs::{SchedClassifier, TcAttachType};
+use loupe_agent::capture::flow::{FlowLimits, FlowTable};
 use loupe_agent::capture::probe::{
     AttachMode, AttachedVia, MethodChoice, OwnFlows, Probe, ProbeConfig, ProbeMethod,
     SegmentStream, CAPTURE_PROGRAM_NAMES, METHOD_ENV, RINGBUF_DROPPED_EVENTS,
@@ -27,7 +28,6 @@ use loupe_testkit::root;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
 const CHILD_NETNS_VAR: &str = "LOUPE_PROBE_TEST_CHILD_NETNS";
 const CHILD_MODE_VAR: &str = "LOUPE_PROBE_TEST_CHILD_MODE";
 
@@ -275,6 +275,13 @@ fn response_for(body: &[u8]) -> Vec<u8> {
     response
 }
 
+/// A body of `size` bytes that differs per `seed`, so a mix-up between namespaces shows.
+fn patterned(size: usize, seed: u32) -> Vec<u8> {
+    (0..size as u32)
+        .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect()
+}
+
 const REQUEST: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: */*\r\n\r\n";
 
 /// One request from inside `ns` to 127.0.0.1:`port`; see [`get_on`].
@@ -357,20 +364,27 @@ async fn collect_flow(stream: &mut SegmentStream, client_port: u16) -> Vec<Segme
     segments
 }
 
-/// The payload of one direction, put together by sequence number from the SYN's seq. A segment
+/// The payload of one direction, put together by sequence number from its first byte (the
+/// probe sends no bare SYN: a flow starts at its first watched GET, and its response). A segment
 /// that repeats bytes already placed (a TCP retransmission under load) is trimmed; a gap or a
-/// retransmission with different bytes panics, as does a missing SYN.
+/// retransmission with different bytes panics, as does a direction without payload.
 fn reassemble(segments: &[Segment], client_port: u16, direction: Direction) -> Vec<u8> {
     let mut mine: Vec<&Segment> = segments
         .iter()
         .filter(|s| s.flow.client.port() == client_port && s.direction == direction)
         .collect();
-    let syn = mine
-        .iter()
-        .find(|s| s.flags & TCP_SYN != 0)
-        .unwrap_or_else(|| panic!("no SYN for {direction:?}"));
-    let isn = syn.seq;
     mine.retain(|s| !s.payload.is_empty());
+    let any = mine
+        .first()
+        .unwrap_or_else(|| panic!("no payload for {direction:?}"))
+        .seq;
+    // Records of different CPUs interleave: the first byte is the lowest sequence number.
+    let first = mine
+        .iter()
+        .map(|s| s.seq)
+        .min_by_key(|seq| seq.wrapping_sub(any) as i32)
+        .unwrap_or(any);
+    let isn = first.wrapping_sub(1);
     mine.sort_by_key(|s| s.seq.wrapping_sub(isn));
     let mut out: Vec<u8> = Vec::new();
     for s in mine {
@@ -407,7 +421,9 @@ async fn both_directions_arrive_with_flow_identity_and_continuous_seq() {
     assert_eq!(cookie, ns.netns.cookie().expect("cookie"));
     assert_eq!(probe.attach(&ns.netns).expect("attach twice"), cookie);
     assert_eq!(probe.attached_via(cookie), Some(AttachedVia::Tcx));
-    probe.watch_port(cookie, port).expect("watch");
+    probe
+        .watch_port(cookie, port, &["/metrics"])
+        .expect("watch");
     let mut stream = probe.segments().expect("segments");
 
     let (client_port, response) = get(&ns, port, None).await;
@@ -464,7 +480,9 @@ async fn unwatched_and_own_flows(method: MethodChoice) {
 
     let mut probe = load_with(1 << 20, AttachMode::Auto, method);
     let cookie = probe.attach(&ns.netns).expect("attach");
-    probe.watch_port(cookie, watched_port).expect("watch");
+    probe
+        .watch_port(cookie, watched_port, &["/metrics"])
+        .expect("watch");
     let own = probe.own_flows();
     let mut stream = probe.segments().expect("segments");
 
@@ -486,6 +504,204 @@ async fn unwatched_and_own_flows(method: MethodChoice) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_traffic_on_the_metrics_port_is_not_copied() {
+    if !can_run("api_traffic_on_the_metrics_port_is_not_copied") {
+        return;
+    }
+    api_traffic(MethodChoice::from_env()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_namespace_api_traffic_on_the_metrics_port_is_not_copied() {
+    if !can_run("per_namespace_api_traffic_on_the_metrics_port_is_not_copied") {
+        return;
+    }
+    api_traffic(MethodChoice::PerNamespace).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_namespace_flat_api_traffic_on_the_metrics_port_is_not_copied() {
+    if !can_run("per_namespace_flat_api_traffic_on_the_metrics_port_is_not_copied") {
+        return;
+    }
+    api_traffic(MethodChoice::PerNamespaceFlat).await;
+}
+
+const METRICS: &[u8] = b"# TYPE up gauge\nup 1\n";
+
+/// An app serving its API and `/metrics` on one port, over keep-alive connections: `GET`s of
+/// `/metrics` (with or without a query) get [`METRICS`], anything else an answer holding
+/// `SECRET`. Serves `count` connections, each until the client closes.
+fn serve_api(listener: TcpListener, count: usize) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for _ in 0..count {
+            let (conn, _) = listener.accept().expect("accept");
+            let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+            let mut conn = conn;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).expect("read request line") == 0 {
+                    break;
+                }
+                let mut length = 0usize;
+                loop {
+                    let mut header = String::new();
+                    reader.read_line(&mut header).expect("read header");
+                    if header == "\r\n" {
+                        break;
+                    }
+                    if let Some(value) = header.to_ascii_lowercase().strip_prefix("content-length:")
+                    {
+                        length = value.trim().parse().expect("content-length");
+                    }
+                }
+                let mut body = vec![0u8; length];
+                reader.read_exact(&mut body).expect("read body");
+                let target = line.split(' ').nth(1).unwrap_or_default();
+                let metrics =
+                    line.starts_with("GET ") && target.split('?').next() == Some("/metrics");
+                let reply = if metrics {
+                    METRICS.to_vec()
+                } else {
+                    format!("SECRET answer to {}", line.trim_end()).into_bytes()
+                };
+                let mut response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+                    reply.len()
+                )
+                .into_bytes();
+                response.extend_from_slice(&reply);
+                conn.write_all(&response).expect("write response");
+            }
+        }
+    })
+}
+
+/// Sends `requests` one after another on one connection from inside `ns`, reading each
+/// response (Content-Length framed) before the next; returns the client port and the responses.
+async fn keep_alive(ns: &TestNetns, port: u16, requests: &[Vec<u8>]) -> (u16, Vec<Vec<u8>>) {
+    let socket = ns
+        .netns
+        .run(tokio::net::TcpSocket::new_v4)
+        .expect("enter netns")
+        .expect("client socket");
+    socket
+        .bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .expect("bind");
+    let client_port = socket.local_addr().expect("local addr").port();
+    let mut stream = socket
+        .connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        .await
+        .expect("connect");
+    let mut responses = Vec::new();
+    for request in requests {
+        stream.write_all(request).await.expect("send request");
+        let mut response = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buf).await.expect("read response");
+            assert!(n > 0, "server closed early");
+            response.extend_from_slice(&buf[..n]);
+            let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&response[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().expect("length"))
+                .expect("content-length");
+            if response.len() >= end + 4 + length {
+                break;
+            }
+        }
+        responses.push(response);
+    }
+    stream.shutdown().await.expect("shutdown");
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).await.expect("read to end");
+    (client_port, responses)
+}
+
+/// The issue's case: an app's API requests and their answers on its metrics port never reach
+/// user space; the watched GETs on the same connection do, whole, and reassemble without a gap.
+async fn api_traffic(method: MethodChoice) {
+    let ns = TestNetns::new();
+    let listener = ns.listen();
+    let port = listener.local_addr().expect("addr").port();
+    let server = serve_api(listener, 1);
+
+    let mut probe = load_with(1 << 20, AttachMode::Auto, method);
+    let cookie = probe.attach(&ns.netns).expect("attach");
+    probe
+        .watch_port(cookie, port, &["/metrics"])
+        .expect("watch");
+    let mut stream = probe.segments().expect("segments");
+
+    let request = |line: &str, body: &str| {
+        let mut r = format!("{line} HTTP/1.1\r\nHost: 127.0.0.1\r\n").into_bytes();
+        if !body.is_empty() {
+            r.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+        }
+        r.extend_from_slice(b"\r\n");
+        r.extend_from_slice(body.as_bytes());
+        r
+    };
+    let requests = [
+        request("POST /api/login", "password=SECRET-hunter2"),
+        request("GET /metrics", ""),
+        request("GET /metricsSECRET", ""),
+        request("GET /metrics?SECRET=1", ""),
+        request("PUT /api/SECRET", "SECRET body"),
+    ];
+    let (client_port, responses) = keep_alive(&ns, port, &requests).await;
+    let segments = collect_flow(&mut stream, client_port).await;
+    server.join().expect("server");
+    assert!(responses[1].ends_with(METRICS) && responses[3].ends_with(METRICS));
+    assert!(responses[0].windows(6).any(|w| w == b"SECRET"));
+
+    let mine: Vec<Segment> = segments
+        .into_iter()
+        .filter(|s| s.flow.client.port() == client_port)
+        .collect();
+    let copied: Vec<u8> = mine.iter().flat_map(|s| s.payload.to_vec()).collect();
+    // The watched GET's query holds the word too; nothing else may.
+    let without_query = String::from_utf8_lossy(&copied).replace("/metrics?SECRET=1", "");
+    assert!(
+        !without_query.contains("SECRET"),
+        "bytes of a skipped exchange were copied: {without_query:?}"
+    );
+    assert!(
+        mine.iter()
+            .any(|s| s.resumed && s.direction == Direction::Request),
+        "the GET after a skipped exchange is marked resumed"
+    );
+    let skipped: usize = [0, 2, 4]
+        .iter()
+        .map(|&i| requests[i].len() + responses[i].len())
+        .sum();
+    assert_eq!(
+        probe.skipped().1,
+        skipped as u64,
+        "every skipped byte counted"
+    );
+    assert_eq!(probe.dropped(), (0, 0));
+
+    let mut table = FlowTable::new(FlowLimits::default());
+    let mut exchanges = Vec::new();
+    let now = std::time::Instant::now();
+    for segment in mine {
+        table.push(segment, now, &mut exchanges);
+    }
+    let paths: Vec<&str> = exchanges.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["/metrics", "/metrics?SECRET=1"]);
+    assert!(exchanges.iter().all(|e| e.body.as_ref() == METRICS));
+    let stats = table.stats();
+    assert_eq!((stats.gaps, stats.bytes_unsynced), (0, 0), "{stats:?}");
+    assert_eq!(table.flow_count(), 0, "both FINs close the flow");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_loopback_replies_arrive_with_v6_addresses_byte_identical() {
     if !can_run("ipv6_loopback_replies_arrive_with_v6_addresses_byte_identical") {
         return;
@@ -494,7 +710,9 @@ async fn ipv6_loopback_replies_arrive_with_v6_addresses_byte_identical() {
     let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
     let mut probe = load(4 << 20, AttachMode::Auto);
     let cookie = probe.attach(&ns.netns).expect("attach");
-    probe.watch_port(cookie, port).expect("watch");
+    probe
+        .watch_port(cookie, port, &["/metrics"])
+        .expect("watch");
     let mut stream = probe.segments().expect("segments");
 
     // A few KB (one record), then 200 KB: GSO packets of many chunks, some above 64 KiB, which
@@ -556,7 +774,9 @@ async fn own_flows_ipv6(method: MethodChoice) {
 
     let mut probe = load_with(1 << 20, AttachMode::Auto, method);
     let cookie = probe.attach(&ns.netns).expect("attach");
-    probe.watch_port(cookie, port).expect("watch");
+    probe
+        .watch_port(cookie, port, &["/metrics"])
+        .expect("watch");
     let own = probe.own_flows();
     let mut stream = probe.segments().expect("segments");
 
@@ -609,7 +829,9 @@ async fn five_megabytes(method: MethodChoice) {
 
     let mut probe = load_with(16 << 20, AttachMode::Auto, method);
     let cookie = probe.attach(&ns.netns).expect("attach");
-    probe.watch_port(cookie, port).expect("watch");
+    probe
+        .watch_port(cookie, port, &["/metrics"])
+        .expect("watch");
     let mut stream = probe.segments().expect("segments");
 
     let (client_port, response) = get(&ns, port, None).await;
@@ -671,7 +893,9 @@ async fn full_ring_drops(method: MethodChoice) {
     // One page: a 4 KiB chunk record (4 KiB + header) never fits.
     let mut probe = load_with(4096, AttachMode::Auto, method);
     let cookie = probe.attach(&ns.netns).expect("attach");
-    probe.watch_port(cookie, port).expect("watch");
+    probe
+        .watch_port(cookie, port, &["/metrics"])
+        .expect("watch");
     let before = RINGBUF_DROPPED_EVENTS.get();
 
     let (_, response) = get(&ns, port, None).await;
@@ -693,6 +917,78 @@ async fn full_ring_drops(method: MethodChoice) {
     assert!(
         forwarded,
         "the program's drop warning did not reach the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_flooding_its_loopback_leaves_room_for_the_others() {
+    if !can_run("a_pod_flooding_its_loopback_leaves_room_for_the_others") {
+        return;
+    }
+    flood_leaves_room(MethodChoice::from_env()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_namespace_flat_a_pod_flooding_its_loopback_leaves_room_for_the_others() {
+    if !can_run("per_namespace_flat_a_pod_flooding_its_loopback_leaves_room_for_the_others") {
+        return;
+    }
+    flood_leaves_room(MethodChoice::PerNamespaceFlat).await;
+}
+
+/// One pod answers 40 scrapes of 16 KiB while nothing reads the ring (640 KiB into 256 KiB):
+/// without shares it would fill the ring and the quiet pod's exchange would be lost. With them
+/// the flooding pod is refused once the ring is half full, and the quiet pod's exchange arrives
+/// whole.
+async fn flood_leaves_room(method: MethodChoice) {
+    let noisy = TestNetns::new();
+    let quiet = TestNetns::new();
+    let noisy_listener = noisy.listen();
+    let noisy_port = noisy_listener.local_addr().expect("addr").port();
+    let quiet_listener = quiet.listen();
+    let quiet_port = quiet_listener.local_addr().expect("addr").port();
+    let floods = 40;
+    let noisy_server = serve(noisy_listener, patterned(16 << 10, 3), floods);
+    let quiet_body = b"# TYPE quiet gauge\nquiet 1\n".to_vec();
+    let quiet_server = serve(quiet_listener, quiet_body.clone(), 1);
+
+    let mut probe = load_with(256 << 10, AttachMode::Auto, method);
+    let noisy_cookie = probe.attach(&noisy.netns).expect("attach noisy");
+    let quiet_cookie = probe.attach(&quiet.netns).expect("attach quiet");
+    probe
+        .watch_port(noisy_cookie, noisy_port, &["/metrics"])
+        .expect("watch noisy");
+    probe
+        .watch_port(quiet_cookie, quiet_port, &["/metrics"])
+        .expect("watch quiet");
+    let mut stream = probe.segments().expect("segments");
+
+    for _ in 0..floods {
+        get(&noisy, noisy_port, None).await;
+    }
+    let (client_port, response) = get(&quiet, quiet_port, None).await;
+    assert_eq!(response, response_for(&quiet_body));
+    noisy_server.join().expect("noisy server");
+    quiet_server.join().expect("quiet server");
+
+    let (refused, refused_bytes) = probe.over_share();
+    assert!(refused > 0, "the flooding pod was never refused");
+    assert!(
+        refused_bytes >= 256 << 10,
+        "only {refused_bytes} bytes refused"
+    );
+    let segments = collect_flow(&mut stream, client_port).await;
+    assert!(segments
+        .iter()
+        .filter(|s| s.flow.client.port() == client_port)
+        .all(|s| s.flow.netns == quiet_cookie));
+    assert_eq!(
+        reassemble(&segments, client_port, Direction::Request),
+        REQUEST
+    );
+    assert_eq!(
+        reassemble(&segments, client_port, Direction::Response),
+        response_for(&quiet_body)
     );
 }
 
@@ -849,7 +1145,9 @@ async fn netlink_leftovers_removed(method: MethodChoice) {
     );
 
     // The netlink attachment captures like the TCX one.
-    probe.watch_port(cookie, port).expect("watch");
+    probe
+        .watch_port(cookie, port, &["/metrics"])
+        .expect("watch");
     let mut stream = probe.segments().expect("segments");
     let (client_port, _) = get(&ns, port, None).await;
     server.join().expect("server");

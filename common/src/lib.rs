@@ -29,8 +29,14 @@ pub const NETNS_SLOTS_MAP: &str = "NETNS_SLOTS";
 pub const MAX_NETNS_SLOTS: u32 = 4096;
 /// Ring buffer of [`SegmentHeader`] records.
 pub const SEGMENTS_MAP: &str = "SEGMENTS";
-/// Hash map `PortKey -> u8`: server ports whose traffic is copied, per namespace.
+/// Hash map `PortKey -> WatchedPort`: server ports whose metrics exchanges are copied, per
+/// namespace, with the paths a request must ask for to be copied.
 pub const WATCHED_PORTS_MAP: &str = "WATCHED_PORTS";
+/// LRU hash map `FlowVerdictKey -> FlowVerdict`: whether each flow's current exchange is copied.
+pub const FLOW_VERDICTS_MAP: &str = "FLOW_VERDICTS";
+/// Entries of [`FLOW_VERDICTS_MAP`]: flows that have sent a watched GET, least recently used
+/// forgotten first (a forgotten flow is copied again from its next watched GET).
+pub const MAX_FLOW_VERDICTS: u32 = 16384;
 /// Hash map `PortKey -> u8`: client ports of the agent's own requests, never copied.
 pub const OWN_FLOWS_MAP: &str = "OWN_FLOWS";
 /// Per-CPU array with one [`DropCounters`] at index 0.
@@ -82,7 +88,9 @@ pub const TCP_ACK: u8 = 0x10;
 /// payload, chunk `i` with `seq = packet seq + i * CHUNK_BYTES` (wrapping); with
 /// [`PER_NAMESPACE_PROGRAM_NAME`] it becomes one record of up to [`MAX_RECORD_PAYLOAD`] bytes,
 /// and a second (chunk 1, seq after the first) for the rest of a longer packet.
-/// SYN, FIN and RST packets without payload become one record with `payload_len == 0`.
+/// Only exchanges whose request starts with a GET of a watched path are copied (see
+/// [`FlowVerdict`]); FIN and RST packets without payload of such a flow become one record with
+/// `payload_len == 0`. Bare SYNs are not sent: a flow's first record is its first watched GET.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SegmentHeader {
@@ -109,7 +117,11 @@ pub struct SegmentHeader {
     pub packet_payload_len: u32,
     /// Index of this record within its packet (0 for the first).
     pub chunk: u16,
-    pub _reserved: u16,
+    /// 1 when the program skipped payload of this direction before this record (an exchange
+    /// that was not a watched GET): the sequence jumps here without anything being lost, and
+    /// the record starts a message (or is a FIN or RST).
+    pub resumed: u8,
+    pub _reserved: u8,
 }
 
 /// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address given in network byte order.
@@ -143,13 +155,143 @@ impl PortKey {
     }
 }
 
-/// What the program could not put into the ring: records not emitted and payload bytes lost
-/// (ring full, or a packet longer than `MAX_CHUNKS * CHUNK_BYTES`).
+/// What the program did not put into the ring: records not emitted and payload bytes lost
+/// (ring full, or a packet longer than `MAX_CHUNKS * CHUNK_BYTES`), and payload packets and
+/// bytes on watched ports skipped on purpose (not part of an exchange whose request is a GET of
+/// a watched path).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DropCounters {
     pub events: u64,
     pub bytes: u64,
+    pub skipped_packets: u64,
+    pub skipped_bytes: u64,
+    /// Payload packets and bytes refused because their namespace was over its share of a ring
+    /// more than half full ([`NETNS_SHARES_MAP`]).
+    pub over_share_packets: u64,
+    pub over_share_bytes: u64,
+}
+
+/// LRU hash map `u64 -> NetnsShare`: payload bytes each namespace put into the ring in the
+/// current window. While the ring is more than half full, a namespace that put more than
+/// [`RING_SHARE_DIVISOR`]th of the ring into it in the current window is refused, so a pod
+/// flooding its loopback fills at most about half the ring and the others keep the rest.
+pub const NETNS_SHARES_MAP: &str = "NETNS_SHARES";
+/// A namespace's share of the ring per window, as a divisor of the ring's size.
+pub const RING_SHARE_DIVISOR: u64 = 8;
+/// Length of a share window: 2^30 ns (about 1.07 s).
+pub const SHARE_WINDOW_SHIFT: u32 = 30;
+
+/// Value of [`NETNS_SHARES_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetnsShare {
+    /// `ktime >> SHARE_WINDOW_SHIFT` of the window `bytes` counts in.
+    pub window: u64,
+    pub bytes: u64,
+}
+
+/// Paths per watched port a request is compared against. A port with more paths is marked
+/// [`WatchedPort::any_get`].
+pub const MAX_PATHS_PER_PORT: usize = 4;
+/// Bytes of a request compared with a [`WatchedPath`]: `GET `, then at most 60 bytes of path.
+pub const NEEDLE_BYTES: usize = 64;
+/// Bytes of a request's start the program reads to compare: the needle and the byte after it.
+pub const REQUEST_WINDOW: usize = 128;
+
+/// One path a request must ask for, as the bytes its request line starts with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WatchedPath {
+    /// `GET ` and the path, zero-padded, as little-endian 8-byte words.
+    pub needle: [u64; NEEDLE_BYTES / 8],
+    /// Bytes of `needle` that count: 4 plus the path's length, at most [`NEEDLE_BYTES`].
+    pub len: u8,
+    /// 1 when the whole path fits: the request line's next byte must then end the path (a space
+    /// or `?`). 0 for a longer path, compared by its first 60 bytes.
+    pub whole: u8,
+    pub _pad: [u8; 6],
+}
+
+impl WatchedPath {
+    /// The needle for `path`.
+    pub fn new(path: &[u8]) -> Self {
+        let mut bytes = [0u8; NEEDLE_BYTES];
+        bytes[..4].copy_from_slice(b"GET ");
+        let fits = path.len().min(NEEDLE_BYTES - 4);
+        bytes[4..4 + fits].copy_from_slice(&path[..fits]);
+        let mut needle = [0u64; NEEDLE_BYTES / 8];
+        for (word, chunk) in needle.iter_mut().zip(bytes.chunks_exact(8)) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            *word = u64::from_le_bytes(b);
+        }
+        Self {
+            needle,
+            len: (4 + fits) as u8,
+            whole: u8::from(fits == path.len()),
+            _pad: [0; 6],
+        }
+    }
+}
+
+/// Value of [`WATCHED_PORTS_MAP`]: the paths whose GETs are copied on that port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WatchedPort {
+    pub paths: [WatchedPath; MAX_PATHS_PER_PORT],
+    /// Entries of `paths` in use.
+    pub count: u8,
+    /// 1: every GET on the port is copied (more paths than [`MAX_PATHS_PER_PORT`]).
+    pub any_get: u8,
+    pub _pad: [u8; 6],
+}
+
+impl WatchedPort {
+    /// The port's value for these paths.
+    pub fn new<'a>(paths: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        let mut port = Self {
+            paths: [WatchedPath::new(b""); MAX_PATHS_PER_PORT],
+            count: 0,
+            any_get: 0,
+            _pad: [0; 6],
+        };
+        for path in paths {
+            match port.paths.get_mut(usize::from(port.count)) {
+                Some(slot) => {
+                    *slot = WatchedPath::new(path);
+                    port.count += 1;
+                }
+                None => port.any_get = 1,
+            }
+        }
+        port
+    }
+}
+
+/// Key of [`FLOW_VERDICTS_MAP`]: one flow, by its namespace, client address and both ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowVerdictKey {
+    pub netns_cookie: u64,
+    /// The client's address as in [`SegmentHeader::saddr`].
+    pub client_addr: [u8; 16],
+    pub client_port: u16,
+    pub server_port: u16,
+    pub _pad: [u8; 4],
+}
+
+/// Value of [`FLOW_VERDICTS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowVerdict {
+    /// 1 while the flow's current exchange is copied: set by a request starting with a GET of a
+    /// watched path, cleared by any other request start.
+    pub copy: u8,
+    /// Per direction ([`DIRECTION_REQUEST`], [`DIRECTION_RESPONSE`]): 1 when payload was skipped
+    /// since that direction's last record; its next record is then [`SegmentHeader::resumed`].
+    pub skipped: [u8; 2],
+    pub _pad: u8,
 }
 
 #[cfg(feature = "user")]
@@ -161,6 +303,14 @@ mod user {
     unsafe impl aya::Pod for super::PortKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DropCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::WatchedPort {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NetnsShare {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowVerdictKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowVerdict {}
 }
 
 const _: () = assert!(SEGMENT_HEADER_LEN == 64);
@@ -170,4 +320,10 @@ const _: () = assert!(
         && PER_NAMESPACE_LOOP_PROGRAM_NAME.len() <= 15
 );
 const _: () = assert!(core::mem::size_of::<PortKey>() == 16);
-const _: () = assert!(core::mem::size_of::<DropCounters>() == 16);
+const _: () = assert!(core::mem::size_of::<DropCounters>() == 48);
+const _: () = assert!(core::mem::size_of::<WatchedPath>() == NEEDLE_BYTES + 8);
+const _: () =
+    assert!(core::mem::size_of::<WatchedPort>() == MAX_PATHS_PER_PORT * (NEEDLE_BYTES + 8) + 8);
+const _: () = assert!(core::mem::size_of::<FlowVerdictKey>() == 32);
+const _: () = assert!(core::mem::size_of::<FlowVerdict>() == 4);
+const _: () = assert!(REQUEST_WINDOW.is_power_of_two() && REQUEST_WINDOW > NEEDLE_BYTES + 8);

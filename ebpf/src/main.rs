@@ -2,7 +2,10 @@
 //! `lo` egress exactly once, so both directions of a flow are seen here. For TCP packets over
 //! IPv4 or IPv6 whose source or destination port is watched in the packet's network namespace,
 //! it copies the payload into the `SEGMENTS` ring buffer (record layout:
-//! `loupe_common::SegmentHeader`).
+//! `loupe_common::SegmentHeader`), but only of exchanges whose request starts with a GET of one
+//! of the port's watched paths: a request packet starting a request line sets the flow's verdict
+//! (`FLOW_VERDICTS`), the response follows it, and everything else on the port (an app's API
+//! requests and answers, with their tokens and personal data) is only counted as skipped.
 //! It only observes: it always returns `TC_ACT_UNSPEC` (= `TCX_NEXT`), never changing traffic.
 //!
 //! Three entry points share all the code; the agent picks one per kernel by trying to load it.
@@ -23,24 +26,34 @@ use core::hint::black_box;
 use core::ptr::addr_of_mut;
 
 use aya_ebpf::{
-    bindings::__sk_buff,
-    helpers::{bpf_get_netns_cookie, bpf_loop, bpf_skb_load_bytes},
+    bindings::{__sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE},
+    helpers::{bpf_get_netns_cookie, bpf_ktime_get_ns, bpf_loop, bpf_skb_load_bytes},
     macros::{classifier, map},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
 };
 use aya_log_ebpf::warn;
 use loupe_common::{
-    ipv4_mapped, DropCounters, PortKey, SegmentHeader, CHUNK_BYTES, DEFAULT_RING_BYTES,
-    DIRECTION_REQUEST, DIRECTION_RESPONSE, MAX_CHUNKS, MAX_FLAT_PAYLOAD, MAX_NETNS_SLOTS,
-    MAX_OWN_FLOWS, MAX_RECORD_PAYLOAD, MAX_WATCHED_PORTS, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN,
+    ipv4_mapped, DropCounters, FlowVerdict, FlowVerdictKey, NetnsShare, PortKey, SegmentHeader,
+    WatchedPath, WatchedPort, CHUNK_BYTES, DEFAULT_RING_BYTES, DIRECTION_REQUEST,
+    DIRECTION_RESPONSE, MAX_CHUNKS, MAX_FLAT_PAYLOAD, MAX_FLOW_VERDICTS, MAX_NETNS_SLOTS,
+    MAX_OWN_FLOWS, MAX_RECORD_PAYLOAD, MAX_WATCHED_PORTS, NEEDLE_BYTES, REQUEST_WINDOW,
+    RING_SHARE_DIVISOR, SHARE_WINDOW_SHIFT, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN,
 };
 
 #[map]
 static SEGMENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
 #[map]
-static WATCHED_PORTS: HashMap<PortKey, u8> = HashMap::with_max_entries(MAX_WATCHED_PORTS, 0);
+static WATCHED_PORTS: HashMap<PortKey, WatchedPort> =
+    HashMap::with_max_entries(MAX_WATCHED_PORTS, 0);
+
+#[map]
+static NETNS_SHARES: LruHashMap<u64, NetnsShare> = LruHashMap::with_max_entries(MAX_NETNS_SLOTS, 0);
+
+#[map]
+static FLOW_VERDICTS: LruHashMap<FlowVerdictKey, FlowVerdict> =
+    LruHashMap::with_max_entries(MAX_FLOW_VERDICTS, 0);
 
 /// How many namespaces watch each port number (the fast path's test).
 #[map]
@@ -295,13 +308,14 @@ fn observe<const SHARED: bool, const LOOP_HELPER: bool>(ctx: &TcContext) -> Resu
             None => return Ok(()),
         }
     };
-    let (direction, client_port) = if is_watched(netns_cookie, dport) {
-        (DIRECTION_REQUEST, sport)
-    } else if is_watched(netns_cookie, sport) {
-        (DIRECTION_RESPONSE, dport)
-    } else {
-        return Ok(());
-    };
+    let (direction, client_port, server_port, watched) =
+        if let Some(watched) = watched_port(netns_cookie, dport) {
+            (DIRECTION_REQUEST, sport, dport, watched)
+        } else if let Some(watched) = watched_port(netns_cookie, sport) {
+            (DIRECTION_RESPONSE, dport, sport, watched)
+        } else {
+            return Ok(());
+        };
     // SAFETY: the value is only tested for presence, never read.
     if unsafe { OWN_FLOWS.get(PortKey::new(netns_cookie, client_port)) }.is_some() {
         return Ok(());
@@ -311,6 +325,10 @@ fn observe<const SHARED: bool, const LOOP_HELPER: bool>(ctx: &TcContext) -> Resu
     let mut payload_len = (ctx.len() as usize).saturating_sub(payload_off);
     if let Some(ip_payload) = l4.ip_payload {
         payload_len = payload_len.min(ip_payload.saturating_sub(doff));
+    }
+    // Bare ACKs and SYNs carry nothing a flow needs: its first record is its first watched GET.
+    if payload_len == 0 && flags & (TCP_FIN | TCP_RST) == 0 {
+        return Ok(());
     }
 
     let header = &mut state.header;
@@ -323,16 +341,52 @@ fn observe<const SHARED: bool, const LOOP_HELPER: bool>(ctx: &TcContext) -> Resu
     header.direction = direction;
     header.packet_payload_len = payload_len as u32;
 
-    if payload_len == 0 {
-        if flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
-            match SEGMENTS.reserve::<SegmentHeader>(0) {
-                Some(mut entry) => {
-                    entry.write(state.header);
-                    entry.submit(0);
-                }
-                None => count_drop(ctx, 1, 0),
-            }
+    let key = FlowVerdictKey {
+        netns_cookie,
+        client_addr: if direction == DIRECTION_REQUEST {
+            header.saddr
+        } else {
+            header.daddr
+        },
+        client_port,
+        server_port,
+        _pad: [0; 4],
+    };
+    if direction == DIRECTION_REQUEST && payload_len != 0 {
+        decide(ctx, &key, payload_off, payload_len, watched);
+    }
+    let Some(verdict) = FLOW_VERDICTS.get_ptr_mut(&key) else {
+        count_skipped(payload_len);
+        return Ok(());
+    };
+    let side = usize::from(direction & 1);
+    // SAFETY: the map value stays valid while the program runs; plain bytes.
+    unsafe {
+        if (*verdict).copy == 0 && payload_len != 0 {
+            (*verdict).skipped[side] = 1;
+            count_skipped(payload_len);
+            return Ok(());
         }
+        header.resumed = (*verdict).skipped[side];
+        (*verdict).skipped[side] = 0;
+    }
+    if flags & TCP_RST != 0 {
+        let _ = FLOW_VERDICTS.remove(&key);
+    }
+
+    if payload_len == 0 {
+        match SEGMENTS.reserve::<SegmentHeader>(0) {
+            Some(mut entry) => {
+                entry.write(state.header);
+                entry.submit(0);
+            }
+            None => count_drop(ctx, 1, 0),
+        }
+        return Ok(());
+    }
+
+    if !within_share(netns_cookie, payload_len as u64) {
+        count_over_share(payload_len as u64);
         return Ok(());
     }
 
@@ -507,9 +561,202 @@ fn next_chunk(index: u64, state: &mut ChunkLoop) -> bool {
 }
 
 #[inline(always)]
-fn is_watched(netns_cookie: u64, port: u16) -> bool {
-    // SAFETY: the value is only tested for presence, never read.
-    unsafe { WATCHED_PORTS.get(PortKey::new(netns_cookie, port)) }.is_some()
+fn watched_port(netns_cookie: u64, port: u16) -> Option<*const WatchedPort> {
+    WATCHED_PORTS.get_ptr(PortKey::new(netns_cookie, port))
+}
+
+/// How a request packet's payload starts.
+enum Start {
+    /// A request line asking for a watched path with GET: the exchange is copied.
+    WatchedGet,
+    /// Another request line: the exchange is skipped.
+    Other,
+    /// No request line (the rest of a request, or a body): the flow's verdict stands.
+    Neither,
+}
+
+/// Sets the flow's verdict from a request packet's start. Only a watched GET creates a verdict:
+/// a flow without one is not copied, so other traffic costs no map entry.
+#[inline(always)]
+fn decide(
+    ctx: &TcContext,
+    key: &FlowVerdictKey,
+    payload_off: usize,
+    payload_len: usize,
+    watched: *const WatchedPort,
+) {
+    let mut window = [0u64; REQUEST_WINDOW / 8];
+    let len = payload_len.min(REQUEST_WINDOW) as u64;
+    if len == 0 {
+        return;
+    }
+    // Bounded in [1, REQUEST_WINDOW] by a mask the verifier sees (as in `emit`).
+    let size = (black_box(len - 1) & (REQUEST_WINDOW as u64 - 1)) + 1;
+    // SAFETY: the helper writes at most `size <= REQUEST_WINDOW` bytes into `window`, which has
+    // exactly REQUEST_WINDOW bytes.
+    let loaded = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast::<c_void>(),
+            payload_off as u32,
+            window.as_mut_ptr().cast::<c_void>(),
+            size as u32,
+        )
+    };
+    if loaded != 0 {
+        return;
+    }
+    // SAFETY: a map value, valid while the program runs; plain bytes.
+    let watched = unsafe { &*watched };
+    let copy = match request_start(&window, len as usize, watched) {
+        Start::WatchedGet => 1,
+        Start::Other => 0,
+        Start::Neither => return,
+    };
+    match FLOW_VERDICTS.get_ptr_mut(key) {
+        // SAFETY: as above.
+        Some(verdict) => unsafe { (*verdict).copy = copy },
+        None if copy == 1 => {
+            let verdict = FlowVerdict {
+                copy: 1,
+                ..FlowVerdict::default()
+            };
+            let _ = FLOW_VERDICTS.insert(key, &verdict, 0);
+        }
+        None => {}
+    }
+}
+
+/// Is the request line in `window` (its first `len` bytes are the packet's) a GET of a path
+/// the port watches, another request, or no request line at all?
+#[inline(always)]
+fn request_start(window: &[u64; REQUEST_WINDOW / 8], len: usize, watched: &WatchedPort) -> Start {
+    let first = u64::from_le(window[0]);
+    if len < 4 || first & 0xffff_ffff != u64::from(u32::from_le_bytes(*b"GET ")) {
+        return if is_method(first, len) {
+            Start::Other
+        } else {
+            Start::Neither
+        };
+    }
+    if watched.any_get != 0 {
+        return Start::WatchedGet;
+    }
+    for (i, path) in watched.paths.iter().enumerate() {
+        if i >= usize::from(watched.count) {
+            break;
+        }
+        if path_matches(window, len, path) {
+            return Start::WatchedGet;
+        }
+    }
+    Start::Other
+}
+
+/// Three to seven capital letters and a space: how every HTTP method token starts a request.
+#[inline(always)]
+fn is_method(first: u64, len: usize) -> bool {
+    for (i, byte) in first.to_le_bytes().into_iter().enumerate() {
+        if byte == b' ' {
+            return i >= 3 && len > i;
+        }
+        if !byte.is_ascii_uppercase() {
+            return false;
+        }
+    }
+    false
+}
+
+/// Does the request line start with the path's needle (and, for a whole path, end it there)?
+/// Word by word at fixed offsets: old verifiers refuse reads at variable stack offsets.
+#[inline(always)]
+fn path_matches(window: &[u64; REQUEST_WINDOW / 8], len: usize, path: &WatchedPath) -> bool {
+    let n = usize::from(path.len);
+    let whole = path.whole != 0;
+    if n > NEEDLE_BYTES || len < n + usize::from(whole) {
+        return false;
+    }
+    for w in 0..=NEEDLE_BYTES / 8 {
+        let start = w * 8;
+        let word = u64::from_le(window[w]);
+        if let Some(needle) = path.needle.get(w) {
+            if n > start {
+                let valid = (n - start).min(8);
+                let mask = if valid == 8 {
+                    u64::MAX
+                } else {
+                    (1u64 << (valid * 8)) - 1
+                };
+                if word & mask != *needle {
+                    return false;
+                }
+            }
+        }
+        if whole && n >= start && n < start + 8 {
+            let end = (word >> ((n - start) * 8)) as u8;
+            if end != b' ' && end != b'?' {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Accounts `bytes` to the namespace's share of the current window; false (nothing accounted)
+/// when the ring is more than half full and the namespace already put its share of the ring
+/// into it in this window. A flooding pod so fills at most about half the ring; the pods that
+/// stay under their share keep the rest.
+#[inline(always)]
+fn within_share(netns_cookie: u64, bytes: u64) -> bool {
+    let size = SEGMENTS.query(u64::from(BPF_RB_RING_SIZE));
+    let pending = SEGMENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    // SAFETY: the helper has no arguments and no side effects.
+    let window = unsafe { bpf_ktime_get_ns() } >> SHARE_WINDOW_SHIFT;
+    let Some(share) = NETNS_SHARES.get_ptr_mut(&netns_cookie) else {
+        let _ = NETNS_SHARES.insert(&netns_cookie, &NetnsShare { window, bytes }, 0);
+        return true;
+    };
+    // SAFETY: the map value stays valid while the program runs; plain integers. Updates from
+    // two CPUs at once may lose one: the share is approximate.
+    unsafe {
+        if (*share).window != window {
+            (*share).window = window;
+            (*share).bytes = 0;
+        }
+        if pending > size / 2 && (*share).bytes + bytes > size / RING_SHARE_DIVISOR {
+            return false;
+        }
+        (*share).bytes += bytes;
+    }
+    true
+}
+
+/// Counts a payload packet refused for being over its namespace's share.
+#[inline(always)]
+fn count_over_share(payload_len: u64) {
+    let Some(counters) = DROPS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a per-CPU array slot, written only by this program on this CPU.
+    unsafe {
+        (*counters).over_share_packets += 1;
+        (*counters).over_share_bytes += payload_len;
+    }
+}
+
+/// Counts a payload packet left out on purpose (not part of a watched GET's exchange).
+#[inline(always)]
+fn count_skipped(payload_len: usize) {
+    if payload_len == 0 {
+        return;
+    }
+    let Some(counters) = DROPS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a per-CPU array slot, written only by this program on this CPU.
+    unsafe {
+        (*counters).skipped_packets += 1;
+        (*counters).skipped_bytes += payload_len as u64;
+    }
 }
 
 /// Copies `len` payload bytes at `src` into a new record of size class `N` (a power of two) whose header is

@@ -509,6 +509,9 @@ impl Flow {
             self.abort(ctx);
             return true;
         }
+        if seg.resumed {
+            self.resume(dir, ctx);
+        }
         let seq = seg.seq;
         if seg.flags & SYN != 0 {
             // A bare SYN carries its own sequence number; with data (TCP Fast Open) `seq` is
@@ -703,6 +706,31 @@ impl Flow {
             self.desync_response(ctx);
         }
         for (_, data) in self.request.unsync() {
+            ctx.stats.add(Stat::BytesUnsynced, data.len() as u64);
+        }
+    }
+
+    /// The probe skipped this direction's payload before the segment at hand: whole exchanges
+    /// that were not watched GETs, not a loss. The direction restarts at that segment, a message
+    /// boundary, with no gap counted and the pending requests kept (none of the skipped
+    /// requests was queued).
+    fn resume(&mut self, dir: Direction, ctx: &mut Ctx<'_>) {
+        match dir {
+            Direction::Request => {
+                ctx.stats
+                    .add(Stat::BytesDropped, self.req_parser.buffered() as u64);
+                self.req_parser.reset();
+            }
+            Direction::Response => {
+                if self.resp_parser.in_message() {
+                    ctx.stats.inc(Stat::DiscardedTruncated);
+                }
+                ctx.stats
+                    .add(Stat::BytesDropped, self.resp_parser.buffered() as u64);
+                self.resp_parser.reset();
+            }
+        }
+        for (_, data) in self.reasm(dir).unsync() {
             ctx.stats.add(Stat::BytesUnsynced, data.len() as u64);
         }
     }

@@ -39,6 +39,10 @@ pub struct Segment {
     pub seq: u32,
     /// TCP flags byte (FIN = 0x01, SYN = 0x02, RST = 0x04, ...).
     pub flags: u8,
+    /// The probe skipped this direction's payload right before this segment (an exchange that
+    /// was not a watched GET): the sequence number jumps here with nothing lost, at a message
+    /// boundary (or at a FIN or RST).
+    pub resumed: bool,
     pub payload: Bytes,
 }
 

@@ -7,9 +7,12 @@
 //! LTS kernel from 5.10); either way the program is loaded once, and a segment's
 //! [`FlowKey::netns`](super::FlowKey::netns) is the namespace's [`Netns::cookie`].
 //! [`Probe::load`] also attaches once in a scratch namespace, so a kernel where no TC attachment
-//! works is found at start, with one error, not once per pod. Which flows are copied is decided by two kernel maps the probe edits: watched
-//! server ports per namespace ([`Probe::watch_port`]) and the agent's own client ports
-//! ([`OwnFlows`]), so the fetch path's requests are never copied.
+//! works is found at start, with one error, not once per pod. What is copied is decided by kernel
+//! maps the probe edits: watched server ports per namespace with their metrics paths
+//! ([`Probe::watch_port`]) and the agent's own client ports ([`OwnFlows`]), so the fetch path's
+//! requests are never copied. On a watched port the program copies only exchanges whose request
+//! is a GET of a watched path (it reads the request line itself): an app's API traffic on its
+//! metrics port never reaches user space, and is counted as skipped ([`Probe::skipped`]).
 //!
 //! Ring-buffer records (layout: [`loupe_common::SegmentHeader`]) become [`Segment`](super::Segment)s. With the
 //! `bpf_loop` programs a packet with more than [`loupe_common::CHUNK_BYTES`] of payload
@@ -22,13 +25,15 @@
 //! - Sort by `seq`: records of different CPUs interleave in the ring, and the two directions of
 //!   a flow are emitted independently. Chunks of one packet carry consecutive `seq`s
 //!   (`packet seq + i * 4096`); only the first keeps SYN, only the last keeps FIN/PSH/RST.
-//! - A SYN arrives as a record without payload whose `seq` is the initial sequence number; data
-//!   starts at `seq + 1`. FIN and RST without payload also arrive alone; a FIN occupies the
-//!   sequence number after the last payload byte of its segment.
+//! - A flow's first record is its first watched GET (bare SYNs are not sent), so a direction
+//!   synchronizes at a message start. FIN and RST without payload arrive alone once the flow
+//!   has sent a watched GET; a FIN occupies the sequence number after the last payload byte of
+//!   its segment.
+//! - After skipped exchanges the next record of each direction is marked
+//!   [`Segment::resumed`](super::Segment::resumed): its sequence number jumps with nothing lost.
 //! - When the ring is full, the rest of that packet is not emitted (counted in
-//!   [`Probe::dropped`]); later packets of the flow may arrive again: a gap in `seq` is the only
-//!   sign in the stream. The SYN or FIN of a flow can be lost the same way.
-//! - Flows already open before [`Probe::watch_port`] start without a SYN.
+//!   [`Probe::dropped`]); later packets of the flow may arrive again: a gap in `seq` without
+//!   the resumed mark is the only sign in the stream. The FIN of a flow can be lost the same way.
 //! - IPv4 and IPv6 (`127.0.0.1` and `::1`): addresses arrive as [`std::net::SocketAddr`]s of
 //!   the packet's own family (the record's IPv4-mapped form is undone). IPv6 packets with
 //!   extension headers other than the Hop-by-Hop jumbo header of GSO packets above 64 KiB are
@@ -72,9 +77,9 @@ use aya::sys::BpfHelper;
 use aya::{Ebpf, EbpfLoader};
 use aya_log::EbpfLogger;
 use loupe_common::{
-    DropCounters, PortKey, DEFAULT_RING_BYTES, DROPS_MAP, NETNS_SLOTS_MAP, OWN_FLOWS_MAP,
-    PER_NAMESPACE_LOOP_PROGRAM_NAME, PER_NAMESPACE_PROGRAM_NAME, PROGRAM_NAME, PROGRAM_NAMES,
-    SEGMENTS_MAP, WATCHED_PORTS_MAP, WATCHED_PORT_NUMBERS_MAP,
+    DropCounters, PortKey, WatchedPort, DEFAULT_RING_BYTES, DROPS_MAP, MAX_PATHS_PER_PORT,
+    NETNS_SLOTS_MAP, OWN_FLOWS_MAP, PER_NAMESPACE_LOOP_PROGRAM_NAME, PER_NAMESPACE_PROGRAM_NAME,
+    PROGRAM_NAME, PROGRAM_NAMES, SEGMENTS_MAP, WATCHED_PORTS_MAP, WATCHED_PORT_NUMBERS_MAP,
 };
 use slots::NetnsSlots;
 
@@ -100,6 +105,26 @@ crate::telemetry::counter!(
     pub RINGBUF_DROPPED_BYTES,
     "loupe_ringbuf_dropped_bytes_total",
     "TCP payload bytes the eBPF program could not emit.",
+);
+crate::telemetry::counter!(
+    pub OVER_SHARE_PACKETS,
+    "loupe_ringbuf_over_share_packets_total",
+    "Packets the eBPF program refused because their pod had put its share into a ring buffer more than half full (a pod flooding its loopback).",
+);
+crate::telemetry::counter!(
+    pub OVER_SHARE_BYTES,
+    "loupe_ringbuf_over_share_bytes_total",
+    "TCP payload bytes the eBPF program refused because their pod was over its share of the ring buffer.",
+);
+crate::telemetry::counter!(
+    pub SKIPPED_PACKETS,
+    "loupe_capture_skipped_packets_total",
+    "Packets with payload on watched ports the eBPF program did not copy: their exchange was not a GET of a watched path.",
+);
+crate::telemetry::counter!(
+    pub SKIPPED_BYTES,
+    "loupe_capture_skipped_bytes_total",
+    "TCP payload bytes on watched ports the eBPF program did not copy: their exchange was not a GET of a watched path.",
 );
 crate::telemetry::counter!(
     pub ATTACH_FAILURES,
@@ -235,14 +260,14 @@ pub struct Probe {
     slots: Option<NetnsSlots>,
     attach_mode: AttachMode,
     attachments: StdHashMap<NetnsCookie, Attachment>,
-    watched: HashMap<MapData, PortKey, u8>,
+    watched: HashMap<MapData, PortKey, WatchedPort>,
     watched_ports: StdHashMap<NetnsCookie, BTreeSet<u16>>,
     /// The program's fast-path table: namespaces watching each port number.
     port_numbers: Array<MapData, u32>,
     own_flows: OwnFlows,
     drops: PerCpuArray<MapData, DropCounters>,
-    drops_seen_events: AtomicU64,
-    drops_seen_bytes: AtomicU64,
+    /// What the counters above were last brought up to, in [`Probe::totals`]' order.
+    seen: [AtomicU64; 6],
     segments: Option<RingBuf<MapData>>,
     log_forwarding: LogForwarding,
 }
@@ -341,8 +366,7 @@ impl Probe {
             port_numbers,
             own_flows: OwnFlows::new(own_flows),
             drops,
-            drops_seen_events: AtomicU64::new(0),
-            drops_seen_bytes: AtomicU64::new(0),
+            seen: Default::default(),
             segments: Some(segments),
             log_forwarding,
         })
@@ -444,10 +468,25 @@ impl Probe {
         }
     }
 
-    /// Copies the traffic of server port `port` in the namespace with this cookie.
-    pub fn watch_port(&mut self, cookie: NetnsCookie, port: u16) -> Result<(), ProbeError> {
+    /// Copies the exchanges on server port `port` in the namespace with this cookie whose
+    /// request is a GET of one of `paths` (compared with the request line up to a space or `?`,
+    /// as [`crate::store::Store::match_observed`] does); nothing else on the port is copied.
+    /// Watching a watched port again replaces its paths.
+    pub fn watch_port<P: AsRef<str>>(
+        &mut self,
+        cookie: NetnsCookie,
+        port: u16,
+        paths: &[P],
+    ) -> Result<(), ProbeError> {
+        let value = WatchedPort::new(paths.iter().map(|p| p.as_ref().as_bytes()));
+        if value.any_get != 0 {
+            log::info!(
+                "port {port} in netns cookie {cookie} has {} watched paths, more than the {MAX_PATHS_PER_PORT} the probe compares: every GET on it is copied",
+                paths.len()
+            );
+        }
         self.watched
-            .insert(PortKey::new(cookie, port), 1, 0)
+            .insert(PortKey::new(cookie, port), value, 0)
             .map_err(map_err(WATCHED_PORTS_MAP, "insert"))?;
         if self.watched_ports.entry(cookie).or_default().insert(port) {
             self.count_port_number(port, 1)?;
@@ -529,26 +568,68 @@ impl Probe {
     }
 
     /// Records and payload bytes the program dropped since load, summed over CPUs; also brings
-    /// the `loupe_ringbuf_dropped_*` counters up to date.
+    /// the `loupe_ringbuf_dropped_*` and `loupe_capture_skipped_*` counters up to date.
     pub fn dropped(&self) -> (u64, u64) {
+        let totals = self.totals();
+        (totals.events, totals.bytes)
+    }
+
+    /// Packets and payload bytes on watched ports the program skipped since load (not part of
+    /// an exchange whose request is a GET of a watched path); updates the counters as
+    /// [`Probe::dropped`] does.
+    pub fn skipped(&self) -> (u64, u64) {
+        let totals = self.totals();
+        (totals.skipped_packets, totals.skipped_bytes)
+    }
+
+    /// Packets and payload bytes the program refused since load because their namespace was
+    /// over its share of a ring more than half full; updates the counters as
+    /// [`Probe::dropped`] does.
+    pub fn over_share(&self) -> (u64, u64) {
+        let totals = self.totals();
+        (totals.over_share_packets, totals.over_share_bytes)
+    }
+
+    /// The program's counters summed over CPUs (the last known sums when they cannot be read).
+    fn totals(&self) -> DropCounters {
+        let seen = |i: usize| self.seen[i].load(Ordering::Relaxed);
         let values = match self.drops.get(&0, 0) {
             Ok(values) => values,
             Err(e) => {
                 log::warn!("cannot read the capture drop counters ({DROPS_MAP}): {e}");
-                return (
-                    self.drops_seen_events.load(Ordering::Relaxed),
-                    self.drops_seen_bytes.load(Ordering::Relaxed),
-                );
+                return DropCounters {
+                    events: seen(0),
+                    bytes: seen(1),
+                    skipped_packets: seen(2),
+                    skipped_bytes: seen(3),
+                    over_share_packets: seen(4),
+                    over_share_bytes: seen(5),
+                };
             }
         };
-        let (events, bytes) = values.iter().fold((0u64, 0u64), |(e, b), c| {
-            (e.wrapping_add(c.events), b.wrapping_add(c.bytes))
-        });
-        let prev_events = self.drops_seen_events.fetch_max(events, Ordering::Relaxed);
-        RINGBUF_DROPPED_EVENTS.add(events.saturating_sub(prev_events));
-        let prev_bytes = self.drops_seen_bytes.fetch_max(bytes, Ordering::Relaxed);
-        RINGBUF_DROPPED_BYTES.add(bytes.saturating_sub(prev_bytes));
-        (events, bytes)
+        let sum = values
+            .iter()
+            .fold(DropCounters::default(), |sum, c| DropCounters {
+                events: sum.events.wrapping_add(c.events),
+                bytes: sum.bytes.wrapping_add(c.bytes),
+                skipped_packets: sum.skipped_packets.wrapping_add(c.skipped_packets),
+                skipped_bytes: sum.skipped_bytes.wrapping_add(c.skipped_bytes),
+                over_share_packets: sum.over_share_packets.wrapping_add(c.over_share_packets),
+                over_share_bytes: sum.over_share_bytes.wrapping_add(c.over_share_bytes),
+            });
+        let counters = [
+            (sum.events, &RINGBUF_DROPPED_EVENTS),
+            (sum.bytes, &RINGBUF_DROPPED_BYTES),
+            (sum.skipped_packets, &SKIPPED_PACKETS),
+            (sum.skipped_bytes, &SKIPPED_BYTES),
+            (sum.over_share_packets, &OVER_SHARE_PACKETS),
+            (sum.over_share_bytes, &OVER_SHARE_BYTES),
+        ];
+        for (i, (total, counter)) in counters.into_iter().enumerate() {
+            let previous = self.seen[i].fetch_max(total, Ordering::Relaxed);
+            counter.add(total.saturating_sub(previous));
+        }
+        sum
     }
 }
 

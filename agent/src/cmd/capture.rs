@@ -48,11 +48,12 @@ async fn watch(args: &CaptureArgs) -> Result<(), String> {
         .attach(&netns)
         .map_err(|e| format!("attaching in {}: {e}", netns.path().display()))?;
     probe
-        .watch_port(cookie, args.port)
+        .watch_port(cookie, args.port, &args.path)
         .map_err(|e| format!("watching port {}: {e}", args.port))?;
     let mut segments = probe.segments().map_err(|e| e.to_string())?;
     println!(
-        "watching port {} in {} for {:?} (Ctrl-C stops)",
+        "watching GETs of {} on port {} in {} for {:?} (Ctrl-C stops)",
+        args.path.join(", "),
         args.port,
         netns.path().display(),
         args.seconds
@@ -83,6 +84,7 @@ async fn watch(args: &CaptureArgs) -> Result<(), String> {
         }
     }
     let (events, bytes) = probe.dropped();
+    let (skipped_packets, skipped_bytes) = probe.skipped();
     let lost: Vec<String> = discards()
         .iter()
         .zip(before)
@@ -90,7 +92,7 @@ async fn watch(args: &CaptureArgs) -> Result<(), String> {
         .map(|((name, now), (_, then))| format!("{name} {}", now - then))
         .collect();
     println!(
-        "{seen} replies observed; discarded: {}; ring buffer drops: {events} records, {bytes} bytes",
+        "{seen} replies observed; discarded: {}; ring buffer drops: {events} records, {bytes} bytes; skipped (not a GET of the path): {skipped_packets} packets, {skipped_bytes} bytes",
         if lost.is_empty() { "none".into() } else { lost.join(", ") }
     );
     // Dropping the probe detaches it from the namespace.

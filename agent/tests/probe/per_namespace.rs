@@ -4,13 +4,6 @@
 
 use super::*;
 
-/// A body of `size` bytes that differs per `seed`, so a mix-up between namespaces shows.
-fn patterned(size: usize, seed: u32) -> Vec<u8> {
-    (0..size as u32)
-        .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_namespace_method_tells_namespaces_on_the_same_port_apart() {
     if !can_run("per_namespace_method_tells_namespaces_on_the_same_port_apart") {
@@ -65,8 +58,12 @@ async fn namespaces_on_the_same_port(method: MethodChoice) {
     assert_eq!(probe.attach(&a.netns).expect("attach a twice"), cookie_a);
     assert_eq!(a.loupe_netlink_filters(), 1, "one filter per namespace");
     assert_eq!(b.loupe_netlink_filters(), 1, "one filter per namespace");
-    probe.watch_port(cookie_a, port).expect("watch a");
-    probe.watch_port(cookie_b, port).expect("watch b");
+    probe
+        .watch_port(cookie_a, port, &["/metrics"])
+        .expect("watch a");
+    probe
+        .watch_port(cookie_b, port, &["/metrics"])
+        .expect("watch b");
     let mut stream = probe.segments().expect("segments");
 
     for (ns, cookie, body) in [(&a, cookie_a, &body_a), (&b, cookie_b, &body_b)] {
@@ -112,8 +109,12 @@ async fn per_namespace_detach_of_one_pod_leaves_the_others_observed() {
     let mut probe = load_with(1 << 20, AttachMode::Auto, MethodChoice::PerNamespace);
     let cookie_gone = probe.attach(&gone.netns).expect("attach");
     let cookie_stays = probe.attach(&stays.netns).expect("attach");
-    probe.watch_port(cookie_gone, port).expect("watch");
-    probe.watch_port(cookie_stays, port).expect("watch");
+    probe
+        .watch_port(cookie_gone, port, &["/metrics"])
+        .expect("watch");
+    probe
+        .watch_port(cookie_stays, port, &["/metrics"])
+        .expect("watch");
     probe.detach(cookie_gone);
     assert_eq!(
         gone.attachments_settled(0).await,
@@ -238,7 +239,9 @@ fn per_namespace_attach_500_pods_within_budget() {
     let started = std::time::Instant::now();
     for netns in &namespaces {
         let cookie = probe.attach(netns).expect("attach");
-        probe.watch_port(cookie, 8080).expect("watch");
+        probe
+            .watch_port(cookie, 8080, &["/metrics"])
+            .expect("watch");
     }
     let elapsed = started.elapsed();
     // Filters, clsact qdiscs and map entries come from the kernel's slab caches; the

@@ -42,6 +42,7 @@ impl Conn {
             direction,
             seq,
             flags,
+            resumed: false,
             payload: Bytes::copy_from_slice(payload),
         }
     }
@@ -418,6 +419,69 @@ fn gap_discards_the_response_and_the_flow_resyncs() {
     let out = push_all(&mut t, segs, later);
     assert_eq!(out.len(), 1);
     assert_eq!(&out[0].body[..], &body[..]);
+}
+
+/// The probe copies only watched GETs: on a keep-alive flow the other exchanges are skipped,
+/// and the next copied segment of each direction comes marked `resumed`. The jump in sequence
+/// numbers is then no loss: no gap, nothing discarded, and the FIN after a skipped exchange
+/// closes the flow.
+#[test]
+fn resumed_segments_jump_skipped_exchanges_without_a_gap() {
+    let mut t = FlowTable::default();
+    let now = Instant::now();
+    let mut c = Conn::new(key(1, 40030), 100, 200);
+    // No SYN: the probe sends a flow's records from its first watched GET on.
+    c.req_seq = 101;
+    c.resp_seq = 201;
+    let first = metrics_body(5);
+    let mut segs = c.get_metrics(&response_cl(&first));
+    // An API exchange the probe skipped: only the sequence numbers move.
+    c.req_seq += 300;
+    c.resp_seq += 5000;
+    let second = metrics_body(7);
+    let mut resumed = c.get_metrics(&response_cl(&second));
+    let first_response = resumed
+        .iter()
+        .position(|s| s.direction == Direction::Response)
+        .unwrap();
+    resumed[0].resumed = true;
+    resumed[first_response].resumed = true;
+    segs.extend(resumed);
+    // Another skipped exchange, then both FINs, marked too.
+    c.req_seq += 80;
+    c.resp_seq += 90;
+    let mut fin_request = c.fin(Direction::Request);
+    let mut fin_response = c.fin(Direction::Response);
+    fin_request.resumed = true;
+    fin_response.resumed = true;
+    segs.extend([fin_request, fin_response]);
+
+    let out = push_all(&mut t, segs, now);
+    assert_eq!(out.len(), 2);
+    assert_eq!(&out[0].body[..], &first[..]);
+    assert_eq!(&out[1].body[..], &second[..]);
+    let stats = t.stats();
+    assert_eq!(
+        (
+            stats.gaps,
+            stats.responses_discarded_gap,
+            stats.bytes_unsynced
+        ),
+        (0, 0, 0)
+    );
+    assert_eq!(t.flow_count(), 0);
+    assert_eq!(t.buffered_bytes(), 0);
+
+    // Without the mark the same jump is a gap: the probe's mark is what tells them apart.
+    let mut t = FlowTable::default();
+    let mut c = Conn::new(key(1, 40031), 100, 200);
+    c.req_seq = 101;
+    c.resp_seq = 201;
+    let mut segs = c.get_metrics(&response_cl(&first));
+    c.req_seq += 300;
+    segs.push(c.fin(Direction::Request));
+    push_all(&mut t, segs, now);
+    assert_eq!(t.stats().gaps, 1);
 }
 
 #[test]
@@ -1074,6 +1138,7 @@ proptest! {
                 direction: if request { Direction::Request } else { Direction::Response },
                 seq,
                 flags,
+                resumed: false,
                 payload: Bytes::from(payload),
             };
             let now = start + Duration::from_millis(millis);

@@ -112,6 +112,7 @@ pub fn decode_record(record: &[u8]) -> Option<Segment> {
         direction,
         seq: header.seq,
         flags: header.flags,
+        resumed: header.resumed != 0,
         payload: Bytes::copy_from_slice(payload),
     })
 }
@@ -148,6 +149,7 @@ mod tests {
             direction,
             packet_payload_len: u32::from(payload_len),
             chunk: 0,
+            resumed: 0,
             _reserved: 0,
         }
     }
