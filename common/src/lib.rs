@@ -196,7 +196,8 @@ pub struct NetnsShare {
 pub const MAX_PATHS_PER_PORT: usize = 4;
 /// Bytes of a request compared with a [`WatchedPath`]: `GET `, then at most 60 bytes of path.
 pub const NEEDLE_BYTES: usize = 64;
-/// Bytes of a request's start the program reads to compare: the needle and the byte after it.
+/// Bytes of a request's start the program reads to compare (the needle and the byte after it),
+/// into a per-CPU scratch map: the classifier's 512-byte stack has no room for them.
 pub const REQUEST_WINDOW: usize = 128;
 
 /// One path a request must ask for, as the bytes its request line starts with.
@@ -205,6 +206,9 @@ pub const REQUEST_WINDOW: usize = 128;
 pub struct WatchedPath {
     /// `GET ` and the path, zero-padded, as little-endian 8-byte words.
     pub needle: [u64; NEEDLE_BYTES / 8],
+    /// Which bytes of each word count (0xff per byte of `needle`): the program compares every
+    /// word the same way, without a branch per word, which old verifiers check quickly.
+    pub mask: [u64; NEEDLE_BYTES / 8],
     /// Bytes of `needle` that count: 4 plus the path's length, at most [`NEEDLE_BYTES`].
     pub len: u8,
     /// 1 when the whole path fits: the request line's next byte must then end the path (a space
@@ -217,17 +221,23 @@ impl WatchedPath {
     /// The needle for `path`.
     pub fn new(path: &[u8]) -> Self {
         let mut bytes = [0u8; NEEDLE_BYTES];
+        let mut mask = [0u8; NEEDLE_BYTES];
         bytes[..4].copy_from_slice(b"GET ");
         let fits = path.len().min(NEEDLE_BYTES - 4);
         bytes[4..4 + fits].copy_from_slice(&path[..fits]);
-        let mut needle = [0u64; NEEDLE_BYTES / 8];
-        for (word, chunk) in needle.iter_mut().zip(bytes.chunks_exact(8)) {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(chunk);
-            *word = u64::from_le_bytes(b);
-        }
+        mask[..4 + fits].fill(0xff);
+        let words = |bytes: &[u8; NEEDLE_BYTES]| {
+            let mut words = [0u64; NEEDLE_BYTES / 8];
+            for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(chunk);
+                *word = u64::from_le_bytes(b);
+            }
+            words
+        };
         Self {
-            needle,
+            needle: words(&bytes),
+            mask: words(&mask),
             len: (4 + fits) as u8,
             whole: u8::from(fits == path.len()),
             _pad: [0; 6],
@@ -321,9 +331,50 @@ const _: () = assert!(
 );
 const _: () = assert!(core::mem::size_of::<PortKey>() == 16);
 const _: () = assert!(core::mem::size_of::<DropCounters>() == 48);
-const _: () = assert!(core::mem::size_of::<WatchedPath>() == NEEDLE_BYTES + 8);
+const _: () = assert!(core::mem::size_of::<WatchedPath>() == 2 * NEEDLE_BYTES + 8);
 const _: () =
-    assert!(core::mem::size_of::<WatchedPort>() == MAX_PATHS_PER_PORT * (NEEDLE_BYTES + 8) + 8);
+    assert!(core::mem::size_of::<WatchedPort>() == MAX_PATHS_PER_PORT * (2 * NEEDLE_BYTES + 8) + 8);
 const _: () = assert!(core::mem::size_of::<FlowVerdictKey>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowVerdict>() == 4);
 const _: () = assert!(REQUEST_WINDOW.is_power_of_two() && REQUEST_WINDOW > NEEDLE_BYTES + 8);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(words: &[u64]) -> [u8; NEEDLE_BYTES] {
+        let mut out = [0u8; NEEDLE_BYTES];
+        for (chunk, word) in out.chunks_exact_mut(8).zip(words) {
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn a_path_becomes_get_and_the_path_with_a_mask_over_exactly_those_bytes() {
+        let path = WatchedPath::new(b"/metrics");
+        assert_eq!(&bytes(&path.needle)[..13], b"GET /metrics\0");
+        assert_eq!(path.len, 12);
+        assert_eq!(path.whole, 1);
+        let mask = bytes(&path.mask);
+        assert!(mask[..12].iter().all(|b| *b == 0xff) && mask[12..].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn a_long_path_is_compared_by_its_first_60_bytes() {
+        let long = [b'a'; 100];
+        let path = WatchedPath::new(&long);
+        assert_eq!(usize::from(path.len), NEEDLE_BYTES);
+        assert_eq!(path.whole, 0);
+        assert_eq!(&bytes(&path.needle)[4..], &long[..60]);
+    }
+
+    #[test]
+    fn more_paths_than_fit_copy_every_get() {
+        let paths: [&[u8]; 5] = [b"/a", b"/b", b"/c", b"/d", b"/e"];
+        let port = WatchedPort::new(paths[..4].iter().copied());
+        assert_eq!((port.count, port.any_get), (4, 0));
+        let port = WatchedPort::new(paths.iter().copied());
+        assert_eq!((port.count, port.any_get), (4, 1));
+    }
+}

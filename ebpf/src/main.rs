@@ -48,6 +48,11 @@ static SEGMENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 static WATCHED_PORTS: HashMap<PortKey, WatchedPort> =
     HashMap::with_max_entries(MAX_WATCHED_PORTS, 0);
 
+/// Scratch room per CPU for the start of a request being classified.
+#[map]
+static REQUEST_WINDOWS: PerCpuArray<[u64; REQUEST_WINDOW / 8]> =
+    PerCpuArray::with_max_entries(1, 0);
+
 #[map]
 static NETNS_SHARES: LruHashMap<u64, NetnsShare> = LruHashMap::with_max_entries(MAX_NETNS_SLOTS, 0);
 
@@ -585,26 +590,31 @@ fn decide(
     payload_len: usize,
     watched: *const WatchedPort,
 ) {
-    let mut window = [0u64; REQUEST_WINDOW / 8];
     let len = payload_len.min(REQUEST_WINDOW) as u64;
+    let Some(window) = REQUEST_WINDOWS.get_ptr_mut(0) else {
+        return;
+    };
     if len == 0 {
         return;
     }
     // Bounded in [1, REQUEST_WINDOW] by a mask the verifier sees (as in `emit`).
     let size = (black_box(len - 1) & (REQUEST_WINDOW as u64 - 1)) + 1;
-    // SAFETY: the helper writes at most `size <= REQUEST_WINDOW` bytes into `window`, which has
-    // exactly REQUEST_WINDOW bytes.
+    // SAFETY: the helper writes at most `size <= REQUEST_WINDOW` bytes into this CPU's scratch
+    // slot, which has exactly REQUEST_WINDOW bytes; nothing else uses it during the program.
     let loaded = unsafe {
         bpf_skb_load_bytes(
             ctx.skb.skb.cast::<c_void>(),
             payload_off as u32,
-            window.as_mut_ptr().cast::<c_void>(),
+            window.cast::<c_void>(),
             size as u32,
         )
     };
     if loaded != 0 {
         return;
     }
+    // SAFETY: as above; bytes past `len` are an earlier packet's, and every reader below looks
+    // only at bytes before `len`.
+    let window = unsafe { &*window };
     // SAFETY: a map value, valid while the program runs; plain bytes.
     let watched = unsafe { &*watched };
     let copy = match request_start(&window, len as usize, watched) {
@@ -667,7 +677,7 @@ fn is_method(first: u64, len: usize) -> bool {
 }
 
 /// Does the request line start with the path's needle (and, for a whole path, end it there)?
-/// Word by word at fixed offsets: old verifiers refuse reads at variable stack offsets.
+/// Every word is compared the same way and the results or-ed, so the verifier walks one path.
 #[inline(always)]
 fn path_matches(window: &[u64; REQUEST_WINDOW / 8], len: usize, path: &WatchedPath) -> bool {
     let n = usize::from(path.len);
@@ -675,30 +685,23 @@ fn path_matches(window: &[u64; REQUEST_WINDOW / 8], len: usize, path: &WatchedPa
     if n > NEEDLE_BYTES || len < n + usize::from(whole) {
         return false;
     }
-    for w in 0..=NEEDLE_BYTES / 8 {
-        let start = w * 8;
-        let word = u64::from_le(window[w]);
-        if let Some(needle) = path.needle.get(w) {
-            if n > start {
-                let valid = (n - start).min(8);
-                let mask = if valid == 8 {
-                    u64::MAX
-                } else {
-                    (1u64 << (valid * 8)) - 1
-                };
-                if word & mask != *needle {
-                    return false;
-                }
-            }
-        }
-        if whole && n >= start && n < start + 8 {
-            let end = (word >> ((n - start) * 8)) as u8;
-            if end != b' ' && end != b'?' {
-                return false;
-            }
-        }
+    let mut diff = 0u64;
+    for w in 0..NEEDLE_BYTES / 8 {
+        diff |= (u64::from_le(window[w]) & path.mask[w]) ^ path.needle[w];
     }
-    true
+    if diff != 0 {
+        return false;
+    }
+    if !whole {
+        return true;
+    }
+    // The byte after the path, at a variable offset: allowed in a map value (the scratch slot),
+    // unlike the stack on old kernels.
+    let bytes = (window as *const [u64; REQUEST_WINDOW / 8]).cast::<u8>();
+    // SAFETY: `n < len <= REQUEST_WINDOW`, and the mask keeps the offset inside the slot for
+    // the verifier too.
+    let end = unsafe { *bytes.add(n & (REQUEST_WINDOW - 1)) };
+    end == b' ' || end == b'?'
 }
 
 /// Accounts `bytes` to the namespace's share of the current window; false (nothing accounted)
