@@ -3,22 +3,19 @@
 //! (a) plain concatenation of the same 100 bodies (what Istio does; the floor for any merger) and
 //! (b) parsing each body with prometheus-parse and rendering it back.
 //! Goals (BENCHMARKS.md): merge within 3x of (a), at least 10x faster than (b).
-//! The benchmark names are those of BENCHMARKS.md, from before the merges became one engine:
-//! `merge_*` parses and renders every body and merges into one buffer (`merge_into` of bodies);
-//! `merge_prepared_*` starts from the bodies' indexes (rendered by the merge);
-//! `merge_rendered_*` is the scrape-time cost with the bodies rendered at ingest (outside the
-//! timed loop), into one buffer; `render_at_ingest_*` is that ingest cost for all 100 bodies.
-//! `merge_rendered_chunks_*` is the same merge producing the chunk list a scrape sends without
-//! joining it (`merge`: headers, and refcounted slices of the stored blocks).
+//! Every merge is `decode::merge`, the one engine, producing the chunk list a scrape sends
+//! (headers, and refcounted slices of rendered blocks): `merge_*` parses and renders every body
+//! first; `merge_prepared_*` starts from the bodies' indexes (rendered by the merge);
+//! `merge_rendered_chunks_*` is the scrape-time cost with the bodies rendered at ingest (outside
+//! the timed loop), what `/metrics` runs; `render_at_ingest_*` is that ingest cost for all 100
+//! bodies.
 
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use loupe_agent::decode::{
-    merge, merge_into, prepare, validate, Format, IdentityLabels, Rendered, Source,
-};
+use loupe_agent::decode::{merge, prepare, validate, Format, IdentityLabels, Rendered, Source};
 use loupe_testkit::bodies::{self, pod_name, Spec};
 
 const PODS: usize = 100;
@@ -134,10 +131,9 @@ fn bench(c: &mut Criterion) {
     let om_sources = sources(&om, Format::OpenMetrics);
     g.bench_function("merge_text_to_text", |b| {
         b.iter(|| {
-            let mut out = Vec::new();
-            let st = merge_into(black_box(&text_sources), Format::Text, &mut out);
+            let (chunks, st) = merge(black_box(&text_sources), Format::Text);
             assert!(st.rejected.is_empty());
-            black_box(out)
+            black_box(chunks)
         })
     });
     let prepared: Vec<_> = text_sources
@@ -150,11 +146,7 @@ fn bench(c: &mut Criterion) {
         .map(|(s, p)| Source::prepared(s.identity, s.body, p))
         .collect();
     g.bench_function("merge_prepared_text_to_text", |b| {
-        b.iter(|| {
-            let mut out = Vec::new();
-            merge_into(black_box(&prepared_sources), Format::Text, &mut out);
-            black_box(out)
-        })
+        b.iter(|| black_box(merge(black_box(&prepared_sources), Format::Text)))
     });
     let text_rendered = rendered_sources(&prepared_sources, Format::Text);
     let text_rsrcs = with_rendered(&prepared_sources, &text_rendered);
@@ -164,9 +156,8 @@ fn bench(c: &mut Criterion) {
         rendered_bytes as f64 / bytes as f64
     );
     // The same output whether the merge renders the bodies or takes the stored renderings.
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    merge_into(&prepared_sources, Format::Text, &mut x);
-    merge_into(&text_rsrcs, Format::Text, &mut y);
+    let x = merge(&prepared_sources, Format::Text).0.concat();
+    let y = merge(&text_rsrcs, Format::Text).0.concat();
     assert!(x == y, "stored renderings change the output");
     eprintln!("merged output (text): {} bytes", x.len());
     // The floor of any design that copies the output from somewhere: concatenating 100 bodies
@@ -182,17 +173,10 @@ fn bench(c: &mut Criterion) {
         })
     });
     drop(output_sized);
-    g.bench_function("merge_rendered_text_to_text", |b| {
-        b.iter(|| {
-            let mut out = Vec::new();
-            merge_into(black_box(&text_rsrcs), Format::Text, &mut out);
-            black_box(out)
-        })
-    });
-    let (chunks, _) = merge(&text_rsrcs, Format::Text);
-    assert!(chunks.concat() == x, "the chunks differ from the buffer");
-    eprintln!("chunks (text): {}", chunks.len());
-    drop(chunks);
+    eprintln!(
+        "chunks (text): {}",
+        merge(&text_rsrcs, Format::Text).0.len()
+    );
     g.bench_function("merge_rendered_chunks_text_to_text", |b| {
         b.iter(|| black_box(merge(black_box(&text_rsrcs), Format::Text)))
     });
@@ -213,31 +197,12 @@ fn bench(c: &mut Criterion) {
         .collect();
     let om_rendered = rendered_sources(&om_prepared_sources, Format::OpenMetrics);
     let om_rsrcs = with_rendered(&om_prepared_sources, &om_rendered);
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    merge_into(&om_prepared_sources, Format::OpenMetrics, &mut x);
-    merge_into(&om_rsrcs, Format::OpenMetrics, &mut y);
+    let x = merge(&om_prepared_sources, Format::OpenMetrics).0.concat();
+    let y = merge(&om_rsrcs, Format::OpenMetrics).0.concat();
     assert!(x == y, "stored renderings change the output");
     g.bench_function("merge_prepared_om_to_om", |b| {
-        b.iter(|| {
-            let mut out = Vec::new();
-            merge_into(
-                black_box(&om_prepared_sources),
-                Format::OpenMetrics,
-                &mut out,
-            );
-            black_box(out)
-        })
+        b.iter(|| black_box(merge(black_box(&om_prepared_sources), Format::OpenMetrics)))
     });
-    g.bench_function("merge_rendered_om_to_om", |b| {
-        b.iter(|| {
-            let mut out = Vec::new();
-            merge_into(black_box(&om_rsrcs), Format::OpenMetrics, &mut out);
-            black_box(out)
-        })
-    });
-    let (chunks, _) = merge(&om_rsrcs, Format::OpenMetrics);
-    assert!(chunks.concat() == x, "the chunks differ from the buffer");
-    drop(chunks);
     g.bench_function("merge_rendered_chunks_om_to_om", |b| {
         b.iter(|| black_box(merge(black_box(&om_rsrcs), Format::OpenMetrics)))
     });
@@ -253,18 +218,10 @@ fn bench(c: &mut Criterion) {
     drop(om_rendered);
 
     g.bench_function("merge_om_to_om", |b| {
-        b.iter(|| {
-            let mut out = Vec::new();
-            merge_into(black_box(&om_sources), Format::OpenMetrics, &mut out);
-            black_box(out)
-        })
+        b.iter(|| black_box(merge(black_box(&om_sources), Format::OpenMetrics)))
     });
     g.bench_function("merge_om_to_text", |b| {
-        b.iter(|| {
-            let mut out = Vec::new();
-            merge_into(black_box(&om_sources), Format::Text, &mut out);
-            black_box(out)
-        })
+        b.iter(|| black_box(merge(black_box(&om_sources), Format::Text)))
     });
     g.bench_function("validate_text", |b| {
         b.iter(|| {

@@ -8,7 +8,7 @@
 //! gives freed memory back (`malloc_trim`), so a run does not reuse pages an earlier run left
 //! resident and look smaller than it is.
 
-use loupe_agent::decode::{merge, merge_into, prepare, Format, IdentityLabels, Source};
+use loupe_agent::decode::{merge, prepare, Format, IdentityLabels, Source};
 use loupe_testkit::bodies::{self, Spec};
 
 fn status_kib(field: &str) -> u64 {
@@ -64,25 +64,25 @@ fn main() {
         let before = status_kib("VmHWM:");
         let rss_before = status_kib("VmRSS:");
         let t = std::time::Instant::now();
-        let mut buf = Vec::new();
-        let st = merge_into(&sources, out, &mut buf);
+        let (chunks, st) = merge(&sources, out);
         let elapsed = t.elapsed();
         let after = status_kib("VmHWM:");
         assert!(st.rejected.is_empty());
         let grew = (after - before.min(rss_before)) * 1024;
+        let output: usize = chunks.iter().map(|c| c.len()).sum();
         println!(
             "{out:?} out: {pods} pods x {series} series, input {:.1} MiB, output {:.1} MiB, \
              peak RSS growth during merge {:.1} MiB = {:.2}x output, merge took {:.0?}, \
              duplicates {}, conflicts {}",
             input as f64 / 1048576.0,
-            buf.len() as f64 / 1048576.0,
+            output as f64 / 1048576.0,
             grew as f64 / 1048576.0,
-            grew as f64 / buf.len() as f64,
+            grew as f64 / output as f64,
             elapsed,
             st.duplicate_series,
             st.family_conflicts,
         );
-        drop(buf);
+        drop(chunks);
 
         // The same with indexes prepared when the bodies arrived (kept by the store).
         let prepared: Vec<_> = sources
@@ -95,23 +95,6 @@ fn main() {
             .zip(&prepared)
             .map(|(s, p)| Source::prepared(s.identity, s.body, p))
             .collect();
-        let before = reset_peak();
-        let t = std::time::Instant::now();
-        let mut buf = Vec::new();
-        merge_into(&psources, out, &mut buf);
-        let elapsed = t.elapsed();
-        let grew = (status_kib("VmHWM:") - before) * 1024;
-        println!(
-            "{out:?} out, prepared: index held beside the bodies {:.1} MiB ({:.2}x input), \
-             peak RSS growth during merge {:.1} MiB = {:.2}x output, merge took {:.0?}",
-            index as f64 / 1048576.0,
-            index as f64 / input as f64,
-            grew as f64 / 1048576.0,
-            grew as f64 / buf.len() as f64,
-            elapsed,
-        );
-        drop(buf);
-
         // What a scrape sends for bodies without renderings (the fallback): the chunk list over
         // renderings made by the merge, which live as long as the list.
         let before = reset_peak();
@@ -121,8 +104,10 @@ fn main() {
         let grew = (status_kib("VmHWM:") - before) * 1024;
         let total: usize = chunks.iter().map(|c| c.len()).sum();
         println!(
-            "{out:?} out, prepared chunks: {} chunks, peak RSS growth during merge {:.1} MiB = \
-             {:.2}x output, merge took {:.0?}",
+            "{out:?} out, prepared: index held beside the bodies {:.1} MiB ({:.2}x input), {} \
+             chunks, peak RSS growth during merge {:.1} MiB = {:.2}x output, merge took {:.0?}",
+            index as f64 / 1048576.0,
+            index as f64 / input as f64,
             chunks.len(),
             grew as f64 / 1048576.0,
             grew as f64 / total as f64,
@@ -140,22 +125,6 @@ fn main() {
             .zip(&rendered)
             .map(|(s, r)| s.with_rendered(Some(r)))
             .collect();
-        let before = reset_peak();
-        let t = std::time::Instant::now();
-        let mut buf = Vec::new();
-        merge_into(&rsources, out, &mut buf);
-        let elapsed = t.elapsed();
-        let grew = (status_kib("VmHWM:") - before) * 1024;
-        println!(
-            "{out:?} out, rendered: renderings held beside the bodies {:.1} MiB ({:.2}x input, \
-             made in {render_time:.0?}), peak RSS growth during merge {:.1} MiB = {:.2}x output, \
-             merge took {:.0?}",
-            held as f64 / 1048576.0,
-            held as f64 / input as f64,
-            grew as f64 / 1048576.0,
-            grew as f64 / buf.len() as f64,
-            elapsed,
-        );
         // What the store holds per series for one format (issue 10's goal: at most 400 B).
         let n = (pods * series) as f64;
         println!(
@@ -166,9 +135,6 @@ fn main() {
             held as f64 / n,
             (input + index + held) as f64 / n,
         );
-        let output = buf.len();
-        drop(buf);
-
         // What a scrape sends: the chunk list, slices of the renderings, no output buffer.
         let before = reset_peak();
         let t = std::time::Instant::now();
@@ -179,8 +145,11 @@ fn main() {
         let total: usize = chunks.iter().map(|c| c.len()).sum();
         assert_eq!(total, output, "the chunks are the output");
         println!(
-            "{out:?} out, rendered chunks: {} chunks (list {:.1} MiB), peak RSS growth during \
+            "{out:?} out, rendered: renderings held beside the bodies {:.1} MiB ({:.2}x input, \
+             made in {render_time:.0?}); {} chunks (list {:.1} MiB), peak RSS growth during \
              merge {:.1} MiB = {:.3}x output, merge took {:.0?}",
+            held as f64 / 1048576.0,
+            held as f64 / input as f64,
             chunks.len(),
             list as f64 / 1048576.0,
             grew as f64 / 1048576.0,

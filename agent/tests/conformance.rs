@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use loupe_agent::decode::{merge_into, validate, Format, Source};
+use loupe_agent::decode::{merge, validate, Format, Source};
 use loupe_testkit::root;
 
 struct Case {
@@ -59,10 +59,9 @@ fn cases(dir: &Path) -> Vec<Case> {
 }
 
 fn merged(body: &[u8], from: Format, to: Format) -> (Vec<u8>, u64) {
-    let mut buf = Vec::new();
-    let st = merge_into(&[Source::new(None, body, from)], to, &mut buf);
+    let (chunks, st) = merge(&[Source::new(None, body, from)], to);
     assert!(st.rejected.is_empty(), "{:?}", st.rejected);
-    (buf, st.duplicate_series)
+    (chunks.concat(), st.duplicate_series)
 }
 
 #[test]
@@ -139,14 +138,12 @@ fn bad_cases_contribute_nothing_to_a_merge() {
         return;
     };
     for c in cases(&dir).iter().filter(|c| !c.should_parse) {
-        let mut buf = Vec::new();
-        let st = merge_into(
+        let (chunks, st) = merge(
             &[Source::new(None, &c.body, Format::OpenMetrics)],
             Format::OpenMetrics,
-            &mut buf,
         );
         assert_eq!(st.rejected.len(), 1, "{}", c.name);
-        assert_eq!(buf, b"# EOF\n", "{}", c.name);
+        assert_eq!(chunks.concat(), b"# EOF\n", "{}", c.name);
     }
 }
 

@@ -9,7 +9,7 @@
 mod exposition;
 
 use exposition::{fmt, Fam, Shape};
-use loupe_agent::decode::{merge_into, validate, Format, Source};
+use loupe_agent::decode::{merge, validate, Format, Source};
 use loupe_testkit::strict;
 use proptest::prelude::*;
 
@@ -67,9 +67,8 @@ proptest! {
         let f = fmt(om);
         let body = write(&fams, f);
         prop_assert!(validate(body.as_bytes(), f).is_ok(), "generated body invalid: {:?}\n{}", validate(body.as_bytes(), f), body);
-        let mut buf = Vec::new();
-        let st = merge_into(&[Source::new(None, body.as_bytes(), f)], f, &mut buf);
-        let out = String::from_utf8(buf).unwrap();
+        let (chunks, st) = merge(&[Source::new(None, body.as_bytes(), f)], f);
+        let out = String::from_utf8(chunks.concat()).unwrap();
         prop_assert!(st.rejected.is_empty());
         prop_assert_eq!(st.duplicate_series, 0);
         let a = strict::check(&body, kit(om));
@@ -96,9 +95,8 @@ proptest! {
             .map(|(id, b, f)| Source::new(exposition::IDS[*id], b.as_bytes(), *f))
             .collect();
         let out = fmt(out_om);
-        let mut buf = Vec::new();
-        let st = merge_into(&sources, out, &mut buf);
-        let text = String::from_utf8(buf).unwrap();
+        let (chunks, st) = merge(&sources, out);
+        let text = String::from_utf8(chunks.concat()).unwrap();
         prop_assert!(st.rejected.is_empty(), "{:?}", st.rejected);
         if let Err(e) = strict::check(&text, kit(out_om)) {
             prop_assert!(false, "strict check: {:?}\n{}", e, text);
@@ -124,10 +122,8 @@ proptest! {
         prop_assert_eq!(ours.samples, theirs_lines);
         let before = oracle(&body);
         for via in [Format::Text, Format::OpenMetrics] {
-            let mut mid = Vec::new();
-            merge_into(&[Source::new(None, body.as_bytes(), Format::Text)], via, &mut mid);
-            let mut back = Vec::new();
-            merge_into(&[Source::new(None, &mid, via)], Format::Text, &mut back);
+            let mid = merge(&[Source::new(None, body.as_bytes(), Format::Text)], via).0.concat();
+            let back = merge(&[Source::new(None, &mid, via)], Format::Text).0.concat();
             let after = oracle(std::str::from_utf8(&back).unwrap());
             prop_assert_eq!(&before, &after, "via {:?}\n{}\n{}", via, body, String::from_utf8_lossy(&back));
         }

@@ -2,7 +2,7 @@
 //! (Debian package `prometheus`). Skips with a reason when promtool is missing, and fails then
 //! when `CI=true`.
 
-use loupe_agent::decode::{merge_into, validate, Format, IdentityLabels, Source};
+use loupe_agent::decode::{merge, validate, Format, IdentityLabels, Source};
 use loupe_testkit::bodies::{body, Spec};
 use loupe_testkit::root;
 
@@ -63,8 +63,8 @@ fn promtool_accepts_merged_pods() {
             )
         })
         .collect();
-    let mut buf = Vec::new();
-    let st = merge_into(&sources, Format::Text, &mut buf);
+    let (chunks, st) = merge(&sources, Format::Text);
+    let buf = chunks.concat();
     assert!(st.rejected.is_empty(), "{:?}", st.rejected);
     assert_eq!(st.family_conflicts, 0);
     let s = validate(&buf, Format::Text).unwrap();
@@ -118,8 +118,8 @@ fn promtool_accepts_tricky_merges() {
             Format::Text,
         ),
     ];
-    let mut buf = Vec::new();
-    let st = merge_into(&sources, Format::Text, &mut buf);
+    let (chunks, st) = merge(&sources, Format::Text);
+    let buf = chunks.concat();
     assert!(st.rejected.is_empty(), "{:?}", st.rejected);
     assert_eq!(st.duplicate_series, 1);
     let out = String::from_utf8_lossy(&buf).into_owned();
@@ -164,8 +164,7 @@ fn show_a_small_merge() {
         ),
     ];
     for out in [Format::Text, Format::OpenMetrics] {
-        let mut buf = Vec::new();
-        merge_into(&sources, out, &mut buf);
+        let buf = merge(&sources, out).0.concat();
         assert!(validate(&buf, out).is_ok());
         println!("{}", String::from_utf8_lossy(&buf));
     }

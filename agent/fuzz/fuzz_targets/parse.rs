@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use loupe_agent::decode::{merge_into, validate, Format, Source};
+use loupe_agent::decode::{merge, validate, Format, Source};
 
 fuzz_target!(|data: &[u8]| {
     for format in [Format::Text, Format::OpenMetrics] {
@@ -11,8 +11,8 @@ fuzz_target!(|data: &[u8]| {
             continue;
         };
         for out in [Format::Text, Format::OpenMetrics] {
-            let mut buf = Vec::new();
-            let st = merge_into(&[Source::new(None, data, format)], out, &mut buf);
+            let (chunks, st) = merge(&[Source::new(None, data, format)], out);
+            let buf = chunks.concat();
             assert!(st.rejected.is_empty());
             let merged = validate(&buf, out).unwrap_or_else(|e| {
                 panic!("invalid output ({e}):\n{}", String::from_utf8_lossy(&buf))

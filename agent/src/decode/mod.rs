@@ -32,8 +32,7 @@
 //! 1) and the reason, and the body contributes nothing to the merge.
 //!
 //! # Merging rules
-//! [`merge`] (and [`merge_into`], the same bytes in one buffer) writes one body from many
-//! [`Source`]s by these rules:
+//! [`merge`] writes one body from many [`Source`]s by these rules:
 //!
 //! 1. **One family, one group.** Every family appears once, with one TYPE, at most one HELP and
 //!    (OpenMetrics) at most one UNIT, followed by all its samples. Histogram and summary samples
@@ -111,10 +110,11 @@
 //!    label both set never write the same series.
 //! 2. **Write** (`merge/write.rs`): the headers from the plan, and each source's block as it
 //!    is; in a family whose series may meet, the blocks' lines one by one, the first of each
-//!    series kept (the same rule 5 code as within a body, `merge/dedup.rs`). The sink is one
-//!    buffer ([`merge_into`]) or a chunk list ([`merge`]): the headers in one owned buffer and
-//!    each block a refcounted slice of the stored rendering (`bytes::Bytes`). `/metrics` sends
-//!    that list without joining it, so a scrape holds no output-sized buffer.
+//!    series kept (the same rule 5 code as within a body, `merge/dedup.rs`). The output is a
+//!    chunk list: the headers in one owned buffer and each block a refcounted slice of the
+//!    stored rendering (`bytes::Bytes`). `/metrics` sends that list without joining it, so a
+//!    scrape holds no output-sized buffer; there is no one-buffer variant (it held fresh
+//!    renderings and their copy at once: 2x the output).
 //!
 //! # Why not `prometheus-parse`
 //! The crate `prometheus-parse` (which was asked for) matches lines with regular expressions,
@@ -142,9 +142,7 @@ pub use limits::{check_labels, LabelExcess, LabelLimits};
 // A family's header lines, for expose's own series (the store/expose restructuring).
 #[allow(unused_imports)]
 pub(crate) use merge::write_header;
-pub use merge::{
-    merge, merge_into, render_source, render_within, write_label_set, Rendered, Source,
-};
+pub use merge::{merge, render_source, render_within, write_label_set, Rendered, Source};
 
 crate::telemetry::counter!(
     pub FAMILY_CONFLICTS,

@@ -103,11 +103,6 @@ pub fn merge(sources: &[Source<'_>], out: Format) -> (Vec<Bytes>, MergeStats) {
     (chunks.finish(), stats)
 }
 
-/// [`merge`] into one buffer (appended to `buf`): the same bytes, copied.
-pub fn merge_into(sources: &[Source<'_>], out: Format, buf: &mut Vec<u8>) -> MergeStats {
-    run(sources, out, buf)
-}
-
 /// The engine: renderings, plan, writer.
 fn run<S: write::Sink>(sources: &[Source<'_>], out: Format, sink: &mut S) -> MergeStats {
     // Renderings made here are dropped after the merge: not worth compacting.

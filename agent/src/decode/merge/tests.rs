@@ -21,15 +21,16 @@ fn other(out: Format) -> Format {
     }
 }
 
+/// [`merge`]'s chunks joined.
+fn merged(sources: &[Source<'_>], out: Format) -> (Vec<u8>, MergeStats) {
+    let (chunks, stats) = merge(sources, out);
+    (chunks.concat(), stats)
+}
+
 /// Merges `sources` every way: as given, prepared, with stored renderings (and ones for the
-/// other format, which must be made again), into a buffer and as chunks. All must agree; the
-/// output must be valid.
+/// other format, which must be made again). All must agree; the output must be valid.
 fn run(sources: &[Source<'_>], out: Format) -> (String, MergeStats) {
-    let mut buf = Vec::new();
-    let st = merge_into(sources, out, &mut buf);
-    let (chunks, sc) = merge(sources, out);
-    assert_eq!(st, sc, "chunk stats differ");
-    assert_eq!(chunks.concat(), buf, "chunks differ");
+    let (buf, st) = merged(sources, out);
     let preps: Vec<Option<Prepared>> = sources
         .iter()
         .map(|s| prepare(s.body, s.format).ok())
@@ -49,13 +50,9 @@ fn run(sources: &[Source<'_>], out: Format) -> (String, MergeStats) {
             .zip(&rendered)
             .map(|(s, r)| s.with_rendered(Some(r)))
             .collect();
-        let mut y = Vec::new();
-        let sy = merge_into(&with, out, &mut y);
+        let (y, sy) = merged(&with, out);
         assert_eq!(st, sy, "stats differ with renderings for {target:?}");
         assert_eq!(String::from_utf8_lossy(&buf), String::from_utf8_lossy(&y));
-        let (chunks, sc) = merge(&with, out);
-        assert_eq!(st, sc);
-        assert_eq!(chunks.concat(), buf);
     }
     let s = String::from_utf8(buf).unwrap();
     validate(s.as_bytes(), out).unwrap_or_else(|e| panic!("invalid output {e}:\n{s}"));
@@ -334,25 +331,22 @@ fn a_mismatched_index_is_parsed_again_or_rejected() {
     let p = prepare(a.as_bytes(), Format::Text).unwrap();
     // An index that does not fit its body: the body is parsed again.
     let wrong = Source::prepared(None, b"# TYPE z gauge\nz 1\n", &p);
-    let mut z = Vec::new();
-    merge_into(&[wrong], Format::Text, &mut z);
-    assert_eq!(z, b"# TYPE z gauge\nz 1\n");
+    assert_eq!(merged(&[wrong], Format::Text).0, b"# TYPE z gauge\nz 1\n");
     // ... and rejected if it fails, also where the store's rendering says so.
     let good = prepare(b"a 1\n", Format::Text).unwrap();
     let body = b"b{ 1\n";
     let r = render_source(body, &good, None, Format::Text);
     assert!(r.rejected.is_some());
     let src = Source::prepared(None, body, &good).with_rendered(Some(&r));
-    let st = merge_into(&[src], Format::Text, &mut Vec::new());
-    assert_eq!(st.rejected.len(), 1);
+    assert_eq!(merged(&[src], Format::Text).1.rejected.len(), 1);
     // Another body of the same length is a caller's bug; it must still not panic.
     for fill in [b' ', b'{', b'"', b'\n', 0xff] {
         let other = vec![fill; a.len()];
         let bad = Source::prepared(id("p2"), &other, &p);
         for out in [Format::Text, Format::OpenMetrics] {
-            merge_into(&[bad], out, &mut Vec::new());
+            merged(&[bad], out);
             let r = bad.render(out);
-            merge_into(&[bad.with_rendered(Some(&r))], out, &mut Vec::new());
+            merged(&[bad.with_rendered(Some(&r))], out);
         }
     }
 }

@@ -23,21 +23,6 @@ pub(super) trait Sink {
     fn block(&mut self, lines: &Bytes, range: Range<usize>);
 }
 
-/// Copies everything into one buffer.
-impl Sink for Vec<u8> {
-    fn reserve(&mut self, text: usize, blocks: usize) {
-        Vec::reserve(self, text + blocks);
-    }
-
-    fn text(&mut self) -> &mut Vec<u8> {
-        self
-    }
-
-    fn block(&mut self, lines: &Bytes, range: Range<usize>) {
-        self.extend_from_slice(&lines[range]);
-    }
-}
-
 /// Blocks below this size are copied into the owned text rather than sliced: a chunk each would
 /// cost more (refcount, an iovec, a frame) than the copy.
 const SMALL_BLOCK: usize = 256;
