@@ -83,7 +83,10 @@ fuzz_target!(|data: &[u8]| {
         let (w, sw) = merged(&accepted, out);
         let (x, sx) = merged(&psrcs, out);
         let (y, sy) = merged(&rsrcs, out);
-        assert_eq!((sw.family_conflicts, sw.duplicate_series), (st.family_conflicts, st.duplicate_series));
+        assert_eq!(
+            (sw.family_conflicts, sw.duplicate_series),
+            (st.family_conflicts, st.duplicate_series)
+        );
         assert!(w == buf, "rejected bodies changed the output");
         assert_eq!(sw, sx);
         assert_eq!(sx, sy);
