@@ -10,7 +10,10 @@
 //!   packet go after reading its ports;
 //! - **elsewhere**: another pod has that port number watched, so the program goes on to parse
 //!   the packet and look the namespace and ports up (what every unwatched packet cost before the
-//!   fast path).
+//!   fast path);
+//! - **here, not a GET of /metrics**: the app's port itself is watched (for `/metrics`) and the
+//!   load is the app's API on it: the program reads every request line, finds it is not a watched
+//!   GET, and skips the exchange (the test-run columns do not apply: they run outside any pod).
 //!
 //!     cargo run --release -p loupe-agent --example probe_cost [SECONDS_PER_ROUND] [ROUNDS]
 //!
@@ -77,7 +80,7 @@ fn main() {
                 continue;
             }
         };
-        for elsewhere in [false, true] {
+        for case in [Case::Nowhere, Case::Elsewhere, Case::Here] {
             let (mut without, mut with) = (Vec::new(), Vec::new());
             let (mut run_ns, mut runs) = (0u64, 0u64);
             for i in 0..rounds {
@@ -90,8 +93,13 @@ fn main() {
                     probe
                         .watch_port(cookie, WATCHED_PORT, &["/metrics"])
                         .expect("watch");
+                    if case == Case::Here {
+                        probe
+                            .watch_port(cookie, app.port(), &["/metrics"])
+                            .expect("watch the app's port");
+                    }
                     let other = probe.attach(&other_pod).expect("attach the other pod");
-                    if elsewhere {
+                    if case == Case::Elsewhere {
                         probe
                             .watch_port(other, app.port(), &["/metrics"])
                             .expect("watch elsewhere");
@@ -106,7 +114,7 @@ fn main() {
                 }
             }
             let other = probe.attach(&other_pod).expect("attach the other pod");
-            if elsewhere {
+            if case == Case::Elsewhere {
                 probe
                     .watch_port(other, app.port(), &["/metrics"])
                     .expect("watch elsewhere");
@@ -121,20 +129,43 @@ fn main() {
             let floor = probe.time_per_packet(&arp, 1_000_000).expect("test run");
             probe.detach(other);
             let (without, with) = (median(&mut without), median(&mut with));
+            let (alone, work) = match case {
+                Case::Here => ("-".to_string(), "-".to_string()),
+                _ => (
+                    alone.as_nanos().to_string(),
+                    (alone.as_nanos() as i128 - floor.as_nanos() as i128).to_string(),
+                ),
+            };
             println!(
-                "| {} ({}) | {} | {:.1} | {runs} | {} | {} | {without:.0} | {with:.0} | {:+.1}% |",
+                "| {} ({}) | {} | {:.1} | {runs} | {alone} | {work} | {without:.0} | {with:.0} | {:+.1}% |",
                 probe.method(),
                 match method {
                     MethodChoice::Shared => "bpf_loop",
                     MethodChoice::PerNamespaceFlat => "one or two records",
                     _ => "bpf_loop",
                 },
-                if elsewhere { "elsewhere" } else { "nowhere" },
+                case.label(),
                 run_ns as f64 / runs.max(1) as f64,
-                alone.as_nanos(),
-                alone.as_nanos() as i128 - floor.as_nanos() as i128,
                 (with / without - 1.0) * 100.0,
             );
+        }
+    }
+}
+
+/// Where the app's port number is watched while the load runs on it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Case {
+    Nowhere,
+    Elsewhere,
+    Here,
+}
+
+impl Case {
+    fn label(self) -> &'static str {
+        match self {
+            Case::Nowhere => "nowhere",
+            Case::Elsewhere => "elsewhere",
+            Case::Here => "here, not a GET of /metrics",
         }
     }
 }
