@@ -10,7 +10,9 @@ use std::collections::HashSet;
 use super::index::{MType, Suffix};
 use super::lex::bound_value;
 
-/// What one metric's samples have shown so far.
+/// What one metric's samples have shown so far. Of a repeated `_count` or `_sum` the first
+/// counts, as the merge keeps the first of duplicate series (rule 5): checking a later one would
+/// accept a body whose merged output breaks the rules (found by fuzzing).
 struct Metric {
     key: u64,
     last_le: f64,
@@ -68,21 +70,21 @@ impl HistogramRules {
                 if x.is_nan() || x < 0.0 {
                     return Err("count is NaN or negative");
                 }
-                m.count = Some(x);
+                m.count.get_or_insert(x);
                 Ok(())
             }
             (MType::GaugeHistogram, Suffix::GSum) => {
                 if x.is_nan() {
                     return Err("gsum is NaN");
                 }
-                m.sum = Some(x);
+                m.sum.get_or_insert(x);
                 Ok(())
             }
             (_, Suffix::Sum) => {
                 if x.is_nan() || x < 0.0 {
                     return Err("sum is NaN or negative");
                 }
-                m.sum = Some(x);
+                m.sum.get_or_insert(x);
                 Ok(())
             }
             _ => Ok(()),
@@ -170,6 +172,21 @@ mod tests {
         h.sample(t, Suffix::Bucket, 2.0, Some(b"+Inf"), 7).unwrap();
         h.sample(t, Suffix::Count, 3.0, None, 7).unwrap();
         h.sample(t, Suffix::Sum, 3.0, None, 7).unwrap();
+        assert_eq!(
+            h.end_family(t),
+            Err("histogram count differs from its +Inf bucket")
+        );
+    }
+
+    #[test]
+    fn a_repeated_count_is_checked_as_the_merge_keeps_it_the_first() {
+        let mut h = HistogramRules::default();
+        let t = MType::Histogram;
+        h.sample(t, Suffix::Bucket, 1.0, Some(b"+Inf"), 7).unwrap();
+        h.sample(t, Suffix::Count, 3.0, None, 7).unwrap();
+        h.sample(t, Suffix::Sum, 2.0, None, 7).unwrap();
+        h.sample(t, Suffix::Count, 1.0, None, 7).unwrap();
+        h.sample(t, Suffix::Sum, 2.0, None, 7).unwrap();
         assert_eq!(
             h.end_family(t),
             Err("histogram count differs from its +Inf bucket")
