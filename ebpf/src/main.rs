@@ -581,7 +581,9 @@ enum Start {
 }
 
 /// Sets the flow's verdict from a request packet's start. Only a watched GET creates a verdict:
-/// a flow without one is not copied, so other traffic costs no map entry.
+/// a flow without one is not copied, so other traffic costs no map entry. The verdict follows
+/// the latest request start: a client pipelining another request behind a watched GET (no
+/// scraper does) cuts that GET's answer, which user space then counts as truncated.
 #[inline(always)]
 fn decide(
     ctx: &TcContext,
