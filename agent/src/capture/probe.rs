@@ -661,7 +661,7 @@ fn choose_method(
     let loop_error = if choice == MethodChoice::PerNamespaceFlat {
         format!("{METHOD_ENV}=per-namespace-flat")
     } else {
-        match classifier(ebpf, PER_NAMESPACE_LOOP_PROGRAM_NAME)?.load() {
+        match load_program(ebpf, PER_NAMESPACE_LOOP_PROGRAM_NAME)? {
             Ok(()) => {
                 return Ok((
                     ProbeMethod::PerNamespace,
@@ -677,7 +677,7 @@ fn choose_method(
             }),
         }
     };
-    match classifier(ebpf, PER_NAMESPACE_PROGRAM_NAME)?.load() {
+    match load_program(ebpf, PER_NAMESPACE_PROGRAM_NAME)? {
         Ok(()) => Ok((
             ProbeMethod::PerNamespace,
             PER_NAMESPACE_PROGRAM_NAME,
@@ -716,7 +716,7 @@ fn try_shared(ebpf: &mut Ebpf, choice: MethodChoice) -> Result<Result<String, St
         return Ok(Err(why));
     }
     let missing = method::shared_missing_helpers();
-    match classifier(ebpf, PROGRAM_NAME)?.load() {
+    match load_program(ebpf, PROGRAM_NAME)? {
         Ok(()) => Ok(Ok("bpf_get_netns_cookie and bpf_loop are available to TC programs: one program serves every namespace".to_owned())),
         Err(source) if choice == MethodChoice::Shared => Err(ProbeError::Program {
             what: "load (verifier)",
@@ -773,6 +773,54 @@ fn check_attach(
         netns: "a scratch namespace (start-up check)".to_owned(),
         reason,
     })
+}
+
+/// Times a load interrupted by a signal is tried again.
+const LOAD_ATTEMPTS: usize = 5;
+
+/// Loads the named program into the kernel. The verifier gives up with `EAGAIN` when a signal
+/// is pending for the loading thread (a child process exiting under a runtime that handles
+/// SIGCHLD is enough, and checking these programs takes a second or more on a busy machine), so
+/// signals are blocked for this thread while it loads (process-wide signals go to the other
+/// threads meanwhile), and a load that is interrupted all the same is tried again, as libbpf
+/// does: a signal never makes loupe settle for a lesser capture method.
+fn load_program(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<Result<(), ProgramError>, ProbeError> {
+    let program = classifier(ebpf, name)?;
+    let mut attempt = 1;
+    loop {
+        match without_signals(|| program.load()) {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < LOAD_ATTEMPTS =>
+            {
+                log::debug!("loading {name}: interrupted ({io_error}), attempt {attempt}");
+                attempt += 1;
+            }
+            result => return Ok(result),
+        }
+    }
+}
+
+/// Runs `f` with every signal blocked for the calling thread, then restores its mask.
+fn without_signals<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: sigset_t is plain data, filled by sigfillset before use; pthread_sigmask changes
+    // only this thread's mask and writes the previous one into `previous`, which is put back
+    // below whatever `f` returns.
+    let (mut all, mut previous): (libc::sigset_t, libc::sigset_t) =
+        unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    // SAFETY: as above.
+    let blocked = unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut previous) == 0
+    };
+    let result = f();
+    if blocked {
+        // SAFETY: as above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut()) };
+    }
+    result
 }
 
 fn classifier<'a>(
