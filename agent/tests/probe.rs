@@ -284,6 +284,24 @@ fn patterned(size: usize, seed: u32) -> Vec<u8> {
 
 const REQUEST: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: */*\r\n\r\n";
 
+/// A client socket made inside `ns`, bound to `loopback`, and its port.
+fn client_socket(ns: &TestNetns, loopback: IpAddr) -> (tokio::net::TcpSocket, u16) {
+    let socket = ns
+        .netns
+        .run(|| -> std::io::Result<tokio::net::TcpSocket> {
+            let socket = match loopback {
+                IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            socket.bind(SocketAddr::new(loopback, 0))?;
+            Ok(socket)
+        })
+        .expect("enter netns")
+        .expect("client socket");
+    let port = socket.local_addr().expect("local addr").port();
+    (socket, port)
+}
+
 /// One request from inside `ns` to 127.0.0.1:`port`; see [`get_on`].
 async fn get(ns: &TestNetns, port: u16, own: Option<&OwnFlows>) -> (u16, Vec<u8>) {
     get_on(ns, IpAddr::V4(Ipv4Addr::LOCALHOST), port, own).await
@@ -297,19 +315,7 @@ async fn get_on(
     port: u16,
     own: Option<&OwnFlows>,
 ) -> (u16, Vec<u8>) {
-    let socket = ns
-        .netns
-        .run(|| -> std::io::Result<tokio::net::TcpSocket> {
-            let socket = match loopback {
-                IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-                IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-            };
-            socket.bind(SocketAddr::new(loopback, 0))?;
-            Ok(socket)
-        })
-        .expect("enter netns")
-        .expect("client socket");
-    let client_port = socket.local_addr().expect("local addr").port();
+    let (socket, client_port) = client_socket(ns, loopback);
     let cookie = ns.netns.cookie().expect("cookie");
     let _guard = own.map(|flows| {
         flows
@@ -580,15 +586,7 @@ fn serve_api(listener: TcpListener, count: usize) -> std::thread::JoinHandle<()>
 /// Sends `requests` one after another on one connection from inside `ns`, reading each
 /// response (Content-Length framed) before the next; returns the client port and the responses.
 async fn keep_alive(ns: &TestNetns, port: u16, requests: &[Vec<u8>]) -> (u16, Vec<Vec<u8>>) {
-    let socket = ns
-        .netns
-        .run(tokio::net::TcpSocket::new_v4)
-        .expect("enter netns")
-        .expect("client socket");
-    socket
-        .bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-        .expect("bind");
-    let client_port = socket.local_addr().expect("local addr").port();
+    let (socket, client_port) = client_socket(ns, IpAddr::V4(Ipv4Addr::LOCALHOST));
     let mut stream = socket
         .connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
         .await

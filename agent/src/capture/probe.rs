@@ -119,12 +119,12 @@ crate::telemetry::counter!(
 crate::telemetry::counter!(
     pub SKIPPED_PACKETS,
     "loupe_capture_skipped_packets_total",
-    "Packets with payload on watched ports the eBPF program did not copy: their exchange was not a GET of a watched path.",
+    "Packets with payload on watched ports the eBPF program did not copy: their exchange was not a GET of a watched path (or began before the port was watched).",
 );
 crate::telemetry::counter!(
     pub SKIPPED_BYTES,
     "loupe_capture_skipped_bytes_total",
-    "TCP payload bytes on watched ports the eBPF program did not copy: their exchange was not a GET of a watched path.",
+    "TCP payload bytes on watched ports the eBPF program did not copy: their exchange was not a GET of a watched path (or began before the port was watched).",
 );
 crate::telemetry::counter!(
     pub ATTACH_FAILURES,
