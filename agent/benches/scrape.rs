@@ -236,6 +236,8 @@ async fn scrape(
 
 const TEXT: &str = "text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 const OPEN_METRICS: &str = "application/openmetrics-text;version=1.0.0;q=0.9,text/plain;q=0.5";
+/// Prometheus with native histograms on.
+const PROTOBUF: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.6,text/plain;version=0.0.4;q=0.2";
 
 fn bench(c: &mut Criterion) {
     let rt = Runtime::new().expect("runtime");
@@ -297,11 +299,12 @@ fn bench(c: &mut Criterion) {
         "{over_tls} vs {merged} bytes"
     );
     let merged_om = rt.block_on(scrape(&mut node, OPEN_METRICS, "identity"));
+    let merged_protobuf = rt.block_on(scrape(&mut node, PROTOBUF, "identity"));
     let zipped = rt.block_on(scrape(&mut node, TEXT, "gzip"));
     assert!(zipped > 0 && zipped < merged / 4, "gzip: {zipped} bytes");
     eprintln!(
         "node: {PODS} pods, {input} bytes of bodies; loupe's answer: {merged} bytes (text), \
-         {merged_om} (OpenMetrics), {zipped} gzipped"
+         {merged_om} (OpenMetrics), {merged_protobuf} (protobuf), {zipped} gzipped"
     );
 
     let mut g = c.benchmark_group("scrape_100x1000");
@@ -322,6 +325,7 @@ fn bench(c: &mut Criterion) {
     for (name, accept, encoding) in [
         ("loupe_text", TEXT, "identity"),
         ("loupe_openmetrics", OPEN_METRICS, "identity"),
+        ("loupe_protobuf", PROTOBUF, "identity"),
         ("loupe_text_gzip", TEXT, "gzip"),
     ] {
         let mut node = plain();

@@ -90,6 +90,12 @@ crate::telemetry::counter!(
     "Bodies refused for passing a scrape limit (sample_limit, label_limit, ...); the endpoint is down with the limit named.",
 );
 
+crate::telemetry::counter!(
+    pub NATIVE_ONLY_OMITTED,
+    "loupe_native_histograms_omitted_total",
+    "Native histograms without classic buckets in protobuf bodies that arrived: served to protobuf scrapers, left out for text and OpenMetrics ones (those formats cannot carry them). Per target: `loupe status`.",
+);
+
 /// The scrape limits in force for one endpoint, as Prometheus names and means them (0: none):
 /// the agent's defaults (`--sample-limit`, ...), with the pod's own over them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -234,6 +240,7 @@ impl Wanted {
         let v = match format {
             Format::Text => 0,
             Format::OpenMetrics => 1,
+            Format::Protobuf => 2,
         };
         self.0.store(v, Ordering::Relaxed);
     }
@@ -242,7 +249,8 @@ impl Wanted {
     pub fn format(&self) -> Format {
         match self.0.load(Ordering::Relaxed) {
             0 => Format::Text,
-            _ => Format::OpenMetrics,
+            1 => Format::OpenMetrics,
+            _ => Format::Protobuf,
         }
     }
 }
@@ -258,14 +266,25 @@ impl Wanted {
 /// and counted in `loupe_rendered_oversize_total`. The format scrapers ask for ([`Wanted`]) is
 /// rendered when the body arrives, the other one at the first scrape that asks for it; both go
 /// with the snapshot when the next body replaces it.
+///
+/// A protobuf body is kept as it came (for protobuf scrapers, native histograms and all) and as
+/// the OpenMetrics body its families make (`decode::proto::to_openmetrics`), which is `body`:
+/// limits, `loupe status` and the text renderings read that one.
 #[derive(Debug)]
 pub struct Snapshot {
+    /// The body in a text format (a protobuf body's families as OpenMetrics).
     pub body: Bytes,
     pub prepared: decode::Prepared,
+    /// The body as it came, when it was protobuf.
+    pub protobuf: Option<Bytes>,
+    /// Native histograms without classic buckets: in `protobuf`, not in `body`, so not served
+    /// to text and OpenMetrics scrapers.
+    pub native_only: usize,
     /// The identity the renderings are made with.
     identity: Option<Identity>,
     text: OnceLock<Option<Rendered>>,
     open_metrics: OnceLock<Option<Rendered>>,
+    protobuf_rendered: OnceLock<Option<Rendered>>,
     held: Reservation,
 }
 
@@ -278,8 +297,22 @@ impl Snapshot {
         self.held.bytes()
     }
 
+    /// Samples as Prometheus counts them: a native histogram is one.
     pub fn samples(&self) -> usize {
-        self.prepared.summary().samples
+        self.prepared.summary().samples + self.native_only
+    }
+
+    /// The body as a merge source for output `format`, with `identity`: the protobuf body for
+    /// protobuf scrapers when it came so, else the text body with its index.
+    pub fn source<'a>(
+        &'a self,
+        identity: Option<decode::IdentityLabels<'a>>,
+        format: Format,
+    ) -> decode::Source<'a> {
+        match (&self.protobuf, format) {
+            (Some(p), Format::Protobuf) => decode::Source::new(identity, p, Format::Protobuf),
+            _ => decode::Source::prepared(identity, &self.body, &self.prepared),
+        }
     }
 
     /// The rendering for `format` with `identity`, made now if it was not yet. `None` when the
@@ -298,12 +331,11 @@ impl Snapshot {
         let cell = match format {
             Format::Text => &self.text,
             Format::OpenMetrics => &self.open_metrics,
+            Format::Protobuf => &self.protobuf_rendered,
         };
         cell.get_or_init(|| {
             decode::render_within(
-                &self.body,
-                &self.prepared,
-                Some(identity.labels()),
+                &self.source(Some(identity.labels()), format),
                 format,
                 self.body.len() * RENDERED_LIMIT_FACTOR + 64 * 1024,
             )
@@ -333,20 +365,55 @@ pub fn check(
         }));
     }
     let held = body.len().saturating_mul(HELD_FACTOR);
-    let held = intake
+    let mut held = intake
         .budget
         .reserve("this body", held, intake.freeing)
         // Counted by the budget (not a scrape limit), as when a fetch is refused.
         .map_err(|e| TargetError::Limit(e.into()))?;
     let format = Format::from_content_type(content_type);
-    let prepared = decode::prepare(&body, format).map_err(TargetError::Parse)?;
+    let (body, protobuf, native_only) = match format {
+        Format::Protobuf => {
+            let families = decode::proto::decode(&body).map_err(TargetError::Parse)?;
+            let om = decode::proto::to_openmetrics(&families);
+            NATIVE_ONLY_OMITTED.add(om.native_only as u64);
+            (Bytes::from(om.body), Some(body), om.native_only)
+        }
+        _ => (body, None, 0),
+    };
+    // The OpenMetrics body made from protobuf is held too.
+    if protobuf.is_some() {
+        held.grow("this body", body.len().saturating_mul(HELD_FACTOR))
+            .map_err(|e| TargetError::Limit(e.into()))?;
+    }
+    let text_format = match format {
+        Format::Protobuf => Format::OpenMetrics,
+        f => f,
+    };
+    let prepared = decode::prepare(&body, text_format).map_err(|e| match &protobuf {
+        // The families broke a rule of the text engine's (two families whose sample names
+        // clash): the body is rejected, and the reason says it was protobuf.
+        Some(_) => TargetError::Parse(decode::ParseError {
+            reason: format!("protobuf body read as OpenMetrics: {e}"),
+            ..e
+        }),
+        None => TargetError::Parse(e),
+    })?;
     limits.check(&body, &prepared, identity).map_err(exceeded)?;
+    if limits.sample_limit > 0 && prepared.summary().samples + native_only > limits.sample_limit {
+        return Err(exceeded(Limit::Samples {
+            limit: limits.sample_limit,
+            found: prepared.summary().samples + native_only,
+        }));
+    }
     let snapshot = Snapshot {
         body,
         prepared,
+        protobuf,
+        native_only,
         identity: identity.cloned(),
         text: OnceLock::new(),
         open_metrics: OnceLock::new(),
+        protobuf_rendered: OnceLock::new(),
         held,
     };
     snapshot.render(wanted.format());
@@ -513,6 +580,107 @@ mod tests {
         )
         .unwrap();
         assert!(tiny.rendered(&long, Format::Text).is_none());
+    }
+
+    /// A protobuf body: a counter, and a native-only histogram.
+    fn protobuf_body() -> Bytes {
+        use decode::proto::schema::*;
+        use prost::Message;
+        let families = [
+            MetricFamily {
+                name: "c_total".into(),
+                metric: vec![Metric {
+                    counter: Some(Counter {
+                        value: 2.0,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            MetricFamily {
+                name: "rpc_seconds".into(),
+                r#type: MetricType::Histogram as i32,
+                metric: vec![Metric {
+                    histogram: Some(Histogram {
+                        sample_count: 1,
+                        sample_sum: 0.5,
+                        schema: 0,
+                        positive_span: vec![BucketSpan {
+                            offset: 0,
+                            length: 1,
+                        }],
+                        positive_delta: vec![1],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        ];
+        let mut b = Vec::new();
+        for f in &families {
+            f.encode_length_delimited(&mut b).unwrap();
+        }
+        Bytes::from(b)
+    }
+
+    #[test]
+    fn protobuf_bodies_keep_native_histograms_for_protobuf_scrapers_only() {
+        let wanted = Wanted::default();
+        wanted.mark(Format::Protobuf);
+        let before = NATIVE_ONLY_OMITTED.get();
+        let snap = check(
+            protobuf_body(),
+            Some(decode::proto::CONTENT_TYPE),
+            Some(&identity("a")),
+            &Limits::default(),
+            free(),
+            &wanted,
+        )
+        .unwrap();
+        assert!(NATIVE_ONLY_OMITTED.get() > before);
+        assert_eq!((snap.native_only, snap.samples()), (1, 2));
+        assert!(snap.protobuf_rendered.get().is_some());
+        let text = String::from_utf8(snap.body.to_vec()).unwrap();
+        assert_eq!(text, "# TYPE c counter\nc_total 2.0\n# EOF\n");
+        let a = identity("a");
+        for format in [Format::Text, Format::OpenMetrics, Format::Protobuf] {
+            let r = snap.rendered(&a, format).expect("rendered");
+            let src = snap.source(Some(a.labels()), format);
+            assert!(r.fits(&src, format), "{format:?}");
+        }
+        // The sample limit counts a native histogram as one sample, as Prometheus does.
+        let limits = Limits {
+            sample_limit: 1,
+            ..Limits::default()
+        };
+        let err = check(
+            protobuf_body(),
+            Some(decode::proto::CONTENT_TYPE),
+            Some(&identity("a")),
+            &limits,
+            free(),
+            &wanted,
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "sample_limit exceeded: 2 samples, above 1");
+        // A broken protobuf body is rejected with the byte it broke at.
+        let mut cut = protobuf_body().to_vec();
+        cut.truncate(cut.len() - 3);
+        let err = check(
+            Bytes::from(cut),
+            Some(decode::proto::CONTENT_TYPE),
+            Some(&identity("a")),
+            &Limits::default(),
+            free(),
+            &wanted,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("unparsable body: byte "),
+            "{err}"
+        );
     }
 
     #[test]

@@ -265,6 +265,7 @@ mod tests {
             "loupe_memory_budget_refusals_total",
             "loupe_memory_held_bytes",
             "loupe_merge_rejected_bodies_total",
+            "loupe_native_histograms_omitted_total",
             "loupe_pods_file_endpoints_over_cap_total",
             "loupe_pods_file_errors_total",
             "loupe_pods_file_reloads_total",

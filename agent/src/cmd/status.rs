@@ -282,7 +282,7 @@ pub fn table(targets: &[TargetStatus]) -> String {
         "SOURCE",
         "AGE",
         "SAMPLES",
-        "ERROR",
+        "ERROR / NOTE",
     ];
     let cells: Vec<[String; 9]> = rows
         .iter()
@@ -297,7 +297,15 @@ pub fn table(targets: &[TargetStatus]) -> String {
                 t.age_seconds
                     .map_or_else(|| "-".into(), |a| format!("{a:.1}s")),
                 t.samples.map_or_else(|| "-".into(), |n| n.to_string()),
-                t.error.clone().unwrap_or_default(),
+                match (&t.error, t.native_only_histograms) {
+                    (Some(e), _) => e.clone(),
+                    (None, Some(n)) if n > 0 => {
+                        format!(
+                            "{n} native histograms without classic buckets: protobuf scrapers only"
+                        )
+                    }
+                    _ => String::new(),
+                },
             ]
         })
         .collect();
@@ -350,6 +358,7 @@ mod tests {
             age_seconds: Some(1.25),
             samples: error.is_none().then_some(50),
             body_bytes: error.is_none().then_some(4000),
+            native_only_histograms: error.is_none().then_some(0),
             error: error.map(Into::into),
         }
     }

@@ -1,5 +1,6 @@
 //! Decode: the exposition codec. Exact, streaming parsing of Prometheus text 0.0.4 and
-//! OpenMetrics 1.0, validation, and the merge of many pods' bodies into one node target. No I/O.
+//! OpenMetrics 1.0, the protobuf exposition (`proto/`, the one with native histograms),
+//! validation, and the merge of many pods' bodies into one node target. No I/O.
 //!
 //! # Parsing
 //! [`validate`], [`prepare`] and [`merge`] run one parser (`parse/`) over a body's bytes, in layers as
@@ -84,6 +85,16 @@
 //!      without `+Inf` bucket, ...) is written as `unknown` families, one per sample name, so
 //!      that the output stays valid and the series keep their names.
 //!    - `# EOF` ends every OpenMetrics output. gzip is the HTTP layer's job.
+//!    - **Protobuf** (`merge/protobuf.rs`): every family is one length-prefixed `MetricFamily`
+//!      whose metrics are the sources' own, identity labels first (rule 2), native
+//!      histograms, exemplars and created timestamps as the app sent them. Text bodies become
+//!      the families Prometheus would store their series under (`proto/from_text.rs`: an
+//!      OpenMetrics counter `a` is counter `a_total` with its `_created` as created timestamp,
+//!      histogram and summary samples one metric per label set, info `i` gauge `i_info`). A
+//!      protobuf body served as text or OpenMetrics is first written as the OpenMetrics body
+//!      its families make (`proto/to_text.rs`), so the rules above apply to it unchanged: a
+//!      native histogram with classic buckets is served with them, one without is left out
+//!      (text formats cannot carry it) and counted.
 //!
 //! The output is always a valid body in the chosen format, whatever the inputs.
 //!
@@ -130,6 +141,7 @@ mod limits;
 mod merge;
 mod negotiate;
 mod parse;
+pub mod proto;
 
 /// The parser's byte-level layer, which the merge shares: lexing, escapes, hashes.
 mod lex {
@@ -174,6 +186,9 @@ pub enum Format {
     Text,
     /// OpenMetrics 1.0.0.
     OpenMetrics,
+    /// The delimited protobuf exposition (`io.prometheus.client.MetricFamily`), the only one
+    /// with native histograms.
+    Protobuf,
 }
 
 impl Format {
@@ -194,22 +209,39 @@ impl Format {
         match self {
             Format::Text => "text/plain; version=0.0.4; charset=utf-8",
             Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Protobuf => proto::CONTENT_TYPE,
         }
     }
 }
 
-/// Why a body was rejected, and where.
+/// Why a body was rejected, and where: a line and column in a text body, a byte offset in a
+/// protobuf body (whose reason names the family).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}, column {column}: {reason}")]
+#[error("{}{reason}", match byte { Some(b) => format!("byte {b}: "), None => format!("line {line}, column {column}: ") })]
 pub struct ParseError {
-    /// From 1.
+    /// From 1; 0 in a protobuf body.
     pub line: usize,
-    /// Byte column, from 1.
+    /// Byte column, from 1; 0 in a protobuf body.
     pub column: usize,
+    /// Offset from the body's start, in a protobuf body.
+    pub byte: Option<usize>,
     pub reason: String,
 }
 
 impl ParseError {
+    /// A protobuf body's error at byte `offset`, in family `family` when it is known.
+    pub(crate) fn at_byte(offset: usize, family: Option<&str>, reason: &str) -> ParseError {
+        ParseError {
+            line: 0,
+            column: 0,
+            byte: Some(offset),
+            reason: match family {
+                Some(f) => format!("family {f:?}: {reason}"),
+                None => reason.to_string(),
+            },
+        }
+    }
+
     fn at(body: &[u8], pos: usize, reason: &str) -> ParseError {
         let pos = pos.min(body.len());
         let line_start = body[..pos]
@@ -220,6 +252,7 @@ impl ParseError {
         ParseError {
             line,
             column: pos - line_start + 1,
+            byte: None,
             reason: reason.to_string(),
         }
     }
@@ -263,6 +296,16 @@ impl Prepared {
 
     pub fn format(&self) -> Format {
         self.format
+    }
+
+    /// The index as the parser left it, over `body` (which must be the body it was made from).
+    pub(crate) fn parsed<'a>(&'a self, body: &'a [u8]) -> parse::Parsed<'a> {
+        parse::Parsed {
+            body,
+            format: self.format,
+            families: self.families.iter().map(|f| f.family(body)).collect(),
+            samples: std::borrow::Cow::Borrowed(&self.samples),
+        }
     }
 
     /// Heap bytes held by the index.

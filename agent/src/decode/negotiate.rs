@@ -7,6 +7,8 @@ use super::Format;
 struct MediaRange<'a> {
     mtype: &'a str,
     version: Option<&'a str>,
+    proto: Option<&'a str>,
+    encoding: Option<&'a str>,
     q: f32,
 }
 
@@ -19,6 +21,8 @@ fn parse_range(part: &str) -> Option<MediaRange<'_>> {
     let mut r = MediaRange {
         mtype,
         version: None,
+        proto: None,
+        encoding: None,
         q: 1.0,
     };
     for p in it {
@@ -29,6 +33,8 @@ fn parse_range(part: &str) -> Option<MediaRange<'_>> {
         match k.trim() {
             k if k.eq_ignore_ascii_case("q") => r.q = v.parse().unwrap_or(0.0),
             k if k.eq_ignore_ascii_case("version") => r.version = Some(v),
+            k if k.eq_ignore_ascii_case("proto") => r.proto = Some(v),
+            k if k.eq_ignore_ascii_case("encoding") => r.encoding = Some(v),
             _ => {}
         }
     }
@@ -44,6 +50,13 @@ fn format_of(r: &MediaRange<'_>) -> Option<Format> {
         && (v.is_empty() || v == "1.0.0" || v == "0.0.1")
     {
         return Some(Format::OpenMetrics);
+    }
+    // Only the delimited encoding of MetricFamily (client_golang's FmtProtoDelim).
+    if r.mtype.eq_ignore_ascii_case(super::proto::MEDIA_TYPE)
+        && r.proto == Some("io.prometheus.client.MetricFamily")
+        && r.encoding == Some("delimited")
+    {
+        return Some(Format::Protobuf);
     }
     None
 }
@@ -66,8 +79,11 @@ pub(crate) fn from_content_type(content_type: Option<&str>) -> Format {
         .and_then(|c| c.split(';').next())
         .map(str::trim)
         .unwrap_or("");
+    // By media type alone, as Prometheus picks its parser.
     if mtype.eq_ignore_ascii_case("application/openmetrics-text") {
         Format::OpenMetrics
+    } else if mtype.eq_ignore_ascii_case(super::proto::MEDIA_TYPE) {
+        Format::Protobuf
     } else {
         Format::Text
     }
@@ -88,6 +104,29 @@ mod tests {
         // scrape_protocols: [PrometheusText0.0.4, OpenMetricsText1.0.0]
         let t = "text/plain;version=0.0.4;q=0.5,application/openmetrics-text;version=1.0.0;q=0.4,*/*;q=0.3";
         assert_eq!(negotiate(Some(t)), Format::Text);
+    }
+
+    #[test]
+    fn protobuf_when_asked_first() {
+        // Prometheus 3 with scrape_native_histograms; Prometheus 2.42 with the feature flag.
+        let p3 = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.6,application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1";
+        assert_eq!(negotiate(Some(p3)), Format::Protobuf);
+        let p2 = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(negotiate(Some(p2)), Format::Protobuf);
+        #[cfg(feature = "agent")]
+        assert_eq!(negotiate(Some(crate::fetch::ACCEPT)), Format::Protobuf);
+        // Other encodings or messages are not ours.
+        for other in [
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text",
+            "application/vnd.google.protobuf;proto=other.Message;encoding=delimited",
+            "application/vnd.google.protobuf",
+        ] {
+            assert_eq!(negotiate(Some(other)), Format::Text, "{other}");
+        }
+        assert_eq!(
+            from_content_type(Some(super::super::proto::CONTENT_TYPE)),
+            Format::Protobuf
+        );
     }
 
     #[test]
@@ -122,7 +161,7 @@ mod tests {
             Format::Text
         );
         assert_eq!(from_content_type(None), Format::Text);
-        for f in [Format::Text, Format::OpenMetrics] {
+        for f in [Format::Text, Format::OpenMetrics, Format::Protobuf] {
             assert_eq!(from_content_type(Some(f.content_type())), f);
         }
     }

@@ -490,8 +490,7 @@ impl Server {
             }) = outcome
             {
                 owners.push(at);
-                let source =
-                    Source::prepared(Some(identity.labels()), &snapshot.body, &snapshot.prepared);
+                let source = snapshot.source(Some(identity.labels()), format);
                 sources.push(source.with_rendered(snapshot.rendered(identity, format)));
             }
         }
@@ -681,6 +680,10 @@ pub struct TargetStatus {
     /// Samples and bytes of the latest good body.
     pub samples: Option<usize>,
     pub body_bytes: Option<usize>,
+    /// Native histograms without classic buckets in the latest good body: served to protobuf
+    /// scrapers only (text formats cannot carry them).
+    #[serde(default)]
+    pub native_only_histograms: Option<usize>,
     pub error: Option<String>,
 }
 
@@ -711,7 +714,8 @@ fn target_statuses(
                     .as_ref()
                     .map(|o| now.saturating_duration_since(o.at).as_secs_f64()),
                 samples: good.map(|s| s.samples()),
-                body_bytes: good.map(|s| s.body.len()),
+                body_bytes: good.map(|s| s.protobuf.as_ref().unwrap_or(&s.body).len()),
+                native_only_histograms: good.map(|s| s.native_only),
                 error: outcome
                     .as_ref()
                     .and_then(|o| o.result.as_ref().err().map(ToString::to_string)),

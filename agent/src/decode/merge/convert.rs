@@ -76,6 +76,8 @@ fn push_contributions<'a>(
     };
     let created = Suffix::Created.bit();
     match (from, to) {
+        // Protobuf renderings are made from families (`proto/render.rs`), not from here.
+        (Format::Protobuf, _) | (_, Format::Protobuf) => push(0, b"", fam.mtype, ALL, true),
         (Format::Text, Format::Text) | (Format::OpenMetrics, Format::OpenMetrics) => {
             push(0, b"", fam.mtype, ALL, true)
         }
@@ -185,6 +187,7 @@ pub(super) fn help_kind(f: Format) -> Escaped {
     match f {
         Format::Text => Escaped::TextHelp,
         Format::OpenMetrics => Escaped::OmHelp,
+        Format::Protobuf => Escaped::Raw,
     }
 }
 

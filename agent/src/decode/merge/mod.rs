@@ -14,6 +14,7 @@ mod convert;
 mod dedup;
 mod lines;
 mod plan;
+mod protobuf;
 mod render;
 mod write;
 
@@ -86,9 +87,16 @@ impl<'a> Source<'a> {
     }
 
     fn render_as(&self, out: Format, compact: bool) -> Rendered {
-        match self.prepared {
-            Some(p) => render::render_prepared(self.body, p, self.identity, out, compact),
-            None => render::render_body(self.body, self.format, self.identity, out, compact),
+        let (body, identity) = (self.body, self.identity);
+        match (self.format(), out, self.prepared) {
+            (Format::Protobuf, _, _) => {
+                protobuf::render_protobuf_body(body, identity, out, compact)
+            }
+            (from, Format::Protobuf, p) => {
+                protobuf::render_text_body(body, from, p, identity, compact)
+            }
+            (_, _, Some(p)) => render::render_prepared(body, p, identity, out, compact),
+            (from, _, None) => render::render_body(body, from, identity, out, compact),
         }
     }
 }

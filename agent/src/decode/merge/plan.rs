@@ -229,10 +229,10 @@ impl<'a> Plan<'a> {
                     let mut conflict = false;
                     if let Some(h) = meta.help.map(|h| r.slice(h)) {
                         match help {
-                            None => help = Some((m.source, h, r.from)),
+                            None => help = Some((m.source, h, r.help_from)),
                             Some((hs, h0, fmt0)) => {
                                 conflict |= hs != m.source
-                                    && !help_eq(h0, fmt0, h, r.from, scratch, scratch2);
+                                    && !help_eq(h0, fmt0, h, r.help_from, scratch, scratch2);
                             }
                         }
                     }

@@ -5,7 +5,6 @@
 //! that comes without a fitting rendering. Everything that can be decided per source is decided
 //! here; what depends on other sources is decided by the merge's plan (`plan.rs`).
 
-use std::borrow::Cow;
 use std::cmp::Ordering;
 
 use bytes::Bytes;
@@ -30,6 +29,8 @@ type Labels = [String; 4];
 pub struct Rendered {
     out: Format,
     pub(super) from: Format,
+    /// The format its HELP texts are escaped as (`from`, or protobuf's unescaped strings).
+    pub(super) help_from: Format,
     identity: Option<Labels>,
     /// Hash of the identity's labels (no identity hashes as all labels empty).
     pub(super) identity_hash: u64,
@@ -132,7 +133,37 @@ impl Rendered {
             .is_some_and(|l| l.iter().all(|v| !v.is_empty()))
     }
 
-    fn empty(
+    /// A source that failed: it contributes nothing, and the merge reports why.
+    pub(super) fn rejected(
+        body_len: usize,
+        from: Format,
+        identity: Option<IdentityLabels<'_>>,
+        out: Format,
+        e: ParseError,
+    ) -> Self {
+        let mut r = Rendered::empty(body_len, from, identity, out);
+        r.rejected = Some(e);
+        r
+    }
+
+    /// Marks a rendering made from another body (a protobuf body's OpenMetrics) as the
+    /// rendering of the body it came from, for [`Rendered::fits`].
+    pub(super) fn came_from(&mut self, body_len: usize, from: Format) {
+        self.body_len = body_len;
+        self.from = from;
+    }
+
+    pub(super) fn push_text(&mut self, s: &[u8]) -> (u32, u32) {
+        push_text(&mut self.text, s)
+    }
+
+    /// Gives back spare capacity (a rendering that is kept).
+    pub(super) fn compact(&mut self) {
+        self.text.shrink_to_fit();
+        self.metas.shrink_to_fit();
+    }
+
+    pub(super) fn empty(
         body_len: usize,
         from: Format,
         identity: Option<IdentityLabels<'_>>,
@@ -149,6 +180,7 @@ impl Rendered {
         Rendered {
             out,
             from,
+            help_from: from,
             identity,
             identity_hash,
             body_len,
@@ -195,13 +227,7 @@ pub(super) fn render_prepared(
     if prepared.len != body.len() {
         return render_body(body, prepared.format, identity, out, compact);
     }
-    let parsed = Parsed {
-        body,
-        format: prepared.format,
-        families: prepared.families.iter().map(|f| f.family(body)).collect(),
-        samples: Cow::Borrowed(&prepared.samples),
-    };
-    render_parsed(parsed, identity, out, compact)
+    render_parsed(prepared.parsed(body), identity, out, compact)
 }
 
 /// Parses and renders a body; a body that fails is kept as rejected.
@@ -214,11 +240,7 @@ pub(super) fn render_body(
 ) -> Rendered {
     match parse(body, format) {
         Ok(parsed) => render_parsed(parsed, identity, out, compact),
-        Err(e) => {
-            let mut r = Rendered::empty(body.len(), format, identity, out);
-            r.rejected = Some(e);
-            r
-        }
+        Err(e) => Rendered::rejected(body.len(), format, identity, out, e),
     }
 }
 
@@ -327,17 +349,31 @@ impl Rendered {
     }
 }
 
-/// [`render_source`], unless the rendering would take more than `limit` bytes (estimated
-/// before rendering from the body and the identity labels on every sample line, and checked
-/// after), in which case nothing is rendered, `loupe_rendered_oversize_total` counts it and
+/// [`Source::render`], unless the rendering would take more than `limit` bytes (estimated
+/// before rendering from a prepared body and the identity labels on every sample line, and
+/// checked after), in which case nothing is kept, `loupe_rendered_oversize_total` counts it and
 /// `None` is returned; the merge then renders that body at every scrape instead of keeping it.
-pub fn render_within(
+pub fn render_within(source: &Source<'_>, out: Format, limit: usize) -> Option<Rendered> {
+    let rendered = match source.prepared {
+        Some(prepared) if out != Format::Protobuf => {
+            estimate_within(source.body, prepared, source.identity, limit)?;
+            source.render(out)
+        }
+        _ => source.render(out),
+    };
+    if rendered.heap_bytes() > limit {
+        RENDERED_OVERSIZE.inc();
+        return None;
+    }
+    Some(rendered)
+}
+
+fn estimate_within(
     body: &[u8],
     prepared: &Prepared,
     identity: Option<IdentityLabels<'_>>,
-    out: Format,
     limit: usize,
-) -> Option<Rendered> {
+) -> Option<()> {
     let prefix: usize = identity
         .map(|i| {
             i.labels()
@@ -353,13 +389,9 @@ pub fn render_within(
         RENDERED_OVERSIZE.inc();
         return None;
     }
-    // Timestamps converted to milliseconds and renamed labels can still pass the estimate.
-    let rendered = render_source(body, prepared, identity, out);
-    if rendered.heap_bytes() > limit {
-        RENDERED_OVERSIZE.inc();
-        return None;
-    }
-    Some(rendered)
+    // Timestamps converted to milliseconds and renamed labels can still pass the estimate:
+    // the caller checks the rendering too.
+    Some(())
 }
 
 /// Whether two written (not duplicate) samples of the contributions have the same series hash.

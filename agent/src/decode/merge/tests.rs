@@ -17,7 +17,7 @@ fn id(pod: &str) -> Option<IdentityLabels<'_>> {
 fn other(out: Format) -> Format {
     match out {
         Format::Text => Format::OpenMetrics,
-        Format::OpenMetrics => Format::Text,
+        Format::OpenMetrics | Format::Protobuf => Format::Text,
     }
 }
 
@@ -441,8 +441,9 @@ fn shared_identities_are_deduplicated_by_series() {
 fn renderings_are_bounded() {
     let body = b"a 1\nb 2\n";
     let p = prepare(body, Format::Text).unwrap();
-    assert!(render_within(body, &p, id("p1"), Format::Text, 1 << 20).is_some());
+    let src = Source::prepared(id("p1"), body, &p);
+    assert!(render_within(&src, Format::Text, 1 << 20).is_some());
     let before = super::super::RENDERED_OVERSIZE.get();
-    assert!(render_within(body, &p, id("p1"), Format::Text, 100).is_none());
+    assert!(render_within(&src, Format::Text, 100).is_none());
     assert!(super::super::RENDERED_OVERSIZE.get() > before);
 }

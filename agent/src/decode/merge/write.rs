@@ -83,6 +83,9 @@ impl Sink for Chunks {
 
 /// Writes the plan's families (and `# EOF` in OpenMetrics); returns the duplicates left out.
 pub(super) fn write<S: Sink>(plan: &Plan<'_>, rs: &[&Rendered], out: Format, sink: &mut S) -> u64 {
+    if out == Format::Protobuf {
+        return super::protobuf::write(plan, rs, sink);
+    }
     // Exactly enough (HELP may grow by its escapes): a regrown buffer costs more than the merge.
     sink.reserve(plan.header_bytes, plan.block_bytes);
     let mut duplicates = 0u64;

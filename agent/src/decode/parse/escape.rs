@@ -11,6 +11,8 @@ pub(crate) enum Escaped {
     TextHelp,
     /// OpenMetrics HELP: `\\`, `\"`, `\n`.
     OmHelp,
+    /// Not escaped at all: protobuf's strings.
+    Raw,
 }
 
 /// Decodes an escaped string into `out` (for comparisons on the rare paths). Unknown escapes
@@ -54,6 +56,24 @@ pub(crate) fn bad_text_help_escape(raw: &[u8]) -> Option<usize> {
 /// Writes a raw escaped string of kind `from` as kind `to`, re-escaping where the two differ.
 /// The common case (no backslash, no quote) is one copy.
 pub(crate) fn write_escaped(raw: &[u8], from: Escaped, to: Escaped, out: &mut Vec<u8>) {
+    if from == to && from == Escaped::Raw {
+        out.extend_from_slice(raw);
+        return;
+    }
+    if to == Escaped::Raw {
+        return unescape(raw, out);
+    }
+    if from == Escaped::Raw {
+        for &c in raw {
+            match c {
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'"' => push_quote(to, out),
+                c => out.push(c),
+            }
+        }
+        return;
+    }
     if !raw.iter().any(|&c| c == b'\\' || c == b'"') {
         out.extend_from_slice(raw);
         return;
@@ -121,6 +141,19 @@ mod tests {
             &mut o,
         );
         assert_eq!(o, br#"x\\z\\"#);
+    }
+
+    #[test]
+    fn raw_strings_are_escaped_and_unescaped() {
+        let mut o = Vec::new();
+        write_escaped(b"a\\b\n\"c\"", Escaped::Raw, Escaped::OmHelp, &mut o);
+        assert_eq!(o, br#"a\\b\n\"c\""#);
+        o.clear();
+        write_escaped(b"a\\b\n\"c\"", Escaped::Raw, Escaped::TextHelp, &mut o);
+        assert_eq!(o, br#"a\\b\n"c""#);
+        o.clear();
+        write_escaped(br#"a\\b\n\"c\z"#, Escaped::OmHelp, Escaped::Raw, &mut o);
+        assert_eq!(o, b"a\\b\n\"c\\z");
     }
 
     #[test]

@@ -61,7 +61,7 @@ impl MType {
             MType::Info => "info",
             MType::StateSet => "stateset",
             MType::Unknown => match format {
-                Format::Text => "untyped",
+                Format::Text | Format::Protobuf => "untyped",
                 Format::OpenMetrics => "unknown",
             },
         }
@@ -76,8 +76,11 @@ impl MType {
             (Format::OpenMetrics, MType::GaugeHistogram) => &[Bucket, GSum, GCount],
             (Format::OpenMetrics, MType::Summary) => &[Bare, Sum, Count, Created],
             (Format::OpenMetrics, MType::Info) => &[Info],
-            (Format::Text, MType::Histogram) => &[Bucket, Sum, Count],
-            (Format::Text, MType::Summary) => &[Bare, Sum, Count],
+            // The series Prometheus stores from a protobuf family are the text format's.
+            (Format::Text | Format::Protobuf, MType::Histogram | MType::GaugeHistogram) => {
+                &[Bucket, Sum, Count]
+            }
+            (Format::Text | Format::Protobuf, MType::Summary) => &[Bare, Sum, Count],
             _ => &[Bare],
         }
     }

@@ -42,6 +42,8 @@ pub(crate) fn parse(body: &[u8], format: Format) -> Result<Parsed<'_>, ParseErro
     let parsed = match format {
         Format::Text => run::<Text>(body),
         Format::OpenMetrics => run::<OpenMetrics>(body),
+        // Read by `decode::proto`, and parsed here as the OpenMetrics body it becomes.
+        Format::Protobuf => Err((0, "a protobuf body is not parsed as text")),
     };
     parsed.map_err(|(pos, reason)| ParseError::at(body, pos, reason))
 }

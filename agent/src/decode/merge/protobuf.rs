@@ -1,0 +1,533 @@
+//! The protobuf output: a source rendered from its families (a protobuf body's own, or a text
+//! body's made by `proto::from_text`) into one block of encoded `Metric`s per family, and the
+//! plan written as length-prefixed `MetricFamily` messages whose metrics are those blocks,
+//! sliced, not copied. The rules are the text output's (module docs): identity labels first on
+//! every metric, app labels named like them renamed `exported_*`, one family per name with the
+//! type most sources declare, the first HELP and UNIT, duplicates left out.
+//!
+//! A protobuf body rendered for a text format goes through the OpenMetrics body its families
+//! make (`proto::to_openmetrics`), so that output is the text engine's.
+
+use std::collections::HashSet;
+use std::ops::Range;
+
+use bytes::Bytes;
+use prost::Message;
+
+use super::super::lex::{self, name_hash, Escaped};
+use super::super::parse::{parse, MType};
+use super::super::proto::{self, schema};
+use super::super::{Format, IdentityLabels, Prepared, RESERVED_FAMILIES, RESERVED_PREFIX};
+use super::convert::help_kind;
+use super::dedup::first_of_each_series;
+use super::lines::TARGET_LABELS;
+use super::plan::Plan;
+use super::render::{self, FamilyMeta, Rendered, RenderedFamily, TypedBlock};
+use super::write::Sink;
+
+/// A protobuf body rendered for `out`; a body that fails to decode is kept as rejected.
+pub(super) fn render_protobuf_body(
+    body: &[u8],
+    identity: Option<IdentityLabels<'_>>,
+    out: Format,
+    compact: bool,
+) -> Rendered {
+    let families = match proto::decode(body) {
+        Ok(f) => f,
+        Err(e) => return Rendered::rejected(body.len(), Format::Protobuf, identity, out, e),
+    };
+    if out == Format::Protobuf {
+        return render_families(&families, body.len(), Format::Protobuf, identity, compact);
+    }
+    let om = proto::to_openmetrics(&families);
+    let mut r = render::render_body(&om.body, Format::OpenMetrics, identity, out, compact);
+    r.came_from(body.len(), Format::Protobuf);
+    r
+}
+
+/// A text body rendered for protobuf output, from its index when it has one.
+pub(super) fn render_text_body(
+    body: &[u8],
+    format: Format,
+    prepared: Option<&Prepared>,
+    identity: Option<IdentityLabels<'_>>,
+    compact: bool,
+) -> Rendered {
+    let parsed = match prepared.filter(|p| p.len == body.len()) {
+        Some(p) => Ok(p.parsed(body)),
+        None => parse(body, format),
+    };
+    match parsed {
+        Ok(parsed) => {
+            let families = proto::from_text(&parsed);
+            render_families(&families, body.len(), format, identity, compact)
+        }
+        Err(e) => Rendered::rejected(body.len(), format, identity, Format::Protobuf, e),
+    }
+}
+
+/// The block type of a protobuf family type.
+fn mtype(t: i32) -> MType {
+    match schema::MetricType::try_from(t) {
+        Ok(schema::MetricType::Counter) => MType::Counter,
+        Ok(schema::MetricType::Gauge) => MType::Gauge,
+        Ok(schema::MetricType::Summary) => MType::Summary,
+        Ok(schema::MetricType::Histogram) => MType::Histogram,
+        Ok(schema::MetricType::GaugeHistogram) => MType::GaugeHistogram,
+        Ok(schema::MetricType::Untyped) | Err(_) => MType::Unknown,
+    }
+}
+
+/// The protobuf type of a block type.
+fn metric_type(t: MType) -> schema::MetricType {
+    match t {
+        MType::Counter => schema::MetricType::Counter,
+        MType::Gauge | MType::Info | MType::StateSet => schema::MetricType::Gauge,
+        MType::Summary => schema::MetricType::Summary,
+        MType::Histogram => schema::MetricType::Histogram,
+        MType::GaugeHistogram => schema::MetricType::GaugeHistogram,
+        MType::Unknown => schema::MetricType::Untyped,
+    }
+}
+
+/// Families rendered with an identity: per family name one block per type, each the encoded
+/// `Metric`s (field 4 of `MetricFamily`, tag and length included) with their final labels.
+pub(super) fn render_families(
+    families: &[schema::MetricFamily],
+    body_len: usize,
+    from: Format,
+    identity: Option<IdentityLabels<'_>>,
+    compact: bool,
+) -> Rendered {
+    let mut r = Rendered::empty(body_len, from, identity, Format::Protobuf);
+    r.help_from = Format::Protobuf;
+    let ident: Vec<(&str, &str)> = identity
+        .map(|i| i.labels())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
+    let mut order: Vec<&schema::MetricFamily> = families
+        .iter()
+        .filter(|f| {
+            let reserved = identity.is_some() && f.name.as_bytes().starts_with(RESERVED_PREFIX);
+            r.reserved += u64::from(reserved);
+            !reserved
+        })
+        .collect();
+    RESERVED_FAMILIES.add(r.reserved);
+    order.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut lines = Vec::with_capacity(body_len + 64);
+    let mut seen: HashSet<Vec<(String, String)>> = HashSet::new();
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i + 1;
+        while j < order.len() && order[j].name == order[i].name {
+            j += 1;
+        }
+        let group = &order[i..j];
+        let name = r.push_text(group[0].name.as_bytes());
+        let blocks_start = r.blocks.len();
+        let mut types: Vec<i32> = group.iter().map(|f| f.r#type).collect();
+        types.dedup();
+        for t in types {
+            seen.clear();
+            let metas_start = r.metas.len();
+            let (start, mut dups, mut cross) = (lines.len(), 0, false);
+            for f in group.iter().filter(|f| f.r#type == t) {
+                let help = (!f.help.is_empty()).then(|| r.push_text(f.help.as_bytes()));
+                let unit = (!f.unit.is_empty()).then(|| r.push_text(f.unit.as_bytes()));
+                r.metas.push(FamilyMeta { help, unit });
+                for m in &f.metric {
+                    let (labels, renamed) = final_labels(&ident, identity.is_some(), &m.label);
+                    cross |= renamed;
+                    let mut key: Vec<(String, String)> = labels
+                        .iter()
+                        .map(|l| (l.name.clone(), l.value.clone()))
+                        .collect();
+                    key.sort_unstable();
+                    if !seen.insert(key) {
+                        dups += 1;
+                        continue;
+                    }
+                    let m = schema::Metric {
+                        label: labels,
+                        ..m.clone()
+                    };
+                    prost::encoding::message::encode(4, &m, &mut lines);
+                }
+            }
+            r.blocks.push(TypedBlock {
+                mtype: mtype(t),
+                metas: (metas_start as u32, r.metas.len() as u32),
+                lines: (start as u32, lines.len() as u32),
+                dups,
+                cross,
+                maybe_more_dups: false,
+            });
+        }
+        r.families.push(RenderedFamily {
+            name,
+            hash: name_hash(r.slice(name)),
+            blocks: (blocks_start as u32, r.blocks.len() as u32),
+        });
+        i = j;
+    }
+    if compact {
+        lines.shrink_to_fit();
+        r.compact();
+    }
+    r.lines = Bytes::from(lines);
+    r
+}
+
+/// A metric's labels as written: the identity's first, then the app's (empty ones left out),
+/// those named like an identity label (or, for an app, `job` and `instance`) renamed
+/// `exported_*` until the name is free (rule 2). Also whether one was renamed into a name an
+/// identity label has.
+fn final_labels(
+    ident: &[(&str, &str)],
+    app: bool,
+    labels: &[schema::LabelPair],
+) -> (Vec<schema::LabelPair>, bool) {
+    let mut out: Vec<schema::LabelPair> = ident
+        .iter()
+        .map(|(n, v)| schema::LabelPair {
+            name: (*n).to_string(),
+            value: (*v).to_string(),
+        })
+        .collect();
+    let is_ident =
+        |n: &str| ident.iter().any(|(k, _)| *k == n) || (app && TARGET_LABELS.contains(&n));
+    let mut conflicting: Vec<&schema::LabelPair> = Vec::new();
+    for l in labels.iter().filter(|l| !l.value.is_empty()) {
+        if is_ident(&l.name) {
+            conflicting.push(l);
+        } else {
+            out.push(l.clone());
+        }
+    }
+    let renamed = conflicting
+        .iter()
+        .any(|l| ["namespace", "pod", "container", "endpoint"].contains(&l.name.as_str()));
+    conflicting.sort_by_key(|l| l.name.len());
+    for l in conflicting {
+        let mut name = format!("exported_{}", l.name);
+        while out.iter().any(|o| o.name == name) {
+            name.insert_str(0, "exported_");
+        }
+        out.push(schema::LabelPair {
+            name,
+            value: l.value.clone(),
+        });
+    }
+    (out, renamed)
+}
+
+/// Writes the plan's families as length-prefixed `MetricFamily` messages; returns the
+/// duplicates left out.
+pub(super) fn write<S: Sink>(plan: &Plan<'_>, rs: &[&Rendered], sink: &mut S) -> u64 {
+    sink.reserve(plan.header_bytes, plan.block_bytes);
+    let mut duplicates = 0u64;
+    let mut pieces: Vec<(&Bytes, Range<usize>)> = Vec::new();
+    let mut header = Vec::new();
+    for family in plan.families.iter().filter(|f| !f.dropped) {
+        pieces.clear();
+        for m in &plan.members[family.members.0 as usize..family.members.1 as usize] {
+            let Some(b) = m.block else {
+                continue;
+            };
+            let r = rs[m.source as usize];
+            let block = &r.blocks[b as usize];
+            duplicates += block.dups;
+            pieces.push((&r.lines, block.lines.0 as usize..block.lines.1 as usize));
+        }
+        if family.compare_series {
+            duplicates += first_metric_of_each_series(&mut pieces);
+        }
+        header.clear();
+        let name = String::from_utf8_lossy(family.name);
+        prost::encoding::string::encode(1, &name.into_owned(), &mut header);
+        if let Some((h, from)) = family.help {
+            let mut raw = Vec::new();
+            lex::write_escaped(h, help_kind(from), Escaped::Raw, &mut raw);
+            prost::encoding::bytes::encode(2, &raw, &mut header);
+        }
+        let t = metric_type(family.mtype) as i32;
+        if t != 0 {
+            prost::encoding::int32::encode(3, &t, &mut header);
+        }
+        if let Some(u) = family.unit {
+            prost::encoding::bytes::encode(5, &u.to_vec(), &mut header);
+        }
+        let len = header.len() + pieces.iter().map(|(_, r)| r.len()).sum::<usize>();
+        let text = sink.text();
+        prost::encoding::encode_varint(len as u64, text);
+        text.extend_from_slice(&header);
+        for (lines, range) in &pieces {
+            sink.block(lines, range.clone());
+        }
+    }
+    duplicates
+}
+
+/// Rule 5 across sources: the pieces (blocks of encoded metrics) cut down to the first metric
+/// of each series. Returns the metrics left out.
+fn first_metric_of_each_series(pieces: &mut Vec<(&Bytes, Range<usize>)>) -> u64 {
+    let mut metrics: Vec<(&Bytes, Range<usize>)> = Vec::new();
+    for (lines, range) in pieces.iter() {
+        let mut at = range.start;
+        while at < range.end {
+            let mut rest = &lines[at..range.end];
+            // Blocks are written by `render_families`: a tag byte, a length, a message.
+            let _tag = rest.first().copied();
+            rest = &rest[1..];
+            let before = rest.len();
+            let len = prost::encoding::decode_varint(&mut rest).unwrap_or(0) as usize;
+            let end = at + 1 + (before - rest.len()) + len;
+            metrics.push((lines, at..end.min(range.end)));
+            at = end;
+        }
+    }
+    let keys: Vec<Vec<(String, String)>> = metrics
+        .iter()
+        .map(|(lines, r)| series_of(&lines[r.clone()]))
+        .collect();
+    let mut hashed: Vec<(u64, u32)> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let h = k.iter().fold(0u64, |h, (n, v)| {
+                h.wrapping_add(lex::pair_hash(n.as_bytes(), v.as_bytes()))
+            });
+            (h, i as u32)
+        })
+        .collect();
+    let mut dup = Vec::new();
+    let dropped = first_of_each_series(&mut hashed, &mut dup, |a, b| {
+        keys[a as usize] == keys[b as usize]
+    });
+    *pieces = metrics
+        .into_iter()
+        .zip(dup)
+        .filter(|(_, d)| !d)
+        .map(|(p, _)| p)
+        .collect();
+    dropped
+}
+
+/// The sorted labels of one encoded `Metric` field (tag, length, message).
+fn series_of(mut field: &[u8]) -> Vec<(String, String)> {
+    field = field.get(1..).unwrap_or_default();
+    let m = schema::Metric::decode_length_delimited(field).unwrap_or_default();
+    let mut key: Vec<(String, String)> = m
+        .label
+        .into_iter()
+        .filter(|l| !l.value.is_empty())
+        .map(|l| (l.name, l.value))
+        .collect();
+    key.sort_unstable();
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::proto::schema::*;
+    use super::super::{merge, Source};
+    use super::*;
+
+    fn encode(families: &[MetricFamily]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for f in families {
+            f.encode_length_delimited(&mut b).unwrap();
+        }
+        b
+    }
+
+    fn decode(b: &[u8]) -> Vec<MetricFamily> {
+        proto::decode(b).unwrap()
+    }
+
+    fn label(n: &str, v: &str) -> LabelPair {
+        LabelPair {
+            name: n.into(),
+            value: v.into(),
+        }
+    }
+
+    fn id(pod: &str) -> Option<IdentityLabels<'_>> {
+        Some(IdentityLabels {
+            namespace: "ns",
+            pod,
+            container: "c",
+            endpoint: "metrics",
+        })
+    }
+
+    fn native_family(name: &str, labels: Vec<LabelPair>) -> MetricFamily {
+        MetricFamily {
+            name: name.into(),
+            help: "Latency \\ of \"rpc\"\n".into(),
+            r#type: MetricType::Histogram as i32,
+            unit: String::new(),
+            metric: vec![Metric {
+                label: labels,
+                histogram: Some(Histogram {
+                    sample_count: 3,
+                    sample_sum: 1.5,
+                    schema: 3,
+                    zero_threshold: 1e-128,
+                    zero_count: 1,
+                    positive_span: vec![BucketSpan {
+                        offset: 2,
+                        length: 2,
+                    }],
+                    positive_delta: vec![1, 0],
+                    start_timestamp: Some(Timestamp {
+                        seconds: 17,
+                        nanos: 5,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn native_histograms_go_through_with_identity_labels() {
+        let a = encode(&[native_family(
+            "rpc",
+            vec![
+                label("method", "GET"),
+                label("pod", "app-said"),
+                label("job", "j"),
+            ],
+        )]);
+        let b = encode(&[
+            native_family("rpc", vec![label("method", "GET")]),
+            MetricFamily {
+                name: "up_total".into(),
+                r#type: MetricType::Counter as i32,
+                metric: vec![Metric {
+                    counter: Some(Counter {
+                        value: 1.0,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        ]);
+        let sources = [
+            Source::new(id("a"), &a, Format::Protobuf),
+            Source::new(id("b"), &b, Format::Protobuf),
+        ];
+        let (chunks, stats) = merge(&sources, Format::Protobuf);
+        assert!(stats.rejected.is_empty(), "{stats:?}");
+        let out = decode(&chunks.concat());
+        assert_eq!(out.len(), 2);
+        let rpc = &out[0];
+        assert_eq!(rpc.name, "rpc");
+        assert_eq!(rpc.help, "Latency \\ of \"rpc\"\n");
+        assert_eq!(rpc.r#type, MetricType::Histogram as i32);
+        assert_eq!(rpc.metric.len(), 2);
+        let names: Vec<Vec<(&str, &str)>> = rpc
+            .metric
+            .iter()
+            .map(|m| m.label.iter().map(|l| (&*l.name, &*l.value)).collect())
+            .collect();
+        assert_eq!(
+            names[0],
+            [
+                ("namespace", "ns"),
+                ("pod", "a"),
+                ("container", "c"),
+                ("endpoint", "metrics"),
+                ("method", "GET"),
+                ("exported_pod", "app-said"),
+                ("exported_job", "j"),
+            ]
+        );
+        assert_eq!(names[1][1], ("pod", "b"));
+        let want = native_family("rpc", vec![]).metric[0].histogram.clone();
+        assert_eq!(rpc.metric[0].histogram, want);
+        assert_eq!(rpc.metric[1].histogram, want);
+        assert_eq!(out[1].name, "up_total");
+        // The same sources in text: the native-only histogram is left out.
+        let (text, _) = merge(&sources, Format::Text);
+        let text = String::from_utf8(text.concat()).unwrap();
+        assert!(!text.contains("rpc"), "{text}");
+        assert!(
+            text.contains("up_total{namespace=\"ns\",pod=\"b\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn text_bodies_become_the_same_families() {
+        let text = "# HELP c_total Requests.\n# TYPE c_total counter\nc_total{m=\"x\"} 3\n\
+                    # TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 2\n\
+                    # TYPE s summary\ns{quantile=\"0.5\"} 1\ns_sum 4\ns_count 2\n\
+                    g 1.5 1000\n";
+        let (chunks, stats) = merge(
+            &[Source::new(id("a"), text.as_bytes(), Format::Text)],
+            Format::Protobuf,
+        );
+        assert!(stats.rejected.is_empty(), "{stats:?}");
+        let out = decode(&chunks.concat());
+        let names: Vec<(&str, i32)> = out.iter().map(|f| (&*f.name, f.r#type)).collect();
+        assert_eq!(
+            names,
+            [
+                ("c_total", MetricType::Counter as i32),
+                ("g", MetricType::Untyped as i32),
+                ("h", MetricType::Histogram as i32),
+                ("s", MetricType::Summary as i32),
+            ]
+        );
+        assert_eq!(out[0].help, "Requests.");
+        assert_eq!(out[0].metric[0].counter.as_ref().unwrap().value, 3.0);
+        assert_eq!(out[1].metric[0].timestamp_ms, 1000);
+        let h = out[2].metric[0].histogram.as_ref().unwrap();
+        assert_eq!((h.sample_count, h.sample_sum, h.bucket.len()), (2, 3.0, 2));
+        assert_eq!(out[3].metric[0].summary.as_ref().unwrap().quantile.len(), 1);
+        assert_eq!(out[0].metric[0].label[1], label("pod", "a"));
+    }
+
+    #[test]
+    fn series_met_across_sources_are_written_once() {
+        let body = encode(&[native_family("rpc", vec![label("method", "GET")])]);
+        // Two sources with one identity: the second's metric is a duplicate.
+        let sources = [
+            Source::new(id("a"), &body, Format::Protobuf),
+            Source::new(id("a"), &body, Format::Protobuf),
+        ];
+        let (chunks, stats) = merge(&sources, Format::Protobuf);
+        assert_eq!(stats.duplicate_series, 1);
+        assert_eq!(decode(&chunks.concat())[0].metric.len(), 1);
+    }
+
+    #[test]
+    fn a_broken_body_is_rejected_and_the_others_stay() {
+        let counter = MetricFamily {
+            name: "c_total".into(),
+            metric: vec![Metric {
+                counter: Some(Counter::default()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let good = encode(&[native_family("rpc", vec![]), counter]);
+        let sources = [
+            Source::new(id("a"), b"\x05\x0a", Format::Protobuf),
+            Source::new(id("b"), &good, Format::Protobuf),
+        ];
+        for out in [Format::Protobuf, Format::Text, Format::OpenMetrics] {
+            let (chunks, stats) = merge(&sources, out);
+            assert_eq!(stats.rejected.len(), 1, "{out:?}");
+            assert_eq!(stats.rejected[0].0, 0);
+            assert!(!chunks.concat().is_empty());
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! The protobuf exposition (`application/vnd.google.protobuf;
+//! proto=io.prometheus.client.MetricFamily; encoding=delimited`): a stream of varint-length-
+//! prefixed `MetricFamily` messages, the one format that carries native histograms.
+//!
+//! - `schema.rs`: the messages (client_model's `metrics.proto`, beside it).
+//! - `read.rs`: a body decoded and checked as strictly as the text formats, or rejected whole
+//!   with the family and byte offset.
+//! - `to_text.rs`: families as an OpenMetrics body, which the text engine then parses, checks
+//!   and renders like any other: how a protobuf body reaches text and OpenMetrics scrapers.
+//! - `from_text.rs`: a parsed text body as families: how a text body reaches protobuf scrapers.
+//! - `render.rs`: families rendered for the protobuf output, one block of encoded metrics per
+//!   family, which the merge engine plans and writes like text blocks.
+
+mod from_text;
+mod read;
+pub mod schema;
+mod to_text;
+
+pub(crate) use from_text::from_text;
+pub use read::decode;
+pub use to_text::{is_native, is_native_only, to_openmetrics, OpenMetricsBody};
+
+/// The media type of the delimited protobuf exposition.
+pub const MEDIA_TYPE: &str = "application/vnd.google.protobuf";
+/// The parameters naming the message and the framing.
+pub const CONTENT_TYPE: &str =
+    "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";

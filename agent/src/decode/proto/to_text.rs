@@ -1,0 +1,651 @@
+//! Families as an OpenMetrics body: how a protobuf body reaches text and OpenMetrics scrapers.
+//! The body is then parsed, checked and rendered by the text engine like any other, so every
+//! merging rule holds for it unchanged.
+//!
+//! What OpenMetrics cannot carry is left out or renamed, and said here once:
+//! - a native histogram without classic buckets cannot be written in a text format: it is left
+//!   out and counted ([`OpenMetricsBody::native_only`]); a histogram with both keeps its classic
+//!   buckets (what Prometheus stores from it when it does not ask for protobuf);
+//! - a classic histogram's missing `+Inf` bucket is added from its count, as Prometheus does;
+//! - created timestamps become `_created` samples, exemplars stay on counters and buckets;
+//! - a family OpenMetrics would reject (a counter not named `*_total`, a negative or NaN sum,
+//!   ...) is written as `unknown` families, one per sample name, so the series keep their names
+//!   and values (the text engine does the same with such text families);
+//! - a metric or label name outside `[a-zA-Z_:][a-zA-Z0-9_:]*` is written with every other
+//!   character as `_` (Prometheus' `underscores` escaping, what a scraper that asks for no
+//!   other scheme gets).
+
+use std::fmt::Write as _;
+
+use super::super::lex::{write_escaped, Escaped};
+use super::schema::{Exemplar, Histogram, Metric, MetricFamily, MetricType, Timestamp};
+
+/// An OpenMetrics body made from protobuf families.
+#[derive(Debug, Default)]
+pub struct OpenMetricsBody {
+    pub body: Vec<u8>,
+    /// Native histograms (metrics) without classic buckets, left out.
+    pub native_only: usize,
+}
+
+/// Writes `families` (as [`super::decode`] checked them) as one OpenMetrics body.
+pub fn to_openmetrics(families: &[MetricFamily]) -> OpenMetricsBody {
+    let mut w = Writer::default();
+    for f in families {
+        w.family(f);
+    }
+    w.out.body.extend_from_slice(b"# EOF\n");
+    w.out
+}
+
+/// Whether a histogram carries native buckets (Prometheus' rule: any span, a zero bucket, or
+/// counts) and no classic ones.
+pub fn is_native_only(h: &Histogram) -> bool {
+    h.bucket.is_empty() && is_native(h)
+}
+
+pub fn is_native(h: &Histogram) -> bool {
+    !h.positive_span.is_empty()
+        || !h.negative_span.is_empty()
+        || h.zero_threshold > 0.0
+        || h.zero_count > 0
+        || h.zero_count_float > 0.0
+}
+
+#[derive(Default)]
+struct Writer {
+    out: OpenMetricsBody,
+    /// A family's lines, written after its header once its metrics are known.
+    lines: String,
+}
+
+/// What one sample line is: its name suffix, the extra label (`le`, `quantile`), the value.
+struct Line<'a> {
+    suffix: &'static str,
+    extra: Option<(&'static str, f64)>,
+    value: Value,
+    exemplar: Option<&'a Exemplar>,
+}
+
+#[derive(Clone, Copy)]
+enum Value {
+    Float(f64),
+    Int(u64),
+    Time(Timestamp),
+}
+
+impl Writer {
+    fn family(&mut self, f: &MetricFamily) {
+        let name = legacy_name(&f.name);
+        let mtype = MetricType::try_from(f.r#type).unwrap_or(MetricType::Untyped);
+        let metrics: Vec<&Metric> = f
+            .metric
+            .iter()
+            .filter(|m| {
+                let native = m.histogram.as_ref().is_some_and(is_native_only);
+                self.out.native_only += usize::from(native);
+                !native
+            })
+            .collect();
+        if metrics.is_empty() {
+            return;
+        }
+        let (om_name, om_type) = match mtype {
+            MetricType::Counter => match name.strip_suffix("_total") {
+                Some(stem) if metrics.iter().all(|m| counter_ok(m)) => {
+                    (stem.to_string(), "counter")
+                }
+                _ => return self.unknown(f, &name, &metrics),
+            },
+            MetricType::Gauge => (name.clone(), "gauge"),
+            MetricType::Untyped => (name.clone(), "unknown"),
+            MetricType::Summary if metrics.iter().all(|m| summary_ok(m)) => {
+                (name.clone(), "summary")
+            }
+            MetricType::Histogram if metrics.iter().all(|m| histogram_ok(m, false)) => {
+                (name.clone(), "histogram")
+            }
+            MetricType::GaugeHistogram if metrics.iter().all(|m| histogram_ok(m, true)) => {
+                (name.clone(), "gaugehistogram")
+            }
+            _ => return self.unknown(f, &name, &metrics),
+        };
+        let b = &mut self.out.body;
+        b.extend_from_slice(format!("# TYPE {om_name} {om_type}\n").as_bytes());
+        let unit = legacy_name(&f.unit);
+        if !unit.is_empty()
+            && om_name.len() > unit.len() + 1
+            && om_name.ends_with(&format!("_{unit}"))
+        {
+            b.extend_from_slice(format!("# UNIT {om_name} {unit}\n").as_bytes());
+        }
+        if !f.help.is_empty() {
+            b.extend_from_slice(format!("# HELP {om_name} ").as_bytes());
+            write_escaped(f.help.as_bytes(), Escaped::Raw, Escaped::OmHelp, b);
+            b.push(b'\n');
+        }
+        for m in metrics {
+            for line in lines(mtype, m) {
+                self.line(&om_name, m, &line);
+            }
+        }
+        self.flush();
+    }
+
+    /// A family OpenMetrics would reject as its type: `unknown` families, one per sample name.
+    fn unknown(&mut self, f: &MetricFamily, name: &str, metrics: &[&Metric]) {
+        let mtype = MetricType::try_from(f.r#type).unwrap_or(MetricType::Untyped);
+        // A counter's value is its family's name itself (`lines` writes it as `_total` of an
+        // OpenMetrics stem).
+        let own = |suffix: &'static str| match (mtype, suffix) {
+            (MetricType::Counter, "_total") => "",
+            (_, s) => s,
+        };
+        let mut suffixes: Vec<&'static str> = Vec::new();
+        for m in metrics {
+            for l in lines(mtype, m) {
+                if !suffixes.contains(&own(l.suffix)) {
+                    suffixes.push(own(l.suffix));
+                }
+            }
+        }
+        for suffix in suffixes {
+            let family = format!("{name}{suffix}");
+            self.out
+                .body
+                .extend_from_slice(format!("# TYPE {family} unknown\n").as_bytes());
+            for m in metrics {
+                for l in lines(mtype, m).iter().filter(|l| own(l.suffix) == suffix) {
+                    let plain = Line {
+                        suffix: "",
+                        exemplar: None,
+                        ..*l
+                    };
+                    self.line(&family, m, &plain);
+                }
+            }
+            self.flush();
+        }
+    }
+
+    fn line(&mut self, name: &str, m: &Metric, line: &Line<'_>) {
+        let s = &mut self.lines;
+        s.push_str(name);
+        s.push_str(line.suffix);
+        let mut first = true;
+        let mut label = |s: &mut String, n: &str, v: &str| {
+            s.push(if first { '{' } else { ',' });
+            first = false;
+            s.push_str(n);
+            s.push_str("=\"");
+            escape_value(v, s);
+            s.push('"');
+        };
+        for l in m.label.iter().filter(|l| !l.value.is_empty()) {
+            label(s, &legacy_name(&l.name), &l.value);
+        }
+        if let Some((n, v)) = line.extra {
+            label(s, n, &number(v));
+        }
+        if !first {
+            s.push('}');
+        }
+        s.push(' ');
+        match line.value {
+            Value::Float(v) => s.push_str(&number(v)),
+            Value::Int(v) => {
+                let _ = write!(s, "{v}");
+            }
+            Value::Time(t) => s.push_str(&seconds(t)),
+        }
+        if m.timestamp_ms != 0 {
+            s.push(' ');
+            s.push_str(&millis_as_seconds(m.timestamp_ms));
+        }
+        if let Some(e) = line.exemplar {
+            s.push_str(" # {");
+            for (i, l) in e.label.iter().enumerate() {
+                if i > 0 {
+                    s.push(',');
+                }
+                s.push_str(&legacy_name(&l.name));
+                s.push_str("=\"");
+                escape_value(&l.value, s);
+                s.push('"');
+            }
+            s.push_str("} ");
+            s.push_str(&number(e.value));
+            if let Some(t) = e.timestamp {
+                s.push(' ');
+                s.push_str(&seconds(t));
+            }
+        }
+        s.push('\n');
+    }
+
+    fn flush(&mut self) {
+        self.out.body.extend_from_slice(self.lines.as_bytes());
+        self.lines.clear();
+    }
+}
+
+/// A metric's sample lines in OpenMetrics order.
+fn lines(mtype: MetricType, m: &Metric) -> Vec<Line<'_>> {
+    let float = |value| Line {
+        suffix: "",
+        extra: None,
+        value: Value::Float(value),
+        exemplar: None,
+    };
+    let created = |t: Option<Timestamp>| {
+        t.map(|t| Line {
+            suffix: "_created",
+            extra: None,
+            value: Value::Time(t),
+            exemplar: None,
+        })
+    };
+    let mut out = Vec::new();
+    match mtype {
+        MetricType::Counter => {
+            let c = m.counter.clone().unwrap_or_default();
+            out.push(Line {
+                suffix: "_total",
+                exemplar: m.counter.as_ref().and_then(|c| c.exemplar.as_ref()),
+                ..float(c.value)
+            });
+            out.extend(created(c.start_timestamp));
+        }
+        MetricType::Gauge => out.push(float(m.gauge.unwrap_or_default().value)),
+        MetricType::Untyped => out.push(float(m.untyped.unwrap_or_default().value)),
+        MetricType::Summary => {
+            let Some(s) = m.summary.as_ref() else {
+                return out;
+            };
+            for q in &s.quantile {
+                out.push(Line {
+                    extra: Some(("quantile", q.quantile)),
+                    ..float(q.value)
+                });
+            }
+            out.push(Line {
+                suffix: "_sum",
+                ..float(s.sample_sum)
+            });
+            out.push(Line {
+                suffix: "_count",
+                value: Value::Int(s.sample_count),
+                ..float(0.0)
+            });
+            out.extend(created(s.start_timestamp));
+        }
+        MetricType::Histogram | MetricType::GaugeHistogram => {
+            let Some(h) = m.histogram.as_ref() else {
+                return out;
+            };
+            let gauge = mtype == MetricType::GaugeHistogram;
+            for b in &h.bucket {
+                out.push(Line {
+                    suffix: "_bucket",
+                    extra: Some(("le", b.upper_bound)),
+                    value: count(b.cumulative_count, b.cumulative_count_float),
+                    exemplar: b.exemplar.as_ref(),
+                });
+            }
+            let total = count(h.sample_count, h.sample_count_float);
+            if h.bucket
+                .last()
+                .is_none_or(|b| b.upper_bound != f64::INFINITY)
+            {
+                out.push(Line {
+                    suffix: "_bucket",
+                    extra: Some(("le", f64::INFINITY)),
+                    value: total,
+                    exemplar: None,
+                });
+            }
+            out.push(Line {
+                suffix: if gauge { "_gcount" } else { "_count" },
+                value: total,
+                ..float(0.0)
+            });
+            out.push(Line {
+                suffix: if gauge { "_gsum" } else { "_sum" },
+                ..float(h.sample_sum)
+            });
+            if !gauge {
+                out.extend(created(h.start_timestamp));
+            }
+        }
+    }
+    out
+}
+
+fn count(int: u64, float: f64) -> Value {
+    if float > 0.0 {
+        Value::Float(float)
+    } else {
+        Value::Int(int)
+    }
+}
+
+fn counter_ok(m: &Metric) -> bool {
+    m.counter.as_ref().is_some_and(|c| c.value >= 0.0)
+}
+
+fn summary_ok(m: &Metric) -> bool {
+    m.summary.as_ref().is_some_and(|s| {
+        s.sample_sum >= 0.0
+            && s.quantile
+                .iter()
+                .all(|q| q.value >= 0.0 || q.value.is_nan())
+    })
+}
+
+/// OpenMetrics' histogram rules (the text engine's `histogram.rs`): counts and sums neither
+/// NaN nor negative, no sum beside negative buckets; a gauge histogram's negative sum only
+/// beside negative buckets.
+fn histogram_ok(m: &Metric, gauge: bool) -> bool {
+    let Some(h) = m.histogram.as_ref() else {
+        return false;
+    };
+    let negative_bucket = h.bucket.iter().any(|b| b.upper_bound < 0.0);
+    let counts_ok = h.sample_count_float >= 0.0
+        && h.bucket
+            .iter()
+            .all(|b| b.cumulative_count_float >= 0.0 && !b.upper_bound.is_nan());
+    let sum = h.sample_sum;
+    let sum_ok = if gauge {
+        !sum.is_nan() && (sum >= 0.0 || negative_bucket)
+    } else {
+        sum >= 0.0 && !negative_bucket
+    };
+    counts_ok && sum_ok
+}
+
+/// A name as a legacy Prometheus name: every character outside `[a-zA-Z0-9_:]` (and a leading
+/// digit) as `_`.
+pub(crate) fn legacy_name(name: &str) -> String {
+    name.char_indices()
+        .map(|(i, c)| {
+            let ok =
+                c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit());
+            if ok {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn escape_value(v: &str, s: &mut String) {
+    for c in v.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+}
+
+/// A float as OpenMetrics writes it: the shortest text that reads back as the same value.
+pub(crate) fn number(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v:?}")
+    }
+}
+
+/// A timestamp in seconds, exactly (nanoseconds as decimals).
+fn seconds(t: Timestamp) -> String {
+    let total = i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
+    let sign = if total < 0 { "-" } else { "" };
+    let total = total.unsigned_abs();
+    let (s, ns) = (total / 1_000_000_000, total % 1_000_000_000);
+    if ns == 0 {
+        format!("{sign}{s}")
+    } else {
+        format!("{sign}{s}.{}", format!("{ns:09}").trim_end_matches('0'))
+    }
+}
+
+fn millis_as_seconds(ms: i64) -> String {
+    seconds(Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::schema::*;
+    use super::*;
+    use crate::decode::{validate, Format};
+
+    fn label(n: &str, v: &str) -> LabelPair {
+        LabelPair {
+            name: n.into(),
+            value: v.into(),
+        }
+    }
+
+    fn family(name: &str, t: MetricType, metric: Vec<Metric>) -> MetricFamily {
+        MetricFamily {
+            name: name.into(),
+            help: String::new(),
+            r#type: t as i32,
+            metric,
+            unit: String::new(),
+        }
+    }
+
+    fn native(count: u64) -> Histogram {
+        Histogram {
+            sample_count: count,
+            sample_sum: 1.5,
+            schema: 3,
+            zero_threshold: 1e-128,
+            zero_count: 1,
+            positive_span: vec![BucketSpan {
+                offset: 0,
+                length: 1,
+            }],
+            positive_delta: vec![count as i64 - 1],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_type_becomes_valid_openmetrics() {
+        let ts = Some(Timestamp {
+            seconds: 1700000000,
+            nanos: 500_000_000,
+        });
+        let exemplar = Exemplar {
+            label: vec![label("trace_id", "abc")],
+            value: 0.5,
+            timestamp: ts,
+        };
+        let families = vec![
+            MetricFamily {
+                help: "Requests \"served\"\n\\".into(),
+                unit: "seconds".into(),
+                ..family(
+                    "rpc_seconds_total",
+                    MetricType::Counter,
+                    vec![Metric {
+                        label: vec![label("method", "GET"), label("empty", "")],
+                        counter: Some(Counter {
+                            value: 3.0,
+                            exemplar: Some(exemplar.clone()),
+                            start_timestamp: ts,
+                        }),
+                        ..Default::default()
+                    }],
+                )
+            },
+            family(
+                "temp",
+                MetricType::Gauge,
+                vec![Metric {
+                    gauge: Some(Gauge { value: -1.25 }),
+                    timestamp_ms: 1700000000123,
+                    ..Default::default()
+                }],
+            ),
+            family(
+                "lat",
+                MetricType::Histogram,
+                vec![
+                    Metric {
+                        histogram: Some(Histogram {
+                            sample_count: 3,
+                            sample_sum: 2.0,
+                            bucket: vec![Bucket {
+                                cumulative_count: 2,
+                                upper_bound: 1.0,
+                                exemplar: Some(exemplar),
+                                ..Default::default()
+                            }],
+                            start_timestamp: ts,
+                            ..native(3)
+                        }),
+                        ..Default::default()
+                    },
+                    Metric {
+                        label: vec![label("only", "native")],
+                        histogram: Some(native(4)),
+                        ..Default::default()
+                    },
+                ],
+            ),
+            family(
+                "q",
+                MetricType::Summary,
+                vec![Metric {
+                    summary: Some(Summary {
+                        sample_count: 2,
+                        sample_sum: 3.0,
+                        quantile: vec![Quantile {
+                            quantile: 0.5,
+                            value: 1.0,
+                        }],
+                        start_timestamp: None,
+                    }),
+                    ..Default::default()
+                }],
+            ),
+            family(
+                "odd",
+                MetricType::Counter,
+                vec![Metric {
+                    counter: Some(Counter {
+                        value: 1.0,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+            ),
+            family(
+                "native_only",
+                MetricType::Histogram,
+                vec![Metric {
+                    histogram: Some(native(2)),
+                    ..Default::default()
+                }],
+            ),
+            family(
+                "http.server.duration",
+                MetricType::Untyped,
+                vec![Metric {
+                    label: vec![label("http.method", "GET")],
+                    untyped: Some(Untyped { value: f64::NAN }),
+                    ..Default::default()
+                }],
+            ),
+        ];
+        let om = to_openmetrics(&families);
+        let text = String::from_utf8(om.body.clone()).unwrap();
+        assert_eq!(
+            text,
+            "# TYPE rpc_seconds counter\n\
+             # UNIT rpc_seconds seconds\n\
+             # HELP rpc_seconds Requests \\\"served\\\"\\n\\\\\n\
+             rpc_seconds_total{method=\"GET\"} 3.0 # {trace_id=\"abc\"} 0.5 1700000000.5\n\
+             rpc_seconds_created{method=\"GET\"} 1700000000.5\n\
+             # TYPE temp gauge\n\
+             temp -1.25 1700000000.123\n\
+             # TYPE lat histogram\n\
+             lat_bucket{le=\"1.0\"} 2 # {trace_id=\"abc\"} 0.5 1700000000.5\n\
+             lat_bucket{le=\"+Inf\"} 3\n\
+             lat_count 3\n\
+             lat_sum 2.0\n\
+             lat_created 1700000000.5\n\
+             # TYPE q summary\n\
+             q{quantile=\"0.5\"} 1.0\n\
+             q_sum 3.0\n\
+             q_count 2\n\
+             # TYPE odd unknown\n\
+             odd 1.0\n\
+             # TYPE http_server_duration unknown\n\
+             http_server_duration{http_method=\"GET\"} NaN\n\
+             # EOF\n"
+        );
+        assert_eq!(om.native_only, 2);
+        validate(&om.body, Format::OpenMetrics).unwrap();
+    }
+
+    #[test]
+    fn families_openmetrics_rejects_become_unknown_per_sample_name() {
+        let families = vec![family(
+            "h",
+            MetricType::Histogram,
+            vec![Metric {
+                histogram: Some(Histogram {
+                    sample_count: 1,
+                    sample_sum: -2.0,
+                    bucket: vec![Bucket {
+                        cumulative_count: 1,
+                        upper_bound: 0.0,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+        )];
+        let om = to_openmetrics(&families);
+        let text = String::from_utf8(om.body.clone()).unwrap();
+        assert!(
+            text.contains("# TYPE h_bucket unknown\nh_bucket{le=\"0.0\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE h_sum unknown\nh_sum -2.0\n"),
+            "{text}"
+        );
+        validate(&om.body, Format::OpenMetrics).unwrap();
+    }
+
+    #[test]
+    fn timestamps_are_exact() {
+        assert_eq!(millis_as_seconds(-1500), "-1.5");
+        assert_eq!(millis_as_seconds(5), "0.005");
+        assert_eq!(
+            seconds(Timestamp {
+                seconds: 1,
+                nanos: 1
+            }),
+            "1.000000001"
+        );
+        assert_eq!(number(1e21), "1e21");
+        assert_eq!(number(0.1), "0.1");
+    }
+}
