@@ -265,8 +265,15 @@ pub struct Summary {
     pub families: usize,
 }
 
-/// Checks a whole body.
+/// Checks a whole body. A protobuf body's `samples` are its metrics (a histogram is one).
 pub fn validate(body: &[u8], format: Format) -> Result<Summary, ParseError> {
+    if format == Format::Protobuf {
+        let families = proto::decode(body)?;
+        return Ok(Summary {
+            samples: families.iter().map(|f| f.metric.len()).sum(),
+            families: families.len(),
+        });
+    }
     let p = parse::parse(body, format)?;
     Ok(Summary {
         samples: p.samples.len(),
