@@ -169,3 +169,84 @@ fn show_a_small_merge() {
         println!("{}", String::from_utf8_lossy(&buf));
     }
 }
+
+/// Bodies that came as protobuf (the testkit's pods, turned into protobuf by a merge without
+/// identity) and as text, merged into text and OpenMetrics: promtool accepts the text, and
+/// every sample of the text-only merge is there, no more, no less.
+#[test]
+fn promtool_accepts_merges_of_protobuf_bodies() {
+    if !promtool_available("promtool_accepts_merges_of_protobuf_bodies") {
+        return;
+    }
+    let pods = ids(4);
+    let texts: Vec<String> = (0..pods.len())
+        .map(|i| body(&Spec::pod(i, 200, loupe_testkit::Format::Text)))
+        .collect();
+    let protobufs: Vec<Vec<u8>> = texts
+        .iter()
+        .map(|t| {
+            let (chunks, st) = merge(
+                &[Source::new(None, t.as_bytes(), Format::Text)],
+                Format::Protobuf,
+            );
+            assert!(st.rejected.is_empty(), "{:?}", st.rejected);
+            chunks.concat()
+        })
+        .collect();
+    let identity = |i: usize| {
+        Some(IdentityLabels {
+            namespace: &pods[i].0,
+            pod: &pods[i].1,
+            container: "app",
+            endpoint: ":8080/metrics",
+        })
+    };
+    let from_text: Vec<Source<'_>> = (0..pods.len())
+        .map(|i| Source::new(identity(i), texts[i].as_bytes(), Format::Text))
+        .collect();
+    // Every other pod's body came as protobuf.
+    let mixed: Vec<Source<'_>> = (0..pods.len())
+        .map(|i| match i % 2 {
+            0 => Source::new(identity(i), &protobufs[i], Format::Protobuf),
+            _ => from_text[i],
+        })
+        .collect();
+    for out in [Format::Text, Format::OpenMetrics] {
+        let (want, _) = merge(&from_text, out);
+        let (got, st) = merge(&mixed, out);
+        assert!(st.rejected.is_empty(), "{:?}", st.rejected);
+        let (want, got) = (want.concat(), got.concat());
+        assert_eq!(
+            validate(&got, out).unwrap(),
+            validate(&want, out).unwrap(),
+            "{out:?}"
+        );
+        if out == Format::Text {
+            if let Err(e) = check_metrics(&got) {
+                panic!("{e}");
+            }
+            // The same samples, value for value (prometheus-parse reads these bodies: their
+            // label values hold no `,`, `=` or `}`).
+            let samples = |b: &[u8]| {
+                let lines = std::str::from_utf8(b)
+                    .unwrap()
+                    .lines()
+                    .map(|l| Ok(l.to_string()));
+                let mut s: Vec<String> = prometheus_parse::Scrape::parse(lines)
+                    .unwrap()
+                    .samples
+                    .into_iter()
+                    .map(|s| {
+                        let mut labels: Vec<String> =
+                            s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        labels.sort();
+                        format!("{} {} {:?}", s.metric, labels.join(","), s.value)
+                    })
+                    .collect();
+                s.sort();
+                s
+            };
+            assert_eq!(samples(&got), samples(&want));
+        }
+    }
+}
