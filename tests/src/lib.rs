@@ -15,6 +15,7 @@ pub mod http;
 pub mod https;
 pub mod kubeapi;
 pub mod loupe;
+pub mod native_body;
 pub mod pod;
 pub mod podman;
 pub mod prometheus;

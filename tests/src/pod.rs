@@ -130,12 +130,25 @@ impl Pod {
     /// Starts the test app listening on `listen` (e.g. `[::]:8080`) and waits until it answers
     /// `/requests` there (on the loopback of that family when `listen` is a wildcard).
     pub fn spawn_app_at(&self, listen: SocketAddr, extra: &[&str]) -> Result<Proc> {
-        let bin = crate::crate_bin("metrics-app")?;
+        self.spawn_test_app("metrics-app", listen, extra)
+    }
+
+    /// Starts the native-histogram test app (`native-app`, its metrics in
+    /// [`crate::native_body`]) listening on `listen` (e.g. `0.0.0.0:8080`, to be reached on the
+    /// pod's address too) and waits until it answers `/requests`.
+    pub fn spawn_native_app(&self, listen: SocketAddr, extra: &[&str]) -> Result<Proc> {
+        self.spawn_test_app("native-app", listen, extra)
+    }
+
+    /// Starts the test app binary `name` with `--listen listen` and `extra`, and waits until it
+    /// answers `/requests`.
+    fn spawn_test_app(&self, name: &str, listen: SocketAddr, extra: &[&str]) -> Result<Proc> {
+        let bin = crate::crate_bin(name)?;
         let listen_arg = listen.to_string();
         let mut args = vec!["--listen", listen_arg.as_str()];
         args.extend_from_slice(extra);
         let port = listen.port();
-        let what = format!("metrics-app-{port}");
+        let what = format!("{name}-{port}");
         let mut proc = self.spawn(&what, &bin.to_string_lossy(), &args)?;
         let mut ready_at = listen;
         if listen.ip().is_unspecified() {

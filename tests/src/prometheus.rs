@@ -34,6 +34,18 @@ impl Prometheus {
     /// [`Prometheus::start`] with more settings of the scrape job (YAML lines at the job's
     /// level, e.g. `scheme: https`).
     pub fn start_with(job: &str, targets: &[&str], job_settings: &str) -> Result<Prometheus> {
+        Self::start_with_flags(job, targets, job_settings, &[])
+    }
+
+    /// [`Prometheus::start_with`] with more command-line flags, e.g.
+    /// `--enable-feature=native-histograms` (2.40+: asks for protobuf first and stores native
+    /// histograms).
+    pub fn start_with_flags(
+        job: &str,
+        targets: &[&str],
+        job_settings: &str,
+        flags: &[&str],
+    ) -> Result<Prometheus> {
         let dir = TempDir::new("loupe-prometheus")?;
         let listen = format!("127.0.0.1:{}", free_port()?);
         let quoted: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
@@ -59,6 +71,7 @@ scrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: [{}]
                 dir.path().join("data").display()
             ))
             .arg(format!("--web.listen-address={listen}"))
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
