@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzes the exposition codec: runs each cargo-fuzz target of agent/fuzz (parse, merge) for N
+# Fuzzes the exposition codec: runs each cargo-fuzz target of agent/fuzz (parse, merge, proto) for N
 # seconds (default 30), seeded with the OpenMetrics conformance cases. Installs cargo-fuzz when
 # it is missing. Exits non-zero when a target finds a crash (saved under agent/fuzz/artifacts/).
 #
@@ -26,7 +26,7 @@ cd "$fuzz"
 # Seeds: every OpenMetrics conformance case's exposition (read from ../shared beside the project,
 # never copied into the repository), copied once into the local, ignored corpus.
 conformance="${LOUPE_CONFORMANCE_DIR:-$root/../shared/conformance/openmetrics}"
-for t in parse merge; do
+for t in parse merge proto; do
     mkdir -p "corpus/$t"
     if [ -d "$conformance" ]; then
         for d in "$conformance"/*/; do
@@ -50,7 +50,7 @@ if grep -rqw unsafe "$root/agent/src/decode"; then
 fi
 
 status=0
-for t in parse merge; do
+for t in parse merge proto; do
     echo "fuzz.sh: target $t for ${secs}s" >&2
     if ! cargo fuzz run --release --debug-assertions --sanitizer "$sanitizer" "$t" "corpus/$t" -- \
         -max_total_time="$secs" -rss_limit_mb=2048 -max_len=65536 "${extra[@]}" \

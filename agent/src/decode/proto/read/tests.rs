@@ -849,6 +849,11 @@ fn native_float_count_must_match_the_buckets_up_to_rounding() {
     let mut h = native_float(0.0, &[0.1], &[0.2]);
     h.sample_count_float = 0.3;
     accepted(&[fam("h", MetricType::Histogram, vec![hist(&[], h)])]);
+    // A NaN count (float for its counts) holds no buckets, whatever the sum.
+    let mut h = native_float(0.5, &[1.0], &[2.0]);
+    h.sample_count_float = f64::NAN;
+    h.sample_sum = f64::NAN;
+    rejected_native(h, "3.5 observations in buckets, more than the count NaN");
 }
 
 #[test]
