@@ -588,3 +588,62 @@ fn native_histograms_reach_prometheus_directly_and_through_loupe() {
         "{targets}"
     );
 }
+
+/// A client inside the pod asks the app for protobuf over loopback: loupe observes the reply
+/// (it sends no request of its own meanwhile), decodes it, and serves its native histograms.
+#[test]
+fn observed_protobuf_replies_keep_their_native_histograms() {
+    if !root::require(
+        "observed_protobuf_replies_keep_their_native_histograms",
+        TESTBED_NEEDS,
+    ) {
+        return;
+    }
+    let pod = Pod::new().unwrap();
+    let _app = pod
+        .spawn_native_app(SocketAddr::from((Ipv4Addr::LOCALHOST, PORT)), &[])
+        .unwrap();
+    let accept = format!("-H 'Accept: {PROTOBUF_ACCEPT}'");
+    let url = format!("http://127.0.0.1:{PORT}/metrics");
+    let client = loupe_tests::client::ClientLoop::start(&pod, &url, "0.2", &accept).unwrap();
+    client.wait_count(1, Duration::from_secs(30)).unwrap();
+    let spec = PodSpec {
+        namespace: "shop".into(),
+        name: "observed".into(),
+        netns: NetnsRef::Path(pod.netns_path()),
+        endpoints: vec![EndpointSpec::port(PORT).container("app")],
+    };
+    let loupe = Loupe::start(&[spec], &[]).unwrap();
+    loupe
+        .metrics_until("an observed reply", Duration::from_secs(60), |exp| {
+            exp.value(
+                "loupe_target_info",
+                &[("pod", "observed"), ("source", "observed")],
+            ) == Some(1.0)
+        })
+        .unwrap();
+    let answer = loupe
+        .get("/metrics", &[("Accept", PROTOBUF_ACCEPT)])
+        .unwrap();
+    let served = nb::decode(&answer.body).unwrap();
+    let rpc = family(&served, "rpc_duration_seconds");
+    assert_eq!(rpc.metric.len(), RPC.len());
+    for m in &rpc.metric {
+        assert_eq!(label(m, "pod"), Some("observed"));
+        let method = label(m, "method").unwrap();
+        let obs = nb::rpc(method).unwrap();
+        assert_native(
+            m.histogram.as_ref().unwrap(),
+            RPC_SCHEMA,
+            obs,
+            &format!("observed {method}"),
+        );
+    }
+    let targets = loupe.get("/targets", &[]).unwrap();
+    let targets = String::from_utf8_lossy(&targets.body);
+    assert!(
+        targets.contains("\"native_only_histograms\":2"),
+        "{targets}"
+    );
+    client.stop().unwrap();
+}
