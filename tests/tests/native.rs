@@ -434,7 +434,19 @@ fn native_histograms_reach_prometheus_directly_and_through_loupe() {
         netns: NetnsRef::Path(pod.netns_path()),
         endpoints: vec![EndpointSpec::port(PORT).container("app")],
     };
-    let loupe = Loupe::start(&[spec], &[]).unwrap();
+    // A second pod whose protobuf body has a UTF-8 metric and label name (which Prometheus
+    // 2.42 would refuse): loupe serves it escaped, and the node's scrape stays good.
+    let utf8_pod = Pod::new().unwrap();
+    let _utf8_app = utf8_pod
+        .spawn_native_app(SocketAddr::from((Ipv4Addr::LOCALHOST, PORT)), &["--utf8"])
+        .unwrap();
+    let utf8_spec = PodSpec {
+        namespace: "shop".into(),
+        name: "utf8".into(),
+        netns: NetnsRef::Path(utf8_pod.netns_path()),
+        endpoints: vec![EndpointSpec::port(PORT).container("app")],
+    };
+    let loupe = Loupe::start(&[spec, utf8_spec], &[]).unwrap();
     let target = format!("{}:{PORT}", pod.pod_ip);
     let direct = Prometheus::start_with_flags("native", &[&target], "", &[NATIVE_FEATURE]).unwrap();
     let through = Prometheus::start_with_flags(
@@ -517,6 +529,21 @@ fn native_histograms_reach_prometheus_directly_and_through_loupe() {
             "histogram_count(rpc_duration_seconds{namespace=\"shop\",pod=\"native\"})"
         )
     );
+    let utf8 = through
+        .query_until(
+            "native_queue_depth{pod=\"utf8\",queue_name=\"inbox\"}",
+            1,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    assert_eq!(utf8.len(), 1, "{utf8:?}");
+    assert_eq!(
+        per_method(
+            &through,
+            "histogram_count(rpc_duration_seconds{namespace=\"shop\",pod=\"utf8\"})"
+        ),
+        per_method(&direct, "histogram_count(rpc_duration_seconds)"),
+    );
 
     // loupe's protobuf answer, read with the client's own generated types: the app's families,
     // each metric with the identity labels first and everything else as the app sent it.
@@ -541,7 +568,12 @@ fn native_histograms_reach_prometheus_directly_and_through_loupe() {
             (&got.help, got.r#type, &got.unit),
             (&want.help, want.r#type, &want.unit)
         );
-        assert_eq!(got.metric.len(), want.metric.len(), "{}", want.name);
+        let of_pod = got
+            .metric
+            .iter()
+            .filter(|m| label(m, "pod") == Some("native"))
+            .count();
+        assert_eq!(of_pod, want.metric.len(), "{}", want.name);
         for m in &want.metric {
             let mut labeled = m.clone();
             labeled.label = identity

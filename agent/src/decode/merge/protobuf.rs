@@ -7,6 +7,12 @@
 //!
 //! A protobuf body rendered for a text format goes through the OpenMetrics body its families
 //! make (`proto::to_openmetrics`), so that output is the text engine's.
+//!
+//! Names outside the legacy charset (`[a-zA-Z_:][a-zA-Z0-9_:]*`, which protobuf bodies may
+//! carry) are written with Prometheus' `underscores` escaping in every output, protobuf
+//! included: a scraper that validates legacy names (Prometheus 2) would otherwise fail the
+//! whole node's scrape for one pod's name, and `underscores` is what client libraries answer an
+//! `Accept` that names no escaping scheme (Prometheus asks protobuf without one).
 
 use std::collections::HashSet;
 use std::ops::Range;
@@ -107,6 +113,14 @@ pub(super) fn render_families(
         .into_iter()
         .filter(|(_, v)| !v.is_empty())
         .collect();
+    let escaped: Vec<schema::MetricFamily>;
+    let families = match families.iter().any(has_utf8_names) {
+        false => families,
+        true => {
+            escaped = families.iter().map(underscores).collect();
+            &escaped
+        }
+    };
     let mut order: Vec<&schema::MetricFamily> = families
         .iter()
         .filter(|f| {
@@ -179,6 +193,60 @@ pub(super) fn render_families(
     }
     r.lines = Bytes::from(lines);
     r
+}
+
+fn is_legacy(name: &str) -> bool {
+    proto::legacy_name(name) == name
+}
+
+fn has_utf8_names(f: &schema::MetricFamily) -> bool {
+    !is_legacy(&f.name)
+        || f.metric.iter().any(|m| {
+            m.label.iter().any(|l| !is_legacy(&l.name))
+                || exemplars(m).any(|e| e.label.iter().any(|l| !is_legacy(&l.name)))
+        })
+}
+
+fn exemplars(m: &schema::Metric) -> impl Iterator<Item = &schema::Exemplar> {
+    let counter = m.counter.as_ref().and_then(|c| c.exemplar.as_ref());
+    let histogram = m.histogram.iter().flat_map(|h| {
+        h.bucket
+            .iter()
+            .filter_map(|b| b.exemplar.as_ref())
+            .chain(h.exemplars.iter())
+    });
+    counter.into_iter().chain(histogram)
+}
+
+/// A family with its names in the `underscores` escaping; of two labels of a metric that
+/// become one name, the first is kept.
+fn underscores(f: &schema::MetricFamily) -> schema::MetricFamily {
+    let labels = |labels: &mut Vec<schema::LabelPair>| {
+        let mut seen = HashSet::new();
+        labels.retain_mut(|l| {
+            l.name = proto::legacy_name(&l.name);
+            seen.insert(l.name.clone())
+        });
+    };
+    let mut f = f.clone();
+    f.name = proto::legacy_name(&f.name);
+    for m in &mut f.metric {
+        labels(&mut m.label);
+        if let Some(e) = m.counter.as_mut().and_then(|c| c.exemplar.as_mut()) {
+            labels(&mut e.label);
+        }
+        if let Some(h) = m.histogram.as_mut() {
+            for b in &mut h.bucket {
+                if let Some(e) = b.exemplar.as_mut() {
+                    labels(&mut e.label);
+                }
+            }
+            for e in &mut h.exemplars {
+                labels(&mut e.label);
+            }
+        }
+    }
+    f
 }
 
 /// A metric's labels as written: the identity's first, then the app's (empty ones left out),
@@ -493,6 +561,42 @@ mod tests {
         assert_eq!((h.sample_count, h.sample_sum, h.bucket.len()), (2, 3.0, 2));
         assert_eq!(out[3].metric[0].summary.as_ref().unwrap().quantile.len(), 1);
         assert_eq!(out[0].metric[0].label[1], label("pod", "a"));
+    }
+
+    #[test]
+    fn utf8_names_are_escaped_with_underscores() {
+        let body = encode(&[MetricFamily {
+            name: "http.server.duration".into(),
+            r#type: MetricType::Gauge as i32,
+            metric: vec![Metric {
+                label: vec![label("http.method", "GET"), label("http_method", "x")],
+                gauge: Some(Gauge { value: 1.0 }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }]);
+        let (chunks, stats) = merge(
+            &[Source::new(id("a"), &body, Format::Protobuf)],
+            Format::Protobuf,
+        );
+        assert!(stats.rejected.is_empty());
+        let out = decode(&chunks.concat());
+        assert_eq!(out[0].name, "http_server_duration");
+        let labels: Vec<(&str, &str)> = out[0].metric[0]
+            .label
+            .iter()
+            .map(|l| (&*l.name, &*l.value))
+            .collect();
+        assert_eq!(labels[4..], [("http_method", "GET")]);
+        let (text, _) = merge(
+            &[Source::new(id("a"), &body, Format::Protobuf)],
+            Format::Text,
+        );
+        let text = String::from_utf8(text.concat()).unwrap();
+        assert!(
+            text.contains("http_server_duration{namespace=\"ns\""),
+            "{text}"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //!   and values (the text engine does the same with such text families);
 //! - a metric or label name outside `[a-zA-Z_:][a-zA-Z0-9_:]*` is written with every other
 //!   character as `_` (Prometheus' `underscores` escaping, what a scraper that asks for no
-//!   other scheme gets).
+//!   other scheme gets); of two labels of a metric that become one name, the first is kept.
 
 use std::fmt::Write as _;
 
@@ -181,8 +181,14 @@ impl Writer {
             escape_value(v, s);
             s.push('"');
         };
+        // Of two labels that escape to one name, the first is kept.
+        let mut names: Vec<String> = Vec::new();
         for l in m.label.iter().filter(|l| !l.value.is_empty()) {
-            label(s, &legacy_name(&l.name), &l.value);
+            let name = legacy_name(&l.name);
+            if !names.contains(&name) {
+                label(s, &name, &l.value);
+                names.push(name);
+            }
         }
         if let Some((n, v)) = line.extra {
             label(s, n, &number(v));
