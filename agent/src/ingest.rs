@@ -559,10 +559,16 @@ mod tests {
             &wanted,
         )
         .unwrap();
-        for format in [Format::Text, Format::OpenMetrics] {
-            let r = snap.rendered(&identity("a"), format).expect("rendered");
+        let a = identity("a");
+        for format in [Format::Text, Format::OpenMetrics, Format::Protobuf] {
+            let r = snap.rendered(&a, format).expect("rendered");
             assert_eq!(r.format(), format);
             assert!(r.heap_bytes() > 0);
+            // The merge takes it as it is.
+            assert!(
+                r.fits(&snap.source(Some(a.labels()), format), format),
+                "{format:?}"
+            );
         }
         assert!(snap.rendered(&identity("b"), Format::Text).is_none());
         let anonymous = check(body, None, None, &Limits::default(), free(), &wanted).unwrap();

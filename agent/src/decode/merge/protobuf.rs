@@ -43,7 +43,7 @@ pub(super) fn render_protobuf_body(
         Err(e) => return Rendered::rejected(body.len(), Format::Protobuf, identity, out, e),
     };
     if out == Format::Protobuf {
-        return render_families(&families, body.len(), Format::Protobuf, identity, compact);
+        return render_families(families, body.len(), Format::Protobuf, identity, compact);
     }
     let om = proto::to_openmetrics(&families);
     let mut r = render::render_body(&om.body, Format::OpenMetrics, identity, out, compact);
@@ -66,7 +66,7 @@ pub(super) fn render_text_body(
     match parsed {
         Ok(parsed) => {
             let families = proto::from_text(&parsed);
-            render_families(&families, body.len(), format, identity, compact)
+            render_families(families, body.len(), format, identity, compact)
         }
         Err(e) => Rendered::rejected(body.len(), format, identity, Format::Protobuf, e),
     }
@@ -97,9 +97,11 @@ fn metric_type(t: MType) -> schema::MetricType {
 }
 
 /// Families rendered with an identity: per family name one block per type, each the encoded
-/// `Metric`s (field 4 of `MetricFamily`, tag and length included) with their final labels.
+/// `Metric`s (field 4 of `MetricFamily`, tag and length included) with their final labels. The
+/// families are taken apart, not copied: each metric's own labels move into its final label
+/// set, the identity's are encoded once and written before them.
 pub(super) fn render_families(
-    families: &[schema::MetricFamily],
+    mut families: Vec<schema::MetricFamily>,
     body_len: usize,
     from: Format,
     identity: Option<IdentityLabels<'_>>,
@@ -113,63 +115,70 @@ pub(super) fn render_families(
         .into_iter()
         .filter(|(_, v)| !v.is_empty())
         .collect();
-    let escaped: Vec<schema::MetricFamily>;
-    let families = match families.iter().any(has_utf8_names) {
-        false => families,
-        true => {
-            escaped = families.iter().map(underscores).collect();
-            &escaped
-        }
-    };
-    let mut order: Vec<&schema::MetricFamily> = families
-        .iter()
-        .filter(|f| {
-            let reserved = identity.is_some() && f.name.as_bytes().starts_with(RESERVED_PREFIX);
-            r.reserved += u64::from(reserved);
-            !reserved
-        })
-        .collect();
+    let mut ident_fields = Vec::new();
+    for (name, value) in &ident {
+        let pair = schema::LabelPair {
+            name: (*name).to_string(),
+            value: (*value).to_string(),
+        };
+        prost::encoding::message::encode(1, &pair, &mut ident_fields);
+    }
+    if families.iter().any(has_utf8_names) {
+        families = families.iter().map(underscores).collect();
+    }
+    families.retain(|f| {
+        let reserved = identity.is_some() && f.name.as_bytes().starts_with(RESERVED_PREFIX);
+        r.reserved += u64::from(reserved);
+        !reserved
+    });
     RESERVED_FAMILIES.add(r.reserved);
-    order.sort_by(|a, b| a.name.cmp(&b.name));
+    families.sort_by(|a, b| a.name.cmp(&b.name));
     let mut lines = Vec::with_capacity(body_len + 64);
-    let mut seen: HashSet<Vec<(String, String)>> = HashSet::new();
+    let mut metrics: Vec<Final> = Vec::new();
+    let (mut keys, mut dup) = (Vec::new(), Vec::new());
     let mut i = 0;
-    while i < order.len() {
+    while i < families.len() {
         let mut j = i + 1;
-        while j < order.len() && order[j].name == order[i].name {
+        while j < families.len() && families[j].name == families[i].name {
             j += 1;
         }
-        let group = &order[i..j];
-        let name = r.push_text(group[0].name.as_bytes());
+        let name = r.push_text(families[i].name.as_bytes());
         let blocks_start = r.blocks.len();
-        let mut types: Vec<i32> = group.iter().map(|f| f.r#type).collect();
+        let mut types: Vec<i32> = families[i..j].iter().map(|f| f.r#type).collect();
         types.dedup();
         for t in types {
-            seen.clear();
             let metas_start = r.metas.len();
-            let (start, mut dups, mut cross) = (lines.len(), 0, false);
-            for f in group.iter().filter(|f| f.r#type == t) {
+            metrics.clear();
+            let mut cross = false;
+            for f in families[i..j].iter_mut().filter(|f| f.r#type == t) {
                 let help = (!f.help.is_empty()).then(|| r.push_text(f.help.as_bytes()));
                 let unit = (!f.unit.is_empty()).then(|| r.push_text(f.unit.as_bytes()));
                 r.metas.push(FamilyMeta { help, unit });
-                for m in &f.metric {
-                    let (labels, renamed) = final_labels(&ident, identity.is_some(), &m.label);
+                for mut metric in std::mem::take(&mut f.metric) {
+                    let (labels, renamed) = final_labels(
+                        &ident,
+                        identity.is_some(),
+                        std::mem::take(&mut metric.label),
+                    );
                     cross |= renamed;
-                    let mut key: Vec<(String, String)> = labels
-                        .iter()
-                        .map(|l| (l.name.clone(), l.value.clone()))
-                        .collect();
-                    key.sort_unstable();
-                    if !seen.insert(key) {
-                        dups += 1;
-                        continue;
-                    }
-                    let m = schema::Metric {
-                        label: labels,
-                        ..m.clone()
-                    };
-                    prost::encoding::message::encode(4, &m, &mut lines);
+                    metrics.push(Final { labels, metric });
                 }
+            }
+            // Rule 5 within the source: the first of each series (label sets compared
+            // without order, identity labels aside: they are the same on every metric).
+            keys.clear();
+            keys.extend(
+                metrics
+                    .iter()
+                    .enumerate()
+                    .map(|(k, m)| (m.hash(), k as u32)),
+            );
+            let dups = first_of_each_series(&mut keys, &mut dup, |a, b| {
+                metrics[a as usize].sorted() == metrics[b as usize].sorted()
+            });
+            let start = lines.len();
+            for (m, _) in metrics.iter().zip(&dup).filter(|(_, &d)| !d) {
+                m.encode(&ident_fields, &mut lines);
             }
             r.blocks.push(TypedBlock {
                 mtype: mtype(t),
@@ -193,6 +202,50 @@ pub(super) fn render_families(
     }
     r.lines = Bytes::from(lines);
     r
+}
+
+/// A metric with its final app labels (the identity's apart), its own taken out of it.
+struct Final {
+    labels: Vec<schema::LabelPair>,
+    metric: schema::Metric,
+}
+
+impl Final {
+    /// The order-independent hash of the label set, empty values left out.
+    fn hash(&self) -> u64 {
+        self.labels
+            .iter()
+            .filter(|l| !l.value.is_empty())
+            .fold(0u64, |h, l| {
+                h.wrapping_add(lex::pair_hash(l.name.as_bytes(), l.value.as_bytes()))
+            })
+    }
+
+    fn sorted(&self) -> Vec<(&str, &str)> {
+        let mut v: Vec<(&str, &str)> = self
+            .labels
+            .iter()
+            .filter(|l| !l.value.is_empty())
+            .map(|l| (l.name.as_str(), l.value.as_str()))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Field 4 of `MetricFamily`: the identity's labels, the app's, then the metric's fields.
+    fn encode(&self, ident_fields: &[u8], out: &mut Vec<u8>) {
+        use prost::encoding::{encode_key, encode_varint, message, WireType};
+        let labels: usize = self.labels.iter().map(|l| message::encoded_len(1, l)).sum();
+        let len = ident_fields.len() + labels + self.metric.encoded_len();
+        encode_key(4, WireType::LengthDelimited, out);
+        encode_varint(len as u64, out);
+        out.extend_from_slice(ident_fields);
+        for l in &self.labels {
+            message::encode(1, l, out);
+        }
+        // `metric.label` is empty: this writes its other fields.
+        self.metric.encode_raw(out);
+    }
 }
 
 fn is_legacy(name: &str) -> bool {
@@ -249,45 +302,33 @@ fn underscores(f: &schema::MetricFamily) -> schema::MetricFamily {
     f
 }
 
-/// A metric's labels as written: the identity's first, then the app's (empty ones left out),
-/// those named like an identity label (or, for an app, `job` and `instance`) renamed
-/// `exported_*` until the name is free (rule 2). Also whether one was renamed into a name an
-/// identity label has.
+/// A metric's app labels as written after the identity's: empty ones left out, those named
+/// like an identity label (or, for an app, `job` and `instance`) renamed `exported_*` until
+/// the name is free (rule 2). Also whether one was renamed from an identity label's name.
 fn final_labels(
     ident: &[(&str, &str)],
     app: bool,
-    labels: &[schema::LabelPair],
+    mut labels: Vec<schema::LabelPair>,
 ) -> (Vec<schema::LabelPair>, bool) {
-    let mut out: Vec<schema::LabelPair> = ident
-        .iter()
-        .map(|(n, v)| schema::LabelPair {
-            name: (*n).to_string(),
-            value: (*v).to_string(),
-        })
-        .collect();
+    labels.retain(|l| !l.value.is_empty());
     let is_ident =
         |n: &str| ident.iter().any(|(k, _)| *k == n) || (app && TARGET_LABELS.contains(&n));
-    let mut conflicting: Vec<&schema::LabelPair> = Vec::new();
-    for l in labels.iter().filter(|l| !l.value.is_empty()) {
-        if is_ident(&l.name) {
-            conflicting.push(l);
-        } else {
-            out.push(l.clone());
-        }
+    if !labels.iter().any(|l| is_ident(&l.name)) {
+        return (labels, false);
     }
+    let (mut conflicting, mut out): (Vec<_>, Vec<_>) =
+        labels.into_iter().partition(|l| is_ident(&l.name));
     let renamed = conflicting
         .iter()
         .any(|l| ["namespace", "pod", "container", "endpoint"].contains(&l.name.as_str()));
     conflicting.sort_by_key(|l| l.name.len());
-    for l in conflicting {
+    for mut l in conflicting {
         let mut name = format!("exported_{}", l.name);
-        while out.iter().any(|o| o.name == name) {
+        while ident.iter().any(|(k, _)| *k == name) || out.iter().any(|o| o.name == name) {
             name.insert_str(0, "exported_");
         }
-        out.push(schema::LabelPair {
-            name,
-            value: l.value.clone(),
-        });
+        l.name = name;
+        out.push(l);
     }
     (out, renamed)
 }

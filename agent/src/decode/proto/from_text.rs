@@ -64,7 +64,7 @@ fn untyped(
                 out.len() - 1
             }
         };
-        let s = sample_with(parsed, sm, labels, None);
+        let s = sample_with(parsed, sm, labels, None, false);
         out[at].metric.push(Metric {
             label: s.labels,
             untyped: Some(Untyped { value: s.value }),
@@ -112,12 +112,28 @@ fn family(parsed: &Parsed<'_>, f: &Family<'_>, labels: &mut Vec<Label>) -> Metri
     let mut metrics: Vec<Metric> = Vec::new();
     // Label set (sorted, without `le`/`quantile`) -> index in `metrics`.
     let mut by_labels: HashMap<Vec<(String, String)>, usize> = HashMap::new();
+    // Only these types make one metric of several samples; the others' samples are metrics
+    // each (repeats of a series were marked by the parser).
+    let grouped = matches!(
+        mtype,
+        MetricType::Histogram | MetricType::GaugeHistogram | MetricType::Summary
+    ) || (om && mtype == MetricType::Counter);
     let (lo, hi) = f.samples;
     for sm in &parsed.samples[lo as usize..hi as usize] {
         if sm.flags & DUP != 0 {
             continue;
         }
-        let mut s = sample(parsed, sm, labels);
+        let mut s = sample(parsed, sm, labels, grouped);
+        if !grouped {
+            metrics.push(Metric {
+                label: std::mem::take(&mut s.labels),
+                timestamp_ms: s.timestamp_ms,
+                ..Metric::default()
+            });
+            let last = metrics.len() - 1;
+            add(&mut metrics[last], mtype, sm.suffix, s);
+            continue;
+        }
         let key = std::mem::take(&mut s.key);
         let i = *by_labels.entry(key).or_insert_with(|| {
             metrics.push(Metric {
@@ -185,7 +201,8 @@ fn add(m: &mut Metric, mtype: MetricType, suffix: Suffix, s: Sample) {
     }
 }
 
-fn sample(parsed: &Parsed<'_>, sm: &SampleRef, labels: &mut Vec<Label>) -> Sample {
+/// A sample line read; `keyed`: with the key of its metric.
+fn sample(parsed: &Parsed<'_>, sm: &SampleRef, labels: &mut Vec<Label>, keyed: bool) -> Sample {
     let bound_label = match sm.suffix {
         Suffix::Bucket => Some(&b"le"[..]),
         Suffix::Bare if parsed.families[sm.family as usize].mtype == MType::Summary => {
@@ -193,7 +210,7 @@ fn sample(parsed: &Parsed<'_>, sm: &SampleRef, labels: &mut Vec<Label>) -> Sampl
         }
         _ => None,
     };
-    sample_with(parsed, sm, labels, bound_label)
+    sample_with(parsed, sm, labels, bound_label, keyed)
 }
 
 /// A sample line read, the label named `bound_label` taken apart as its bound.
@@ -202,6 +219,7 @@ fn sample_with(
     sm: &SampleRef,
     labels: &mut Vec<Label>,
     bound_label: Option<&[u8]>,
+    keyed: bool,
 ) -> Sample {
     let b = parsed.body;
     let om = parsed.format == Format::OpenMetrics;
@@ -217,7 +235,7 @@ fn sample_with(
     }
     let mut out = Sample {
         labels: Vec::with_capacity(labels.len()),
-        key: Vec::with_capacity(labels.len()),
+        key: Vec::with_capacity(if keyed { labels.len() } else { 0 }),
         bound: None,
         value: 0.0,
         timestamp_ms: 0,
@@ -230,7 +248,9 @@ fn sample_with(
             continue;
         }
         let name = String::from_utf8_lossy(l.name(b)).into_owned();
-        out.key.push((name.clone(), value.clone()));
+        if keyed {
+            out.key.push((name.clone(), value.clone()));
+        }
         if !value.is_empty() {
             out.labels.push(LabelPair { name, value });
         }
