@@ -288,6 +288,10 @@ pub struct Snapshot {
     held: Reservation,
 }
 
+/// A protobuf body's decoded families may take this many times its size, while it is read
+/// (a client library's body decodes to 10-20 times its size).
+pub const PROTOBUF_DECODED_FACTOR: usize = 40;
+
 /// A rendering may take this many times its body's size (plus 64 KiB).
 pub const RENDERED_LIMIT_FACTOR: usize = 4;
 
@@ -373,7 +377,17 @@ pub fn check(
     let format = Format::from_content_type(content_type);
     let (body, protobuf, native_only) = match format {
         Format::Protobuf => {
-            let families = decode::proto::decode(&body).map_err(TargetError::Parse)?;
+            // Decoded, a metric takes far more than on the wire: the decoding reserves what it
+            // may take (40x the body, at most the largest body's share) while it runs.
+            let room = body
+                .len()
+                .saturating_mul(PROTOBUF_DECODED_FACTOR)
+                .min(intake.budget.largest_body());
+            let _decoding = intake
+                .budget
+                .reserve("decoding this protobuf body", room, intake.freeing)
+                .map_err(|e| TargetError::Limit(e.into()))?;
+            let families = decode::proto::decode_within(&body, room).map_err(TargetError::Parse)?;
             let om = decode::proto::to_openmetrics(&families);
             NATIVE_ONLY_OMITTED.add(om.native_only as u64);
             (Bytes::from(om.body), Some(body), om.native_only)
@@ -687,6 +701,37 @@ mod tests {
             err.to_string().starts_with("unparsable body: byte "),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_protobuf_body_decodes_within_its_share_of_the_budget() {
+        let body = protobuf_body();
+        // Room for the body as kept, not for its decoding.
+        let budget = Budget::new(body.len() * HELD_FACTOR * 4);
+        let intake = Intake {
+            budget: &budget,
+            freeing: 0,
+        };
+        let err = check(
+            body.clone(),
+            Some(decode::proto::CONTENT_TYPE),
+            Some(&identity("a")),
+            &Limits::default(),
+            intake,
+            &Wanted::default(),
+        )
+        .unwrap_err();
+        // Its decoding may take a quarter of the budget (the largest body's share), which
+        // the decoded metrics (some 500 bytes each) pass.
+        assert!(
+            err.to_string().contains("passes the memory it may take"),
+            "{err}"
+        );
+        assert_eq!(budget.held(), 0, "the refused body holds nothing");
+        // The reader itself stops at the room it is given, naming the family.
+        let e = decode::proto::decode_within(&body, 600).unwrap_err();
+        assert!(e.reason.contains("passes the memory it may take"), "{e}");
+        assert!(decode::proto::decode_within(&body, 1 << 20).is_ok());
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub mod schema;
 mod to_text;
 
 pub(crate) use from_text::from_text;
-pub use read::decode;
+pub use read::{decode, decode_within, decoded_bytes};
 pub(crate) use to_text::legacy_name;
 pub use to_text::{is_native, is_native_only, to_openmetrics, OpenMetricsBody};
 

@@ -60,8 +60,18 @@ type Reason = Cow<'static, str>;
 
 /// Decodes and checks a whole body: its families in body order, or the first rule it breaks.
 pub fn decode(body: &[u8]) -> Result<Vec<MetricFamily>, ParseError> {
+    decode_within(body, usize::MAX)
+}
+
+/// [`decode`], refusing a body whose decoded families would take more than `max_decoded` bytes
+/// of memory ([`decoded_bytes`]): a decoded metric takes about 500 bytes however few it took
+/// on the wire, so a small hostile body could otherwise take hundreds of times its size.
+pub fn decode_within(body: &[u8], max_decoded: usize) -> Result<Vec<MetricFamily>, ParseError> {
     check_size(body.len())?;
-    let mut reader = Reader::default();
+    let mut reader = Reader {
+        room: max_decoded,
+        ..Reader::default()
+    };
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < body.len() {
@@ -212,8 +222,42 @@ impl Hasher for Prehashed {
 }
 
 /// What the checks remember across families and metrics.
+/// Heap and inline bytes a decoded metric takes (capacities, so what the allocator holds).
+pub fn decoded_bytes(m: &Metric) -> usize {
+    use std::mem::size_of;
+    let labels = |l: &[LabelPair], cap: usize| {
+        cap * size_of::<LabelPair>()
+            + l.iter()
+                .map(|p| p.name.capacity() + p.value.capacity())
+                .sum::<usize>()
+    };
+    let exemplar = |e: &Exemplar| size_of::<Exemplar>() + labels(&e.label, e.label.capacity());
+    let mut n = size_of::<Metric>() + labels(&m.label, m.label.capacity());
+    if let Some(e) = m.counter.as_ref().and_then(|c| c.exemplar.as_ref()) {
+        n += exemplar(e);
+    }
+    if let Some(s) = &m.summary {
+        n += s.quantile.capacity() * size_of::<super::schema::Quantile>();
+    }
+    if let Some(h) = &m.histogram {
+        n += h.bucket.capacity() * size_of::<super::schema::Bucket>()
+            + h.bucket
+                .iter()
+                .filter_map(|b| b.exemplar.as_ref())
+                .map(exemplar)
+                .sum::<usize>()
+            + (h.negative_span.capacity() + h.positive_span.capacity()) * 8
+            + (h.negative_delta.capacity() + h.positive_delta.capacity()) * 8
+            + (h.negative_count.capacity() + h.positive_count.capacity()) * 8
+            + h.exemplars.iter().map(exemplar).sum::<usize>();
+    }
+    n
+}
+
 #[derive(Default)]
 struct Reader {
+    /// Bytes the decoded metrics may still take ([`decode_within`]).
+    room: usize,
     /// Family names seen so far.
     names: HashSet<String>,
     /// The current family's label sets: hash (order-independent) → first metric with it.
@@ -242,8 +286,11 @@ impl Reader {
         }
         let kind = self.header(&fam, base)?;
         // Then the metrics in order, each checked once decoded.
-        fam.metric
-            .reserve(metrics.min(m.len() / MIN_RESERVED_METRIC_BYTES));
+        fam.metric.reserve(
+            metrics
+                .min(m.len() / MIN_RESERVED_METRIC_BYTES)
+                .min(self.room / std::mem::size_of::<Metric>()),
+        );
         self.series.clear();
         let mut pos = 0;
         while let Some(f) = field_at(m, pos) {
@@ -257,6 +304,14 @@ impl Reader {
             let Some(index) = fam.metric.len().checked_sub(1) else {
                 continue;
             };
+            let cost = decoded_bytes(&fam.metric[index]);
+            self.room = self.room.checked_sub(cost).ok_or_else(|| {
+                ParseError::at_byte(
+                    base + at,
+                    Some(&fam.name),
+                    "the decoded body passes the memory it may take (about 40 times its size, within the memory budget)",
+                )
+            })?;
             self.metric(kind, &fam.metric, index).map_err(|r| {
                 ParseError::at_byte(
                     base + at,
