@@ -7,7 +7,7 @@
 //!     cargo run --release -p loupe-agent --example gzip_members [pods] [series] [sweep|chosen]
 
 use std::io::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use loupe_agent::decode::{
     merge, merge_gzip, prepare, Format, GzipMembers, IdentityLabels, Rendered, Source,

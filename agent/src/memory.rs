@@ -1,7 +1,8 @@
 //! The node's memory budget: what loupe may hold of pods' data (bodies being read and decoded,
 //! kept bodies, their indexes and renderings), half of its cgroup's memory limit by default
 //! (`node::memory_budget`). A stage reserves before it holds: a fetch as its buffer grows, ingest
-//! four times a body's size when it keeps it. What does not fit is refused whole, with
+//! four times a body's size when it keeps it, and beside that what its renderings' gzip members
+//! hold, once made (`ingest::Snapshot`). What does not fit is refused whole, with
 //! [`Exceeded`] as the target's reason; the rest of the node is untouched. A [`Reservation`] gives
 //! its bytes back when dropped.
 

@@ -194,8 +194,6 @@ pub(super) struct GzChunks<'m> {
     /// Start of `made` not yet in `pieces`.
     open: usize,
     deflate: Deflate,
-    /// Blocks sent as stored members, and their plain bytes.
-    pub(super) reused: (usize, usize),
 }
 
 enum GzPiece {
@@ -216,7 +214,6 @@ impl<'m> GzChunks<'m> {
             pieces: Vec::new(),
             open: 0,
             deflate: Deflate::new(level),
-            reused: (0, 0),
         }
     }
 
@@ -271,8 +268,6 @@ impl Sink for GzChunks<'_> {
         match member {
             Some(member) => {
                 self.close_member();
-                self.reused.0 += 1;
-                self.reused.1 += range.len();
                 self.pieces.push(GzPiece::Stored(member));
             }
             None => {
