@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use loupe_agent::decode::{
-    merge, merge_gzip, prepare, validate, Format, GzipMembers, IdentityLabels, Rendered, Source,
+    merge, merge_gzip, prepare, validate, Format, GzipBlocks, IdentityLabels, Rendered, Source,
     SCRAPE_LEVEL,
 };
 use loupe_testkit::bodies::{self, pod_name, Spec};
@@ -188,14 +188,14 @@ fn bench(c: &mut Criterion) {
     g.bench_function("render_at_ingest_text", |b| {
         b.iter(|| black_box(rendered_sources(black_box(&prepared_sources), Format::Text)))
     });
-    let members: Vec<GzipMembers> = text_rendered.iter().map(GzipMembers::new).collect();
-    let member_refs: Vec<&GzipMembers> = members.iter().collect();
+    let members: Vec<GzipBlocks> = text_rendered.iter().map(GzipBlocks::new).collect();
+    let member_refs: Vec<&GzipBlocks> = members.iter().collect();
     g.bench_function("gzip_members_at_ingest_text", |b| {
         b.iter(|| {
             black_box(
                 black_box(&text_rendered)
                     .iter()
-                    .map(GzipMembers::new)
+                    .map(GzipBlocks::new)
                     .collect::<Vec<_>>(),
             )
         })

@@ -10,8 +10,8 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use loupe_agent::decode::{
-    merge, merge_gzip, prepare, Format, GzipMembers, IdentityLabels, Rendered, Source,
-    MEMBER_LEVEL, MIN_MEMBER_BLOCK, SCRAPE_LEVEL,
+    merge, merge_gzip, prepare, Format, GzipBlocks, IdentityLabels, Rendered, Source, MEMBER_LEVEL,
+    MIN_MEMBER_BLOCK, SCRAPE_LEVEL,
 };
 use loupe_testkit::bodies::{self, Spec};
 
@@ -119,15 +119,15 @@ fn main() {
             let (make_cpu, members) = best(runs.min(3), || {
                 rendered
                     .iter()
-                    .map(|r| GzipMembers::with(r, level, min_block))
+                    .map(|r| GzipBlocks::with(r, level, min_block))
                     .collect::<Vec<_>>()
             });
-            let refs: Vec<&GzipMembers> = members.iter().collect();
+            let refs: Vec<&GzipBlocks> = members.iter().collect();
             let (scrape_cpu, (zipped, _)) =
                 best(runs, || merge_gzip(&sources, &refs, out, SCRAPE_LEVEL));
             let zsize: usize = zipped.iter().map(|c| c.len()).sum();
-            let count: usize = members.iter().map(GzipMembers::members).sum();
-            let held: usize = members.iter().map(GzipMembers::heap_bytes).sum();
+            let count: usize = members.iter().map(GzipBlocks::members).sum();
+            let held: usize = members.iter().map(GzipBlocks::heap_bytes).sum();
             println!(
                 "| {level} | {min_block} | {count} | {zsize} B = **{:.3}x** | {} | {:.3} ms | {:.3}x | {} |",
                 zsize as f64 / l6 as f64,

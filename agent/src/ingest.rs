@@ -266,15 +266,15 @@ impl Wanted {
 }
 
 crate::telemetry::counter!(
-    pub GZIP_MEMBERS_REFUSED,
-    "loupe_gzip_members_refused_total",
+    pub GZIP_BLOCKS_REFUSED,
+    "loupe_gzip_blocks_refused_total",
     "Renderings whose gzip members did not fit the memory budget: their blocks are compressed at every gzip scrape instead.",
 );
 
 /// A rendering's gzip members and what they hold of the budget.
 #[derive(Debug)]
 struct Members {
-    members: decode::GzipMembers,
+    members: decode::GzipBlocks,
     held: Reservation,
 }
 
@@ -296,11 +296,11 @@ struct Members {
 ///
 /// gzip: for a format scrapers ask with gzip, the rendering's blocks of at least
 /// `decode::MIN_MEMBER_BLOCK` bytes are also kept compressed, one gzip member each
-/// (`decode::GzipMembers`, about 0.07x the rendering), so that a gzip scrape sends them as they
+/// (`decode::GzipBlocks`, about 0.07x the rendering), so that a gzip scrape sends them as they
 /// are (`decode::merge_gzip`). They are made when the body arrives if the latest scrape asked
 /// for gzip ([`Wanted::gzip`]), else at the first gzip scrape in that format; they hold their own
 /// share of the budget, and when that does not fit they are not kept (the scrape compresses
-/// those blocks) and counted in `loupe_gzip_members_refused_total`.
+/// those blocks) and counted in `loupe_gzip_blocks_refused_total`.
 #[derive(Debug)]
 pub struct Snapshot {
     /// The body in a text format (a protobuf body's families as OpenMetrics).
@@ -388,29 +388,25 @@ impl Snapshot {
 
     /// The gzip members of the rendering for `format` with `identity`, made now if they were
     /// not yet. `None` where [`Snapshot::rendered`] is, or when they do not fit the budget.
-    pub fn gzip_members(
-        &self,
-        identity: &Identity,
-        format: Format,
-    ) -> Option<&decode::GzipMembers> {
+    pub fn gzip_members(&self, identity: &Identity, format: Format) -> Option<&decode::GzipBlocks> {
         if self.identity.as_ref() != Some(identity) {
             return None;
         }
         self.compress(format)
     }
 
-    fn compress(&self, format: Format) -> Option<&decode::GzipMembers> {
+    fn compress(&self, format: Format) -> Option<&decode::GzipBlocks> {
         let cell = match format {
             Format::Text => &self.text_gzip,
             Format::OpenMetrics => &self.open_metrics_gzip,
             Format::Protobuf => &self.protobuf_gzip,
         };
         cell.get_or_init(|| {
-            let members = decode::GzipMembers::new(self.render(format)?);
+            let members = decode::GzipBlocks::new(self.render(format)?);
             match self.held.beside("gzip members", members.heap_bytes()) {
                 Some(held) => Some(Members { members, held }),
                 None => {
-                    GZIP_MEMBERS_REFUSED.inc();
+                    GZIP_BLOCKS_REFUSED.inc();
                     None
                 }
             }
@@ -810,7 +806,7 @@ mod tests {
         .unwrap();
         let made = snap.open_metrics_gzip.get().expect("made on arrival");
         let members = made.as_ref().expect("within the budget");
-        assert_eq!(members.members.members(), 1);
+        assert_eq!(members.members.blocks(), 1);
         assert!(snap.text_gzip.get().is_none());
         assert_eq!(
             snap.held_bytes(),
@@ -838,7 +834,7 @@ mod tests {
         // Members that do not fit are not kept, and the body stays.
         let tight = Budget::new(body.len() * HELD_FACTOR);
         wanted.mark(Format::Text, true);
-        let before = GZIP_MEMBERS_REFUSED.get();
+        let before = GZIP_BLOCKS_REFUSED.get();
         let snap = check(
             body,
             None,
@@ -852,7 +848,7 @@ mod tests {
         )
         .unwrap();
         assert!(snap.gzip_members(&a, Format::Text).is_none());
-        assert!(GZIP_MEMBERS_REFUSED.get() > before);
+        assert!(GZIP_BLOCKS_REFUSED.get() > before);
         assert_eq!(tight.held(), snap.held_bytes());
     }
 

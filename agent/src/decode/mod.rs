@@ -131,7 +131,7 @@
 //!    whose chunks are gzip members (a gzip stream may hold several, RFC 1952 section 2.2; Go's
 //!    `gzip.Reader`, curl and Python read them as one stream). A rendering's blocks of at least
 //!    [`MIN_MEMBER_BLOCK`] bytes are compressed once, one member each at [`MEMBER_LEVEL`], and
-//!    kept beside it ([`GzipMembers`], made by the store for the formats scrapers ask with
+//!    kept beside it ([`GzipBlocks`], made by the store for the formats scrapers ask with
 //!    gzip); each picked block that has one is sent as that member. The rest (headers, smaller
 //!    blocks, lines picked one by one, sources rendered by the merge) is compressed at the
 //!    scrape at [`SCRAPE_LEVEL`], one member per run of such pieces between two stored members.
@@ -165,11 +165,9 @@ pub use limits::{check_labels, LabelExcess, LabelLimits};
 // A family's header lines, for expose's own series (the store/expose restructuring).
 #[allow(unused_imports)]
 pub(crate) use merge::write_header;
-#[cfg(feature = "agent")]
-pub use merge::{
-    gzip_member, merge_gzip, GzipMembers, MEMBER_LEVEL, MIN_MEMBER_BLOCK, SCRAPE_LEVEL,
-};
 pub use merge::{merge, render_source, render_within, write_label_set, Rendered, Source};
+#[cfg(feature = "agent")]
+pub use merge::{merge_gzip, GzipBlocks, MEMBER_LEVEL, MIN_MEMBER_BLOCK, SCRAPE_LEVEL};
 
 crate::telemetry::counter!(
     pub FAMILY_CONFLICTS,

@@ -1,12 +1,18 @@
-//! gzip of a merge's output as several gzip members (RFC 1952, section 2.2: a gzip stream is a
-//! sequence of members, each with its own header, deflate data, CRC-32 and length; Go's
-//! `gzip.Reader`, which Prometheus uses, `curl --compressed` and Python's `gzip` read them as one
-//! stream). A rendering's large blocks are compressed once, when the store keeps the rendering
-//! ([`GzipMembers`]); a gzip merge writes the plan as the chunk list does, and sends each picked
-//! block that has a stored member as that member, not compressing it again. What is new at every
-//! scrape (the headers, small blocks, lines picked one by one, loupe's own series, blocks of
-//! renderings made by the merge) is compressed then, into members of its own: one per run of
-//! such pieces between two stored members.
+//! gzip of a merge's output from pieces compressed apart: one gzip member (RFC 1952) whose
+//! deflate stream is the concatenation of raw deflate segments, each ended by a sync flush (an
+//! empty stored block, byte-aligned, never final) and made by a deflater started afresh, so that
+//! none refers back past its own start; the CRC-32 of the whole is combined from the segments'
+//! (pigz builds its output the same way). A rendering's large blocks are compressed once, when
+//! the store keeps the rendering ([`GzipBlocks`]); a gzip merge writes the plan as the chunk list
+//! does, and sends each picked block that has a stored segment as that segment, not compressing
+//! it again. What is new at every scrape (the gzip header and trailer, the family headers, small
+//! blocks, lines picked one by one, loupe's own series, blocks of renderings made by the merge) is
+//! compressed then, one segment per run of such pieces between two stored segments.
+//!
+//! Why one member and not one member per piece (RFC 1952 2.2 allows several): Go's
+//! `gzip.Reader` (Prometheus) and Python read every member, but curl (`--compressed`, by design:
+//! curl/curl#22156), browsers, reqwest and OkHttp stop after the first; a stream of segments is
+//! one ordinary member to all of them, and 18 bytes of header and trailer per piece smaller.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -17,39 +23,40 @@ use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 use super::render::Rendered;
 use super::write::Sink;
 
-/// Level of the members made when a rendering is kept: 6 is zlib's (and Go's) default; the
+/// Level of the segments made when a rendering is kept: 6 is zlib's (and Go's) default; the
 /// size and time at each level are in BENCHMARKS.md.
 pub const MEMBER_LEVEL: u32 = 6;
-/// Blocks below this size get no stored member: each member costs 18 bytes of header and
-/// trailer and starts its dictionary afresh, so small blocks compress better together at
-/// scrape time, with their neighbours (BENCHMARKS.md).
+/// Blocks below this size get no stored segment: each starts its dictionary afresh, so small
+/// blocks compress better together at scrape time, with their neighbours (BENCHMARKS.md).
 pub const MIN_MEMBER_BLOCK: usize = 2048;
 /// Level of what is compressed at scrape time.
 pub const SCRAPE_LEVEL: u32 = 6;
 
-/// The gzip members of a rendering's blocks of at least `min_block` bytes, made once and kept
-/// beside it (`ingest::Snapshot`). A gzip merge finds a picked block's member by the
+/// The deflate segments of a rendering's blocks of at least `min_block` bytes, made once and
+/// kept beside it (`ingest::Snapshot`). A gzip merge finds a picked block's segment by the
 /// rendering's lines (the very buffer, held here) and the block's range.
 #[derive(Debug)]
-pub struct GzipMembers {
-    /// The rendering's lines, which the members compress: held so that no other buffer can
-    /// take their address while these members exist.
+pub struct GzipBlocks {
+    /// The rendering's lines, which the segments compress: held so that no other buffer can
+    /// take their address while these exist.
     lines: Bytes,
-    /// Every member, one after the other.
+    /// Every segment, one after the other.
     data: Bytes,
-    /// Per member: the block's range in `lines`, the member's range in `data`; by block start.
+    /// Per segment: the block's range in `lines`, the segment's range in `data`; by block start.
     index: Vec<(Range<u32>, Range<u32>)>,
+    /// Per segment (as `index`): the CRC-32 and length of the block.
+    crcs: Vec<Crc>,
 }
 
-impl GzipMembers {
-    /// The members of `rendered`'s blocks, at [`MEMBER_LEVEL`], for blocks of at least
+impl GzipBlocks {
+    /// The segments of `rendered`'s blocks, at [`MEMBER_LEVEL`], for blocks of at least
     /// [`MIN_MEMBER_BLOCK`] bytes.
-    pub fn new(rendered: &Rendered) -> GzipMembers {
-        GzipMembers::with(rendered, MEMBER_LEVEL, MIN_MEMBER_BLOCK)
+    pub fn new(rendered: &Rendered) -> GzipBlocks {
+        GzipBlocks::with(rendered, MEMBER_LEVEL, MIN_MEMBER_BLOCK)
     }
 
-    /// The members of `rendered`'s blocks of at least `min_block` bytes, at `level` (0-9).
-    pub fn with(rendered: &Rendered, level: u32, min_block: usize) -> GzipMembers {
+    /// The segments of `rendered`'s blocks of at least `min_block` bytes, at `level` (0-9).
+    pub fn with(rendered: &Rendered, level: u32, min_block: usize) -> GzipBlocks {
         let lines = rendered.lines.clone();
         let mut blocks: Vec<Range<u32>> = rendered
             .blocks
@@ -63,37 +70,43 @@ impl GzipMembers {
         let mut data = Vec::with_capacity(total / 8 + 64);
         let mut deflate = Deflate::new(level);
         let mut index = Vec::with_capacity(blocks.len());
+        let mut crcs = Vec::with_capacity(blocks.len());
         for block in blocks {
             let start = data.len();
             deflate.write(&lines[block.start as usize..block.end as usize], &mut data);
-            deflate.finish(&mut data);
-            index.push((block, start as u32..data.len() as u32));
+            if let Some(crc) = deflate.end_segment(&mut data) {
+                index.push((block, start as u32..data.len() as u32));
+                crcs.push(crc);
+            }
         }
         data.shrink_to_fit();
-        GzipMembers {
+        GzipBlocks {
             lines,
             data: Bytes::from(data),
             index,
+            crcs,
         }
     }
 
     /// Heap bytes held (the lines are the rendering's, not counted).
     pub fn heap_bytes(&self) -> usize {
-        self.data.len() + self.index.capacity() * std::mem::size_of::<(Range<u32>, Range<u32>)>()
+        self.data.len()
+            + self.index.capacity() * std::mem::size_of::<(Range<u32>, Range<u32>)>()
+            + self.crcs.capacity() * std::mem::size_of::<Crc>()
     }
 
-    /// Bytes of members.
+    /// Bytes of segments.
     pub fn compressed_bytes(&self) -> usize {
         self.data.len()
     }
 
-    /// Blocks with a member.
-    pub fn members(&self) -> usize {
+    /// Blocks with a segment.
+    pub fn blocks(&self) -> usize {
         self.index.len()
     }
 
-    /// The member of exactly `range` of `lines`, if these members are of `lines`.
-    fn find(&self, lines: &Bytes, range: &Range<usize>) -> Option<Bytes> {
+    /// The segment of exactly `range` of `lines`, with its CRC, if these are of `lines`.
+    fn find(&self, lines: &Bytes, range: &Range<usize>) -> Option<(Bytes, &Crc)> {
         if lines.as_ptr() != self.lines.as_ptr() || lines.len() != self.lines.len() {
             return None;
         }
@@ -101,14 +114,19 @@ impl GzipMembers {
             .index
             .binary_search_by_key(&range.start, |(block, _)| block.start as usize)
             .ok()?;
-        let (block, member) = &self.index[at];
-        (block.end as usize == range.end)
-            .then(|| self.data.slice(member.start as usize..member.end as usize))
+        let (block, segment) = &self.index[at];
+        (block.end as usize == range.end).then(|| {
+            (
+                self.data
+                    .slice(segment.start as usize..segment.end as usize),
+                &self.crcs[at],
+            )
+        })
     }
 }
 
-/// One gzip member at a time: a raw deflate stream between the member's header and its trailer
-/// (CRC-32 and length of what it holds). The deflate state is reset, not made anew, per member.
+/// One raw deflate segment at a time, with the CRC-32 of what it holds. The deflate state is
+/// reset, not made anew, per segment.
 struct Deflate {
     compress: Compress,
     crc: Crc,
@@ -117,6 +135,8 @@ struct Deflate {
 
 /// The member header: magic, deflate, no flags, no time, no extra flags, OS unknown.
 const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+/// An empty final deflate block (fixed Huffman codes, end of block): ends the segments.
+const LAST_BLOCK: [u8; 2] = [3, 0];
 
 impl Deflate {
     fn new(level: u32) -> Deflate {
@@ -127,30 +147,25 @@ impl Deflate {
         }
     }
 
-    /// Adds `input` to the open member (opening one first).
+    /// Adds `input` to the open segment (opening one first).
     fn write(&mut self, input: &[u8], out: &mut Vec<u8>) {
         if input.is_empty() {
             return;
         }
-        if !self.open {
-            out.extend_from_slice(&HEADER);
-            self.open = true;
-        }
+        self.open = true;
         self.crc.update(input);
         self.run(input, FlushCompress::None, out);
     }
 
-    /// Ends the open member, if one is open.
-    fn finish(&mut self, out: &mut Vec<u8>) {
+    /// Ends the open segment, if one is open, with a sync flush; returns its CRC.
+    fn end_segment(&mut self, out: &mut Vec<u8>) -> Option<Crc> {
         if !self.open {
-            return;
+            return None;
         }
-        self.run(&[], FlushCompress::Finish, out);
-        out.extend_from_slice(&self.crc.sum().to_le_bytes());
-        out.extend_from_slice(&self.crc.amount().to_le_bytes());
+        self.run(&[], FlushCompress::Sync, out);
         self.compress.reset();
-        self.crc.reset();
         self.open = false;
+        Some(std::mem::take(&mut self.crc))
     }
 
     fn run(&mut self, mut input: &[u8], flush: FlushCompress, out: &mut Vec<u8>) {
@@ -170,8 +185,8 @@ impl Deflate {
                 Err(_) => return,
             }
             let room = out.capacity() > out.len();
-            // Everything taken, with room left: the rest is the deflater's to hold.
-            if flush == FlushCompress::None && input.is_empty() && room {
+            // Everything taken (and flushed, if asked), with room left.
+            if input.is_empty() && room {
                 return;
             }
             if consumed == 0 && produced == 0 && room {
@@ -181,19 +196,21 @@ impl Deflate {
     }
 }
 
-/// The gzip chunk list: stored members as they are, and the members made at this scrape, all
-/// ranges of one buffer frozen at the end.
+/// The gzip chunk list: the header, stored segments as they are, the segments made at this
+/// scrape, and the trailer, all but the stored ones ranges of one buffer frozen at the end.
 pub(super) struct GzChunks<'m> {
-    /// Stored members by the address of the lines they compress.
-    stored: HashMap<usize, &'m GzipMembers>,
+    /// Stored segments by the address of the lines they compress.
+    stored: HashMap<usize, &'m GzipBlocks>,
     /// Plain text the writer appended, not yet compressed.
     text: Vec<u8>,
-    /// The members made here.
+    /// The header, the segments made here, the trailer.
     made: Vec<u8>,
     pieces: Vec<GzPiece>,
     /// Start of `made` not yet in `pieces`.
     open: usize,
     deflate: Deflate,
+    /// CRC-32 and length of everything so far.
+    crc: Crc,
 }
 
 enum GzPiece {
@@ -202,7 +219,7 @@ enum GzPiece {
 }
 
 impl<'m> GzChunks<'m> {
-    pub(super) fn new(stored: &[&'m GzipMembers], level: u32) -> Self {
+    pub(super) fn new(stored: &[&'m GzipBlocks], level: u32) -> Self {
         GzChunks {
             stored: stored
                 .iter()
@@ -210,14 +227,15 @@ impl<'m> GzChunks<'m> {
                 .map(|m| (m.lines.as_ptr() as usize, *m))
                 .collect(),
             text: Vec::new(),
-            made: Vec::new(),
+            made: HEADER.to_vec(),
             pieces: Vec::new(),
             open: 0,
             deflate: Deflate::new(level),
+            crc: Crc::new(),
         }
     }
 
-    /// Compresses the pending text into the open member.
+    /// Compresses the pending text into the open segment.
     fn take_text(&mut self) {
         if !self.text.is_empty() {
             self.deflate.write(&self.text, &mut self.made);
@@ -225,10 +243,12 @@ impl<'m> GzChunks<'m> {
         }
     }
 
-    /// Ends the member made here, if any, as a piece.
-    fn close_member(&mut self) {
+    /// Ends the segment made here, if any, and what `made` holds as a piece.
+    fn close_segment(&mut self) {
         self.take_text();
-        self.deflate.finish(&mut self.made);
+        if let Some(crc) = self.deflate.end_segment(&mut self.made) {
+            self.crc.combine(&crc);
+        }
         if self.made.len() > self.open {
             self.pieces.push(GzPiece::Made(self.open..self.made.len()));
             self.open = self.made.len();
@@ -236,12 +256,15 @@ impl<'m> GzChunks<'m> {
     }
 
     pub(super) fn finish(mut self) -> Vec<Bytes> {
-        self.close_member();
-        if self.pieces.is_empty() {
-            // An empty answer is still a gzip stream: one empty member.
-            self.made = gzip_member(&[], 0);
-            self.pieces.push(GzPiece::Made(0..self.made.len()));
+        self.take_text();
+        if let Some(crc) = self.deflate.end_segment(&mut self.made) {
+            self.crc.combine(&crc);
         }
+        self.made.extend_from_slice(&LAST_BLOCK);
+        self.made.extend_from_slice(&self.crc.sum().to_le_bytes());
+        self.made
+            .extend_from_slice(&self.crc.amount().to_le_bytes());
+        self.pieces.push(GzPiece::Made(self.open..self.made.len()));
         let made = Bytes::from(self.made);
         self.pieces
             .into_iter()
@@ -261,14 +284,15 @@ impl Sink for GzChunks<'_> {
     }
 
     fn block(&mut self, lines: &Bytes, range: Range<usize>) {
-        let member = self
+        let stored = self
             .stored
             .get(&(lines.as_ptr() as usize))
             .and_then(|m| m.find(lines, &range));
-        match member {
-            Some(member) => {
-                self.close_member();
-                self.pieces.push(GzPiece::Stored(member));
+        match stored {
+            Some((segment, crc)) => {
+                self.close_segment();
+                self.crc.combine(crc);
+                self.pieces.push(GzPiece::Stored(segment));
             }
             None => {
                 self.take_text();
@@ -276,21 +300,6 @@ impl Sink for GzChunks<'_> {
             }
         }
     }
-}
-
-/// One gzip member of `data` at `level`, as [`GzipMembers`] and the scrape make them.
-pub fn gzip_member(data: &[u8], level: u32) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut deflate = Deflate::new(level);
-    deflate.write(data, &mut out);
-    deflate.finish(&mut out);
-    if out.is_empty() {
-        // An empty member: header, an empty final block, the trailer of nothing.
-        deflate.open = true;
-        out.extend_from_slice(&HEADER);
-        deflate.finish(&mut out);
-    }
-    out
 }
 
 #[cfg(test)]
@@ -332,7 +341,7 @@ mod tests {
         out
     }
 
-    /// The members one after the other, each decompressed alone.
+    /// The gzip members one after the other, each decompressed alone.
     fn members_of(mut data: &[u8]) -> Vec<Vec<u8>> {
         let mut members = Vec::new();
         while !data.is_empty() {
@@ -347,7 +356,7 @@ mod tests {
 
     /// `merge_gzip` of three pods (stored members for each) and loupe's own series (none), in
     /// `out`: the gzip answer and the plain one.
-    fn answers(out: Format, bodies: &[String]) -> (Vec<Bytes>, Vec<u8>, Vec<GzipMembers>) {
+    fn answers(out: Format, bodies: &[String]) -> (Vec<Bytes>, Vec<u8>, Vec<GzipBlocks>) {
         let pods = ["p0", "p1", "p2"];
         let preps: Vec<Prepared> = bodies
             .iter()
@@ -365,8 +374,8 @@ mod tests {
         }
         let own = "# TYPE loupe_target_up gauge\nloupe_target_up{pod=\"p0\"} 1\n";
         sources.push(Source::new(None, own.as_bytes(), Format::Text));
-        let members: Vec<GzipMembers> = rendered.iter().map(GzipMembers::new).collect();
-        let refs: Vec<&GzipMembers> = members.iter().collect();
+        let members: Vec<GzipBlocks> = rendered.iter().map(GzipBlocks::new).collect();
+        let refs: Vec<&GzipBlocks> = members.iter().collect();
         let (plain, stats) = merge(&sources, out);
         let (zipped, zstats) = merge_gzip(&sources, &refs, out, SCRAPE_LEVEL);
         assert_eq!(stats, zstats);
@@ -374,22 +383,23 @@ mod tests {
     }
 
     #[test]
-    fn members_decompress_to_the_plain_answer_in_every_format() {
+    fn one_member_decompresses_to_the_plain_answer_in_every_format() {
         let bodies: Vec<String> = (0..3).map(body).collect();
         for out in [Format::Text, Format::OpenMetrics, Format::Protobuf] {
             let (zipped, plain, members) = answers(out, &bodies);
             let stream = zipped.concat();
             assert_eq!(gunzip(&stream), plain, "{out:?}");
-            // Several members: the stored ones are sent as they were made.
+            // The stored segments are sent as they were made.
             for m in &members {
-                assert_eq!(m.members(), 1, "{out:?}: the big family's block");
+                assert_eq!(m.blocks(), 1, "{out:?}: the big family's block");
                 assert!(
                     zipped.iter().any(|c| c.as_ptr() == m.data.as_ptr()),
                     "{out:?}: a stored member is sent as it is"
                 );
             }
+            // One gzip member: a reader that stops after the first (curl) reads it all.
             let parts = members_of(&stream);
-            assert!(parts.len() >= 4, "{out:?}: {} members", parts.len());
+            assert_eq!(parts.len(), 1, "{out:?}");
             assert_eq!(parts.concat(), plain);
             // Python's gzip reads the same.
             let python = std::process::Command::new("python3")
@@ -427,34 +437,39 @@ mod tests {
             .collect();
         // Members of other renderings (another format's) are never used.
         let others: Vec<Rendered> = sources.iter().map(|s| s.render(Format::Text)).collect();
-        let members: Vec<GzipMembers> = others.iter().map(GzipMembers::new).collect();
-        let refs: Vec<&GzipMembers> = members.iter().collect();
+        let members: Vec<GzipBlocks> = others.iter().map(GzipBlocks::new).collect();
+        let refs: Vec<&GzipBlocks> = members.iter().collect();
         let (plain, _) = merge(&sources, Format::OpenMetrics);
         let (zipped, _) = merge_gzip(&sources, &refs, Format::OpenMetrics, 1);
-        assert_eq!(zipped.len(), 1, "one member made at the scrape");
+        assert_eq!(zipped.len(), 1, "all made at the scrape");
         assert_eq!(gunzip(&zipped.concat()), plain.concat());
-        // An empty answer is an empty member, still gzip.
+        // An empty answer is still gzip.
         let (empty, _) = merge_gzip(&[], &[], Format::Text, 6);
         assert_eq!(gunzip(&empty.concat()), b"");
-        assert_eq!(gunzip(&gzip_member(b"", 6)), b"");
     }
 
     #[test]
-    fn members_hold_the_large_blocks_only() {
+    fn segments_hold_the_large_blocks_only() {
         let b = body(1);
         let p = prepare(b.as_bytes(), Format::Text).unwrap();
         let r = Source::prepared(id("a"), b.as_bytes(), &p).render(Format::Text);
-        let all = GzipMembers::with(&r, 6, 1);
-        let large = GzipMembers::with(&r, 6, MIN_MEMBER_BLOCK);
-        assert_eq!(all.members(), r.blocks.len());
-        assert_eq!(large.members(), 1);
+        let all = GzipBlocks::with(&r, 6, 1);
+        let large = GzipBlocks::with(&r, 6, MIN_MEMBER_BLOCK);
+        assert_eq!(all.blocks(), r.blocks.len());
+        assert_eq!(large.blocks(), 1);
         assert!(large.heap_bytes() < r.lines.len() / 4);
-        for (block, member) in &all.index {
-            let m = &all.data[member.start as usize..member.end as usize];
-            assert_eq!(
-                gunzip(m),
-                &r.lines[block.start as usize..block.end as usize]
-            );
+        for ((block, segment), crc) in all.index.iter().zip(&all.crcs) {
+            let mut raw = all.data[segment.start as usize..segment.end as usize].to_vec();
+            raw.extend_from_slice(&LAST_BLOCK);
+            let mut plain = Vec::new();
+            flate2::read::DeflateDecoder::new(&raw[..])
+                .read_to_end(&mut plain)
+                .unwrap();
+            let want = &r.lines[block.start as usize..block.end as usize];
+            assert_eq!(plain, want);
+            let mut c = Crc::new();
+            c.update(want);
+            assert_eq!((crc.sum(), crc.amount()), (c.sum(), c.amount()));
         }
     }
 }

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use super::{Format, IdentityLabels, MergeStats, Prepared, DUPLICATE_SERIES, FAMILY_CONFLICTS};
 
 #[cfg(feature = "agent")]
-pub use gzip::{gzip_member, GzipMembers, MEMBER_LEVEL, MIN_MEMBER_BLOCK, SCRAPE_LEVEL};
+pub use gzip::{GzipBlocks, MEMBER_LEVEL, MIN_MEMBER_BLOCK, SCRAPE_LEVEL};
 pub use lines::write_label_set;
 pub use render::{render_source, render_within, Rendered};
 pub(crate) use write::write_header;
@@ -115,15 +115,15 @@ pub fn merge(sources: &[Source<'_>], out: Format) -> (Vec<Bytes>, MergeStats) {
     (chunks.finish(), stats)
 }
 
-/// [`merge`], gzipped: the output as a list of chunks whose concatenation is a gzip stream of
-/// several members that decompresses to [`merge`]'s output. Every picked block that has a member
-/// in `stored` (members kept beside the rendering the source comes with) is sent as that
-/// member; everything else is compressed here at `level`, one member per run of such pieces.
+/// [`merge`], gzipped: the output as a list of chunks whose concatenation is one gzip member
+/// that decompresses to [`merge`]'s output. Every picked block that has a segment in `stored`
+/// (compressed when the rendering the source comes with was kept) is sent as that segment;
+/// everything else is compressed here at `level`, one segment per run of such pieces.
 /// The same engine as [`merge`]: only the sink differs.
 #[cfg(feature = "agent")]
 pub fn merge_gzip(
     sources: &[Source<'_>],
-    stored: &[&GzipMembers],
+    stored: &[&GzipBlocks],
     out: Format,
     level: u32,
 ) -> (Vec<Bytes>, MergeStats) {

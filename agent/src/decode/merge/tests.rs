@@ -56,11 +56,9 @@ fn run(sources: &[Source<'_>], out: Format) -> (String, MergeStats) {
         // gzip: every block a stored member, decompressed to the same bytes.
         #[cfg(feature = "agent")]
         {
-            let members: Vec<GzipMembers> = rendered
-                .iter()
-                .map(|r| GzipMembers::with(r, 6, 1))
-                .collect();
-            let refs: Vec<&GzipMembers> = members.iter().collect();
+            let members: Vec<GzipBlocks> =
+                rendered.iter().map(|r| GzipBlocks::with(r, 6, 1)).collect();
+            let refs: Vec<&GzipBlocks> = members.iter().collect();
             let (z, sz) = merge_gzip(&with, &refs, out, 1);
             assert_eq!(st, sz, "stats differ with gzip for {target:?}");
             let mut unzipped = Vec::new();
