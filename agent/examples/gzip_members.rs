@@ -126,7 +126,7 @@ fn main() {
             let (scrape_cpu, (zipped, _)) =
                 best(runs, || merge_gzip(&sources, &refs, out, SCRAPE_LEVEL));
             let zsize: usize = zipped.iter().map(|c| c.len()).sum();
-            let count: usize = members.iter().map(GzipBlocks::members).sum();
+            let count: usize = members.iter().map(GzipBlocks::blocks).sum();
             let held: usize = members.iter().map(GzipBlocks::heap_bytes).sum();
             println!(
                 "| {level} | {min_block} | {count} | {zsize} B = **{:.3}x** | {} | {:.3} ms | {:.3}x | {} |",

@@ -229,7 +229,7 @@ pub struct Outcome {
 }
 
 /// The formats (and encoding) scrapers ask for, so that bodies are rendered for them when they
-/// arrive, and compressed as gzip members when scrapers ask for gzip (the others at the first
+/// arrive, and compressed (gzip segments) when scrapers ask for gzip (the others at the first
 /// scrape that asks). Owned by the server, which marks each scrape's format and encoding
 /// ([`Wanted::mark`]); ingest reads it. Today: those of the latest scrape.
 #[derive(Clone, Debug, Default)]
@@ -259,7 +259,7 @@ impl Wanted {
         }
     }
 
-    /// Whether to compress that rendering's blocks as gzip members eagerly.
+    /// Whether to compress that rendering's blocks as gzip segments eagerly.
     pub fn gzip(&self) -> bool {
         self.0.load(Ordering::Relaxed) & WANTED_GZIP != 0
     }
@@ -268,10 +268,10 @@ impl Wanted {
 crate::telemetry::counter!(
     pub GZIP_BLOCKS_REFUSED,
     "loupe_gzip_blocks_refused_total",
-    "Renderings whose gzip members did not fit the memory budget: their blocks are compressed at every gzip scrape instead.",
+    "Renderings whose compressed blocks (gzip segments) did not fit the memory budget: their blocks are compressed at every gzip scrape instead.",
 );
 
-/// A rendering's gzip members and what they hold of the budget.
+/// A rendering's compressed blocks (gzip segments) and what they hold of the budget.
 #[derive(Debug)]
 struct Members {
     members: decode::GzipBlocks,
@@ -295,9 +295,9 @@ struct Members {
 /// limits, `loupe status` and the text renderings read that one.
 ///
 /// gzip: for a format scrapers ask with gzip, the rendering's blocks of at least
-/// `decode::MIN_MEMBER_BLOCK` bytes are also kept compressed, one gzip member each
-/// (`decode::GzipBlocks`, about 0.07x the rendering), so that a gzip scrape sends them as they
-/// are (`decode::merge_gzip`). They are made when the body arrives if the latest scrape asked
+/// `decode::MIN_MEMBER_BLOCK` bytes are also kept compressed, one raw deflate segment each
+/// (`decode::GzipBlocks`, about 0.06x the rendering), so that a gzip scrape sends them as they
+/// are inside its one gzip member (`decode::merge_gzip`). They are made when the body arrives if the latest scrape asked
 /// for gzip ([`Wanted::gzip`]), else at the first gzip scrape in that format; they hold their own
 /// share of the budget, and when that does not fit they are not kept (the scrape compresses
 /// those blocks) and counted in `loupe_gzip_blocks_refused_total`.
@@ -386,7 +386,7 @@ impl Snapshot {
         .as_ref()
     }
 
-    /// The gzip members of the rendering for `format` with `identity`, made now if they were
+    /// The compressed blocks (gzip segments) of the rendering for `format` with `identity`, made now if they were
     /// not yet. `None` where [`Snapshot::rendered`] is, or when they do not fit the budget.
     pub fn gzip_members(&self, identity: &Identity, format: Format) -> Option<&decode::GzipBlocks> {
         if self.identity.as_ref() != Some(identity) {
@@ -403,7 +403,7 @@ impl Snapshot {
         };
         cell.get_or_init(|| {
             let members = decode::GzipBlocks::new(self.render(format)?);
-            match self.held.beside("gzip members", members.heap_bytes()) {
+            match self.held.beside("compressed blocks", members.heap_bytes()) {
                 Some(held) => Some(Members { members, held }),
                 None => {
                     GZIP_BLOCKS_REFUSED.inc();

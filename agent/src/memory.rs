@@ -1,7 +1,7 @@
 //! The node's memory budget: what loupe may hold of pods' data (bodies being read and decoded,
 //! kept bodies, their indexes and renderings), half of its cgroup's memory limit by default
 //! (`node::memory_budget`). A stage reserves before it holds: a fetch as its buffer grows, ingest
-//! four times a body's size when it keeps it, and beside that what its renderings' gzip members
+//! four times a body's size when it keeps it, and beside that what its renderings' compressed blocks
 //! hold, once made (`ingest::Snapshot`). What does not fit is refused whole, with
 //! [`Exceeded`] as the target's reason; the rest of the node is untouched. A [`Reservation`] gives
 //! its bytes back when dropped.
@@ -167,7 +167,7 @@ impl Reservation {
     }
 
     /// A reservation of `bytes` more from the same budget, for what is kept beside this one's
-    /// holder and may go before it (a rendering's gzip members): `None` if they do not fit,
+    /// holder and may go before it (a rendering's compressed blocks): `None` if they do not fit,
     /// which refuses no body and so is not counted in `loupe_memory_budget_refusals_total`.
     pub fn beside(&self, what: &'static str, bytes: usize) -> Option<Reservation> {
         self.budget.try_add(what, bytes, 0).ok()?;

@@ -128,15 +128,17 @@
 //!    scrape holds no output-sized buffer; there is no one-buffer variant (it held fresh
 //!    renderings and their copy at once: 2x the output).
 //! 3. **gzip** ([`merge_gzip`], `merge/gzip.rs`): the same plan and writer into another sink,
-//!    whose chunks are gzip members (a gzip stream may hold several, RFC 1952 section 2.2; Go's
-//!    `gzip.Reader`, curl and Python read them as one stream). A rendering's blocks of at least
-//!    [`MIN_MEMBER_BLOCK`] bytes are compressed once, one member each at [`MEMBER_LEVEL`], and
-//!    kept beside it ([`GzipBlocks`], made by the store for the formats scrapers ask with
-//!    gzip); each picked block that has one is sent as that member. The rest (headers, smaller
-//!    blocks, lines picked one by one, sources rendered by the merge) is compressed at the
-//!    scrape at [`SCRAPE_LEVEL`], one member per run of such pieces between two stored members.
-//!    Why these sizes and levels, and what the answer weighs against one gzip stream of the same
-//!    bytes: BENCHMARKS.md.
+//!    whose chunks make one gzip member: its deflate stream is a run of raw deflate segments
+//!    compressed apart, each ended by a sync flush and started afresh (as pigz does), the CRC-32
+//!    combined from theirs. A rendering's blocks of at least [`MIN_MEMBER_BLOCK`] bytes are
+//!    compressed once, one segment each at [`MEMBER_LEVEL`], and kept beside it ([`GzipBlocks`],
+//!    made by the store for the formats scrapers ask with gzip); each picked block that has one
+//!    is sent as that segment. The rest (headers, smaller blocks, lines picked one by one,
+//!    sources rendered by the merge) is compressed at the scrape at [`SCRAPE_LEVEL`], one
+//!    segment per run of such pieces. Not several gzip members (RFC 1952 2.2 allows them, Go and
+//!    Python read them): curl, browsers and reqwest stop after the first. Why these sizes and
+//!    levels, and what the answer weighs against one gzip stream of the same bytes:
+//!    BENCHMARKS.md.
 //!
 //! # Why not `prometheus-parse`
 //! The crate `prometheus-parse` (which was asked for) matches lines with regular expressions,
