@@ -8,14 +8,19 @@
 //! first; `merge_prepared_*` starts from the bodies' indexes (rendered by the merge);
 //! `merge_rendered_chunks_*` is the scrape-time cost with the bodies rendered at ingest (outside
 //! the timed loop), what `/metrics` runs; `render_at_ingest_*` is that ingest cost for all 100
-//! bodies.
+//! bodies; `gzip_members_at_ingest_text` is what ingest adds for gzip scrapers (the renderings'
+//! blocks compressed as gzip members, all 100 bodies), and `merge_rendered_gzip_text_to_text`
+//! the gzip scrape's merge with those members.
 
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use loupe_agent::decode::{merge, prepare, validate, Format, IdentityLabels, Rendered, Source};
+use loupe_agent::decode::{
+    merge, merge_gzip, prepare, validate, Format, GzipBlocks, IdentityLabels, Rendered, Source,
+    SCRAPE_LEVEL,
+};
 use loupe_testkit::bodies::{self, pod_name, Spec};
 
 const PODS: usize = 100;
@@ -183,6 +188,30 @@ fn bench(c: &mut Criterion) {
     g.bench_function("render_at_ingest_text", |b| {
         b.iter(|| black_box(rendered_sources(black_box(&prepared_sources), Format::Text)))
     });
+    let members: Vec<GzipBlocks> = text_rendered.iter().map(GzipBlocks::new).collect();
+    let member_refs: Vec<&GzipBlocks> = members.iter().collect();
+    g.bench_function("gzip_members_at_ingest_text", |b| {
+        b.iter(|| {
+            black_box(
+                black_box(&text_rendered)
+                    .iter()
+                    .map(GzipBlocks::new)
+                    .collect::<Vec<_>>(),
+            )
+        })
+    });
+    g.bench_function("merge_rendered_gzip_text_to_text", |b| {
+        b.iter(|| {
+            black_box(merge_gzip(
+                black_box(&text_rsrcs),
+                &member_refs,
+                Format::Text,
+                SCRAPE_LEVEL,
+            ))
+        })
+    });
+    drop(member_refs);
+    drop(members);
     drop(text_rsrcs);
     drop(text_rendered);
 

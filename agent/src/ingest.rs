@@ -228,31 +228,54 @@ pub struct Outcome {
     pub result: Result<Arc<Snapshot>, TargetError>,
 }
 
-/// The formats scrapers ask for, so that bodies are rendered for them when they arrive (the
-/// others at the first scrape that asks). Owned by the server, which marks each scrape's format
-/// ([`Wanted::mark`]); ingest reads it. Today: the format of the latest scrape.
+/// The formats (and encoding) scrapers ask for, so that bodies are rendered for them when they
+/// arrive, and compressed (gzip segments) when scrapers ask for gzip (the others at the first
+/// scrape that asks). Owned by the server, which marks each scrape's format and encoding
+/// ([`Wanted::mark`]); ingest reads it. Today: those of the latest scrape.
 #[derive(Clone, Debug, Default)]
 pub struct Wanted(Arc<AtomicU8>);
 
+/// [`Wanted`]'s bit for gzip, beside the format's number.
+const WANTED_GZIP: u8 = 4;
+
 impl Wanted {
-    /// Records the format a scraper asked for.
-    pub fn mark(&self, format: Format) {
+    /// Records the format a scraper asked for, and whether it asked for gzip.
+    pub fn mark(&self, format: Format, gzip: bool) {
         let v = match format {
             Format::Text => 0,
             Format::OpenMetrics => 1,
             Format::Protobuf => 2,
         };
+        let v = if gzip { v | WANTED_GZIP } else { v };
         self.0.store(v, Ordering::Relaxed);
     }
 
     /// The format to render eagerly.
     pub fn format(&self) -> Format {
-        match self.0.load(Ordering::Relaxed) {
+        match self.0.load(Ordering::Relaxed) & !WANTED_GZIP {
             0 => Format::Text,
             1 => Format::OpenMetrics,
             _ => Format::Protobuf,
         }
     }
+
+    /// Whether to compress that rendering's blocks as gzip segments eagerly.
+    pub fn gzip(&self) -> bool {
+        self.0.load(Ordering::Relaxed) & WANTED_GZIP != 0
+    }
+}
+
+crate::telemetry::counter!(
+    pub GZIP_BLOCKS_REFUSED,
+    "loupe_gzip_blocks_refused_total",
+    "Renderings whose compressed blocks (gzip segments) did not fit the memory budget: their blocks are compressed at every gzip scrape instead.",
+);
+
+/// A rendering's compressed blocks (gzip segments) and what they hold of the budget.
+#[derive(Debug)]
+struct Members {
+    members: decode::GzipBlocks,
+    held: Reservation,
 }
 
 /// A validated body with its merge index, made once when the body arrives, and its renderings
@@ -270,6 +293,14 @@ impl Wanted {
 /// A protobuf body is kept as it came (for protobuf scrapers, native histograms and all) and as
 /// the OpenMetrics body its families make (`decode::proto::to_openmetrics`), which is `body`:
 /// limits, `loupe status` and the text renderings read that one.
+///
+/// gzip: for a format scrapers ask with gzip, the rendering's blocks of at least
+/// `decode::MIN_MEMBER_BLOCK` bytes are also kept compressed, one raw deflate segment each
+/// (`decode::GzipBlocks`, about 0.06x the rendering), so that a gzip scrape sends them as they
+/// are inside its one gzip member (`decode::merge_gzip`). They are made when the body arrives if the latest scrape asked
+/// for gzip ([`Wanted::gzip`]), else at the first gzip scrape in that format; they hold their own
+/// share of the budget, and when that does not fit they are not kept (the scrape compresses
+/// those blocks) and counted in `loupe_gzip_blocks_refused_total`.
 #[derive(Debug)]
 pub struct Snapshot {
     /// The body in a text format (a protobuf body's families as OpenMetrics).
@@ -285,6 +316,9 @@ pub struct Snapshot {
     text: OnceLock<Option<Rendered>>,
     open_metrics: OnceLock<Option<Rendered>>,
     protobuf_rendered: OnceLock<Option<Rendered>>,
+    text_gzip: OnceLock<Option<Members>>,
+    open_metrics_gzip: OnceLock<Option<Members>>,
+    protobuf_gzip: OnceLock<Option<Members>>,
     held: Reservation,
 }
 
@@ -298,7 +332,16 @@ pub const RENDERED_LIMIT_FACTOR: usize = 4;
 impl Snapshot {
     /// What the snapshot holds of the memory budget.
     pub fn held_bytes(&self) -> usize {
-        self.held.bytes()
+        let members = [
+            &self.text_gzip,
+            &self.open_metrics_gzip,
+            &self.protobuf_gzip,
+        ]
+        .iter()
+        .filter_map(|cell| cell.get()?.as_ref())
+        .map(|m| m.held.bytes())
+        .sum::<usize>();
+        self.held.bytes() + members
     }
 
     /// Samples as Prometheus counts them: a native histogram is one.
@@ -345,6 +388,35 @@ impl Snapshot {
             )
         })
         .as_ref()
+    }
+
+    /// The compressed blocks (gzip segments) of the rendering for `format` with `identity`, made now if they were
+    /// not yet. `None` where [`Snapshot::rendered`] is, or when they do not fit the budget.
+    pub fn gzip_members(&self, identity: &Identity, format: Format) -> Option<&decode::GzipBlocks> {
+        if self.identity.as_ref() != Some(identity) {
+            return None;
+        }
+        self.compress(format)
+    }
+
+    fn compress(&self, format: Format) -> Option<&decode::GzipBlocks> {
+        let cell = match format {
+            Format::Text => &self.text_gzip,
+            Format::OpenMetrics => &self.open_metrics_gzip,
+            Format::Protobuf => &self.protobuf_gzip,
+        };
+        cell.get_or_init(|| {
+            let members = decode::GzipBlocks::new(self.render(format)?);
+            match self.held.beside("compressed blocks", members.heap_bytes()) {
+                Some(held) => Some(Members { members, held }),
+                None => {
+                    GZIP_BLOCKS_REFUSED.inc();
+                    None
+                }
+            }
+        })
+        .as_ref()
+        .map(|m| &m.members)
     }
 }
 
@@ -428,9 +500,15 @@ pub fn check(
         text: OnceLock::new(),
         open_metrics: OnceLock::new(),
         protobuf_rendered: OnceLock::new(),
+        text_gzip: OnceLock::new(),
+        open_metrics_gzip: OnceLock::new(),
+        protobuf_gzip: OnceLock::new(),
         held,
     };
     snapshot.render(wanted.format());
+    if wanted.gzip() {
+        snapshot.compress(wanted.format());
+    }
     Ok(snapshot)
 }
 
@@ -648,7 +726,7 @@ mod tests {
     #[test]
     fn protobuf_bodies_keep_native_histograms_for_protobuf_scrapers_only() {
         let wanted = Wanted::default();
-        wanted.mark(Format::Protobuf);
+        wanted.mark(Format::Protobuf, false);
         let before = NATIVE_ONLY_OMITTED.get();
         let snap = check(
             protobuf_body(),
@@ -737,7 +815,7 @@ mod tests {
     #[test]
     fn the_wanted_format_is_rendered_on_arrival() {
         let wanted = Wanted::default();
-        wanted.mark(Format::OpenMetrics);
+        wanted.mark(Format::OpenMetrics, false);
         let body = Bytes::from_static(b"a 1\n");
         let snap = check(
             body,
@@ -750,6 +828,79 @@ mod tests {
         .unwrap();
         assert!(snap.open_metrics.get().is_some());
         assert!(snap.text.get().is_none());
+    }
+
+    #[test]
+    fn gzip_members_are_made_for_gzip_scrapers_and_held_in_the_budget() {
+        let mut text = String::from("# TYPE big gauge\n");
+        for i in 0..500 {
+            text.push_str(&format!("big{{path=\"/api/{i}\"}} {i}\n"));
+        }
+        let body = Bytes::from(text);
+        let a = identity("a");
+        let budget = Budget::new(body.len() * HELD_FACTOR * 4);
+        let intake = Intake {
+            budget: &budget,
+            freeing: 0,
+        };
+        let wanted = Wanted::default();
+        wanted.mark(Format::OpenMetrics, true);
+        assert!(wanted.gzip() && wanted.format() == Format::OpenMetrics);
+        let snap = check(
+            body.clone(),
+            None,
+            Some(&a),
+            &Limits::default(),
+            intake,
+            &wanted,
+        )
+        .unwrap();
+        let made = snap.open_metrics_gzip.get().expect("made on arrival");
+        let members = made.as_ref().expect("within the budget");
+        assert_eq!(members.members.blocks(), 1);
+        assert!(snap.text_gzip.get().is_none());
+        assert_eq!(
+            snap.held_bytes(),
+            body.len() * HELD_FACTOR + members.members.heap_bytes()
+        );
+        assert_eq!(budget.held(), snap.held_bytes());
+        // Another format's at the first scrape that asks; another identity's never.
+        assert!(snap.gzip_members(&a, Format::Text).is_some());
+        assert!(snap.gzip_members(&identity("b"), Format::Text).is_none());
+        drop(snap);
+        assert_eq!(budget.held(), 0);
+        // Plain scrapers: no members on arrival.
+        wanted.mark(Format::Text, false);
+        let plain = check(
+            body.clone(),
+            None,
+            Some(&a),
+            &Limits::default(),
+            intake,
+            &wanted,
+        )
+        .unwrap();
+        assert!(plain.text_gzip.get().is_none());
+        drop(plain);
+        // Members that do not fit are not kept, and the body stays.
+        let tight = Budget::new(body.len() * HELD_FACTOR);
+        wanted.mark(Format::Text, true);
+        let before = GZIP_BLOCKS_REFUSED.get();
+        let snap = check(
+            body,
+            None,
+            Some(&a),
+            &Limits::default(),
+            Intake {
+                budget: &tight,
+                freeing: 0,
+            },
+            &wanted,
+        )
+        .unwrap();
+        assert!(snap.gzip_members(&a, Format::Text).is_none());
+        assert!(GZIP_BLOCKS_REFUSED.get() > before);
+        assert_eq!(tight.held(), snap.held_bytes());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The node's memory budget: what loupe may hold of pods' data (bodies being read and decoded,
 //! kept bodies, their indexes and renderings), half of its cgroup's memory limit by default
 //! (`node::memory_budget`). A stage reserves before it holds: a fetch as its buffer grows, ingest
-//! four times a body's size when it keeps it. What does not fit is refused whole, with
+//! four times a body's size when it keeps it, and beside that what its renderings' compressed blocks
+//! hold, once made (`ingest::Snapshot`). What does not fit is refused whole, with
 //! [`Exceeded`] as the target's reason; the rest of the node is untouched. A [`Reservation`] gives
 //! its bytes back when dropped.
 
@@ -89,16 +90,21 @@ impl Budget {
     }
 
     fn add(&self, what: &'static str, bytes: usize, freeing: usize) -> Result<(), Exceeded> {
+        self.try_add(what, bytes, freeing).map_err(refused)
+    }
+
+    /// [`Budget::add`], a refusal not counted (it refuses no body).
+    fn try_add(&self, what: &'static str, bytes: usize, freeing: usize) -> Result<(), Exceeded> {
         let state = &self.0;
         let mut held = state.held.load(Ordering::Relaxed);
         loop {
             if state.limit > 0 && held.saturating_sub(freeing) + bytes > state.limit {
-                return Err(refused(Exceeded {
+                return Err(Exceeded {
                     what,
                     needed: bytes,
                     held,
                     limit: state.limit,
-                }));
+                });
             }
             match state.held.compare_exchange_weak(
                 held,
@@ -160,6 +166,17 @@ impl Reservation {
         self.bytes
     }
 
+    /// A reservation of `bytes` more from the same budget, for what is kept beside this one's
+    /// holder and may go before it (a rendering's compressed blocks): `None` if they do not fit,
+    /// which refuses no body and so is not counted in `loupe_memory_budget_refusals_total`.
+    pub fn beside(&self, what: &'static str, bytes: usize) -> Option<Reservation> {
+        self.budget.try_add(what, bytes, 0).ok()?;
+        Some(Reservation {
+            budget: self.budget.clone(),
+            bytes,
+        })
+    }
+
     /// How much more a body being read may reserve ([`Reservation::grow_body`]).
     pub fn body_room(&self) -> usize {
         self.budget.largest_body().saturating_sub(self.bytes)
@@ -208,5 +225,13 @@ mod tests {
         let none = Budget::default();
         let r = none.reserve("x", usize::MAX / 2, 0).unwrap();
         assert_eq!(none.held(), r.bytes());
+        // Beside a reservation: from the same budget, refused without counting a body.
+        let budget = Budget::new(100);
+        let body = budget.reserve("a", 60, 0).unwrap();
+        let members = body.beside("members", 30).unwrap();
+        assert_eq!(budget.held(), 90);
+        assert!(body.beside("members", 11).is_none());
+        drop(members);
+        assert_eq!(budget.held(), 60);
     }
 }

@@ -255,6 +255,7 @@ mod tests {
             "loupe_flow_gaps_total",
             "loupe_flows_evicted_total",
             "loupe_flows_expired_total",
+            "loupe_gzip_blocks_refused_total",
             "loupe_http_refused_connections_total",
             "loupe_http_refused_forbidden_total",
             "loupe_http_refused_unauthenticated_total",

@@ -84,7 +84,8 @@
 //!      OpenMetrics rule (a counter not named `*_total` or with a negative value, a histogram
 //!      without `+Inf` bucket, ...) is written as `unknown` families, one per sample name, so
 //!      that the output stays valid and the series keep their names.
-//!    - `# EOF` ends every OpenMetrics output. gzip is the HTTP layer's job.
+//!    - `# EOF` ends every OpenMetrics output. Whether to gzip is the HTTP layer's choice; how
+//!      is the engine's (below).
 //!    - **Protobuf** (`merge/protobuf.rs`): every family is one length-prefixed `MetricFamily`
 //!      whose metrics are the sources' own, identity labels first (rule 2), native
 //!      histograms, exemplars and created timestamps as the app sent them. Text bodies become
@@ -126,6 +127,18 @@
 //!    stored rendering (`bytes::Bytes`). `/metrics` sends that list without joining it, so a
 //!    scrape holds no output-sized buffer; there is no one-buffer variant (it held fresh
 //!    renderings and their copy at once: 2x the output).
+//! 3. **gzip** ([`merge_gzip`], `merge/gzip.rs`): the same plan and writer into another sink,
+//!    whose chunks make one gzip member: its deflate stream is a run of raw deflate segments
+//!    compressed apart, each ended by a sync flush and started afresh (as pigz does), the CRC-32
+//!    combined from theirs. A rendering's blocks of at least [`MIN_MEMBER_BLOCK`] bytes are
+//!    compressed once, one segment each at [`MEMBER_LEVEL`], and kept beside it ([`GzipBlocks`],
+//!    made by the store for the formats scrapers ask with gzip); each picked block that has one
+//!    is sent as that segment. The rest (headers, smaller blocks, lines picked one by one,
+//!    sources rendered by the merge) is compressed at the scrape at [`SCRAPE_LEVEL`], one
+//!    segment per run of such pieces. Not several gzip members (RFC 1952 2.2 allows them, Go and
+//!    Python read them): curl, browsers and reqwest stop after the first. Why these sizes and
+//!    levels, and what the answer weighs against one gzip stream of the same bytes:
+//!    BENCHMARKS.md.
 //!
 //! # Why not `prometheus-parse`
 //! The crate `prometheus-parse` (which was asked for) matches lines with regular expressions,
@@ -155,6 +168,8 @@ pub use limits::{check_labels, LabelExcess, LabelLimits};
 #[allow(unused_imports)]
 pub(crate) use merge::write_header;
 pub use merge::{merge, render_source, render_within, write_label_set, Rendered, Source};
+#[cfg(feature = "agent")]
+pub use merge::{merge_gzip, GzipBlocks, MEMBER_LEVEL, MIN_MEMBER_BLOCK, SCRAPE_LEVEL};
 
 crate::telemetry::counter!(
     pub FAMILY_CONFLICTS,

@@ -5,7 +5,10 @@
 //!   rendered for the merge when they arrived (`ingest::Snapshot`); the scrape sends the merge as a
 //!   list of chunks ([`decode::merge`]): headers, and slices of the stored blocks,
 //!   not copied into an output buffer (one write frame each; hyper writes them vectored). With
-//!   gzip the chunks are compressed one after the other. Targets without a fresh result are fetched first, in parallel, within the scrape's timeout
+//!   gzip the answer is one gzip member made of deflate segments, each a chunk: the stored
+//!   segments of the blocks, compressed when the bodies were rendered, and segments made at the
+//!   scrape for the rest (headers, small blocks, loupe's own series; [`decode::merge_gzip`]); a
+//!   client that does not accept gzip gets the plain chunks. Targets without a fresh result are fetched first, in parallel, within the scrape's timeout
 //!   (`X-Prometheus-Scrape-Timeout-Seconds`). Text 0.0.4 unless the Accept header asks for
 //!   OpenMetrics; gzip when accepted.
 //! - `/targets`: every target with its health, source, age, size and last error, as JSON (what
@@ -49,7 +52,6 @@ use hyper::{header, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -421,12 +423,7 @@ impl Server {
                     let (view, format, gzip) = key.clone();
                     let merge = async move {
                         let made = tokio::task::spawn_blocking(move || {
-                            let chunks = this.render_chunks(format, &view);
-                            if gzip {
-                                vec![Bytes::from(gzip_chunks(&chunks))]
-                            } else {
-                                chunks
-                            }
+                            this.render_answer(format, &view, gzip)
                         });
                         made.await.ok().map(Arc::new)
                     }
@@ -470,6 +467,13 @@ impl Server {
     /// Merges every good body `shown` with its health series (and, in the node view, the
     /// agent's counters), as chunks whose concatenation is the answer.
     pub fn render_chunks(&self, format: Format, shown: &View) -> Vec<Bytes> {
+        self.render_answer(format, shown, false)
+    }
+
+    /// [`Self::render_chunks`], or with `gzip` its gzip stream: the same merge, whose chunks
+    /// are one gzip member's pieces: the stored segments of the renderings' blocks (made now for
+    /// renderings that have none yet) and those made at this scrape for the rest (`decode::merge_gzip`).
+    pub fn render_answer(&self, format: Format, shown: &View, gzip: bool) -> Vec<Bytes> {
         let now = Instant::now();
         let mut view = self.refresher.store.view();
         if let View::Namespaces(_) = shown {
@@ -478,9 +482,10 @@ impl Server {
         let own = self.own_series(&view, now, shown == &View::Node);
         // loupe's own series are well-formed by construction; a failure here is a bug, logged below.
         let own_prepared = decode::prepare(own.as_bytes(), Format::Text);
-        // Bodies arriving next are rendered at ingest for this format.
-        self.refresher.wanted.mark(format);
+        // Bodies arriving next are rendered (and compressed) at ingest for this format.
+        self.refresher.wanted.mark(format, gzip);
         let mut sources = Vec::with_capacity(view.len() + 1);
+        let mut members = Vec::new();
         // The view entry of each source, to name a rejected body's pod.
         let mut owners = Vec::with_capacity(view.len());
         for (at, (_, identity, outcome)) in view.iter().enumerate() {
@@ -492,6 +497,12 @@ impl Server {
                 owners.push(at);
                 let source = snapshot.source(Some(identity.labels()), format);
                 sources.push(source.with_rendered(snapshot.rendered(identity, format)));
+                if let Some(m) = gzip
+                    .then(|| snapshot.gzip_members(identity, format))
+                    .flatten()
+                {
+                    members.push(m);
+                }
             }
         }
         match &own_prepared {
@@ -499,7 +510,11 @@ impl Server {
             Ok(prepared) => sources.push(Source::prepared(None, own.as_bytes(), prepared)),
             Err(e) => log::error!("loupe's own series do not parse: {e}"),
         }
-        let (chunks, stats) = decode::merge(&sources, format);
+        let (chunks, stats) = if gzip {
+            decode::merge_gzip(&sources, &members, format, decode::SCRAPE_LEVEL)
+        } else {
+            decode::merge(&sources, format)
+        };
         for (index, error) in stats.rejected {
             match owners.get(index).and_then(|&at| view.get(at)) {
                 Some((key, identity, _)) => body_rejected(key, identity, &error),
@@ -755,18 +770,6 @@ fn accepts_gzip(accept_encoding: &str) -> bool {
     })
 }
 
-/// One gzip stream of the chunks, fed one after the other.
-fn gzip_chunks(chunks: &[Bytes]) -> Vec<u8> {
-    let len: usize = chunks.iter().map(Bytes::len).sum();
-    let mut encoder =
-        flate2::write::GzEncoder::new(Vec::with_capacity(len / 4), flate2::Compression::fast());
-    for chunk in chunks {
-        // Writing into a Vec cannot fail.
-        let _ = encoder.write_all(chunk);
-    }
-    encoder.finish().unwrap_or_default()
-}
-
 /// A response body sent as the chunks it is made of, one data frame each, none joined.
 pub struct ChunkBody {
     chunks: std::vec::IntoIter<Bytes>,
@@ -925,6 +928,153 @@ mod tests {
             families.iter().any(|f| f.name == "loupe_scrapes_total"),
             "{families:?}"
         );
+    }
+
+    /// `GET /metrics` with `headers` (each ending `\r\n`): the response head, lowercased, and
+    /// the body (de-chunked).
+    async fn get_metrics(addr: std::net::SocketAddr, headers: &str) -> (String, Vec<u8>) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request =
+            format!("GET /metrics HTTP/1.1\r\nHost: loupe\r\n{headers}Connection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&answer[..head_end]).to_ascii_lowercase();
+        let mut rest = &answer[head_end + 4..];
+        if !head.contains("transfer-encoding: chunked") {
+            return (head, rest.to_vec());
+        }
+        let mut body = Vec::new();
+        loop {
+            let line = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[..line]).unwrap(), 16).unwrap();
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&rest[line + 2..line + 2 + size]);
+            rest = &rest[line + 2 + size + 2..];
+        }
+        (head, body)
+    }
+
+    /// A server over a store of `pods` good targets, each with a body large enough for a stored
+    /// gzip member, on a loopback port.
+    async fn start_with_pods(pods: usize) -> std::net::SocketAddr {
+        use crate::discover::PodKey;
+        let server = server(ConnectionLimits::default());
+        let store = &server.refresher.store;
+        let targets: Vec<(TargetKey, Identity)> = (0..pods)
+            .map(|p| {
+                let name = format!("pod-{p}");
+                let key = TargetKey {
+                    pod: PodKey {
+                        namespace: "ns".into(),
+                        name: name.clone(),
+                    },
+                    port: 8080,
+                    path: "/metrics".into(),
+                };
+                (key, Identity::of_test_pod(&name))
+            })
+            .collect();
+        store.set_targets(
+            targets
+                .iter()
+                .map(|(k, i)| {
+                    let none = crate::resolve::ResolveError::NoProcess(vec!["test".into()]);
+                    (k.clone(), i.clone(), Default::default(), Err(none.into()))
+                })
+                .collect(),
+        );
+        for (p, (key, identity)) in targets.iter().enumerate() {
+            let mut body = String::from(
+                "# HELP http_requests_total Requests.\n# TYPE http_requests_total counter\n",
+            );
+            for i in 0..100 {
+                body.push_str(&format!(
+                    "http_requests_total{{path=\"/api/{i}\",code=\"200\"}} {}\n",
+                    i * p
+                ));
+            }
+            body.push_str("# TYPE up_since gauge\nup_since 17\n");
+            let snapshot = crate::ingest::check(
+                Bytes::from(body),
+                None,
+                Some(identity),
+                &Default::default(),
+                crate::ingest::Intake {
+                    budget: &Default::default(),
+                    freeing: 0,
+                },
+                &server.refresher.wanted,
+            )
+            .unwrap();
+            store.record(
+                key,
+                Outcome {
+                    at: Instant::now(),
+                    origin: crate::ingest::Origin::Observed,
+                    duration: Duration::ZERO,
+                    result: Ok(Arc::new(snapshot)),
+                },
+            );
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(server.serve(listener));
+        addr
+    }
+
+    /// The lines of an answer that are not loupe's own (its counters move between scrapes).
+    fn pods_lines(answer: &[u8]) -> Vec<String> {
+        String::from_utf8(answer.to_vec())
+            .unwrap()
+            .lines()
+            .filter(|l| !l.contains("loupe_"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn gzip_answers_decompress_to_the_plain_answer() {
+        use std::io::Read as _;
+        let addr = start_with_pods(3).await;
+        for accept in ["", "Accept: application/openmetrics-text;version=1.0.0\r\n"] {
+            // No Accept-Encoding, or one without gzip: plain bytes.
+            for encoding in [
+                "",
+                "Accept-Encoding: identity\r\n",
+                "Accept-Encoding: gzip;q=0\r\n",
+            ] {
+                let (head, plain) = get_metrics(addr, &format!("{accept}{encoding}")).await;
+                assert!(!head.contains("content-encoding"), "{head}");
+                let text = String::from_utf8(plain.clone()).unwrap();
+                assert!(
+                    text.contains("http_requests_total{namespace=\"ns\",pod=\"pod-2\""),
+                    "{text}"
+                );
+            }
+            let (_, plain) = get_metrics(addr, accept).await;
+            // Twice: the first gzip scrape makes the stored members, the second finds them.
+            for _ in 0..2 {
+                let (head, zipped) =
+                    get_metrics(addr, &format!("{accept}Accept-Encoding: gzip\r\n")).await;
+                assert!(head.contains("content-encoding: gzip"), "{head}");
+                let mut unzipped = Vec::new();
+                flate2::read::MultiGzDecoder::new(&zipped[..])
+                    .read_to_end(&mut unzipped)
+                    .unwrap();
+                assert_eq!(pods_lines(&unzipped), pods_lines(&plain));
+                // One member: a decoder that stops after the first member (curl) reads it all.
+                let mut first = Vec::new();
+                flate2::bufread::GzDecoder::new(&zipped[..])
+                    .read_to_end(&mut first)
+                    .unwrap();
+                assert_eq!(first, unzipped);
+            }
+        }
     }
 
     /// Sends `GET /healthz` on `stream` and reads the answer's first bytes.
@@ -1139,12 +1289,6 @@ mod tests {
         }
         assert_eq!(frames, vec![chunks[0].clone(), chunks[2].clone()]);
         assert!(body.is_end_stream());
-
-        let zipped = gzip_chunks(&chunks);
-        let mut text = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&zipped[..]), &mut text)
-            .unwrap();
-        assert_eq!(text, chunks.concat());
     }
 
     #[test]

@@ -12,6 +12,8 @@
 
 mod convert;
 mod dedup;
+#[cfg(feature = "agent")]
+mod gzip;
 mod lines;
 mod plan;
 mod protobuf;
@@ -22,6 +24,8 @@ use bytes::Bytes;
 
 use super::{Format, IdentityLabels, MergeStats, Prepared, DUPLICATE_SERIES, FAMILY_CONFLICTS};
 
+#[cfg(feature = "agent")]
+pub use gzip::{GzipBlocks, MEMBER_LEVEL, MIN_MEMBER_BLOCK, SCRAPE_LEVEL};
 pub use lines::write_label_set;
 pub use render::{render_source, render_within, Rendered};
 pub(crate) use write::write_header;
@@ -107,6 +111,23 @@ impl<'a> Source<'a> {
 /// holding an output-sized buffer.
 pub fn merge(sources: &[Source<'_>], out: Format) -> (Vec<Bytes>, MergeStats) {
     let mut chunks = write::Chunks::default();
+    let stats = run(sources, out, &mut chunks);
+    (chunks.finish(), stats)
+}
+
+/// [`merge`], gzipped: the output as a list of chunks whose concatenation is one gzip member
+/// that decompresses to [`merge`]'s output. Every picked block that has a segment in `stored`
+/// (compressed when the rendering the source comes with was kept) is sent as that segment;
+/// everything else is compressed here at `level`, one segment per run of such pieces.
+/// The same engine as [`merge`]: only the sink differs.
+#[cfg(feature = "agent")]
+pub fn merge_gzip(
+    sources: &[Source<'_>],
+    stored: &[&GzipBlocks],
+    out: Format,
+    level: u32,
+) -> (Vec<Bytes>, MergeStats) {
+    let mut chunks = gzip::GzChunks::new(stored, level);
     let stats = run(sources, out, &mut chunks);
     (chunks.finish(), stats)
 }

@@ -53,6 +53,25 @@ fn run(sources: &[Source<'_>], out: Format) -> (String, MergeStats) {
         let (y, sy) = merged(&with, out);
         assert_eq!(st, sy, "stats differ with renderings for {target:?}");
         assert_eq!(String::from_utf8_lossy(&buf), String::from_utf8_lossy(&y));
+        // gzip: every block a stored member, decompressed to the same bytes.
+        #[cfg(feature = "agent")]
+        {
+            let members: Vec<GzipBlocks> =
+                rendered.iter().map(|r| GzipBlocks::with(r, 6, 1)).collect();
+            let refs: Vec<&GzipBlocks> = members.iter().collect();
+            let (z, sz) = merge_gzip(&with, &refs, out, 1);
+            assert_eq!(st, sz, "stats differ with gzip for {target:?}");
+            let mut unzipped = Vec::new();
+            std::io::Read::read_to_end(
+                &mut flate2::read::MultiGzDecoder::new(&z.concat()[..]),
+                &mut unzipped,
+            )
+            .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&buf),
+                String::from_utf8_lossy(&unzipped)
+            );
+        }
     }
     let s = String::from_utf8(buf).unwrap();
     validate(s.as_bytes(), out).unwrap_or_else(|e| panic!("invalid output {e}:\n{s}"));
