@@ -44,10 +44,8 @@ fn fetch_done<T>(result: &Result<T, FetchError>) {
     }
 }
 
-/// The Accept header Prometheus sends with native histograms on (protobuf first), so apps
-/// answer loupe as they would answer Prometheus, and native histograms come along. Without
-/// `escaping=allow-utf-8`: apps escape UTF-8 names as `underscores` in text formats.
-pub const ACCEPT: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.6,application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4,*/*;q=0.1";
+/// What loupe asks apps for: the formats it reads (`decode::ASK_APPS`).
+const ACCEPT: &str = crate::decode::ASK_APPS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {

@@ -194,6 +194,12 @@ crate::telemetry::counter!(
     "Bodies not rendered at ingest because their rendering would pass the store's bound (a multiple of the body's size); they are rendered at every scrape instead.",
 );
 
+/// The `Accept` loupe asks apps with: the one Prometheus sends with native histograms on
+/// (protobuf first), so apps answer loupe as they would answer Prometheus and native histograms
+/// come along. Without `escaping=allow-utf-8`: apps escape UTF-8 names as `underscores` in the
+/// text formats, which loupe reads.
+pub const ASK_APPS: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.6,application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4,*/*;q=0.1";
+
 /// An exposition format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Format {

@@ -113,8 +113,7 @@ mod tests {
         assert_eq!(negotiate(Some(p3)), Format::Protobuf);
         let p2 = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
         assert_eq!(negotiate(Some(p2)), Format::Protobuf);
-        #[cfg(feature = "agent")]
-        assert_eq!(negotiate(Some(crate::fetch::ACCEPT)), Format::Protobuf);
+        assert_eq!(negotiate(Some(super::super::ASK_APPS)), Format::Protobuf);
         // Other encodings or messages are not ours.
         for other in [
             "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text",

@@ -890,39 +890,14 @@ mod tests {
     #[tokio::test]
     async fn a_protobuf_scraper_gets_protobuf() {
         let addr = start(ConnectionLimits::default()).await;
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let accept = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.6,text/plain;version=0.0.4;q=0.2";
-        let request = format!(
-            "GET /metrics HTTP/1.1\r\nHost: loupe\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await.unwrap();
-        let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-        let head = String::from_utf8_lossy(&answer[..head_end]).to_ascii_lowercase();
+        let (head, body) = get_metrics(addr, &format!("Accept: {accept}\r\n")).await;
         assert!(
             head.contains(
                 &format!("content-type: {}", decode::proto::CONTENT_TYPE).to_ascii_lowercase()
             ),
             "{head}"
         );
-        let mut body = Vec::new();
-        let mut rest = &answer[head_end + 4..];
-        if !head.contains("transfer-encoding: chunked") {
-            body = rest.to_vec();
-            rest = b"0\r\n";
-        }
-        // Chunked: the chunks' data joined.
-        loop {
-            let line = rest.windows(2).position(|w| w == b"\r\n").unwrap();
-            let size =
-                usize::from_str_radix(std::str::from_utf8(&rest[..line]).unwrap(), 16).unwrap();
-            if size == 0 {
-                break;
-            }
-            body.extend_from_slice(&rest[line + 2..line + 2 + size]);
-            rest = &rest[line + 2 + size + 2..];
-        }
         let families = decode::proto::decode(&body).unwrap();
         assert!(
             families.iter().any(|f| f.name == "loupe_scrapes_total"),

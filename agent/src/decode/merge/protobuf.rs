@@ -248,15 +248,11 @@ impl Final {
     }
 }
 
-fn is_legacy(name: &str) -> bool {
-    proto::legacy_name(name) == name
-}
-
 fn has_utf8_names(f: &schema::MetricFamily) -> bool {
-    !is_legacy(&f.name)
+    !proto::is_legacy(&f.name)
         || f.metric.iter().any(|m| {
-            m.label.iter().any(|l| !is_legacy(&l.name))
-                || exemplars(m).any(|e| e.label.iter().any(|l| !is_legacy(&l.name)))
+            m.label.iter().any(|l| !proto::is_legacy_label(&l.name))
+                || exemplars(m).any(|e| e.label.iter().any(|l| !proto::is_legacy_label(&l.name)))
         })
 }
 
@@ -277,7 +273,7 @@ fn underscores(f: &schema::MetricFamily) -> schema::MetricFamily {
     let labels = |labels: &mut Vec<schema::LabelPair>| {
         let mut seen = HashSet::new();
         labels.retain_mut(|l| {
-            l.name = proto::legacy_name(&l.name);
+            l.name = proto::legacy_label_name(&l.name);
             seen.insert(l.name.clone())
         });
     };

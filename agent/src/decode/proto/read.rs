@@ -29,12 +29,13 @@
 use std::borrow::Cow;
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 
 use prost::Message;
 
 use super::schema::{Exemplar, Histogram, LabelPair, Metric, MetricFamily, MetricType, Summary};
 use crate::decode::lex::pair_hash;
+use crate::decode::parse::IdHasher;
 use crate::decode::ParseError;
 
 /// Bodies this large are refused, as the text parser refuses them (the codec's offsets are 32-bit).
@@ -203,25 +204,6 @@ fn peek_name(m: &[u8]) -> Option<String> {
     name.map(str::to_owned)
 }
 
-/// A hasher for keys that are hashes already.
-#[derive(Default)]
-struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-/// What the checks remember across families and metrics.
 /// Heap and inline bytes a decoded metric takes (capacities, so what the allocator holds).
 pub fn decoded_bytes(m: &Metric) -> usize {
     use std::mem::size_of;
@@ -254,6 +236,7 @@ pub fn decoded_bytes(m: &Metric) -> usize {
     n
 }
 
+/// What the checks remember across families and metrics.
 #[derive(Default)]
 struct Reader {
     /// Bytes the decoded metrics may still take ([`decode_within`]).
@@ -261,7 +244,7 @@ struct Reader {
     /// Family names seen so far.
     names: HashSet<String>,
     /// The current family's label sets: hash (order-independent) → first metric with it.
-    series: HashMap<u64, u32, BuildHasherDefault<Prehashed>>,
+    series: HashMap<u64, u32, BuildHasherDefault<IdHasher>>,
 }
 
 impl Reader {

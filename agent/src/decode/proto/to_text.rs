@@ -17,7 +17,9 @@
 
 use std::fmt::Write as _;
 
-use super::super::lex::{write_escaped, Escaped};
+use super::super::lex::{
+    is_label_char, is_label_start, is_name_char, is_name_start, write_escaped, Escaped,
+};
 use super::schema::{Exemplar, Histogram, Metric, MetricFamily, MetricType, Timestamp};
 
 /// An OpenMetrics body made from protobuf families.
@@ -184,7 +186,7 @@ impl Writer {
         // Of two labels that escape to one name, the first is kept.
         let mut names: Vec<String> = Vec::new();
         for l in m.label.iter().filter(|l| !l.value.is_empty()) {
-            let name = legacy_name(&l.name);
+            let name = legacy_label_name(&l.name);
             if !names.contains(&name) {
                 label(s, &name, &l.value);
                 names.push(name);
@@ -214,7 +216,7 @@ impl Writer {
                 if i > 0 {
                     s.push(',');
                 }
-                s.push_str(&legacy_name(&l.name));
+                s.push_str(&legacy_label_name(&l.name));
                 s.push_str("=\"");
                 escape_value(&l.value, s);
                 s.push('"');
@@ -369,14 +371,41 @@ fn histogram_ok(m: &Metric, gauge: bool) -> bool {
     counts_ok && sum_ok
 }
 
-/// A name as a legacy Prometheus name: every character outside `[a-zA-Z0-9_:]` (and a leading
-/// digit) as `_`.
+/// Whether a metric name is a legacy Prometheus name (`[a-zA-Z_:][a-zA-Z0-9_:]*`).
+pub(crate) fn is_legacy(name: &str) -> bool {
+    is_legacy_in(name, is_name_start, is_name_char)
+}
+
+/// Whether a label name is a legacy Prometheus name (`[a-zA-Z_][a-zA-Z0-9_]*`).
+pub(crate) fn is_legacy_label(name: &str) -> bool {
+    is_legacy_in(name, is_label_start, is_label_char)
+}
+
+fn is_legacy_in(name: &str, start: fn(u8) -> bool, rest: fn(u8) -> bool) -> bool {
+    let b = name.as_bytes();
+    b.first().is_none_or(|&c| start(c)) && b.iter().skip(1).all(|&c| rest(c))
+}
+
+/// A metric name in the `underscores` escaping: every character outside the legacy class (and
+/// a leading digit) as `_`. Legacy names come back as they are.
 pub(crate) fn legacy_name(name: &str) -> String {
-    name.char_indices()
+    escape_in(name, is_name_start, is_name_char)
+}
+
+/// A label name in the `underscores` escaping.
+pub(crate) fn legacy_label_name(name: &str) -> String {
+    escape_in(name, is_label_start, is_label_char)
+}
+
+fn escape_in(name: &str, start: fn(u8) -> bool, rest: fn(u8) -> bool) -> String {
+    if is_legacy_in(name, start, rest) {
+        return name.to_string();
+    }
+    name.chars()
+        .enumerate()
         .map(|(i, c)| {
-            let ok =
-                c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit());
-            if ok {
+            let class = if i == 0 { start } else { rest };
+            if c.is_ascii() && class(c as u8) {
                 c
             } else {
                 '_'
