@@ -150,6 +150,7 @@
 //! kept as a dev-dependency only, as a differential oracle in the tests on inputs inside its
 //! grammar (label values without those characters), and as the baseline of the benchmark.
 
+mod escaping;
 mod limits;
 mod merge;
 mod negotiate;
@@ -162,6 +163,8 @@ mod lex {
     pub(super) use super::parse::lex::*;
 }
 
+pub use escaping::Escaping;
+pub(crate) use escaping::{is_legacy, is_legacy_label};
 pub use limits::{check_labels, LabelExcess, LabelLimits};
 
 // A family's header lines, for expose's own series (the store/expose restructuring).
@@ -219,10 +222,9 @@ impl Format {
         negotiate::from_content_type(content_type)
     }
 
-    /// The format to answer a scraper with, from its `Accept` header, as Prometheus' client
-    /// libraries negotiate it (highest q first; text when nothing else matches).
+    /// The format to answer a scraper with, from its `Accept` header ([`Answer::negotiate`]).
     pub fn negotiate(accept: Option<&str>) -> Format {
-        negotiate::negotiate(accept)
+        negotiate::negotiate(accept).format
     }
 
     /// The `Content-Type` of a body in this format.
@@ -232,6 +234,36 @@ impl Format {
             Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
             Format::Protobuf => proto::CONTENT_TYPE,
         }
+    }
+}
+
+/// What a scraper is answered with, from its `Accept` header: a format and the escaping scheme
+/// for names outside the legacy set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Answer {
+    pub format: Format,
+    pub escaping: Escaping,
+    /// `text/plain; version=1.0.0` was asked for: text 0.0.4's lines (the output's names are
+    /// legacy names, [`Escaping::legacy`]) under 1.0.0's Content-Type.
+    pub text_1: bool,
+}
+
+impl Answer {
+    /// As Prometheus' client libraries negotiate (`expfmt.NegotiateAccept`): highest q first,
+    /// text 0.0.4 when nothing else matches (no `Accept`, `*/*`); `text/plain;version=1.0.0` is
+    /// its own answer. The escaping scheme is the last `escaping=` read up to the winning
+    /// range, `underscores` without one.
+    pub fn negotiate(accept: Option<&str>) -> Answer {
+        negotiate::negotiate(accept)
+    }
+
+    /// The `Content-Type`, with `escaping=` as expfmt writes it (appended to every format).
+    pub fn content_type(&self) -> String {
+        let format = match (self.format, self.text_1) {
+            (Format::Text, true) => "text/plain; version=1.0.0; charset=utf-8",
+            (f, _) => f.content_type(),
+        };
+        format!("{format}; escaping={}", self.escaping.name())
     }
 }
 
@@ -286,7 +318,8 @@ pub struct Summary {
     pub families: usize,
 }
 
-/// Checks a whole body. A protobuf body's `samples` are its metrics (a histogram is one).
+/// Checks a whole body. A protobuf body's `samples` are its metrics (a histogram is one). A
+/// text body may have quoted (UTF-8) names.
 pub fn validate(body: &[u8], format: Format) -> Result<Summary, ParseError> {
     if format == Format::Protobuf {
         let families = proto::decode(body)?;
@@ -295,11 +328,13 @@ pub fn validate(body: &[u8], format: Format) -> Result<Summary, ParseError> {
             families: families.len(),
         });
     }
-    let p = parse::parse(body, format)?;
-    Ok(Summary {
-        samples: p.samples.len(),
-        families: p.families.len(),
-    })
+    let (summary, _) = parse::with_quoted(body, format, Escaping::Underscores, |b| {
+        parse::parse(b, format).map(|p| Summary {
+            samples: p.samples.len(),
+            families: p.families.len(),
+        })
+    })?;
+    Ok(summary)
 }
 
 /// A body's checked index, kept beside the body (e.g. in the store, from the time the body
@@ -312,6 +347,8 @@ pub struct Prepared {
     len: usize,
     families: Vec<parse::FamilyAt>,
     samples: Vec<parse::SampleRef>,
+    /// The body is a text body's quoted names rewritten in this scheme ([`prepare_escaped`]).
+    escaped: Option<Escaping>,
 }
 
 impl Prepared {
@@ -324,6 +361,11 @@ impl Prepared {
 
     pub fn format(&self) -> Format {
         self.format
+    }
+
+    /// The scheme the body's quoted names were rewritten in; `None` when it had none.
+    pub fn escaped(&self) -> Option<Escaping> {
+        self.escaped
     }
 
     /// The index as the parser left it, over `body` (which must be the body it was made from).
@@ -359,7 +401,25 @@ pub fn prepare(body: &[u8], format: Format) -> Result<Prepared, ParseError> {
         len: body.len(),
         families,
         samples,
+        escaped: None,
     })
+}
+
+/// [`prepare`] for a body that may have quoted (UTF-8) names: such a body is rewritten with
+/// the legacy names `escaping` makes ([`Escaping::legacy`]), and the rewrite is returned with
+/// the index, which points into it. `None` when the body had no quoted name (the index points
+/// into `body`, and is the same for every scheme).
+pub fn prepare_escaped(
+    body: &[u8],
+    format: Format,
+    escaping: Escaping,
+) -> Result<(Option<Vec<u8>>, Prepared), ParseError> {
+    let (mut prepared, rewritten) =
+        parse::with_quoted(body, format, escaping, |b| prepare(b, format))?;
+    if rewritten.is_some() {
+        prepared.escaped = Some(escaping.legacy());
+    }
+    Ok((rewritten, prepared))
 }
 
 /// Who a body belongs to. An empty value omits that label.

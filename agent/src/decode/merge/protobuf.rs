@@ -9,10 +9,12 @@
 //! make (`proto::to_openmetrics`), so that output is the text engine's.
 //!
 //! Names outside the legacy charset (`[a-zA-Z_:][a-zA-Z0-9_:]*`, which protobuf bodies may
-//! carry) are written with Prometheus' `underscores` escaping in every output, protobuf
-//! included: a scraper that validates legacy names (Prometheus 2) would otherwise fail the
-//! whole node's scrape for one pod's name, and `underscores` is what client libraries answer an
-//! `Accept` that names no escaping scheme (Prometheus asks protobuf without one).
+//! carry) are written in the scrape's escaping scheme (the source's, [`Escaping::legacy`]) in
+//! every output, protobuf included, as a text body's quoted names are: `underscores` unless the
+//! scraper asked for `dots` or `values`. A scraper that validates legacy names (Prometheus 2)
+//! would otherwise fail the whole node's scrape for one pod's name, and `underscores` is what
+//! client libraries answer an `Accept` that names no escaping scheme (Prometheus asks protobuf
+//! without one).
 
 use std::collections::HashSet;
 use std::ops::Range;
@@ -21,9 +23,11 @@ use bytes::Bytes;
 use prost::Message;
 
 use super::super::lex::{self, name_hash, Escaped};
-use super::super::parse::{parse, MType};
+use super::super::parse::{parse, with_quoted, MType, Parsed};
 use super::super::proto::{self, schema};
-use super::super::{Format, IdentityLabels, Prepared, RESERVED_FAMILIES, RESERVED_PREFIX};
+use super::super::{
+    Escaping, Format, IdentityLabels, Prepared, RESERVED_FAMILIES, RESERVED_PREFIX,
+};
 use super::convert::help_kind;
 use super::dedup::first_of_each_series;
 use super::lines::TARGET_LABELS;
@@ -37,17 +41,35 @@ pub(super) fn render_protobuf_body(
     identity: Option<IdentityLabels<'_>>,
     out: Format,
     compact: bool,
+    escaping: Escaping,
 ) -> Rendered {
     let families = match proto::decode(body) {
         Ok(f) => f,
         Err(e) => return Rendered::rejected(body.len(), Format::Protobuf, identity, out, e),
     };
     if out == Format::Protobuf {
-        return render_families(families, body.len(), Format::Protobuf, identity, compact);
+        let escaping = escaping.legacy();
+        return render_families(
+            families,
+            body.len(),
+            Format::Protobuf,
+            identity,
+            compact,
+            escaping,
+        );
     }
-    let om = proto::to_openmetrics(&families);
-    let mut r = render::render_body(&om.body, Format::OpenMetrics, identity, out, compact);
+    let utf8 = families.iter().any(proto::has_utf8_names);
+    let om = proto::to_openmetrics(&families, escaping);
+    let mut r = render::render_body(
+        &om.body,
+        Format::OpenMetrics,
+        identity,
+        out,
+        compact,
+        escaping,
+    );
     r.came_from(body.len(), Format::Protobuf);
+    r.escaping = utf8.then_some(escaping.legacy());
     r
 }
 
@@ -58,17 +80,33 @@ pub(super) fn render_text_body(
     prepared: Option<&Prepared>,
     identity: Option<IdentityLabels<'_>>,
     compact: bool,
+    escaping: Escaping,
 ) -> Rendered {
-    let parsed = match prepared.filter(|p| p.len == body.len()) {
-        Some(p) => Ok(p.parsed(body)),
-        None => parse(body, format),
+    let render = |parsed: Parsed<'_>| {
+        let families = proto::from_text(&parsed);
+        render_families(
+            families,
+            body.len(),
+            format,
+            identity,
+            compact,
+            escaping.legacy(),
+        )
     };
-    match parsed {
-        Ok(parsed) => {
-            let families = proto::from_text(&parsed);
-            render_families(families, body.len(), format, identity, compact)
+    match prepared.filter(|p| p.len == body.len()) {
+        Some(p) => {
+            let mut r = render(p.parsed(body));
+            r.escaping = p.escaped;
+            r
         }
-        Err(e) => Rendered::rejected(body.len(), format, identity, Format::Protobuf, e),
+        None => match with_quoted(body, format, escaping, |b| parse(b, format).map(render)) {
+            Ok((r, None)) => r,
+            Ok((mut r, Some(_))) => {
+                r.escaping = Some(escaping.legacy());
+                r
+            }
+            Err(e) => Rendered::rejected(body.len(), format, identity, Format::Protobuf, e),
+        },
     }
 }
 
@@ -106,6 +144,7 @@ pub(super) fn render_families(
     from: Format,
     identity: Option<IdentityLabels<'_>>,
     compact: bool,
+    escaping: Escaping,
 ) -> Rendered {
     let mut r = Rendered::empty(body_len, from, identity, Format::Protobuf);
     r.help_from = Format::Protobuf;
@@ -123,8 +162,9 @@ pub(super) fn render_families(
         };
         prost::encoding::message::encode(1, &pair, &mut ident_fields);
     }
-    if families.iter().any(has_utf8_names) {
-        families = families.iter().map(underscores).collect();
+    if families.iter().any(proto::has_utf8_names) {
+        families = families.iter().map(|f| escaped(f, escaping)).collect();
+        r.escaping = Some(escaping);
     }
     families.retain(|f| {
         let reserved = identity.is_some() && f.name.as_bytes().starts_with(RESERVED_PREFIX);
@@ -248,37 +288,18 @@ impl Final {
     }
 }
 
-fn has_utf8_names(f: &schema::MetricFamily) -> bool {
-    !proto::is_legacy(&f.name)
-        || f.metric.iter().any(|m| {
-            m.label.iter().any(|l| !proto::is_legacy_label(&l.name))
-                || exemplars(m).any(|e| e.label.iter().any(|l| !proto::is_legacy_label(&l.name)))
-        })
-}
-
-fn exemplars(m: &schema::Metric) -> impl Iterator<Item = &schema::Exemplar> {
-    let counter = m.counter.as_ref().and_then(|c| c.exemplar.as_ref());
-    let histogram = m.histogram.iter().flat_map(|h| {
-        h.bucket
-            .iter()
-            .filter_map(|b| b.exemplar.as_ref())
-            .chain(h.exemplars.iter())
-    });
-    counter.into_iter().chain(histogram)
-}
-
-/// A family with its names in the `underscores` escaping; of two labels of a metric that
-/// become one name, the first is kept.
-fn underscores(f: &schema::MetricFamily) -> schema::MetricFamily {
+/// A family with its names in `escaping`; of two labels of a metric that become one name, the
+/// first is kept.
+fn escaped(f: &schema::MetricFamily, escaping: Escaping) -> schema::MetricFamily {
     let labels = |labels: &mut Vec<schema::LabelPair>| {
         let mut seen = HashSet::new();
         labels.retain_mut(|l| {
-            l.name = proto::legacy_label_name(&l.name);
+            l.name = escaping.label_name(&l.name).into_owned();
             seen.insert(l.name.clone())
         });
     };
     let mut f = f.clone();
-    f.name = proto::legacy_name(&f.name);
+    f.name = escaping.metric_name(&f.name).into_owned();
     for m in &mut f.metric {
         labels(&mut m.label);
         if let Some(e) = m.counter.as_mut().and_then(|c| c.exemplar.as_mut()) {

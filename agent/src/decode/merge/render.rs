@@ -10,9 +10,9 @@ use std::cmp::Ordering;
 use bytes::Bytes;
 
 use super::super::lex::{self, name_hash};
-use super::super::parse::{parse, MType, Parsed, DUP};
+use super::super::parse::{parse, with_quoted, MType, Parsed, DUP};
 use super::super::{
-    Format, IdentityLabels, ParseError, Prepared, RENDERED_OVERSIZE, RESERVED_FAMILIES,
+    Escaping, Format, IdentityLabels, ParseError, Prepared, RENDERED_OVERSIZE, RESERVED_FAMILIES,
     RESERVED_PREFIX,
 };
 use super::convert::{source_contributions, Contribution};
@@ -36,6 +36,9 @@ pub struct Rendered {
     pub(super) identity_hash: u64,
     body_len: usize,
     pub(super) rejected: Option<ParseError>,
+    /// The scheme names outside the legacy set were written in; `None` when the body had none
+    /// (then it is the rendering for every scheme).
+    pub(super) escaping: Option<Escaping>,
     /// App families named `loupe_*` left out.
     pub(super) reserved: u64,
     /// Sorted by name.
@@ -102,10 +105,11 @@ impl Rendered {
     }
 
     /// Whether it was rendered from a body of this length and format, with this identity, for
-    /// format `out`.
+    /// format `out` and the source's escaping scheme.
     pub fn fits(&self, source: &Source<'_>, out: Format) -> bool {
         self.out == out
             && self.body_len == source.body.len()
+            && self.escaping.is_none_or(|e| e == source.escaping.legacy())
             && self.from == source.format()
             && match (&self.identity, source.identity) {
                 (None, None) => true,
@@ -185,6 +189,7 @@ impl Rendered {
             identity_hash,
             body_len,
             rejected: None,
+            escaping: None,
             reserved: 0,
             families: Vec::new(),
             blocks: Vec::new(),
@@ -213,7 +218,8 @@ pub fn render_source(
     identity: Option<IdentityLabels<'_>>,
     out: Format,
 ) -> Rendered {
-    render_prepared(body, prepared, identity, out, true)
+    let escaping = prepared.escaped.unwrap_or_default();
+    render_prepared(body, prepared, identity, out, true, escaping)
 }
 
 /// [`render_source`]; `compact` gives back the spare capacity (for a rendering that is kept).
@@ -223,23 +229,34 @@ pub(super) fn render_prepared(
     identity: Option<IdentityLabels<'_>>,
     out: Format,
     compact: bool,
+    escaping: Escaping,
 ) -> Rendered {
     if prepared.len != body.len() {
-        return render_body(body, prepared.format, identity, out, compact);
+        return render_body(body, prepared.format, identity, out, compact, escaping);
     }
-    render_parsed(prepared.parsed(body), identity, out, compact)
+    let mut r = render_parsed(prepared.parsed(body), identity, out, compact);
+    r.escaping = prepared.escaped;
+    r
 }
 
-/// Parses and renders a body; a body that fails is kept as rejected.
+/// Parses and renders a body (quoted names rewritten in `escaping`); a body that fails is kept
+/// as rejected.
 pub(super) fn render_body(
     body: &[u8],
     format: Format,
     identity: Option<IdentityLabels<'_>>,
     out: Format,
     compact: bool,
+    escaping: Escaping,
 ) -> Rendered {
-    match parse(body, format) {
-        Ok(parsed) => render_parsed(parsed, identity, out, compact),
+    let render = |b: &[u8]| parse(b, format).map(|p| render_parsed(p, identity, out, compact));
+    match with_quoted(body, format, escaping, render) {
+        Ok((r, None)) => r,
+        Ok((mut r, Some(_))) => {
+            r.came_from(body.len(), format);
+            r.escaping = Some(escaping.legacy());
+            r
+        }
         Err(e) => Rendered::rejected(body.len(), format, identity, out, e),
     }
 }

@@ -1,0 +1,442 @@
+//! Quoted (UTF-8) names in text and OpenMetrics bodies, the syntax of text 1.0.0 and
+//! OpenMetrics that Prometheus 3 reads in any text body: `{"http.server.duration",
+//! "http.method"="GET"} 1`, a quoted label name after an unquoted metric name
+//! (`m{"a.b"="x"} 1`), a quoted name in HELP, TYPE and UNIT lines (`# TYPE "a.b" counter`);
+//! inside the quotes `\\`, `\"` and `\n` are the only escapes.
+//!
+//! The lexer reads legacy names only, so that bodies without quoted names (nearly all) stay on
+//! its fast path, untouched. A body it rejects is looked at here: if it has quoted names it is
+//! rewritten as the body with legacy names an escaping scheme makes of it
+//! ([`super::super::Escaping`]), which the parser then reads and checks like any other (a
+//! protobuf body reaches the text engine the same way, `proto::to_openmetrics`). Only those
+//! bodies pay for a copy. What the rewrite reads it holds to the grammar (an unterminated or
+//! empty name, an unknown escape, a name that is not UTF-8, a quoted metric name beside an
+//! unquoted one, a quoted name outside braces): the rest of the line is copied and left to the
+//! parser, whose errors point back into the original body ([`Rewritten::original_error`]).
+//! Two names that one scheme makes equal are then the same name: two labels of a line that
+//! become one are a duplicate label, and the body is rejected.
+
+use super::lex::{is_blank, scan_label_name, scan_name, skip_blanks};
+use crate::decode::{Escaping, Format, ParseError};
+
+/// A body with its quoted names rewritten as legacy names.
+#[derive(Debug)]
+pub(crate) struct Rewritten {
+    pub body: Vec<u8>,
+    /// (offset in `body`, offset in the original) at every rewritten name's start and end.
+    anchors: Vec<(usize, usize)>,
+}
+
+impl Rewritten {
+    /// An error the parser found in the rewritten body, placed in the original body.
+    pub(crate) fn original_error(&self, original: &[u8], e: ParseError) -> ParseError {
+        let line_start = if e.line <= 1 {
+            0
+        } else {
+            memchr::memchr_iter(b'\n', &self.body)
+                .nth(e.line - 2)
+                .map_or(self.body.len(), |p| p + 1)
+        };
+        let at = line_start + e.column.saturating_sub(1);
+        let i = self.anchors.partition_point(|&(o, _)| o <= at);
+        let mapped = match i.checked_sub(1).map(|k| self.anchors[k]) {
+            Some((o, q)) => q + (at - o),
+            None => at,
+        };
+        ParseError::at(original, mapped, &e.reason)
+    }
+}
+
+/// `body` with its quoted names rewritten in `escaping` (a legacy scheme: `allow-utf-8` is
+/// written as `underscores`), or `None` when it has no quoted name. A protobuf body has none.
+pub(crate) fn rewrite(
+    body: &[u8],
+    format: Format,
+    escaping: Escaping,
+) -> Result<Option<Rewritten>, ParseError> {
+    if format == Format::Protobuf {
+        return Ok(None);
+    }
+    let mut w = Writer {
+        b: body,
+        strict: format == Format::OpenMetrics,
+        escaping: escaping.legacy(),
+        out: Vec::new(),
+        anchors: Vec::new(),
+        copied: 0,
+        any: false,
+    };
+    let mut start = 0;
+    while start < body.len() {
+        let end = memchr::memchr(b'\n', &body[start..]).map_or(body.len(), |p| start + p);
+        w.line(start, end)
+            .map_err(|(pos, reason)| ParseError::at(body, pos, &reason))?;
+        start = end + 1;
+    }
+    if !w.any {
+        return Ok(None);
+    }
+    w.out.extend_from_slice(&body[w.copied..]);
+    Ok(Some(Rewritten {
+        body: w.out,
+        anchors: w.anchors,
+    }))
+}
+
+type Error = (usize, String);
+
+struct Writer<'a> {
+    b: &'a [u8],
+    strict: bool,
+    escaping: Escaping,
+    out: Vec<u8>,
+    anchors: Vec<(usize, usize)>,
+    /// The original is copied to `out` up to here.
+    copied: usize,
+    /// A quoted name was found.
+    any: bool,
+}
+
+fn error(pos: usize, reason: &str) -> Error {
+    (pos, reason.to_string())
+}
+
+impl Writer<'_> {
+    /// Writes `text` in place of the original's `from..to`.
+    fn replace(&mut self, from: usize, to: usize, text: &[u8]) {
+        self.out.extend_from_slice(&self.b[self.copied..from]);
+        self.anchors.push((self.out.len(), from));
+        self.out.extend_from_slice(text);
+        self.anchors.push((self.out.len(), to));
+        self.copied = to;
+        self.any = true;
+    }
+
+    fn blanks(&self, i: usize, end: usize) -> usize {
+        if self.strict {
+            i
+        } else {
+            skip_blanks(self.b, i, end)
+        }
+    }
+
+    fn line(&mut self, start: usize, end: usize) -> Result<(), Error> {
+        let b = self.b;
+        let i = skip_blanks(b, start, end);
+        match b.get(i) {
+            _ if i == end => Ok(()),
+            Some(b'#') => self.metadata(i + 1, end),
+            Some(b'{') => {
+                // The metric name quoted, first in the braces.
+                let j = self.blanks(i + 1, end);
+                if b.get(j) != Some(&b'"') || j >= end {
+                    return Err(error(
+                        j,
+                        "expected a metric name before '{' or quoted inside it",
+                    ));
+                }
+                let (name, after) = self.quoted(j, end, "metric name")?;
+                let escaped = self.escaping.metric_name(&name).into_owned();
+                let k = self.blanks(after, end);
+                match b.get(k) {
+                    Some(b'}') if k < end => {
+                        self.replace(i, k + 1, escaped.as_bytes());
+                        self.rest(k + 1, end)
+                    }
+                    Some(b',') if k < end => {
+                        let next = self.blanks(k + 1, end);
+                        if b.get(next) == Some(&b'}') && next < end {
+                            if self.strict {
+                                return Err(error(next, "trailing comma in label set"));
+                            }
+                            self.replace(i, next + 1, escaped.as_bytes());
+                            return self.rest(next + 1, end);
+                        }
+                        let mut text = escaped.into_bytes();
+                        text.push(b'{');
+                        self.replace(i, k + 1, &text);
+                        let after = self.labels(k + 1, end)?;
+                        self.rest(after, end)
+                    }
+                    _ => Err(error(k, "expected ',' or '}' after the quoted metric name")),
+                }
+            }
+            Some(b'"') => Err(error(i, "a quoted metric name must be inside braces")),
+            _ => {
+                let ne = scan_name(&b[..end], i);
+                if ne == i {
+                    return Ok(());
+                }
+                let k = self.blanks(ne, end);
+                if k < end && b[k] == b'{' {
+                    let after = self.labels(k + 1, end)?;
+                    return self.rest(after, end);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// After a sample's label block: an OpenMetrics exemplar's labels may be quoted too.
+    fn rest(&mut self, i: usize, end: usize) -> Result<(), Error> {
+        if !self.strict {
+            return Ok(());
+        }
+        let at = memchr::memmem::find(&self.b[i..end], b" # {").map(|p| i + p + 4);
+        match at {
+            Some(j) => self.labels(j, end).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// The labels after a `{` (at `i - 1`): quoted label names are rewritten. Returns where
+    /// the reading stopped (after the block, or where the parser will find an error).
+    fn labels(&mut self, mut i: usize, end: usize) -> Result<usize, Error> {
+        let b = self.b;
+        loop {
+            i = self.blanks(i, end);
+            if i >= end || b[i] == b'}' {
+                return Ok(i);
+            }
+            let name_end = if b[i] == b'"' {
+                let (name, after) = self.quoted(i, end, "label name")?;
+                let k = self.blanks(after, end);
+                if k < end && (b[k] == b',' || b[k] == b'}') {
+                    return Err(error(
+                        i,
+                        "a quoted metric name inside braces after an unquoted metric name or a label",
+                    ));
+                }
+                let escaped = self.escaping.label_name(&name).into_owned();
+                self.replace(i, after, escaped.as_bytes());
+                after
+            } else {
+                let ne = scan_label_name(&b[..end], i);
+                if ne == i {
+                    return Ok(i);
+                }
+                ne
+            };
+            let eq = self.blanks(name_end, end);
+            if eq >= end || b[eq] != b'=' {
+                return Ok(eq);
+            }
+            let open = self.blanks(eq + 1, end);
+            if open >= end || b[open] != b'"' {
+                return Ok(open);
+            }
+            let Some(close) = value_end(b, open + 1, end) else {
+                return Ok(open);
+            };
+            let k = self.blanks(close + 1, end);
+            if k < end && b[k] == b',' {
+                i = k + 1;
+            } else {
+                return Ok(k);
+            }
+        }
+    }
+
+    /// A comment line whose text starts at `i`: the name of HELP, TYPE and (OpenMetrics) UNIT
+    /// may be quoted.
+    fn metadata(&mut self, i: usize, end: usize) -> Result<(), Error> {
+        let b = self.b;
+        let keyword = skip_blanks(b, i, end);
+        let keyword_end = (keyword..end).find(|&k| is_blank(b[k])).unwrap_or(end);
+        match &b[keyword..keyword_end] {
+            b"HELP" | b"TYPE" => {}
+            b"UNIT" if self.strict => {}
+            _ => return Ok(()),
+        }
+        let n = skip_blanks(b, keyword_end, end);
+        if n >= end || b[n] != b'"' {
+            return Ok(());
+        }
+        let (name, after) = self.quoted(n, end, "metric name")?;
+        let escaped = self.escaping.metric_name(&name).into_owned();
+        self.replace(n, after, escaped.as_bytes());
+        Ok(())
+    }
+
+    /// The quoted name whose `"` is at `i`, unescaped, and the index after its closing quote.
+    fn quoted(&self, i: usize, end: usize, what: &str) -> Result<(String, usize), Error> {
+        let b = self.b;
+        let mut name = Vec::new();
+        let mut k = i + 1;
+        loop {
+            let next = memchr::memchr2(b'"', b'\\', &b[k..end]).map_or(end, |p| k + p);
+            name.extend_from_slice(&b[k..next]);
+            match b.get(next) {
+                Some(b'"') if next < end => {
+                    k = next + 1;
+                    break;
+                }
+                Some(b'\\') if next + 1 < end => {
+                    name.push(match b[next + 1] {
+                        b'\\' => b'\\',
+                        b'"' => b'"',
+                        b'n' => b'\n',
+                        _ => {
+                            return Err(error(
+                                next,
+                                &format!("invalid escape sequence in a quoted {what}"),
+                            ))
+                        }
+                    });
+                    k = next + 2;
+                }
+                _ => return Err(error(i, &format!("unterminated quoted {what}"))),
+            }
+        }
+        if name.is_empty() {
+            return Err(error(i, &format!("empty quoted {what}")));
+        }
+        match String::from_utf8(name) {
+            Ok(name) => Ok((name, k)),
+            Err(e) => Err((
+                i + 1 + e.utf8_error().valid_up_to(),
+                format!(
+                    "{what} {:?} is not valid UTF-8",
+                    String::from_utf8_lossy(e.as_bytes())
+                ),
+            )),
+        }
+    }
+}
+
+/// The index of the `"` that ends the label value starting at `i`, if it ends on the line.
+fn value_end(b: &[u8], mut i: usize, end: usize) -> Option<usize> {
+    loop {
+        i += memchr::memchr2(b'"', b'\\', &b[i..end])?;
+        if b[i] == b'"' {
+            return Some(i);
+        }
+        i += 2;
+        if i >= end {
+            return None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rw(s: &str, format: Format, e: Escaping) -> Result<Option<String>, ParseError> {
+        rewrite(s.as_bytes(), format, e)
+            .map(|r| r.map(|r| String::from_utf8(r.body).expect("UTF-8")))
+    }
+
+    fn ok(s: &str, format: Format) -> String {
+        rw(s, format, Escaping::Underscores)
+            .expect("rewritten")
+            .expect("has quoted names")
+    }
+
+    fn err(s: &str, format: Format) -> (usize, usize, String) {
+        let e = rw(s, format, Escaping::Underscores).expect_err("rejected");
+        (e.line, e.column, e.reason)
+    }
+
+    #[test]
+    fn quoted_names_become_legacy_names() {
+        let om = "# TYPE \"a.b\" counter\n# HELP \"a.b\" h\n# UNIT \"a.b\" s\n\
+                  {\"a.b_total\",\"c.d\"=\"x\",e=\"y\"} 1 # {\"t.i\"=\"1\"} 1\n\
+                  {\"a.b_created\"} 2\nm{\"x\\\"y\"=\"{\\\"}\"} 1\n# EOF\n";
+        assert_eq!(
+            ok(om, Format::OpenMetrics),
+            "# TYPE a_b counter\n# HELP a_b h\n# UNIT a_b s\n\
+             a_b_total{c_d=\"x\",e=\"y\"} 1 # {t_i=\"1\"} 1\n\
+             a_b_created 2\nm{x_y=\"{\\\"}\"} 1\n# EOF\n"
+        );
+        // Text allows blanks and a trailing comma; UNIT is a comment there.
+        let text = "# UNIT \"a.b\" s\n  { \"a.b\" , \"c\" = \"1\" , } 1\n{\"x\",} 2\n";
+        assert_eq!(
+            ok(text, Format::Text),
+            "# UNIT \"a.b\" s\n  a_b{ c = \"1\" , } 1\nx 2\n"
+        );
+        assert_eq!(
+            rw(
+                "a{b=\"1\"} 1\n# TYPE b gauge\n",
+                Format::Text,
+                Escaping::Dots
+            ),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn every_scheme() {
+        let s = "{\"a.b_c\",\"d.e\"=\"1\"} 1\n";
+        let got = |e| rw(s, Format::Text, e).expect("ok").expect("some");
+        assert_eq!(got(Escaping::Underscores), "a_b_c{d_e=\"1\"} 1\n");
+        assert_eq!(got(Escaping::AllowUtf8), "a_b_c{d_e=\"1\"} 1\n");
+        assert_eq!(got(Escaping::Dots), "a_dot_b__c{d_dot_e=\"1\"} 1\n");
+        assert_eq!(got(Escaping::Values), "U__a_2e_b__c{U__d_2e_e=\"1\"} 1\n");
+    }
+
+    #[test]
+    fn each_rejection_names_line_and_column() {
+        let cases: &[(&str, (usize, usize, &str))] = &[
+            ("{\"a.b} 1\n", (1, 2, "unterminated quoted metric name")),
+            (
+                "{\"a\\z\"} 1\n",
+                (1, 4, "invalid escape sequence in a quoted metric name"),
+            ),
+            ("{\"\"} 1\n", (1, 2, "empty quoted metric name")),
+            ("a{\"\"=\"1\"} 1\n", (1, 3, "empty quoted label name")),
+            (
+                "a 1\nb{\"c.d\"} 1\n",
+                (
+                    2,
+                    3,
+                    "a quoted metric name inside braces after an unquoted metric name or a label",
+                ),
+            ),
+            (
+                "{x=\"1\",\"c.d\"} 1\n",
+                (
+                    1,
+                    2,
+                    "expected a metric name before '{' or quoted inside it",
+                ),
+            ),
+            (
+                "\"a.b\" 1\n",
+                (1, 1, "a quoted metric name must be inside braces"),
+            ),
+            (
+                "{\"a.b\" x=\"1\"} 1\n",
+                (1, 8, "expected ',' or '}' after the quoted metric name"),
+            ),
+        ];
+        for (body, (line, column, reason)) in cases {
+            assert_eq!(
+                err(body, Format::Text),
+                (*line, *column, reason.to_string()),
+                "{body:?}"
+            );
+        }
+        assert_eq!(
+            err("{\"a\",} 1\n# EOF\n", Format::OpenMetrics).2,
+            "trailing comma in label set"
+        );
+        let bad = b"{\"a\xffb\"} 1\n";
+        let e = rewrite(bad, Format::Text, Escaping::Underscores).expect_err("not UTF-8");
+        assert_eq!((e.line, e.column), (1, 4));
+        assert!(e.reason.contains("is not valid UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn parser_errors_point_into_the_original() {
+        let body = b"{\"a.very.long.name\",x=\"1\"} 1 x\n";
+        let r = rewrite(body, Format::Text, Escaping::Values)
+            .expect("ok")
+            .expect("some");
+        let e = super::super::parse(&r.body, Format::Text)
+            .err()
+            .expect("bad timestamp");
+        let e = r.original_error(body, e);
+        assert_eq!((e.line, e.column), (1, 30));
+    }
+}
