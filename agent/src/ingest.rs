@@ -297,9 +297,11 @@ struct Members {
 /// Names outside the legacy set (a text body's quoted names, a protobuf body's UTF-8 names) are
 /// written in `body` and the renderings with the `underscores` escaping, what scrapers get
 /// unless they ask for another scheme; a text body with quoted names is kept as it came too
-/// (`original`). A scrape asking for `dots` or `values` gets such a body rendered by the merge
-/// from the body as it came ([`Snapshot::source`]); the renderings here serve every other
-/// scheme, and every scheme for a body whose names are all legacy (which no scheme changes).
+/// (`original`). For `allow-utf-8` (Prometheus 3's default) such a body has its own renderings,
+/// made from the body as it came at the first scrape that asks, each holding its share of the
+/// budget (not kept when it does not fit); a scrape asking for `dots` or `values` gets it
+/// rendered by the merge ([`Snapshot::source`]). A body whose names are all legacy, which no
+/// scheme changes, has one rendering per format for every scheme.
 ///
 /// gzip: for a format scrapers ask with gzip, the rendering's blocks of at least
 /// `decode::MIN_MEMBER_BLOCK` bytes are also kept compressed, one raw deflate segment each
@@ -330,6 +332,8 @@ pub struct Snapshot {
     text_gzip: OnceLock<Option<Members>>,
     open_metrics_gzip: OnceLock<Option<Members>>,
     protobuf_gzip: OnceLock<Option<Members>>,
+    /// With UTF-8 names: the `allow-utf-8` renderings, per format, and what they hold.
+    allow_utf8: [OnceLock<Option<(Rendered, Reservation)>>; 3],
     held: Reservation,
 }
 
@@ -352,7 +356,13 @@ impl Snapshot {
         .filter_map(|cell| cell.get()?.as_ref())
         .map(|m| m.held.bytes())
         .sum::<usize>();
-        self.held.bytes() + members
+        let allow_utf8 = self
+            .allow_utf8
+            .iter()
+            .filter_map(|cell| cell.get()?.as_ref())
+            .map(|(_, held)| held.bytes())
+            .sum::<usize>();
+        self.held.bytes() + members + allow_utf8
     }
 
     /// Samples as Prometheus counts them: a native histogram is one.
@@ -383,7 +393,7 @@ impl Snapshot {
 
     /// Whether names in `escaping` differ from the stored body's (written `underscores`).
     fn escapes_otherwise(&self, escaping: Escaping) -> bool {
-        self.utf8_names && escaping.legacy() != Escaping::Underscores
+        self.utf8_names && escaping != Escaping::Underscores
     }
 
     /// The rendering for `format` with `identity`, made now if it was not yet. `None` when the
@@ -396,10 +406,31 @@ impl Snapshot {
         format: Format,
         escaping: Escaping,
     ) -> Option<&Rendered> {
-        if self.identity.as_ref() != Some(identity) || self.escapes_otherwise(escaping) {
+        if self.identity.as_ref() != Some(identity) {
             return None;
         }
-        self.render(format)
+        match (self.escapes_otherwise(escaping), escaping) {
+            (false, _) => self.render(format),
+            (true, Escaping::AllowUtf8) => self.render_allow_utf8(identity, format),
+            (true, _) => None,
+        }
+    }
+
+    fn render_allow_utf8(&self, identity: &Identity, format: Format) -> Option<&Rendered> {
+        let cell = &self.allow_utf8[match format {
+            Format::Text => 0,
+            Format::OpenMetrics => 1,
+            Format::Protobuf => 2,
+        }];
+        cell.get_or_init(|| {
+            let source = self.source(Some(identity.labels()), format, Escaping::AllowUtf8);
+            let bound = self.body.len() * RENDERED_LIMIT_FACTOR + 64 * 1024;
+            let r = decode::render_within(&source, format, bound)?;
+            let held = self.held.beside("allow-utf-8 rendering", r.heap_bytes())?;
+            Some((r, held))
+        })
+        .as_ref()
+        .map(|(r, _)| r)
     }
 
     fn render(&self, format: Format) -> Option<&Rendered> {
@@ -557,6 +588,7 @@ pub fn check(
         text_gzip: OnceLock::new(),
         open_metrics_gzip: OnceLock::new(),
         protobuf_gzip: OnceLock::new(),
+        allow_utf8: Default::default(),
         held,
     };
     snapshot.render(wanted.format());

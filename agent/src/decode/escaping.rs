@@ -53,16 +53,6 @@ impl Escaping {
         Escaping::ALL.into_iter().find(|e| e.name() == s)
     }
 
-    /// The scheme names are written in where the output has legacy names only: the text
-    /// engine's bodies (a protobuf body's OpenMetrics, a text body with quoted names
-    /// rewritten) cannot carry others; `allow-utf-8` answers write them as `underscores`.
-    pub fn legacy(self) -> Escaping {
-        match self {
-            Escaping::AllowUtf8 => Escaping::Underscores,
-            e => e,
-        }
-    }
-
     /// A metric name written in this scheme.
     pub fn metric_name(self, name: &str) -> Cow<'_, str> {
         self.escape(name, is_name_start, is_name_char)
@@ -96,6 +86,161 @@ impl Escaping {
             }
         }
         Cow::Owned(out)
+    }
+}
+
+/// How the text engine carries names outside the legacy set for an `allow-utf-8` answer: its
+/// lexer reads legacy names only, so such a name is written as a legacy name in which every
+/// other character is the marker, its code point in hex and `_` (`a.b` is `aGqz2e_b`), and
+/// turned back into the name when the rendering is made (`merge/render.rs`). The marker is
+/// three letters, the first in `G..=Z` (not a hex digit), that occur nowhere in the body: so
+/// the encoding is injective, keeps suffixes (`a.b_total` is `aGqz2e_b_total`), and reading
+/// left to right finds exactly the markers it wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Marker([u8; 3]);
+
+const LETTERS: usize = 52;
+
+fn letter_index(c: u8) -> Option<usize> {
+    match c {
+        b'a'..=b'z' => Some(usize::from(c - b'a')),
+        b'A'..=b'Z' => Some(26 + usize::from(c - b'A')),
+        _ => None,
+    }
+}
+
+fn letter(i: usize) -> u8 {
+    if i < 26 {
+        b'a' + i as u8
+    } else {
+        b'A' + (i - 26) as u8
+    }
+}
+
+impl Marker {
+    /// A marker that occurs in none of `texts`; `None` if every one does (no real body).
+    pub(crate) fn free_in<'a>(texts: impl IntoIterator<Item = &'a [u8]>) -> Option<Marker> {
+        let firsts = usize::from(b'Z' - b'G') + 1;
+        let mut seen = vec![0u64; (firsts * LETTERS * LETTERS).div_ceil(64)];
+        for t in texts {
+            for w in t.windows(3) {
+                if !(b'G'..=b'Z').contains(&w[0]) {
+                    continue;
+                }
+                if let (Some(b), Some(c)) = (letter_index(w[1]), letter_index(w[2])) {
+                    let k = (usize::from(w[0] - b'G') * LETTERS + b) * LETTERS + c;
+                    seen[k / 64] |= 1 << (k % 64);
+                }
+            }
+        }
+        let k = (0..firsts * LETTERS * LETTERS).find(|k| seen[k / 64] & (1 << (k % 64)) == 0)?;
+        Some(Marker([
+            b'G' + (k / (LETTERS * LETTERS)) as u8,
+            letter(k / LETTERS % LETTERS),
+            letter(k % LETTERS),
+        ]))
+    }
+
+    pub(crate) fn bytes(self) -> [u8; 3] {
+        self.0
+    }
+
+    /// A metric name as a legacy name.
+    pub(crate) fn metric_name(self, name: &str) -> Cow<'_, str> {
+        self.encode(name, is_name_start, is_name_char)
+    }
+
+    /// A label name as a legacy label name.
+    pub(crate) fn label_name(self, name: &str) -> Cow<'_, str> {
+        self.encode(name, is_label_start, is_label_char)
+    }
+
+    fn encode(self, name: &str, start: fn(u8) -> bool, rest: fn(u8) -> bool) -> Cow<'_, str> {
+        if is_legacy_in(name, start, rest) {
+            return Cow::Borrowed(name);
+        }
+        let mut out = String::with_capacity(name.len() + 8);
+        for (i, c) in name.char_indices() {
+            if c.is_ascii() && if i == 0 { start } else { rest }(c as u8) {
+                out.push(c);
+            } else {
+                out.extend(self.0.iter().map(|&b| char::from(b)));
+                let _ = write!(out, "{:x}_", u32::from(c));
+            }
+        }
+        Cow::Owned(out)
+    }
+
+    /// A name [`Marker::metric_name`] or [`Marker::label_name`] wrote, as it was.
+    pub(crate) fn decode(self, name: &[u8]) -> Cow<'_, [u8]> {
+        let Some(first) = memchr::memmem::find(name, &self.0) else {
+            return Cow::Borrowed(name);
+        };
+        let mut out = name[..first].to_vec();
+        let mut i = first;
+        while i < name.len() {
+            if name[i..].starts_with(&self.0) {
+                let hex = i + 3;
+                let end = name[hex..]
+                    .iter()
+                    .position(|&c| c == b'_')
+                    .map_or(name.len(), |p| hex + p);
+                let c = std::str::from_utf8(&name[hex..end])
+                    .ok()
+                    .and_then(|h| u32::from_str_radix(h, 16).ok())
+                    .and_then(char::from_u32)
+                    .unwrap_or(char::REPLACEMENT_CHARACTER);
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                i = end + 1;
+            } else {
+                out.push(name[i]);
+                i += 1;
+            }
+        }
+        Cow::Owned(out)
+    }
+}
+
+/// How the text engine's bodies write a name outside the legacy set: in a legacy scheme, or,
+/// for `allow-utf-8`, marked to be turned back when rendered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Names {
+    Escaped(Escaping),
+    Marked(Marker),
+}
+
+impl Names {
+    /// For `escaping`, in a body whose names and other text are `texts` (where the marker
+    /// must not occur). `allow-utf-8` without a free marker (no real body) is `underscores`.
+    pub(crate) fn new<'a>(escaping: Escaping, texts: impl IntoIterator<Item = &'a [u8]>) -> Names {
+        match escaping {
+            Escaping::AllowUtf8 => {
+                Marker::free_in(texts).map_or(Names::Escaped(Escaping::Underscores), Names::Marked)
+            }
+            e => Names::Escaped(e),
+        }
+    }
+
+    pub(crate) fn metric_name(self, name: &str) -> Cow<'_, str> {
+        match self {
+            Names::Escaped(e) => e.metric_name(name),
+            Names::Marked(m) => m.metric_name(name),
+        }
+    }
+
+    pub(crate) fn label_name(self, name: &str) -> Cow<'_, str> {
+        match self {
+            Names::Escaped(e) => e.label_name(name),
+            Names::Marked(m) => m.label_name(name),
+        }
+    }
+
+    pub(crate) fn marker(self) -> Option<Marker> {
+        match self {
+            Names::Marked(m) => Some(m),
+            Names::Escaped(_) => None,
+        }
     }
 }
 
@@ -187,6 +332,29 @@ mod tests {
         assert_eq!(Escaping::Underscores.label_name("a:b"), "a_b");
         assert_eq!(Escaping::Values.label_name("a:b"), "U__a_3a_b");
         assert_eq!(Escaping::Dots.label_name("a.b:c"), "a_dot_b__c");
+    }
+
+    #[test]
+    fn marked_names_come_back() {
+        let body = "aGaa Gab GacZ";
+        let m = Marker::free_in([body.as_bytes()]).expect("a free marker");
+        assert_eq!(m, Marker(*b"Gad"));
+        for name in [
+            "a.b_total",
+            "花火",
+            "1x",
+            "label with 😱",
+            "plain_name",
+            "a:b",
+        ] {
+            let metric = m.metric_name(name);
+            assert!(is_legacy(&metric), "{metric}");
+            assert_eq!(m.decode(metric.as_bytes()), name.as_bytes());
+            let label = m.label_name(name);
+            assert!(is_legacy_label(&label), "{label}");
+            assert_eq!(m.decode(label.as_bytes()), name.as_bytes());
+        }
+        assert_eq!(m.metric_name("a.b_total"), "aGad2e_b_total");
     }
 
     #[test]

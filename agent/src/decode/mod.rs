@@ -159,7 +159,7 @@ pub mod proto;
 
 /// The parser's byte-level layer, which the merge shares: lexing, escapes, hashes.
 mod lex {
-    pub(super) use super::parse::escape::{unescape, write_escaped, Escaped};
+    pub(super) use super::parse::escape::{unescape, write_escaped, write_quoted, Escaped};
     pub(super) use super::parse::lex::*;
 }
 
@@ -328,7 +328,7 @@ pub fn validate(body: &[u8], format: Format) -> Result<Summary, ParseError> {
             families: families.len(),
         });
     }
-    let (summary, _) = parse::with_quoted(body, format, Escaping::Underscores, |b| {
+    let (summary, _) = parse::with_quoted(body, format, Escaping::Underscores, |b, _| {
         parse::parse(b, format).map(|p| Summary {
             samples: p.samples.len(),
             families: p.families.len(),
@@ -349,6 +349,8 @@ pub struct Prepared {
     samples: Vec<parse::SampleRef>,
     /// The body is a text body's quoted names rewritten in this scheme ([`prepare_escaped`]).
     escaped: Option<Escaping>,
+    /// The marker of those names, for `allow-utf-8`.
+    marker: Option<escaping::Marker>,
 }
 
 impl Prepared {
@@ -402,24 +404,27 @@ pub fn prepare(body: &[u8], format: Format) -> Result<Prepared, ParseError> {
         families,
         samples,
         escaped: None,
+        marker: None,
     })
 }
 
 /// [`prepare`] for a body that may have quoted (UTF-8) names: such a body is rewritten with
-/// the legacy names `escaping` makes ([`Escaping::legacy`]), and the rewrite is returned with
-/// the index, which points into it. `None` when the body had no quoted name (the index points
-/// into `body`, and is the same for every scheme).
+/// the legacy names `escaping` makes (for `allow-utf-8`, marked, and turned back when
+/// rendered), and the rewrite is returned with the index, which points into it. `None` when the
+/// body had no quoted name (the index points into `body`, and is the same for every scheme).
 pub fn prepare_escaped(
     body: &[u8],
     format: Format,
     escaping: Escaping,
 ) -> Result<(Option<Vec<u8>>, Prepared), ParseError> {
     let (mut prepared, rewritten) =
-        parse::with_quoted(body, format, escaping, |b| prepare(b, format))?;
-    if rewritten.is_some() {
-        prepared.escaped = Some(escaping.legacy());
-    }
-    Ok((rewritten, prepared))
+        parse::with_quoted(body, format, escaping, |b, _| prepare(b, format))?;
+    let Some(rewritten) = rewritten else {
+        return Ok((None, prepared));
+    };
+    prepared.escaped = Some(escaping);
+    prepared.marker = rewritten.marker;
+    Ok((Some(rewritten.body), prepared))
 }
 
 /// Who a body belongs to. An empty value omits that label.

@@ -22,6 +22,7 @@ use std::ops::Range;
 use bytes::Bytes;
 use prost::Message;
 
+use super::super::escaping::Marker;
 use super::super::lex::{self, name_hash, Escaped};
 use super::super::parse::{parse, with_quoted, MType, Parsed};
 use super::super::proto::{self, schema};
@@ -48,7 +49,6 @@ pub(super) fn render_protobuf_body(
         Err(e) => return Rendered::rejected(body.len(), Format::Protobuf, identity, out, e),
     };
     if out == Format::Protobuf {
-        let escaping = escaping.legacy();
         return render_families(
             families,
             body.len(),
@@ -69,7 +69,10 @@ pub(super) fn render_protobuf_body(
         escaping,
     );
     r.came_from(body.len(), Format::Protobuf);
-    r.escaping = utf8.then_some(escaping.legacy());
+    r.escaping = utf8.then_some(escaping);
+    if let Some(m) = om.marker {
+        r.unmark(m);
+    }
     r
 }
 
@@ -82,27 +85,26 @@ pub(super) fn render_text_body(
     compact: bool,
     escaping: Escaping,
 ) -> Rendered {
-    let render = |parsed: Parsed<'_>| {
-        let families = proto::from_text(&parsed);
-        render_families(
-            families,
-            body.len(),
-            format,
-            identity,
-            compact,
-            escaping.legacy(),
-        )
+    // Names marked for `allow-utf-8` are turned back before they are encoded.
+    let render = |parsed: Parsed<'_>, marker: Option<Marker>| {
+        let mut families = proto::from_text(&parsed);
+        if let Some(m) = marker {
+            families.iter_mut().for_each(|f| unmark(f, m));
+        }
+        render_families(families, body.len(), format, identity, compact, escaping)
     };
     match prepared.filter(|p| p.len == body.len()) {
         Some(p) => {
-            let mut r = render(p.parsed(body));
+            let mut r = render(p.parsed(body), p.marker);
             r.escaping = p.escaped;
             r
         }
-        None => match with_quoted(body, format, escaping, |b| parse(b, format).map(render)) {
+        None => match with_quoted(body, format, escaping, |b, m| {
+            parse(b, format).map(|p| render(p, m))
+        }) {
             Ok((r, None)) => r,
             Ok((mut r, Some(_))) => {
-                r.escaping = Some(escaping.legacy());
+                r.escaping = Some(escaping);
                 r
             }
             Err(e) => Rendered::rejected(body.len(), format, identity, Format::Protobuf, e),
@@ -291,15 +293,36 @@ impl Final {
 /// A family with its names in `escaping`; of two labels of a metric that become one name, the
 /// first is kept.
 fn escaped(f: &schema::MetricFamily, escaping: Escaping) -> schema::MetricFamily {
+    let mut f = f.clone();
+    rename(
+        &mut f,
+        |n| escaping.metric_name(n).into_owned(),
+        |n| escaping.label_name(n).into_owned(),
+    );
+    f
+}
+
+/// A family made from a text body whose names `marker` wrote, with its names as they were.
+fn unmark(f: &mut schema::MetricFamily, marker: Marker) {
+    let back = |n: &str| String::from_utf8_lossy(&marker.decode(n.as_bytes())).into_owned();
+    rename(f, back, back);
+}
+
+/// Renames a family's metric name and every label name (exemplars' too); of two labels of a
+/// metric that become one name, the first is kept.
+fn rename(
+    f: &mut schema::MetricFamily,
+    metric: impl Fn(&str) -> String,
+    label: impl Fn(&str) -> String,
+) {
     let labels = |labels: &mut Vec<schema::LabelPair>| {
         let mut seen = HashSet::new();
         labels.retain_mut(|l| {
-            l.name = escaping.label_name(&l.name).into_owned();
+            l.name = label(&l.name);
             seen.insert(l.name.clone())
         });
     };
-    let mut f = f.clone();
-    f.name = escaping.metric_name(&f.name).into_owned();
+    f.name = metric(&f.name);
     for m in &mut f.metric {
         labels(&mut m.label);
         if let Some(e) = m.counter.as_mut().and_then(|c| c.exemplar.as_mut()) {
@@ -316,7 +339,6 @@ fn escaped(f: &schema::MetricFamily, escaping: Escaping) -> schema::MetricFamily
             }
         }
     }
-    f
 }
 
 /// A metric's app labels as written after the identity's: empty ones left out, those named

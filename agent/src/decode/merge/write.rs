@@ -182,10 +182,66 @@ fn name_of(line: &[u8]) -> (&[u8], Option<usize>) {
     (&line[..end], (line.get(end) == Some(&b'{')).then_some(end))
 }
 
+/// The sample name and labels (name, raw value) of an output line that has quoted names (an
+/// `allow-utf-8` answer: `{"a.b",x="1"} 1`, `m{"c.d"="1"} 1`); names as written between
+/// their quotes, which output lines spell one way.
+fn quoted_series(line: &[u8]) -> (&[u8], Vec<(&[u8], &[u8])>) {
+    let (mut name, block) = name_of(line);
+    let mut labels = Vec::new();
+    let Some(mut i) = block.map(|b| b + 1) else {
+        return (name, labels);
+    };
+    while i < line.len() && line[i] != b'}' {
+        let (token, after) = if line[i] == b'"' {
+            let close = string_end(line, i + 1);
+            (&line[i + 1..close], close + 1)
+        } else {
+            let end = lex::scan_label_name(line, i);
+            (&line[i..end], end)
+        };
+        i = after;
+        if line.get(i) == Some(&b'=') {
+            let close = string_end(line, i + 2);
+            labels.push((token, &line[i + 2..close]));
+            i = close + 1;
+        } else {
+            name = token;
+        }
+        if line.get(i) == Some(&b',') {
+            i += 1;
+        }
+    }
+    (name, labels)
+}
+
+/// The index of the `"` that ends the escaped string starting at `i`.
+fn string_end(line: &[u8], mut i: usize) -> usize {
+    while i < line.len() && line[i] != b'"' {
+        i += if line[i] == b'\\' { 2 } else { 1 };
+    }
+    i.min(line.len())
+}
+
+/// Whether an output line has a quoted name (cheap: only such lines start with `{` or have
+/// a `"` right after `{` or `,` before their value).
+fn has_quoted_name(line: &[u8], block: Option<usize>) -> bool {
+    line.first() == Some(&b'{')
+        || block.is_some_and(|b| {
+            memchr::memmem::find(&line[b..], b"{\"").is_some()
+                || memchr::memmem::find(&line[b..], b",\"").is_some()
+        })
+}
+
 /// The series hash of an output line, as the parser hashes a sample (name plus the
 /// order-independent sum of its label pairs, values as written).
 fn series_hash(line: &[u8], strict: bool, labels: &mut Vec<Label>) -> u64 {
     let (name, block) = name_of(line);
+    if has_quoted_name(line, block) {
+        let (name, pairs) = quoted_series(line);
+        return pairs
+            .iter()
+            .fold(name_hash(name), |h, (n, v)| h.wrapping_add(pair_hash(n, v)));
+    }
     let mut h = name_hash(name);
     if let Some(i) = block {
         let mut info = BlockInfo::default();
@@ -207,6 +263,18 @@ type Series = (Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>);
 fn series(line: &[u8], strict: bool, labels: &mut Vec<Label>) -> Series {
     let (name, block) = name_of(line);
     let mut key = Vec::new();
+    if has_quoted_name(line, block) {
+        let (name, pairs) = quoted_series(line);
+        for (n, raw) in pairs {
+            let mut v = Vec::new();
+            lex::unescape(raw, &mut v);
+            if !v.is_empty() {
+                key.push((n.to_vec(), v));
+            }
+        }
+        key.sort();
+        return (name.to_vec(), key);
+    }
     if let Some(i) = block {
         let mut info = BlockInfo::default();
         if lex_labels(line, i, strict, labels, &mut info).is_ok() {
@@ -234,10 +302,19 @@ pub(crate) fn write_header(
     out: Format,
     buf: &mut Vec<u8>,
 ) {
+    // A name outside the legacy set (an `allow-utf-8` answer's) is quoted.
+    let legacy = name
+        .first()
+        .is_none_or(|p| p.first().is_none_or(|&c| lex::is_name_start(c)))
+        && name.iter().all(|p| p.iter().all(|&c| lex::is_name_char(c)));
     let line = |buf: &mut Vec<u8>, keyword: &[u8]| {
         buf.extend_from_slice(keyword);
-        for piece in name {
-            buf.extend_from_slice(piece);
+        if legacy {
+            for piece in name {
+                buf.extend_from_slice(piece);
+            }
+        } else {
+            lex::write_quoted(&name.concat(), buf);
         }
         buf.push(b' ');
     };

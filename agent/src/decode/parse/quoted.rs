@@ -17,6 +17,7 @@
 //! become one are a duplicate label, and the body is rejected.
 
 use super::lex::{is_blank, scan_label_name, scan_name, skip_blanks};
+use crate::decode::escaping::{Marker, Names};
 use crate::decode::{Escaping, Format, ParseError};
 
 /// A body with its quoted names rewritten as legacy names.
@@ -25,6 +26,8 @@ pub(crate) struct Rewritten {
     pub body: Vec<u8>,
     /// (offset in `body`, offset in the original) at every rewritten name's start and end.
     anchors: Vec<(usize, usize)>,
+    /// For `allow-utf-8`: the marker its names are written with.
+    pub marker: Option<Marker>,
 }
 
 impl Rewritten {
@@ -47,8 +50,8 @@ impl Rewritten {
     }
 }
 
-/// `body` with its quoted names rewritten in `escaping` (a legacy scheme: `allow-utf-8` is
-/// written as `underscores`), or `None` when it has no quoted name. A protobuf body has none.
+/// `body` with its quoted names rewritten in `escaping` (for `allow-utf-8`, marked:
+/// [`Marker`]), or `None` when it has no quoted name. A protobuf body has none.
 pub(crate) fn rewrite(
     body: &[u8],
     format: Format,
@@ -60,11 +63,12 @@ pub(crate) fn rewrite(
     let mut w = Writer {
         b: body,
         strict: format == Format::OpenMetrics,
-        escaping: escaping.legacy(),
+        names: Names::new(escaping, [body]),
         out: Vec::new(),
         anchors: Vec::new(),
         copied: 0,
         any: false,
+        family: None,
     };
     let mut start = 0;
     while start < body.len() {
@@ -80,6 +84,7 @@ pub(crate) fn rewrite(
     Ok(Some(Rewritten {
         body: w.out,
         anchors: w.anchors,
+        marker: w.names.marker(),
     }))
 }
 
@@ -88,14 +93,22 @@ type Error = (usize, String);
 struct Writer<'a> {
     b: &'a [u8],
     strict: bool,
-    escaping: Escaping,
+    names: Names,
     out: Vec<u8>,
     anchors: Vec<(usize, usize)>,
     /// The original is copied to `out` up to here.
     copied: usize,
     /// A quoted name was found.
     any: bool,
+    /// The name of the latest HELP, TYPE or UNIT line: its samples' names are escaped as the
+    /// family name and their suffix (`_bucket`, `_total`, ...), as client libraries write them.
+    family: Option<String>,
 }
+
+/// The sample-name suffixes of any family type.
+const SUFFIXES: [&str; 9] = [
+    "", "_total", "_created", "_bucket", "_sum", "_count", "_gsum", "_gcount", "_info",
+];
 
 fn error(pos: usize, reason: &str) -> Error {
     (pos, reason.to_string())
@@ -136,7 +149,7 @@ impl Writer<'_> {
                     ));
                 }
                 let (name, after) = self.quoted(j, end, "metric name")?;
-                let escaped = self.escaping.metric_name(&name).into_owned();
+                let escaped = self.sample_name(&name);
                 let k = self.blanks(after, end);
                 match b.get(k) {
                     Some(b'}') if k < end => {
@@ -207,7 +220,7 @@ impl Writer<'_> {
                         "a quoted metric name inside braces after an unquoted metric name or a label",
                     ));
                 }
-                let escaped = self.escaping.label_name(&name).into_owned();
+                let escaped = self.names.label_name(&name).into_owned();
                 self.replace(i, after, escaped.as_bytes());
                 after
             } else {
@@ -250,12 +263,30 @@ impl Writer<'_> {
         }
         let n = skip_blanks(b, keyword_end, end);
         if n >= end || b[n] != b'"' {
+            let name_end = scan_name(&b[..end], n);
+            self.family = std::str::from_utf8(&b[n..name_end])
+                .ok()
+                .map(str::to_string);
             return Ok(());
         }
         let (name, after) = self.quoted(n, end, "metric name")?;
-        let escaped = self.escaping.metric_name(&name).into_owned();
+        let escaped = self.names.metric_name(&name).into_owned();
         self.replace(n, after, escaped.as_bytes());
+        self.family = Some(name);
         Ok(())
+    }
+
+    /// A quoted sample name, escaped: the family's name escaped and the suffix as it is when
+    /// it is one of the latest family's sample names, else the whole name.
+    fn sample_name(&self, name: &str) -> String {
+        if let Some(family) = &self.family {
+            if let Some(suffix) = name.strip_prefix(family.as_str()) {
+                if SUFFIXES.contains(&suffix) {
+                    return self.names.metric_name(family).into_owned() + suffix;
+                }
+            }
+        }
+        self.names.metric_name(name).into_owned()
     }
 
     /// The quoted name whose `"` is at `i`, unescaped, and the index after its closing quote.
@@ -370,7 +401,7 @@ mod tests {
         let s = "{\"a.b_c\",\"d.e\"=\"1\"} 1\n";
         let got = |e| rw(s, Format::Text, e).expect("ok").expect("some");
         assert_eq!(got(Escaping::Underscores), "a_b_c{d_e=\"1\"} 1\n");
-        assert_eq!(got(Escaping::AllowUtf8), "a_b_c{d_e=\"1\"} 1\n");
+        assert_eq!(got(Escaping::AllowUtf8), "aGaa2e_b_c{dGaa2e_e=\"1\"} 1\n");
         assert_eq!(got(Escaping::Dots), "a_dot_b__c{d_dot_e=\"1\"} 1\n");
         assert_eq!(got(Escaping::Values), "U__a_2e_b__c{U__d_2e_e=\"1\"} 1\n");
     }

@@ -17,6 +17,7 @@
 
 use std::fmt::Write as _;
 
+use super::super::escaping::{Marker, Names};
 use super::super::lex::{write_escaped, Escaped};
 use super::super::{is_legacy, is_legacy_label, Escaping};
 use super::schema::{Exemplar, Histogram, Metric, MetricFamily, MetricType, Timestamp};
@@ -29,16 +30,44 @@ pub struct OpenMetricsBody {
     pub native_only: usize,
     /// Some name is outside the legacy set: the body differs with the escaping scheme.
     pub utf8_names: bool,
+    /// The marker of its names outside the legacy set (`allow-utf-8`).
+    pub(crate) marker: Option<Marker>,
+}
+
+/// Every name of `families`: metric, label and exemplar label names.
+fn names_of(families: &[MetricFamily]) -> Vec<&[u8]> {
+    let mut names = Vec::new();
+    for f in families {
+        names.push(f.name.as_bytes());
+        for m in &f.metric {
+            names.extend(m.label.iter().map(|l| l.name.as_bytes()));
+            for e in exemplars(m) {
+                names.extend(e.label.iter().map(|l| l.name.as_bytes()));
+            }
+        }
+    }
+    names
 }
 
 /// Writes `families` (as [`super::decode`] checked them) as one OpenMetrics body, names in
-/// `escaping` (a legacy scheme: [`Escaping::legacy`]).
+/// `escaping` (for `allow-utf-8` marked, [`OpenMetricsBody::marker`]).
 pub fn to_openmetrics(families: &[MetricFamily], escaping: Escaping) -> OpenMetricsBody {
-    let mut w = Writer {
-        escaping: escaping.legacy(),
-        ..Writer::default()
+    let utf8_names = families.iter().any(has_utf8_names);
+    let names = match (escaping, utf8_names) {
+        (Escaping::AllowUtf8, true) => Names::new(escaping, names_of(families)),
+        // Legacy names only: every scheme writes them as they are.
+        (Escaping::AllowUtf8, false) => Names::Escaped(Escaping::Underscores),
+        (e, _) => Names::Escaped(e),
     };
-    w.out.utf8_names = families.iter().any(has_utf8_names);
+    let mut w = Writer {
+        names,
+        out: OpenMetricsBody {
+            utf8_names,
+            marker: names.marker(),
+            ..OpenMetricsBody::default()
+        },
+        lines: String::new(),
+    };
     for f in families {
         w.family(f);
     }
@@ -81,10 +110,9 @@ pub fn is_native(h: &Histogram) -> bool {
         || h.zero_count_float > 0.0
 }
 
-#[derive(Default)]
 struct Writer {
     out: OpenMetricsBody,
-    escaping: Escaping,
+    names: Names,
     /// A family's lines, written after its header once its metrics are known.
     lines: String,
 }
@@ -106,7 +134,7 @@ enum Value {
 
 impl Writer {
     fn family(&mut self, f: &MetricFamily) {
-        let name = self.escaping.metric_name(&f.name).into_owned();
+        let name = self.names.metric_name(&f.name).into_owned();
         let mtype = MetricType::try_from(f.r#type).unwrap_or(MetricType::Untyped);
         let metrics: Vec<&Metric> = f
             .metric
@@ -142,7 +170,7 @@ impl Writer {
         };
         let b = &mut self.out.body;
         b.extend_from_slice(format!("# TYPE {om_name} {om_type}\n").as_bytes());
-        let unit = self.escaping.metric_name(&f.unit);
+        let unit = self.names.metric_name(&f.unit);
         if !unit.is_empty()
             && om_name.len() > unit.len() + 1
             && om_name.ends_with(&format!("_{unit}"))
@@ -199,7 +227,7 @@ impl Writer {
     }
 
     fn line(&mut self, name: &str, m: &Metric, line: &Line<'_>) {
-        let (s, escaping) = (&mut self.lines, self.escaping);
+        let (s, namer) = (&mut self.lines, self.names);
         s.push_str(name);
         s.push_str(line.suffix);
         let mut first = true;
@@ -214,7 +242,7 @@ impl Writer {
         // Of two labels that escape to one name, the first is kept.
         let mut names: Vec<String> = Vec::new();
         for l in m.label.iter().filter(|l| !l.value.is_empty()) {
-            let name = escaping.label_name(&l.name).into_owned();
+            let name = namer.label_name(&l.name).into_owned();
             if !names.contains(&name) {
                 label(s, &name, &l.value);
                 names.push(name);
@@ -244,7 +272,7 @@ impl Writer {
                 if i > 0 {
                     s.push(',');
                 }
-                s.push_str(&escaping.label_name(&l.name));
+                s.push_str(&namer.label_name(&l.name));
                 s.push_str("=\"");
                 escape_value(&l.value, s);
                 s.push('"');
