@@ -680,6 +680,56 @@ mod tests {
     }
 
     #[test]
+    fn utf8_names_in_each_scheme_and_output() {
+        let body = encode(&[MetricFamily {
+            name: "http.server.duration".into(),
+            r#type: MetricType::Gauge as i32,
+            metric: vec![Metric {
+                label: vec![label("http.method", "GET")],
+                gauge: Some(Gauge { value: 1.0 }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }]);
+        let text_body = "# TYPE \"http.server.duration\" gauge\n{\"http.server.duration\",\"http.method\"=\"GET\"} 1\n";
+        for e in Escaping::ALL {
+            let (name, label) = match e {
+                Escaping::AllowUtf8 => ("http.server.duration", "http.method"),
+                Escaping::Underscores => ("http_server_duration", "http_method"),
+                Escaping::Dots => ("http_dot_server_dot_duration", "http_dot_method"),
+                Escaping::Values => ("U__http_2e_server_2e_duration", "U__http_2e_method"),
+            };
+            // Protobuf and text bodies alike, into protobuf.
+            for source in [
+                Source::new(id("a"), &body, Format::Protobuf),
+                Source::new(id("a"), text_body.as_bytes(), Format::Text),
+            ] {
+                let source = source.with_escaping(e);
+                let (chunks, stats) = merge(&[source], Format::Protobuf);
+                assert!(stats.rejected.is_empty(), "{e:?}: {:?}", stats.rejected);
+                let out = decode(&chunks.concat());
+                assert_eq!(out[0].name, name, "{e:?}");
+                assert_eq!(out[0].metric[0].label[4].name, label, "{e:?}");
+                // A stored rendering for the scheme is the same; one for another is not used.
+                let r = source.render(Format::Protobuf);
+                let (again, _) = merge(&[source.with_rendered(Some(&r))], Format::Protobuf);
+                assert_eq!(again.concat(), chunks.concat());
+            }
+            // A protobuf body into the text formats.
+            let (text, _) = merge(
+                &[Source::new(id("a"), &body, Format::Protobuf).with_escaping(e)],
+                Format::Text,
+            );
+            let text = String::from_utf8(text.concat()).unwrap();
+            let want = match e {
+                Escaping::AllowUtf8 => "# TYPE \"http.server.duration\" gauge\n{\"http.server.duration\",namespace=\"ns\",pod=\"a\",container=\"c\",endpoint=\"metrics\",\"http.method\"=\"GET\"} 1.0\n".to_string(),
+                _ => format!("# TYPE {name} gauge\n{name}{{namespace=\"ns\",pod=\"a\",container=\"c\",endpoint=\"metrics\",{label}=\"GET\"}} 1.0\n"),
+            };
+            assert_eq!(text, want, "{e:?}");
+        }
+    }
+
+    #[test]
     fn series_met_across_sources_are_written_once() {
         let body = encode(&[native_family("rpc", vec![label("method", "GET")])]);
         // Two sources with one identity: the second's metric is a duplicate.
