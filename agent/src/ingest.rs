@@ -930,6 +930,87 @@ mod tests {
     }
 
     #[test]
+    fn utf8_names_are_rendered_per_scheme_and_legacy_bodies_once() {
+        let wanted = Wanted::default();
+        let a = identity("a");
+        let snap = |body: &'static [u8]| {
+            check(
+                Bytes::from_static(body),
+                None,
+                Some(&a),
+                &Limits::default(),
+                free(),
+                &wanted,
+            )
+            .unwrap()
+        };
+        let utf8 = snap(b"{\"a.b\",\"c.d\"=\"1\"} 1\n");
+        // The stored body is the underscores rewrite; the original is kept.
+        assert_eq!(&utf8.body[..], b"a_b{c_d=\"1\"} 1\n");
+        let text = |e: Escaping| {
+            let r = utf8.rendered(&a, Format::Text, e);
+            let source = utf8
+                .source(Some(a.labels()), Format::Text, e)
+                .with_rendered(r);
+            let (chunks, _) = decode::merge(&[source], Format::Text);
+            (r.is_some(), String::from_utf8(chunks.concat()).unwrap())
+        };
+        let id = "namespace=\"ns\",pod=\"a\",endpoint=\"8080\"";
+        assert_eq!(
+            text(Escaping::Underscores),
+            (
+                true,
+                format!("# TYPE a_b untyped\na_b{{{id},c_d=\"1\"}} 1\n")
+            )
+        );
+        assert_eq!(
+            text(Escaping::AllowUtf8),
+            (
+                true,
+                format!("# TYPE \"a.b\" untyped\n{{\"a.b\",{id},\"c.d\"=\"1\"}} 1\n")
+            )
+        );
+        // Dots and values: rendered by the merge from the body as it came.
+        assert_eq!(
+            text(Escaping::Dots),
+            (
+                false,
+                format!("# TYPE a_dot_b untyped\na_dot_b{{{id},c_dot_d=\"1\"}} 1\n")
+            )
+        );
+        assert!(utf8.rendered(&a, Format::Text, Escaping::Values).is_none());
+        // Legacy names: one rendering serves every scheme.
+        let legacy = snap(b"a_b 1\n");
+        let first = legacy
+            .rendered(&a, Format::Text, Escaping::Underscores)
+            .unwrap() as *const _;
+        for e in Escaping::ALL {
+            let r = legacy.rendered(&a, Format::Text, e).unwrap();
+            assert_eq!(r as *const _, first, "{e:?}");
+        }
+        assert!(legacy.allow_utf8.iter().all(|c| c.get().is_none()));
+        // A quoted name that is not UTF-8 rejects the body, naming it and where.
+        let bad = check(
+            Bytes::from_static(b"a 1\n{\"b\xffc\"} 1\n"),
+            None,
+            Some(&a),
+            &Limits::default(),
+            free(),
+            &wanted,
+        );
+        match bad {
+            Err(TargetError::Parse(e)) => {
+                assert_eq!((e.line, e.column), (2, 4));
+                assert!(
+                    e.reason.contains("\"b\u{FFFD}c\" is not valid UTF-8"),
+                    "{e}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn gzip_members_are_made_for_gzip_scrapers_and_held_in_the_budget() {
         let mut text = String::from("# TYPE big gauge\n");
         for i in 0..500 {

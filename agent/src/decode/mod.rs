@@ -197,11 +197,12 @@ crate::telemetry::counter!(
     "Bodies not rendered at ingest because their rendering would pass the store's bound (a multiple of the body's size); they are rendered at every scrape instead.",
 );
 
-/// The `Accept` loupe asks apps with: the one Prometheus sends with native histograms on
+/// The `Accept` loupe asks apps with: the one Prometheus 3 sends with native histograms on
 /// (protobuf first), so apps answer loupe as they would answer Prometheus and native histograms
-/// come along. Without `escaping=allow-utf-8`: apps escape UTF-8 names as `underscores` in the
-/// text formats, which loupe reads.
-pub const ASK_APPS: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.6,application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4,*/*;q=0.1";
+/// come along, with `escaping=allow-utf-8` on every range (protobuf's too, which Prometheus
+/// leaves without: expfmt takes the scheme of the ranges up to the one it answers): apps send
+/// their names as they are, and loupe escapes them as each scraper asks ([`Escaping`]).
+pub const ASK_APPS: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1";
 
 /// An exposition format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -204,7 +204,9 @@ mod tests {
         let text = "text/plain; version=0.0.4; charset=utf-8";
         let text1 = "text/plain; version=1.0.0; charset=utf-8";
         let pb = super::super::proto::CONTENT_TYPE;
-        let cases: [(Option<&str>, Format, Escaping, bool, String); 12] = [
+        let cases: [(Option<&str>, Format, Escaping, bool, String); 13] = [
+            // What loupe asks apps with.
+            (Some(super::super::ASK_APPS), Format::Protobuf, AllowUtf8, false, format!("{pb}; escaping=allow-utf-8")),
             // Prometheus 3's default, and with native histograms (its protobuf range names no
             // scheme: underscores, as client_golang answers).
             (Some("application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"),
