@@ -107,7 +107,11 @@ pub(super) fn render_text_body(
                 r.escaping = Some(escaping);
                 r
             }
-            Err(e) => Rendered::rejected(body.len(), format, identity, Format::Protobuf, e),
+            Err(e) => {
+                let mut r = Rendered::rejected(body.len(), format, identity, Format::Protobuf, e);
+                r.escaping = Some(escaping);
+                r
+            }
         },
     }
 }

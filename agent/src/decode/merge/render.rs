@@ -387,7 +387,12 @@ pub(super) fn render_body(
             }
             r
         }
-        Err(e) => Rendered::rejected(body.len(), format, identity, out, e),
+        Err(e) => {
+            // Whether it fails may depend on the scheme (names that escape alike).
+            let mut r = Rendered::rejected(body.len(), format, identity, out, e);
+            r.escaping = Some(escaping);
+            r
+        }
     }
 }
 

@@ -68,6 +68,7 @@ pub(crate) fn rewrite(
         anchors: Vec::new(),
         copied: 0,
         any: false,
+        declared: Default::default(),
         family: None,
     };
     let mut start = 0;
@@ -100,6 +101,8 @@ struct Writer<'a> {
     copied: usize,
     /// A quoted name was found.
     any: bool,
+    /// Escaped family names of the metadata lines read, and the names they were.
+    declared: std::collections::HashMap<String, String>,
     /// The name of the latest HELP, TYPE or UNIT line: its samples' names are escaped as the
     /// family name and their suffix (`_bucket`, `_total`, ...), as client libraries write them.
     family: Option<String>,
@@ -125,6 +128,26 @@ impl Writer<'_> {
         self.any = true;
     }
 
+    /// Leaves the original's `from..to` out. What was written from `from` on (a rewritten
+    /// label name, and what was copied before it) is taken back first.
+    fn drop_range(&mut self, from: usize, to: usize) {
+        while let Some(&(o, q)) = self.anchors.last() {
+            if q < from || self.copied <= from {
+                break;
+            }
+            self.anchors.pop();
+            self.out.truncate(o);
+            self.copied = q;
+        }
+        if self.copied > from {
+            // Copied as it was since `from`.
+            let back = self.copied - from;
+            self.out.truncate(self.out.len() - back);
+            self.copied = from;
+        }
+        self.replace(from, to, b"");
+    }
+
     fn blanks(&self, i: usize, end: usize) -> usize {
         if self.strict {
             i
@@ -138,7 +161,7 @@ impl Writer<'_> {
         let i = skip_blanks(b, start, end);
         match b.get(i) {
             _ if i == end => Ok(()),
-            Some(b'#') => self.metadata(i + 1, end),
+            Some(b'#') => self.metadata(start, i + 1, end),
             Some(b'{') => {
                 // The metric name quoted, first in the braces.
                 let j = self.blanks(i + 1, end);
@@ -204,13 +227,19 @@ impl Writer<'_> {
 
     /// The labels after a `{` (at `i - 1`): quoted label names are rewritten. Returns where
     /// the reading stopped (after the block, or where the parser will find an error).
+    /// Of two labels that become one name, the first is kept (the later is left out).
     fn labels(&mut self, mut i: usize, end: usize) -> Result<usize, Error> {
         let b = self.b;
+        let mut seen: Vec<String> = Vec::new();
+        // Where the comma before the current label is.
+        let mut comma: Option<usize> = None;
         loop {
             i = self.blanks(i, end);
             if i >= end || b[i] == b'}' {
                 return Ok(i);
             }
+            let label_start = i;
+            let mut out_name = None;
             let name_end = if b[i] == b'"' {
                 let (name, after) = self.quoted(i, end, "label name")?;
                 let k = self.blanks(after, end);
@@ -222,12 +251,14 @@ impl Writer<'_> {
                 }
                 let escaped = self.names.label_name(&name).into_owned();
                 self.replace(i, after, escaped.as_bytes());
+                out_name = Some(escaped);
                 after
             } else {
                 let ne = scan_label_name(&b[..end], i);
                 if ne == i {
                     return Ok(i);
                 }
+                out_name = Some(String::from_utf8_lossy(&b[i..ne]).into_owned());
                 ne
             };
             let eq = self.blanks(name_end, end);
@@ -242,7 +273,15 @@ impl Writer<'_> {
                 return Ok(open);
             };
             let k = self.blanks(close + 1, end);
+            let out_name = out_name.unwrap_or_default();
+            if seen.contains(&out_name) {
+                // Left out with the comma before it (there is one: it is not the first).
+                self.drop_range(comma.unwrap_or(label_start), close + 1);
+            } else {
+                seen.push(out_name);
+            }
             if k < end && b[k] == b',' {
+                comma = Some(k);
                 i = k + 1;
             } else {
                 return Ok(k);
@@ -252,7 +291,7 @@ impl Writer<'_> {
 
     /// A comment line whose text starts at `i`: the name of HELP, TYPE and (OpenMetrics) UNIT
     /// may be quoted.
-    fn metadata(&mut self, i: usize, end: usize) -> Result<(), Error> {
+    fn metadata(&mut self, start: usize, i: usize, end: usize) -> Result<(), Error> {
         let b = self.b;
         let keyword = skip_blanks(b, i, end);
         let keyword_end = (keyword..end).find(|&k| is_blank(b[k])).unwrap_or(end);
@@ -262,16 +301,27 @@ impl Writer<'_> {
             _ => return Ok(()),
         }
         let n = skip_blanks(b, keyword_end, end);
-        if n >= end || b[n] != b'"' {
+        let (name, escaped) = if n < end && b[n] == b'"' {
+            let (name, after) = self.quoted(n, end, "metric name")?;
+            let escaped = self.names.metric_name(&name).into_owned();
+            self.replace(n, after, escaped.as_bytes());
+            (name, escaped)
+        } else {
             let name_end = scan_name(&b[..end], n);
-            self.family = std::str::from_utf8(&b[n..name_end])
-                .ok()
-                .map(str::to_string);
-            return Ok(());
+            let name = String::from_utf8_lossy(&b[n..name_end]).into_owned();
+            (name.clone(), name)
+        };
+        // Another family's name escaped the same: one family, whose first metadata wins.
+        match self.declared.get(&escaped) {
+            Some(first) if *first != name => {
+                let line_end = (end + 1).min(b.len());
+                self.drop_range(start, line_end);
+            }
+            Some(_) => {}
+            None => {
+                self.declared.insert(escaped, name.clone());
+            }
         }
-        let (name, after) = self.quoted(n, end, "metric name")?;
-        let escaped = self.names.metric_name(&name).into_owned();
-        self.replace(n, after, escaped.as_bytes());
         self.family = Some(name);
         Ok(())
     }
@@ -394,6 +444,27 @@ mod tests {
             ),
             Ok(None)
         );
+    }
+
+    #[test]
+    fn names_that_escape_alike_make_one_family_and_one_label() {
+        let body = "# TYPE \"a.b\" gauge\n{\"a.b\",\"x.y\"=\"1\",x_y=\"2\",z=\"3\"} 1\n\
+                    # TYPE a_b gauge\na_b{\"x.y\"=\"1\",z=\"3\",\"x y\"=\"2\"} 2\n";
+        assert_eq!(
+            ok(body, Format::Text),
+            "# TYPE a_b gauge\na_b{x_y=\"1\",z=\"3\"} 1\na_b{x_y=\"1\",z=\"3\"} 2\n"
+        );
+        // The body then parses, its second series a duplicate of the first.
+        let r = rewrite(body.as_bytes(), Format::Text, Escaping::Underscores)
+            .unwrap()
+            .unwrap();
+        let p = super::super::parse(&r.body, Format::Text).expect("valid");
+        assert_eq!(p.families.len(), 1);
+        // allow-utf-8 keeps them apart.
+        let marked = rw(body, Format::Text, Escaping::AllowUtf8)
+            .unwrap()
+            .unwrap();
+        assert!(marked.contains("# TYPE a_b gauge\n"), "{marked}");
     }
 
     #[test]
