@@ -91,30 +91,26 @@ impl Escaping {
 
 /// How the text engine carries names outside the legacy set for an `allow-utf-8` answer: its
 /// lexer reads legacy names only, so such a name is written as a legacy name in which every
-/// other character is the marker, its code point in hex and `_` (`a.b` is `aGqz2e_b`), and
-/// turned back into the name when the rendering is made (`merge/render.rs`). The marker is
-/// three letters, the first in `G..=Z` (not a hex digit), that occur nowhere in the body: so
-/// the encoding is injective, keeps suffixes (`a.b_total` is `aGqz2e_b_total`), and reading
-/// left to right finds exactly the markers it wrote.
+/// other character is the marker, its code point in hex and `Z` (`a.b` is `aGqz2eZb`), and
+/// turned back into the name when the rendering is made (`merge/render.rs`). The marker is an
+/// uppercase letter in `G..=Z` (not a hex digit) and two lowercase letters that occur nowhere in
+/// the body, so reading left to right finds exactly the markers written (no marker overlaps
+/// itself); no `_` is written, so the suffixes the parser finds (`_total`, `_bucket`) are the
+/// name's own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Marker([u8; 3]);
 
-const LETTERS: usize = 52;
+const LETTERS: usize = 26;
+
+/// Ends a marked character's hex code.
+const END: u8 = b'Z';
 
 fn letter_index(c: u8) -> Option<usize> {
-    match c {
-        b'a'..=b'z' => Some(usize::from(c - b'a')),
-        b'A'..=b'Z' => Some(26 + usize::from(c - b'A')),
-        _ => None,
-    }
+    c.is_ascii_lowercase().then(|| usize::from(c - b'a'))
 }
 
 fn letter(i: usize) -> u8 {
-    if i < 26 {
-        b'a' + i as u8
-    } else {
-        b'A' + (i - 26) as u8
-    }
+    b'a' + i as u8
 }
 
 impl Marker {
@@ -165,7 +161,8 @@ impl Marker {
                 out.push(c);
             } else {
                 out.extend(self.0.iter().map(|&b| char::from(b)));
-                let _ = write!(out, "{:x}_", u32::from(c));
+                let _ = write!(out, "{:x}", u32::from(c));
+                out.push(char::from(END));
             }
         }
         Cow::Owned(out)
@@ -183,7 +180,7 @@ impl Marker {
                 let hex = i + 3;
                 let end = name[hex..]
                     .iter()
-                    .position(|&c| c == b'_')
+                    .position(|&c| c == END)
                     .map_or(name.len(), |p| hex + p);
                 let c = std::str::from_utf8(&name[hex..end])
                     .ok()
@@ -336,7 +333,7 @@ mod tests {
 
     #[test]
     fn marked_names_come_back() {
-        let body = "aGaa Gab GacZ";
+        let body = "aGaa Gab GacZ GaD";
         let m = Marker::free_in([body.as_bytes()]).expect("a free marker");
         assert_eq!(m, Marker(*b"Gad"));
         for name in [
@@ -354,7 +351,9 @@ mod tests {
             assert!(is_legacy_label(&label), "{label}");
             assert_eq!(m.decode(label.as_bytes()), name.as_bytes());
         }
-        assert_eq!(m.metric_name("a.b_total"), "aGad2e_b_total");
+        assert_eq!(m.metric_name("a.b_total"), "aGad2eZb_total");
+        // No `_` is written: `.total` gives the parser no `_total` suffix.
+        assert!(!m.metric_name("花火.total").contains('_'));
     }
 
     #[test]
