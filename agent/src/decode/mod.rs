@@ -1,5 +1,5 @@
-//! Decode: the exposition codec. Exact, streaming parsing of Prometheus text 0.0.4 and
-//! OpenMetrics 1.0, the protobuf exposition (`proto/`, the one with native histograms),
+//! Decode: the exposition codec. Exact, streaming parsing of Prometheus text 0.0.4 (and 1.0.0's
+//! quoted names) and OpenMetrics 1.0, the protobuf exposition (`proto/`, the one with native histograms),
 //! validation, and the merge of many pods' bodies into one node target. No I/O.
 //!
 //! # Parsing
@@ -27,6 +27,9 @@
 //!   ignored, timestamps are integer milliseconds, escapes other than `\\`, `\"`, `\n` (label
 //!   values) and `\\`, `\n` (HELP) are errors, HELP/TYPE come before a family's samples and once.
 //!   Hexadecimal floats (which Go would accept) are rejected.
+//!
+//! - **Quoted (UTF-8) names** (text 1.0.0 and OpenMetrics: `{"a.b","c.d"="x"} 1`,
+//!   `# TYPE "a.b" gauge`) are read in both text formats, as Prometheus 3 reads them: see below.
 //!
 //! Limits: a body must be smaller than 4 GiB (offsets are 32-bit) and a line may carry at most
 //! 1024 labels. A body that fails is rejected whole: [`ParseError`] names the line, the column (bytes, from
@@ -69,7 +72,8 @@
 //!    the same identity should not happen; if they do, in OpenMetrics output the later one's
 //!    histograms and summaries are dropped whole (as duplicates), since OpenMetrics does not
 //!    allow a histogram in pieces.
-//! 6. **Formats.** The output is text 0.0.4 or OpenMetrics 1.0.0 ([`Format::negotiate`]),
+//! 6. **Formats.** The output is text 0.0.4 (1.0.0 when asked, the same lines), OpenMetrics
+//!    1.0.0 or protobuf ([`Answer::negotiate`]), names in the scrape's escaping scheme,
 //!    whatever the sources' formats, keeping the series names Prometheus would store:
 //!    - OpenMetrics → text: counter `a` becomes counter `a_total` plus gauge `a_created`;
 //!      histogram/summary `_created` samples become gauge `<name>_created`; gaugehistogram `g`
@@ -98,6 +102,27 @@
 //!      (text formats cannot carry it) and counted.
 //!
 //! The output is always a valid body in the chosen format, whatever the inputs.
+//!
+//! # UTF-8 names and escaping schemes
+//! A name outside the legacy set (`[a-zA-Z_:][a-zA-Z0-9_:]*`, labels without `:`) reaches a
+//! scraper in the scheme its `Accept` asks for ([`Answer::negotiate`], as expfmt:
+//! `underscores` when it names none), in every output format: [`Escaping`] (`escaping.rs`),
+//! which writes legacy names as they are in every scheme, as prometheus/common's
+//! `EscapeMetricFamily` does. The text engine reads and writes legacy names only, on its fast
+//! path; names outside the set go through it as legacy names:
+//! - a text body with quoted names fails the lexer and is rewritten (`parse/quoted.rs`, with the
+//!   grammar's strictness and errors placed in the original) as the body with legacy names the
+//!   scheme makes, then parsed like any body; a protobuf body's families are written so by
+//!   `proto::to_openmetrics`, protobuf output escapes its families' names;
+//! - for `allow-utf-8` the names are *marked* (`escaping::Marker`: an injective legacy spelling
+//!   with a marker absent from the body), and the rendering turns them back, quoted where they
+//!   are not legacy (`{"a.b",namespace="x",...} 1`); the header lines quote them, the writer
+//!   compares such lines' series;
+//! - names that a scheme makes equal are one name: one family (the first metadata wins, the
+//!   merging rules apply), one label per line (the first kept).
+//!
+//! A rendering records the scheme it was made for when its body has such names ([`Rendered`]'s
+//! `fits`); a body with legacy names only renders once per format for every scheme.
 //!
 //! # Preparing and rendering bodies: one merge engine
 //! A body is checked when it arrives ([`validate`], or [`prepare`], which also keeps the index

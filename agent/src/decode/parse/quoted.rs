@@ -239,8 +239,7 @@ impl Writer<'_> {
                 return Ok(i);
             }
             let label_start = i;
-            let mut out_name = None;
-            let name_end = if b[i] == b'"' {
+            let (name_end, out_name) = if b[i] == b'"' {
                 let (name, after) = self.quoted(i, end, "label name")?;
                 let k = self.blanks(after, end);
                 if k < end && (b[k] == b',' || b[k] == b'}') {
@@ -251,15 +250,13 @@ impl Writer<'_> {
                 }
                 let escaped = self.names.label_name(&name).into_owned();
                 self.replace(i, after, escaped.as_bytes());
-                out_name = Some(escaped);
-                after
+                (after, escaped)
             } else {
                 let ne = scan_label_name(&b[..end], i);
                 if ne == i {
                     return Ok(i);
                 }
-                out_name = Some(String::from_utf8_lossy(&b[i..ne]).into_owned());
-                ne
+                (ne, String::from_utf8_lossy(&b[i..ne]).into_owned())
             };
             let eq = self.blanks(name_end, end);
             if eq >= end || b[eq] != b'=' {
@@ -273,7 +270,6 @@ impl Writer<'_> {
                 return Ok(open);
             };
             let k = self.blanks(close + 1, end);
-            let out_name = out_name.unwrap_or_default();
             if seen.contains(&out_name) {
                 // Left out with the comma before it (there is one: it is not the first).
                 self.drop_range(comma.unwrap_or(label_start), close + 1);
