@@ -182,10 +182,13 @@ fn name_of(line: &[u8]) -> (&[u8], Option<usize>) {
     (&line[..end], (line.get(end) == Some(&b'{')).then_some(end))
 }
 
+/// A label's name and raw value, slices of an output line.
+type Pair<'a> = (&'a [u8], &'a [u8]);
+
 /// The sample name and labels (name, raw value) of an output line that has quoted names (an
 /// `allow-utf-8` answer: `{"a.b",x="1"} 1`, `m{"c.d"="1"} 1`); names as written between
 /// their quotes, which output lines spell one way.
-fn quoted_series(line: &[u8]) -> (&[u8], Vec<(&[u8], &[u8])>) {
+fn quoted_series(line: &[u8]) -> (&[u8], Vec<Pair<'_>>) {
     let (mut name, block) = name_of(line);
     let mut labels = Vec::new();
     let Some(mut i) = block.map(|b| b + 1) else {
