@@ -230,7 +230,8 @@ impl Writer<'_> {
     /// Of two labels that become one name, the first is kept (the later is left out).
     fn labels(&mut self, mut i: usize, end: usize) -> Result<usize, Error> {
         let b = self.b;
-        let mut seen: Vec<String> = Vec::new();
+        // (written name, name as it was) of the labels read.
+        let mut seen: Vec<(String, String)> = Vec::new();
         // Where the comma before the current label is.
         let mut comma: Option<usize> = None;
         loop {
@@ -239,7 +240,7 @@ impl Writer<'_> {
                 return Ok(i);
             }
             let label_start = i;
-            let (name_end, out_name) = if b[i] == b'"' {
+            let (name_end, out_name, original) = if b[i] == b'"' {
                 let (name, after) = self.quoted(i, end, "label name")?;
                 let k = self.blanks(after, end);
                 if k < end && (b[k] == b',' || b[k] == b'}') {
@@ -250,13 +251,14 @@ impl Writer<'_> {
                 }
                 let escaped = self.names.label_name(&name).into_owned();
                 self.replace(i, after, escaped.as_bytes());
-                (after, escaped)
+                (after, escaped, name)
             } else {
                 let ne = scan_label_name(&b[..end], i);
                 if ne == i {
                     return Ok(i);
                 }
-                (ne, String::from_utf8_lossy(&b[i..ne]).into_owned())
+                let name = String::from_utf8_lossy(&b[i..ne]).into_owned();
+                (ne, name.clone(), name)
             };
             let eq = self.blanks(name_end, end);
             if eq >= end || b[eq] != b'=' {
@@ -270,11 +272,12 @@ impl Writer<'_> {
                 return Ok(open);
             };
             let k = self.blanks(close + 1, end);
-            if seen.contains(&out_name) {
-                // Left out with the comma before it (there is one: it is not the first).
+            // A name written like an earlier, other one's: left out, with the comma before it
+            // (there is one: it is not the first). The same name twice is the parser's error.
+            if seen.iter().any(|(o, n)| *o == out_name && *n != original) {
                 self.drop_range(comma.unwrap_or(label_start), close + 1);
             } else {
-                seen.push(out_name);
+                seen.push((out_name, original));
             }
             if k < end && b[k] == b',' {
                 comma = Some(k);
@@ -440,6 +443,14 @@ mod tests {
             ),
             Ok(None)
         );
+        // A label twice (no quoted name) is left to the parser, which rejects it.
+        let twice = "a{a=\"1\",a=\"1\"} 1\n# EOF\n";
+        assert_eq!(
+            rw(twice, Format::OpenMetrics, Escaping::Underscores),
+            Ok(None)
+        );
+        let kept = ok("{\"a.b\",x=\"1\",x=\"2\"} 1\n", Format::Text);
+        assert!(kept.contains("x=\"1\",x=\"2\""), "{kept}");
     }
 
     #[test]
