@@ -635,3 +635,24 @@ up_total{namespace="ns",pod="q",container="c",endpoint="metrics",a_b="x",exporte
         }
     }
 }
+
+#[test]
+fn quoted_series_met_across_sources_are_written_once() {
+    // Two sources with one identity: their series may meet, and are compared line by line.
+    let a = "{\"a.b\",\"x.y\"=\"1\"} 1\nm{\"c.d\"=\"1\"} 1\n";
+    let b = "{\"a.b\",\"x.y\"=\"1\"} 2\n{\"a.b\",\"x.y\"=\"2\"} 3\nm{\"c.d\"=\"1\"} 2\nm{\"c.d\"=\"2\"} 2\n";
+    let sources = [
+        Source::new(id("p"), a.as_bytes(), Format::Text).with_escaping(Escaping::AllowUtf8),
+        Source::new(id("p"), b.as_bytes(), Format::Text).with_escaping(Escaping::AllowUtf8),
+    ];
+    let (out, st) = merged(&sources, Format::Text);
+    assert_eq!(st.duplicate_series, 2, "{}", String::from_utf8_lossy(&out));
+    let id = "namespace=\"ns\",pod=\"p\",container=\"c\",endpoint=\"metrics\"";
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        format!(
+            "# TYPE \"a.b\" untyped\n{{\"a.b\",{id},\"x.y\"=\"1\"}} 1\n{{\"a.b\",{id},\"x.y\"=\"2\"}} 3\n\
+             # TYPE m untyped\nm{{{id},\"c.d\"=\"1\"}} 1\nm{{{id},\"c.d\"=\"2\"}} 2\n"
+        )
+    );
+}

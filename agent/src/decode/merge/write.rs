@@ -225,37 +225,35 @@ fn string_end(line: &[u8], mut i: usize) -> usize {
     i.min(line.len())
 }
 
-/// Whether an output line has a quoted name (cheap: only such lines start with `{` or have
-/// a `"` right after `{` or `,` before their value).
-fn has_quoted_name(line: &[u8], block: Option<usize>) -> bool {
-    line.first() == Some(&b'{')
-        || block.is_some_and(|b| {
-            memchr::memmem::find(&line[b..], b"{\"").is_some()
-                || memchr::memmem::find(&line[b..], b",\"").is_some()
-        })
+/// Lexes an output line's label block at `i` into `labels`: `false` when the line has quoted
+/// names (it starts with `{`, or the legacy lexer fails on a quoted label name), which
+/// [`quoted_series`] reads. Legacy lines cost what they did.
+fn legacy_labels(line: &[u8], i: Option<usize>, strict: bool, labels: &mut Vec<Label>) -> bool {
+    labels.clear();
+    if line.first() == Some(&b'{') {
+        return false;
+    }
+    let Some(i) = i else {
+        return true;
+    };
+    let mut info = BlockInfo::default();
+    // An output line is valid in its format: lexing fails only on quoted names.
+    lex_labels(line, i, strict, labels, &mut info).is_ok()
 }
 
 /// The series hash of an output line, as the parser hashes a sample (name plus the
 /// order-independent sum of its label pairs, values as written).
 fn series_hash(line: &[u8], strict: bool, labels: &mut Vec<Label>) -> u64 {
     let (name, block) = name_of(line);
-    if has_quoted_name(line, block) {
+    if !legacy_labels(line, block, strict, labels) {
         let (name, pairs) = quoted_series(line);
         return pairs
             .iter()
             .fold(name_hash(name), |h, (n, v)| h.wrapping_add(pair_hash(n, v)));
     }
-    let mut h = name_hash(name);
-    if let Some(i) = block {
-        let mut info = BlockInfo::default();
-        // An output line is valid in its format, so lexing it cannot fail.
-        if lex_labels(line, i, strict, labels, &mut info).is_ok() {
-            for l in labels.iter() {
-                h = h.wrapping_add(pair_hash(l.name(line), l.value(line)));
-            }
-        }
-    }
-    h
+    labels.iter().fold(name_hash(name), |h, l| {
+        h.wrapping_add(pair_hash(l.name(line), l.value(line)))
+    })
 }
 
 /// A sample name and its labels (name, unescaped value), sorted.
@@ -266,7 +264,7 @@ type Series = (Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>);
 fn series(line: &[u8], strict: bool, labels: &mut Vec<Label>) -> Series {
     let (name, block) = name_of(line);
     let mut key = Vec::new();
-    if has_quoted_name(line, block) {
+    if !legacy_labels(line, block, strict, labels) {
         let (name, pairs) = quoted_series(line);
         for (n, raw) in pairs {
             let mut v = Vec::new();
@@ -278,16 +276,11 @@ fn series(line: &[u8], strict: bool, labels: &mut Vec<Label>) -> Series {
         key.sort();
         return (name.to_vec(), key);
     }
-    if let Some(i) = block {
-        let mut info = BlockInfo::default();
-        if lex_labels(line, i, strict, labels, &mut info).is_ok() {
-            for l in labels.iter() {
-                let mut v = Vec::new();
-                lex::unescape(l.value(line), &mut v);
-                if !v.is_empty() {
-                    key.push((l.name(line).to_vec(), v));
-                }
-            }
+    for l in labels.iter() {
+        let mut v = Vec::new();
+        lex::unescape(l.value(line), &mut v);
+        if !v.is_empty() {
+            key.push((l.name(line).to_vec(), v));
         }
     }
     key.sort();
