@@ -269,8 +269,8 @@ impl Format {
 pub struct Answer {
     pub format: Format,
     pub escaping: Escaping,
-    /// `text/plain; version=1.0.0` was asked for: text 0.0.4's lines (the output's names are
-    /// legacy names, [`Escaping::legacy`]) under 1.0.0's Content-Type.
+    /// `text/plain; version=1.0.0` was asked for: text 0.0.4's lines (names outside the legacy
+    /// set quoted, as client libraries write them in 0.0.4 too) under 1.0.0's Content-Type.
     pub text_1: bool,
 }
 

@@ -9,12 +9,12 @@
 //! make (`proto::to_openmetrics`), so that output is the text engine's.
 //!
 //! Names outside the legacy charset (`[a-zA-Z_:][a-zA-Z0-9_:]*`, which protobuf bodies may
-//! carry) are written in the scrape's escaping scheme (the source's, [`Escaping::legacy`]) in
-//! every output, protobuf included, as a text body's quoted names are: `underscores` unless the
-//! scraper asked for `dots` or `values`. A scraper that validates legacy names (Prometheus 2)
-//! would otherwise fail the whole node's scrape for one pod's name, and `underscores` is what
-//! client libraries answer an `Accept` that names no escaping scheme (Prometheus asks protobuf
-//! without one).
+//! carry) are written in the scrape's escaping scheme (the source's, [`Escaping`]) in every
+//! output, protobuf included, as a text body's quoted names are: as they are for
+//! `allow-utf-8`, else `underscores` unless the scraper asked for `dots` or `values`. A scraper
+//! that validates legacy names (Prometheus 2) would otherwise fail the whole node's scrape for
+//! one pod's name, and `underscores` is what client libraries answer an `Accept` that names no
+//! escaping scheme (Prometheus asks protobuf without one).
 
 use std::collections::HashSet;
 use std::ops::Range;

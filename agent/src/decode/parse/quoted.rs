@@ -7,14 +7,17 @@
 //! The lexer reads legacy names only, so that bodies without quoted names (nearly all) stay on
 //! its fast path, untouched. A body it rejects is looked at here: if it has quoted names it is
 //! rewritten as the body with legacy names an escaping scheme makes of it
-//! ([`super::super::Escaping`]), which the parser then reads and checks like any other (a
-//! protobuf body reaches the text engine the same way, `proto::to_openmetrics`). Only those
-//! bodies pay for a copy. What the rewrite reads it holds to the grammar (an unterminated or
+//! ([`super::super::Escaping`]; for `allow-utf-8` marked names, [`Marker`], which the rendering
+//! turns back), which the parser then reads and checks like any other (a protobuf body reaches
+//! the text engine the same way, `proto::to_openmetrics`). Only those bodies pay for a copy. A
+//! sample name that is its family's name and a suffix (`"a.b_total"` of `"a.b"`) is escaped as
+//! the family name and the suffix, as client libraries write it. What the rewrite reads it holds to the grammar (an unterminated or
 //! empty name, an unknown escape, a name that is not UTF-8, a quoted metric name beside an
 //! unquoted one, a quoted name outside braces): the rest of the line is copied and left to the
 //! parser, whose errors point back into the original body ([`Rewritten::original_error`]).
-//! Two names that one scheme makes equal are then the same name: two labels of a line that
-//! become one are a duplicate label, and the body is rejected.
+//! Two names that one scheme makes equal are then the same name, as across bodies: two
+//! families (a later one's HELP, TYPE and UNIT lines are left out: the first wins), two labels
+//! of a line (the first is kept). A name given twice as it is stays the parser's error.
 
 use super::lex::{is_blank, scan_label_name, scan_name, skip_blanks};
 use crate::decode::escaping::{Marker, Names};
