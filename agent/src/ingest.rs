@@ -6,7 +6,7 @@
 //! [`TargetError::Limit`] reason; the store, `/targets` and the log then carry it as they are.
 
 use crate::capture::probe::ProbeError;
-use crate::decode::{self, Format, ParseError, Rendered};
+use crate::decode::{self, Escaping, Format, ParseError, Rendered};
 use crate::discover::Identity;
 use crate::fetch::{FetchError, Fetched};
 use crate::memory::{Budget, Reservation, HELD_FACTOR};
@@ -294,6 +294,15 @@ struct Members {
 /// the OpenMetrics body its families make (`decode::proto::to_openmetrics`), which is `body`:
 /// limits, `loupe status` and the text renderings read that one.
 ///
+/// Names outside the legacy set (a text body's quoted names, a protobuf body's UTF-8 names) are
+/// written in `body` and the renderings with the `underscores` escaping, what scrapers get
+/// unless they ask for another scheme; a text body with quoted names is kept as it came too
+/// (`original`). For `allow-utf-8` (Prometheus 3's default) such a body has its own renderings,
+/// made from the body as it came at the first scrape that asks, each holding its share of the
+/// budget (not kept when it does not fit); a scrape asking for `dots` or `values` gets it
+/// rendered by the merge ([`Snapshot::source`]). A body whose names are all legacy, which no
+/// scheme changes, has one rendering per format for every scheme.
+///
 /// gzip: for a format scrapers ask with gzip, the rendering's blocks of at least
 /// `decode::MIN_MEMBER_BLOCK` bytes are also kept compressed, one raw deflate segment each
 /// (`decode::GzipBlocks`, about 0.06x the rendering), so that a gzip scrape sends them as they
@@ -308,6 +317,10 @@ pub struct Snapshot {
     pub prepared: decode::Prepared,
     /// The body as it came, when it was protobuf.
     pub protobuf: Option<Bytes>,
+    /// The body as it came, when it was text with quoted names (`body` is their rewrite).
+    original: Option<Bytes>,
+    /// Some name is outside the legacy set: the escaping scheme changes the output.
+    utf8_names: bool,
     /// Native histograms without classic buckets: in `protobuf`, not in `body`, so not served
     /// to text and OpenMetrics scrapers.
     pub native_only: usize,
@@ -319,6 +332,8 @@ pub struct Snapshot {
     text_gzip: OnceLock<Option<Members>>,
     open_metrics_gzip: OnceLock<Option<Members>>,
     protobuf_gzip: OnceLock<Option<Members>>,
+    /// With UTF-8 names: the `allow-utf-8` renderings, per format, and what they hold.
+    allow_utf8: [OnceLock<Option<(Rendered, Reservation)>>; 3],
     held: Reservation,
 }
 
@@ -341,7 +356,13 @@ impl Snapshot {
         .filter_map(|cell| cell.get()?.as_ref())
         .map(|m| m.held.bytes())
         .sum::<usize>();
-        self.held.bytes() + members
+        let allow_utf8 = self
+            .allow_utf8
+            .iter()
+            .filter_map(|cell| cell.get()?.as_ref())
+            .map(|(_, held)| held.bytes())
+            .sum::<usize>();
+        self.held.bytes() + members + allow_utf8
     }
 
     /// Samples as Prometheus counts them: a native histogram is one.
@@ -349,28 +370,67 @@ impl Snapshot {
         self.prepared.summary().samples + self.native_only
     }
 
-    /// The body as a merge source for output `format`, with `identity`: the protobuf body for
-    /// protobuf scrapers when it came so, else the text body with its index.
+    /// The body as a merge source for output `format` and names in `escaping`, with
+    /// `identity`: the protobuf body for protobuf scrapers when it came so, else the text body
+    /// with its index; for a scheme the stored body was not written in, the body as it came.
     pub fn source<'a>(
         &'a self,
         identity: Option<decode::IdentityLabels<'a>>,
         format: Format,
+        escaping: Escaping,
     ) -> decode::Source<'a> {
-        match (&self.protobuf, format) {
-            (Some(p), Format::Protobuf) => decode::Source::new(identity, p, Format::Protobuf),
+        let stored = !self.escapes_otherwise(escaping);
+        let source = match (&self.protobuf, &self.original, format) {
+            (Some(p), _, Format::Protobuf) => decode::Source::new(identity, p, Format::Protobuf),
+            (Some(p), _, _) if !stored => decode::Source::new(identity, p, Format::Protobuf),
+            (None, Some(o), _) if !stored => {
+                decode::Source::new(identity, o, self.prepared.format())
+            }
             _ => decode::Source::prepared(identity, &self.body, &self.prepared),
-        }
+        };
+        source.with_escaping(escaping)
+    }
+
+    /// Whether names in `escaping` differ from the stored body's (written `underscores`).
+    fn escapes_otherwise(&self, escaping: Escaping) -> bool {
+        self.utf8_names && escaping != Escaping::Underscores
     }
 
     /// The rendering for `format` with `identity`, made now if it was not yet. `None` when the
     /// snapshot was made for another identity (the target's changed, or one observed reply
-    /// answered several targets) or the rendering would pass the bound: the merge then renders
-    /// the body itself.
-    pub fn rendered(&self, identity: &Identity, format: Format) -> Option<&Rendered> {
+    /// answered several targets), the rendering would pass the bound, or its names are not
+    /// `escaping`'s: the merge then renders the body itself.
+    pub fn rendered(
+        &self,
+        identity: &Identity,
+        format: Format,
+        escaping: Escaping,
+    ) -> Option<&Rendered> {
         if self.identity.as_ref() != Some(identity) {
             return None;
         }
-        self.render(format)
+        match (self.escapes_otherwise(escaping), escaping) {
+            (false, _) => self.render(format),
+            (true, Escaping::AllowUtf8) => self.render_allow_utf8(identity, format),
+            (true, _) => None,
+        }
+    }
+
+    fn render_allow_utf8(&self, identity: &Identity, format: Format) -> Option<&Rendered> {
+        let cell = &self.allow_utf8[match format {
+            Format::Text => 0,
+            Format::OpenMetrics => 1,
+            Format::Protobuf => 2,
+        }];
+        cell.get_or_init(|| {
+            let source = self.source(Some(identity.labels()), format, Escaping::AllowUtf8);
+            let bound = self.body.len() * RENDERED_LIMIT_FACTOR + 64 * 1024;
+            let r = decode::render_within(&source, format, bound)?;
+            let held = self.held.beside("allow-utf-8 rendering", r.heap_bytes())?;
+            Some((r, held))
+        })
+        .as_ref()
+        .map(|(r, _)| r)
     }
 
     fn render(&self, format: Format) -> Option<&Rendered> {
@@ -382,7 +442,7 @@ impl Snapshot {
         };
         cell.get_or_init(|| {
             decode::render_within(
-                &self.source(Some(identity.labels()), format),
+                &self.source(Some(identity.labels()), format, Escaping::Underscores),
                 format,
                 self.body.len() * RENDERED_LIMIT_FACTOR + 64 * 1024,
             )
@@ -392,8 +452,13 @@ impl Snapshot {
 
     /// The compressed blocks (gzip segments) of the rendering for `format` with `identity`, made now if they were
     /// not yet. `None` where [`Snapshot::rendered`] is, or when they do not fit the budget.
-    pub fn gzip_members(&self, identity: &Identity, format: Format) -> Option<&decode::GzipBlocks> {
-        if self.identity.as_ref() != Some(identity) {
+    pub fn gzip_members(
+        &self,
+        identity: &Identity,
+        format: Format,
+        escaping: Escaping,
+    ) -> Option<&decode::GzipBlocks> {
+        if self.identity.as_ref() != Some(identity) || self.escapes_otherwise(escaping) {
             return None;
         }
         self.compress(format)
@@ -447,7 +512,7 @@ pub fn check(
         // Counted by the budget (not a scrape limit), as when a fetch is refused.
         .map_err(|e| TargetError::Limit(e.into()))?;
     let format = Format::from_content_type(content_type);
-    let (body, protobuf, native_only) = match format {
+    let (body, protobuf, native_only, mut utf8_names) = match format {
         Format::Protobuf => {
             // Decoded, a metric takes far more than on the wire: the decoding reserves what it
             // may take (40x the body, at most the largest body's share) while it runs.
@@ -460,11 +525,16 @@ pub fn check(
                 .reserve("decoding this protobuf body", room, intake.freeing)
                 .map_err(|e| TargetError::Limit(e.into()))?;
             let families = decode::proto::decode_within(&body, room).map_err(TargetError::Parse)?;
-            let om = decode::proto::to_openmetrics(&families);
+            let om = decode::proto::to_openmetrics(&families, Escaping::Underscores);
             NATIVE_ONLY_OMITTED.add(om.native_only as u64);
-            (Bytes::from(om.body), Some(body), om.native_only)
+            (
+                Bytes::from(om.body),
+                Some(body),
+                om.native_only,
+                om.utf8_names,
+            )
         }
-        _ => (body, None, 0),
+        _ => (body, None, 0, false),
     };
     // The OpenMetrics body made from protobuf is held too.
     if protobuf.is_some() {
@@ -475,15 +545,28 @@ pub fn check(
         Format::Protobuf => Format::OpenMetrics,
         f => f,
     };
-    let prepared = decode::prepare(&body, text_format).map_err(|e| match &protobuf {
-        // The families broke a rule of the text engine's (two families whose sample names
-        // clash): the body is rejected, and the reason says it was protobuf.
-        Some(_) => TargetError::Parse(decode::ParseError {
-            reason: format!("protobuf body read as OpenMetrics: {e}"),
-            ..e
-        }),
-        None => TargetError::Parse(e),
-    })?;
+    let prepared =
+        decode::prepare_escaped(&body, text_format, Escaping::Underscores).map_err(|e| {
+            match &protobuf {
+                // The families broke a rule of the text engine's (two families whose sample names
+                // clash): the body is rejected, and the reason says it was protobuf.
+                Some(_) => TargetError::Parse(decode::ParseError {
+                    reason: format!("protobuf body read as OpenMetrics: {e}"),
+                    ..e
+                }),
+                None => TargetError::Parse(e),
+            }
+        })?;
+    // A text body with quoted names: `body` becomes its rewrite, the original is kept.
+    let (body, original, prepared) = match prepared {
+        (Some(rewritten), prepared) => {
+            held.grow("this body", rewritten.len().saturating_mul(HELD_FACTOR))
+                .map_err(|e| TargetError::Limit(e.into()))?;
+            utf8_names = true;
+            (Bytes::from(rewritten), Some(body), prepared)
+        }
+        (None, prepared) => (body, None, prepared),
+    };
     limits.check(&body, &prepared, identity).map_err(exceeded)?;
     if limits.sample_limit > 0 && prepared.summary().samples + native_only > limits.sample_limit {
         return Err(exceeded(Limit::Samples {
@@ -495,6 +578,8 @@ pub fn check(
         body,
         prepared,
         protobuf,
+        original,
+        utf8_names,
         native_only,
         identity: identity.cloned(),
         text: OnceLock::new(),
@@ -503,6 +588,7 @@ pub fn check(
         text_gzip: OnceLock::new(),
         open_metrics_gzip: OnceLock::new(),
         protobuf_gzip: OnceLock::new(),
+        allow_utf8: Default::default(),
         held,
     };
     snapshot.render(wanted.format());
@@ -653,18 +739,27 @@ mod tests {
         .unwrap();
         let a = identity("a");
         for format in [Format::Text, Format::OpenMetrics, Format::Protobuf] {
-            let r = snap.rendered(&a, format).expect("rendered");
+            let r = snap
+                .rendered(&a, format, Escaping::Underscores)
+                .expect("rendered");
             assert_eq!(r.format(), format);
             assert!(r.heap_bytes() > 0);
             // The merge takes it as it is.
             assert!(
-                r.fits(&snap.source(Some(a.labels()), format), format),
+                r.fits(
+                    &snap.source(Some(a.labels()), format, Escaping::Underscores),
+                    format
+                ),
                 "{format:?}"
             );
         }
-        assert!(snap.rendered(&identity("b"), Format::Text).is_none());
+        assert!(snap
+            .rendered(&identity("b"), Format::Text, Escaping::Underscores)
+            .is_none());
         let anonymous = check(body, None, None, &Limits::default(), free(), &wanted).unwrap();
-        assert!(anonymous.rendered(&identity("a"), Format::Text).is_none());
+        assert!(anonymous
+            .rendered(&identity("a"), Format::Text, Escaping::Underscores)
+            .is_none());
         // A rendering past the bound is not kept: short lines, a long identity.
         let mut long = identity("a");
         long.pod = "p".repeat(70_000);
@@ -677,7 +772,9 @@ mod tests {
             &wanted,
         )
         .unwrap();
-        assert!(tiny.rendered(&long, Format::Text).is_none());
+        assert!(tiny
+            .rendered(&long, Format::Text, Escaping::Underscores)
+            .is_none());
     }
 
     /// A protobuf body: a counter, and a native-only histogram.
@@ -744,8 +841,10 @@ mod tests {
         assert_eq!(text, "# TYPE c counter\nc_total 2.0\n# EOF\n");
         let a = identity("a");
         for format in [Format::Text, Format::OpenMetrics, Format::Protobuf] {
-            let r = snap.rendered(&a, format).expect("rendered");
-            let src = snap.source(Some(a.labels()), format);
+            let r = snap
+                .rendered(&a, format, Escaping::Underscores)
+                .expect("rendered");
+            let src = snap.source(Some(a.labels()), format, Escaping::Underscores);
             assert!(r.fits(&src, format), "{format:?}");
         }
         // The sample limit counts a native histogram as one sample, as Prometheus does.
@@ -831,6 +930,87 @@ mod tests {
     }
 
     #[test]
+    fn utf8_names_are_rendered_per_scheme_and_legacy_bodies_once() {
+        let wanted = Wanted::default();
+        let a = identity("a");
+        let snap = |body: &'static [u8]| {
+            check(
+                Bytes::from_static(body),
+                None,
+                Some(&a),
+                &Limits::default(),
+                free(),
+                &wanted,
+            )
+            .unwrap()
+        };
+        let utf8 = snap(b"{\"a.b\",\"c.d\"=\"1\"} 1\n");
+        // The stored body is the underscores rewrite; the original is kept.
+        assert_eq!(&utf8.body[..], b"a_b{c_d=\"1\"} 1\n");
+        let text = |e: Escaping| {
+            let r = utf8.rendered(&a, Format::Text, e);
+            let source = utf8
+                .source(Some(a.labels()), Format::Text, e)
+                .with_rendered(r);
+            let (chunks, _) = decode::merge(&[source], Format::Text);
+            (r.is_some(), String::from_utf8(chunks.concat()).unwrap())
+        };
+        let id = "namespace=\"ns\",pod=\"a\",endpoint=\"8080\"";
+        assert_eq!(
+            text(Escaping::Underscores),
+            (
+                true,
+                format!("# TYPE a_b untyped\na_b{{{id},c_d=\"1\"}} 1\n")
+            )
+        );
+        assert_eq!(
+            text(Escaping::AllowUtf8),
+            (
+                true,
+                format!("# TYPE \"a.b\" untyped\n{{\"a.b\",{id},\"c.d\"=\"1\"}} 1\n")
+            )
+        );
+        // Dots and values: rendered by the merge from the body as it came.
+        assert_eq!(
+            text(Escaping::Dots),
+            (
+                false,
+                format!("# TYPE a_dot_b untyped\na_dot_b{{{id},c_dot_d=\"1\"}} 1\n")
+            )
+        );
+        assert!(utf8.rendered(&a, Format::Text, Escaping::Values).is_none());
+        // Legacy names: one rendering serves every scheme.
+        let legacy = snap(b"a_b 1\n");
+        let first = legacy
+            .rendered(&a, Format::Text, Escaping::Underscores)
+            .unwrap() as *const _;
+        for e in Escaping::ALL {
+            let r = legacy.rendered(&a, Format::Text, e).unwrap();
+            assert_eq!(r as *const _, first, "{e:?}");
+        }
+        assert!(legacy.allow_utf8.iter().all(|c| c.get().is_none()));
+        // A quoted name that is not UTF-8 rejects the body, naming it and where.
+        let bad = check(
+            Bytes::from_static(b"a 1\n{\"b\xffc\"} 1\n"),
+            None,
+            Some(&a),
+            &Limits::default(),
+            free(),
+            &wanted,
+        );
+        match bad {
+            Err(TargetError::Parse(e)) => {
+                assert_eq!((e.line, e.column), (2, 4));
+                assert!(
+                    e.reason.contains("\"b\u{FFFD}c\" is not valid UTF-8"),
+                    "{e}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn gzip_members_are_made_for_gzip_scrapers_and_held_in_the_budget() {
         let mut text = String::from("# TYPE big gauge\n");
         for i in 0..500 {
@@ -865,8 +1045,12 @@ mod tests {
         );
         assert_eq!(budget.held(), snap.held_bytes());
         // Another format's at the first scrape that asks; another identity's never.
-        assert!(snap.gzip_members(&a, Format::Text).is_some());
-        assert!(snap.gzip_members(&identity("b"), Format::Text).is_none());
+        assert!(snap
+            .gzip_members(&a, Format::Text, Escaping::Underscores)
+            .is_some());
+        assert!(snap
+            .gzip_members(&identity("b"), Format::Text, Escaping::Underscores)
+            .is_none());
         drop(snap);
         assert_eq!(budget.held(), 0);
         // Plain scrapers: no members on arrival.
@@ -898,7 +1082,9 @@ mod tests {
             &wanted,
         )
         .unwrap();
-        assert!(snap.gzip_members(&a, Format::Text).is_none());
+        assert!(snap
+            .gzip_members(&a, Format::Text, Escaping::Underscores)
+            .is_none());
         assert!(GZIP_BLOCKS_REFUSED.get() > before);
         assert_eq!(tight.held(), snap.held_bytes());
     }

@@ -5,7 +5,8 @@
 //! conflicts, clashing sample names, text `_created` gauges folded into OpenMetrics counters,
 //! identity-named app labels, shared and partial identities. Where the input and output
 //! formats are the same, the output is compared with an independent oracle of the merging
-//! rules (`support/oracle.rs`).
+//! rules (`support/oracle.rs`). Bodies with quoted (UTF-8) names agree every way in every
+//! escaping scheme too, names that one scheme makes equal included.
 
 #[path = "support/exposition.rs"]
 mod exposition;
@@ -14,7 +15,8 @@ mod oracle;
 
 use exposition::{fmt, Fam, Shape};
 use loupe_agent::decode::{
-    merge, prepare, validate, Format, IdentityLabels, MergeStats, Prepared, Rendered, Source,
+    merge, prepare, prepare_escaped, validate, Escaping, Format, IdentityLabels, MergeStats,
+    Prepared, Rendered, Source,
 };
 use loupe_testkit::bodies::Kind;
 use loupe_testkit::strict;
@@ -175,6 +177,156 @@ fn bodies(srcs: &[(usize, Vec<Fam>, bool)]) -> Vec<Body> {
             })
         })
         .collect()
+}
+
+/// UTF-8 names, some equal after `underscores` (`a.b`, `a_b`, `a b`), one with escapes.
+const UTF8_NAMES: [&str; 6] = ["a.b", "a_b", "a b", "花火", "q\"uo\\te", "up"];
+const UTF8_LABELS: [&str; 5] = ["pod", "x.y", "x_y", "é", "le"];
+
+/// One family of a body with quoted names: name, type (0 gauge, 1 counter, 2 untyped), and
+/// its series (label pairs and a value).
+type Utf8Fam = (usize, usize, Vec<(Vec<(usize, String)>, u8)>);
+
+fn utf8_fam() -> impl Strategy<Value = Utf8Fam> {
+    (
+        0..UTF8_NAMES.len(),
+        0..3usize,
+        prop::collection::vec(
+            (
+                prop::collection::vec((0..UTF8_LABELS.len(), NASTY.prop_map(|s| s)), 0..3),
+                any::<u8>(),
+            ),
+            1..3,
+        ),
+    )
+}
+
+fn quote(name: &str) -> String {
+    format!(
+        "\"{}\"",
+        name.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    )
+}
+
+/// A text or OpenMetrics body with every name quoted (legacy ones too, as text 1.0.0 allows).
+fn utf8_body(fams: &[Utf8Fam], om: bool) -> String {
+    let mut out = String::new();
+    let mut seen = Vec::new();
+    for (name, kind, series) in fams {
+        // One group per name (OpenMetrics' rule; text would regroup).
+        if seen.contains(name) {
+            continue;
+        }
+        seen.push(*name);
+        let n = UTF8_NAMES[*name];
+        let (ty, sample) = match (kind, om) {
+            (1, true) => ("counter", format!("{n}_total")),
+            (1, false) => ("counter", n.to_string()),
+            (2, true) => ("unknown", n.to_string()),
+            (2, false) => ("untyped", n.to_string()),
+            _ => ("gauge", n.to_string()),
+        };
+        out += &format!("# TYPE {} {ty}\n", quote(n));
+        for (labels, v) in series {
+            out += &format!("{{{}", quote(&sample));
+            let mut names = Vec::new();
+            for (l, value) in labels {
+                if names.contains(l) {
+                    continue;
+                }
+                names.push(*l);
+                let value = value
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
+                out += &format!(",{}=\"{value}\"", quote(UTF8_LABELS[*l]));
+            }
+            out += &format!("}} {v}\n");
+        }
+    }
+    if om {
+        out += "# EOF\n";
+    }
+    out
+}
+
+/// Merges bodies with quoted names in `escaping` every way: as they are, prepared (the
+/// rewrite as the body), with renderings given, missing, or made for another scheme. All must
+/// agree, and the output must read back in that scheme. Returns the output.
+fn utf8_every_way(bodies: &[(usize, String, Format)], out: Format, escaping: Escaping) -> Vec<u8> {
+    let raw: Vec<Source<'_>> = bodies
+        .iter()
+        .map(|(id, b, f)| {
+            Source::new(exposition::IDS[*id], b.as_bytes(), *f).with_escaping(escaping)
+        })
+        .collect();
+    let (x, sx) = merge(&raw, out);
+    let preps: Vec<Option<(Option<Vec<u8>>, Prepared)>> = bodies
+        .iter()
+        .map(|(_, b, f)| prepare_escaped(b.as_bytes(), *f, escaping).ok())
+        .collect();
+    let prepared: Vec<Source<'_>> = raw
+        .iter()
+        .zip(&preps)
+        .map(|(s, p)| match p {
+            Some((rewritten, p)) => {
+                Source::prepared(s.identity, rewritten.as_deref().unwrap_or(s.body), p)
+                    .with_escaping(escaping)
+            }
+            None => *s,
+        })
+        .collect();
+    let (y, sy) = merge(&prepared, out);
+    assert_eq!((x.concat(), &sx), (y.concat(), &sy), "raw vs prepared");
+    for other in Escaping::ALL {
+        let rendered: Vec<Rendered> = raw
+            .iter()
+            .map(|s| s.with_escaping(other).render(out))
+            .collect();
+        let with: Vec<Source<'_>> = raw
+            .iter()
+            .zip(&rendered)
+            .map(|(s, r)| s.with_rendered(Some(r)))
+            .collect();
+        let (z, sz) = merge(&with, out);
+        assert_eq!(
+            (x.concat(), &sx),
+            (z.concat(), &sz),
+            "rendered for {other:?}"
+        );
+    }
+    let x = x.concat();
+    if out != Format::Protobuf {
+        if let Err(e) = prepare_escaped(&x, out, escaping) {
+            panic!(
+                "{escaping:?} {out:?} output does not read back: {e}\n{}",
+                String::from_utf8_lossy(&x)
+            );
+        }
+    }
+    x
+}
+
+proptest! {
+    // Each case merges in 4 schemes x 3 formats x 6 ways.
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn utf8_names_merge_every_way_in_every_scheme(
+        srcs in prop::collection::vec((0..exposition::IDS.len(), prop::collection::vec(utf8_fam(), 1..4), any::<bool>()), 1..4),
+    ) {
+        let bodies: Vec<(usize, String, Format)> = srcs
+            .iter()
+            .map(|(id, fams, om)| (*id, utf8_body(fams, *om), fmt(*om)))
+            .collect();
+        for escaping in Escaping::ALL {
+            for out in [Format::Text, Format::OpenMetrics, Format::Protobuf] {
+                utf8_every_way(&bodies, out, escaping);
+            }
+        }
+    }
 }
 
 proptest! {

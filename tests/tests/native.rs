@@ -551,7 +551,11 @@ fn native_histograms_reach_prometheus_directly_and_through_loupe() {
     let answer = loupe
         .get("/metrics", &[("Accept", PROTOBUF_ACCEPT)])
         .unwrap();
-    assert_eq!(answer.header("content-type"), Some(PROTOBUF_TYPE));
+    // expfmt names the escaping; Prometheus 3's protobuf range names none: underscores.
+    assert_eq!(
+        answer.header("content-type"),
+        Some(&*format!("{PROTOBUF_TYPE}; escaping=underscores"))
+    );
     let served = nb::decode(&answer.body).unwrap();
     let identity = [
         ("namespace", "shop"),
@@ -605,7 +609,7 @@ fn native_histograms_reach_prometheus_directly_and_through_loupe() {
         .unwrap();
     assert_eq!(
         om.header("content-type"),
-        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8; escaping=allow-utf-8")
     );
     let om_text = String::from_utf8(om.body.clone()).unwrap();
     assert!(

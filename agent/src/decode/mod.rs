@@ -1,5 +1,5 @@
-//! Decode: the exposition codec. Exact, streaming parsing of Prometheus text 0.0.4 and
-//! OpenMetrics 1.0, the protobuf exposition (`proto/`, the one with native histograms),
+//! Decode: the exposition codec. Exact, streaming parsing of Prometheus text 0.0.4 (and 1.0.0's
+//! quoted names) and OpenMetrics 1.0, the protobuf exposition (`proto/`, the one with native histograms),
 //! validation, and the merge of many pods' bodies into one node target. No I/O.
 //!
 //! # Parsing
@@ -27,6 +27,9 @@
 //!   ignored, timestamps are integer milliseconds, escapes other than `\\`, `\"`, `\n` (label
 //!   values) and `\\`, `\n` (HELP) are errors, HELP/TYPE come before a family's samples and once.
 //!   Hexadecimal floats (which Go would accept) are rejected.
+//!
+//! - **Quoted (UTF-8) names** (text 1.0.0 and OpenMetrics: `{"a.b","c.d"="x"} 1`,
+//!   `# TYPE "a.b" gauge`) are read in both text formats, as Prometheus 3 reads them: see below.
 //!
 //! Limits: a body must be smaller than 4 GiB (offsets are 32-bit) and a line may carry at most
 //! 1024 labels. A body that fails is rejected whole: [`ParseError`] names the line, the column (bytes, from
@@ -69,7 +72,8 @@
 //!    the same identity should not happen; if they do, in OpenMetrics output the later one's
 //!    histograms and summaries are dropped whole (as duplicates), since OpenMetrics does not
 //!    allow a histogram in pieces.
-//! 6. **Formats.** The output is text 0.0.4 or OpenMetrics 1.0.0 ([`Format::negotiate`]),
+//! 6. **Formats.** The output is text 0.0.4 (1.0.0 when asked, the same lines), OpenMetrics
+//!    1.0.0 or protobuf ([`Answer::negotiate`]), names in the scrape's escaping scheme,
 //!    whatever the sources' formats, keeping the series names Prometheus would store:
 //!    - OpenMetrics → text: counter `a` becomes counter `a_total` plus gauge `a_created`;
 //!      histogram/summary `_created` samples become gauge `<name>_created`; gaugehistogram `g`
@@ -98,6 +102,27 @@
 //!      (text formats cannot carry it) and counted.
 //!
 //! The output is always a valid body in the chosen format, whatever the inputs.
+//!
+//! # UTF-8 names and escaping schemes
+//! A name outside the legacy set (`[a-zA-Z_:][a-zA-Z0-9_:]*`, labels without `:`) reaches a
+//! scraper in the scheme its `Accept` asks for ([`Answer::negotiate`], as expfmt:
+//! `underscores` when it names none), in every output format: [`Escaping`] (`escaping.rs`),
+//! which writes legacy names as they are in every scheme, as prometheus/common's
+//! `EscapeMetricFamily` does. The text engine reads and writes legacy names only, on its fast
+//! path; names outside the set go through it as legacy names:
+//! - a text body with quoted names fails the lexer and is rewritten (`parse/quoted.rs`, with the
+//!   grammar's strictness and errors placed in the original) as the body with legacy names the
+//!   scheme makes, then parsed like any body; a protobuf body's families are written so by
+//!   `proto::to_openmetrics`, protobuf output escapes its families' names;
+//! - for `allow-utf-8` the names are *marked* (`escaping::Marker`: an injective legacy spelling
+//!   with a marker absent from the body), and the rendering turns them back, quoted where they
+//!   are not legacy (`{"a.b",namespace="x",...} 1`); the header lines quote them, the writer
+//!   compares such lines' series;
+//! - names that a scheme makes equal are one name: one family (the first metadata wins, the
+//!   merging rules apply), one label per line (the first kept).
+//!
+//! A rendering records the scheme it was made for when its body has such names ([`Rendered`]'s
+//! `fits`); a body with legacy names only renders once per format for every scheme.
 //!
 //! # Preparing and rendering bodies: one merge engine
 //! A body is checked when it arrives ([`validate`], or [`prepare`], which also keeps the index
@@ -150,6 +175,7 @@
 //! kept as a dev-dependency only, as a differential oracle in the tests on inputs inside its
 //! grammar (label values without those characters), and as the baseline of the benchmark.
 
+mod escaping;
 mod limits;
 mod merge;
 mod negotiate;
@@ -158,10 +184,12 @@ pub mod proto;
 
 /// The parser's byte-level layer, which the merge shares: lexing, escapes, hashes.
 mod lex {
-    pub(super) use super::parse::escape::{unescape, write_escaped, Escaped};
+    pub(super) use super::parse::escape::{unescape, write_escaped, write_quoted, Escaped};
     pub(super) use super::parse::lex::*;
 }
 
+pub use escaping::Escaping;
+pub(crate) use escaping::{is_legacy, is_legacy_label};
 pub use limits::{check_labels, LabelExcess, LabelLimits};
 
 // A family's header lines, for expose's own series (the store/expose restructuring).
@@ -194,11 +222,12 @@ crate::telemetry::counter!(
     "Bodies not rendered at ingest because their rendering would pass the store's bound (a multiple of the body's size); they are rendered at every scrape instead.",
 );
 
-/// The `Accept` loupe asks apps with: the one Prometheus sends with native histograms on
+/// The `Accept` loupe asks apps with: the one Prometheus 3 sends with native histograms on
 /// (protobuf first), so apps answer loupe as they would answer Prometheus and native histograms
-/// come along. Without `escaping=allow-utf-8`: apps escape UTF-8 names as `underscores` in the
-/// text formats, which loupe reads.
-pub const ASK_APPS: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.6,application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4,*/*;q=0.1";
+/// come along, with `escaping=allow-utf-8` on every range (protobuf's too, which Prometheus
+/// leaves without: expfmt takes the scheme of the ranges up to the one it answers): apps send
+/// their names as they are, and loupe escapes them as each scraper asks ([`Escaping`]).
+pub const ASK_APPS: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1";
 
 /// An exposition format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -219,10 +248,9 @@ impl Format {
         negotiate::from_content_type(content_type)
     }
 
-    /// The format to answer a scraper with, from its `Accept` header, as Prometheus' client
-    /// libraries negotiate it (highest q first; text when nothing else matches).
+    /// The format to answer a scraper with, from its `Accept` header ([`Answer::negotiate`]).
     pub fn negotiate(accept: Option<&str>) -> Format {
-        negotiate::negotiate(accept)
+        negotiate::negotiate(accept).format
     }
 
     /// The `Content-Type` of a body in this format.
@@ -232,6 +260,36 @@ impl Format {
             Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
             Format::Protobuf => proto::CONTENT_TYPE,
         }
+    }
+}
+
+/// What a scraper is answered with, from its `Accept` header: a format and the escaping scheme
+/// for names outside the legacy set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Answer {
+    pub format: Format,
+    pub escaping: Escaping,
+    /// `text/plain; version=1.0.0` was asked for: text 0.0.4's lines (names outside the legacy
+    /// set quoted, as client libraries write them in 0.0.4 too) under 1.0.0's Content-Type.
+    pub text_1: bool,
+}
+
+impl Answer {
+    /// As Prometheus' client libraries negotiate (`expfmt.NegotiateAccept`): highest q first,
+    /// text 0.0.4 when nothing else matches (no `Accept`, `*/*`); `text/plain;version=1.0.0` is
+    /// its own answer. The escaping scheme is the last `escaping=` read up to the winning
+    /// range, `underscores` without one.
+    pub fn negotiate(accept: Option<&str>) -> Answer {
+        negotiate::negotiate(accept)
+    }
+
+    /// The `Content-Type`, with `escaping=` as expfmt writes it (appended to every format).
+    pub fn content_type(&self) -> String {
+        let format = match (self.format, self.text_1) {
+            (Format::Text, true) => "text/plain; version=1.0.0; charset=utf-8",
+            (f, _) => f.content_type(),
+        };
+        format!("{format}; escaping={}", self.escaping.name())
     }
 }
 
@@ -286,7 +344,8 @@ pub struct Summary {
     pub families: usize,
 }
 
-/// Checks a whole body. A protobuf body's `samples` are its metrics (a histogram is one).
+/// Checks a whole body. A protobuf body's `samples` are its metrics (a histogram is one). A
+/// text body may have quoted (UTF-8) names.
 pub fn validate(body: &[u8], format: Format) -> Result<Summary, ParseError> {
     if format == Format::Protobuf {
         let families = proto::decode(body)?;
@@ -295,11 +354,13 @@ pub fn validate(body: &[u8], format: Format) -> Result<Summary, ParseError> {
             families: families.len(),
         });
     }
-    let p = parse::parse(body, format)?;
-    Ok(Summary {
-        samples: p.samples.len(),
-        families: p.families.len(),
-    })
+    let (summary, _) = parse::with_quoted(body, format, Escaping::Underscores, |b, _| {
+        parse::parse(b, format).map(|p| Summary {
+            samples: p.samples.len(),
+            families: p.families.len(),
+        })
+    })?;
+    Ok(summary)
 }
 
 /// A body's checked index, kept beside the body (e.g. in the store, from the time the body
@@ -312,6 +373,10 @@ pub struct Prepared {
     len: usize,
     families: Vec<parse::FamilyAt>,
     samples: Vec<parse::SampleRef>,
+    /// The body is a text body's quoted names rewritten in this scheme ([`prepare_escaped`]).
+    escaped: Option<Escaping>,
+    /// The marker of those names, for `allow-utf-8`.
+    marker: Option<escaping::Marker>,
 }
 
 impl Prepared {
@@ -324,6 +389,11 @@ impl Prepared {
 
     pub fn format(&self) -> Format {
         self.format
+    }
+
+    /// The scheme the body's quoted names were rewritten in; `None` when it had none.
+    pub fn escaped(&self) -> Option<Escaping> {
+        self.escaped
     }
 
     /// The index as the parser left it, over `body` (which must be the body it was made from).
@@ -359,7 +429,28 @@ pub fn prepare(body: &[u8], format: Format) -> Result<Prepared, ParseError> {
         len: body.len(),
         families,
         samples,
+        escaped: None,
+        marker: None,
     })
+}
+
+/// [`prepare`] for a body that may have quoted (UTF-8) names: such a body is rewritten with
+/// the legacy names `escaping` makes (for `allow-utf-8`, marked, and turned back when
+/// rendered), and the rewrite is returned with the index, which points into it. `None` when the
+/// body had no quoted name (the index points into `body`, and is the same for every scheme).
+pub fn prepare_escaped(
+    body: &[u8],
+    format: Format,
+    escaping: Escaping,
+) -> Result<(Option<Vec<u8>>, Prepared), ParseError> {
+    let (mut prepared, rewritten) =
+        parse::with_quoted(body, format, escaping, |b, _| prepare(b, format))?;
+    let Some(rewritten) = rewritten else {
+        return Ok((None, prepared));
+    };
+    prepared.escaped = Some(escaping);
+    prepared.marker = rewritten.marker;
+    Ok((Some(rewritten.body), prepared))
 }
 
 /// Who a body belongs to. An empty value omits that label.

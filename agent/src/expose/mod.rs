@@ -42,7 +42,7 @@ pub mod web_config;
 pub use view::View;
 
 use crate::collect::Refresher;
-use crate::decode::{self, Format, Source};
+use crate::decode::{self, Answer, Escaping, Format, Source};
 use crate::discover::{Identity, TargetKey};
 use crate::ingest::Outcome;
 use bytes::Bytes;
@@ -153,7 +153,7 @@ pub struct Server {
 
 /// One scrape's answer: its chunks.
 type Merged = Option<Arc<Vec<Bytes>>>;
-type MergeKey = (View, Format, bool);
+type MergeKey = (View, Format, Escaping, bool);
 /// See [`Server::shared_merge`]; `Merges::default()` in a new server.
 pub type Merges = std::sync::Mutex<
     std::collections::HashMap<
@@ -374,7 +374,7 @@ impl Server {
     async fn metrics(self: &Arc<Self>, req: &Request<Incoming>, view: View) -> Response<ChunkBody> {
         SCRAPES.inc();
         let get = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-        let format = Format::negotiate(get("accept"));
+        let answer = Answer::negotiate(get("accept"));
         let gzip = get("accept-encoding").is_some_and(accepts_gzip);
         let timeout = scrape_timeout(
             get("x-prometheus-scrape-timeout-seconds"),
@@ -386,7 +386,10 @@ impl Server {
             .refresh_stale(deadline, |key| view.shows(&key.pod.namespace))
             .await;
 
-        let Some(chunks) = self.shared_merge(view, format, gzip).await else {
+        let Some(chunks) = self
+            .shared_merge(view, answer.format, answer.escaping, gzip)
+            .await
+        else {
             return plain(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "rendering the node target failed\n",
@@ -394,7 +397,7 @@ impl Server {
         };
         let mut builder = Response::builder()
             .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, format.content_type());
+            .header(header::CONTENT_TYPE, answer.content_type());
         if gzip {
             builder = builder.header(header::CONTENT_ENCODING, "gzip");
         }
@@ -409,8 +412,14 @@ impl Server {
     /// up to the answer's size in memory: off the async workers, which answer /healthz too, and
     /// once for all the scrapes asking the same while it runs (they get the same answer, a few
     /// milliseconds old at most). `None` if the merge panicked.
-    async fn shared_merge(self: &Arc<Self>, view: View, format: Format, gzip: bool) -> Merged {
-        let key = (view, format, gzip);
+    async fn shared_merge(
+        self: &Arc<Self>,
+        view: View,
+        format: Format,
+        escaping: Escaping,
+        gzip: bool,
+    ) -> Merged {
+        let key = (view, format, escaping, gzip);
         let merge = {
             let mut merges = self.merges.lock().unwrap_or_else(|e| e.into_inner());
             match merges.get(&key) {
@@ -420,10 +429,10 @@ impl Server {
                 }
                 None => {
                     let this = Arc::clone(self);
-                    let (view, format, gzip) = key.clone();
+                    let (view, format, escaping, gzip) = key.clone();
                     let merge = async move {
                         let made = tokio::task::spawn_blocking(move || {
-                            this.render_answer(format, &view, gzip)
+                            this.render_answer(format, escaping, &view, gzip)
                         });
                         made.await.ok().map(Arc::new)
                     }
@@ -467,13 +476,19 @@ impl Server {
     /// Merges every good body `shown` with its health series (and, in the node view, the
     /// agent's counters), as chunks whose concatenation is the answer.
     pub fn render_chunks(&self, format: Format, shown: &View) -> Vec<Bytes> {
-        self.render_answer(format, shown, false)
+        self.render_answer(format, Escaping::default(), shown, false)
     }
 
     /// [`Self::render_chunks`], or with `gzip` its gzip stream: the same merge, whose chunks
     /// are one gzip member's pieces: the stored segments of the renderings' blocks (made now for
     /// renderings that have none yet) and those made at this scrape for the rest (`decode::merge_gzip`).
-    pub fn render_answer(&self, format: Format, shown: &View, gzip: bool) -> Vec<Bytes> {
+    pub fn render_answer(
+        &self,
+        format: Format,
+        escaping: Escaping,
+        shown: &View,
+        gzip: bool,
+    ) -> Vec<Bytes> {
         let now = Instant::now();
         let mut view = self.refresher.store.view();
         if let View::Namespaces(_) = shown {
@@ -495,10 +510,11 @@ impl Server {
             }) = outcome
             {
                 owners.push(at);
-                let source = snapshot.source(Some(identity.labels()), format);
-                sources.push(source.with_rendered(snapshot.rendered(identity, format)));
+                let source = snapshot.source(Some(identity.labels()), format, escaping);
+                let rendered = snapshot.rendered(identity, format, escaping);
+                sources.push(source.with_rendered(rendered));
                 if let Some(m) = gzip
-                    .then(|| snapshot.gzip_members(identity, format))
+                    .then(|| snapshot.gzip_members(identity, format, escaping))
                     .flatten()
                 {
                     members.push(m);
@@ -866,8 +882,8 @@ mod tests {
         let server = server(ConnectionLimits::default());
         let before = MERGES_SHARED.get();
         let (a, b) = tokio::join!(
-            server.shared_merge(View::Node, Format::Text, false),
-            server.shared_merge(View::Node, Format::Text, false),
+            server.shared_merge(View::Node, Format::Text, Escaping::default(), false),
+            server.shared_merge(View::Node, Format::Text, Escaping::default(), false),
         );
         let (a, b) = (a.unwrap(), b.unwrap());
         assert!(Arc::ptr_eq(&a, &b), "one merge for both");
@@ -875,14 +891,14 @@ mod tests {
         // Done: nothing is kept, the next scrape merges anew (with newer data).
         assert!(server.merges.lock().unwrap().is_empty());
         let c = server
-            .shared_merge(View::Node, Format::Text, false)
+            .shared_merge(View::Node, Format::Text, Escaping::default(), false)
             .await
             .unwrap();
         assert!(!Arc::ptr_eq(&a, &c));
         // Another view or format is another merge.
         let (d, e) = tokio::join!(
-            server.shared_merge(View::Node, Format::Text, false),
-            server.shared_merge(View::Node, Format::OpenMetrics, false),
+            server.shared_merge(View::Node, Format::Text, Escaping::default(), false),
+            server.shared_merge(View::Node, Format::OpenMetrics, Escaping::default(), false),
         );
         assert!(!Arc::ptr_eq(&d.unwrap(), &e.unwrap()));
     }

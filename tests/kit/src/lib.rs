@@ -3,10 +3,12 @@
 //! - [`root`]: the one gate for tests that need root (or any other missing capability);
 //! - [`strict`]: the strict exposition checker (text 0.0.4 and OpenMetrics 1.0);
 //! - [`bodies`]: the exposition body generator, with parameters;
-//! - [`promtool`]: Prometheus' own check of a body.
+//! - [`promtool`]: Prometheus' own check of a body;
+//! - [`pyparse`]: Python prometheus-client's parsers, which read quoted UTF-8 names.
 
 pub mod bodies;
 pub mod promtool;
+pub mod pyparse;
 pub mod root;
 pub mod strict;
 

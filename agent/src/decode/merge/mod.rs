@@ -22,7 +22,9 @@ mod write;
 
 use bytes::Bytes;
 
-use super::{Format, IdentityLabels, MergeStats, Prepared, DUPLICATE_SERIES, FAMILY_CONFLICTS};
+use super::{
+    Escaping, Format, IdentityLabels, MergeStats, Prepared, DUPLICATE_SERIES, FAMILY_CONFLICTS,
+};
 
 #[cfg(feature = "agent")]
 pub use gzip::{GzipBlocks, MEMBER_LEVEL, MIN_MEMBER_BLOCK, SCRAPE_LEVEL};
@@ -44,6 +46,8 @@ pub struct Source<'a> {
     pub format: Format,
     pub prepared: Option<&'a Prepared>,
     pub rendered: Option<&'a Rendered>,
+    /// The scheme its names outside the legacy set are written in ([`Source::with_escaping`]).
+    pub escaping: Escaping,
 }
 
 impl<'a> Source<'a> {
@@ -55,6 +59,7 @@ impl<'a> Source<'a> {
             format,
             prepared: None,
             rendered: None,
+            escaping: Escaping::default(),
         }
     }
 
@@ -71,12 +76,19 @@ impl<'a> Source<'a> {
             format: prepared.format,
             prepared: Some(prepared),
             rendered: None,
+            escaping: Escaping::default(),
         }
     }
 
     /// This source with its rendering, if there is one.
     pub fn with_rendered(self, rendered: Option<&'a Rendered>) -> Self {
         Source { rendered, ..self }
+    }
+
+    /// This source with its names outside the legacy set written in `escaping` (the scrape's;
+    /// `underscores` unless set).
+    pub fn with_escaping(self, escaping: Escaping) -> Self {
+        Source { escaping, ..self }
     }
 
     /// The body's format.
@@ -91,16 +103,16 @@ impl<'a> Source<'a> {
     }
 
     fn render_as(&self, out: Format, compact: bool) -> Rendered {
-        let (body, identity) = (self.body, self.identity);
+        let (body, identity, esc) = (self.body, self.identity, self.escaping);
         match (self.format(), out, self.prepared) {
             (Format::Protobuf, _, _) => {
-                protobuf::render_protobuf_body(body, identity, out, compact)
+                protobuf::render_protobuf_body(body, identity, out, compact, esc)
             }
             (from, Format::Protobuf, p) => {
-                protobuf::render_text_body(body, from, p, identity, compact)
+                protobuf::render_text_body(body, from, p, identity, compact, esc)
             }
-            (_, _, Some(p)) => render::render_prepared(body, p, identity, out, compact),
-            (from, _, None) => render::render_body(body, from, identity, out, compact),
+            (_, _, Some(p)) => render::render_prepared(body, p, identity, out, compact, esc),
+            (from, _, None) => render::render_body(body, from, identity, out, compact, esc),
         }
     }
 }

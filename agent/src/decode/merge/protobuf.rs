@@ -9,10 +9,12 @@
 //! make (`proto::to_openmetrics`), so that output is the text engine's.
 //!
 //! Names outside the legacy charset (`[a-zA-Z_:][a-zA-Z0-9_:]*`, which protobuf bodies may
-//! carry) are written with Prometheus' `underscores` escaping in every output, protobuf
-//! included: a scraper that validates legacy names (Prometheus 2) would otherwise fail the
-//! whole node's scrape for one pod's name, and `underscores` is what client libraries answer an
-//! `Accept` that names no escaping scheme (Prometheus asks protobuf without one).
+//! carry) are written in the scrape's escaping scheme (the source's, [`Escaping`]) in every
+//! output, protobuf included, as a text body's quoted names are: as they are for
+//! `allow-utf-8`, else `underscores` unless the scraper asked for `dots` or `values`. A scraper
+//! that validates legacy names (Prometheus 2) would otherwise fail the whole node's scrape for
+//! one pod's name, and `underscores` is what client libraries answer an `Accept` that names no
+//! escaping scheme (Prometheus asks protobuf without one).
 
 use std::collections::HashSet;
 use std::ops::Range;
@@ -20,10 +22,13 @@ use std::ops::Range;
 use bytes::Bytes;
 use prost::Message;
 
+use super::super::escaping::Marker;
 use super::super::lex::{self, name_hash, Escaped};
-use super::super::parse::{parse, MType};
+use super::super::parse::{parse, with_quoted, MType, Parsed};
 use super::super::proto::{self, schema};
-use super::super::{Format, IdentityLabels, Prepared, RESERVED_FAMILIES, RESERVED_PREFIX};
+use super::super::{
+    Escaping, Format, IdentityLabels, Prepared, RESERVED_FAMILIES, RESERVED_PREFIX,
+};
 use super::convert::help_kind;
 use super::dedup::first_of_each_series;
 use super::lines::TARGET_LABELS;
@@ -37,17 +42,37 @@ pub(super) fn render_protobuf_body(
     identity: Option<IdentityLabels<'_>>,
     out: Format,
     compact: bool,
+    escaping: Escaping,
 ) -> Rendered {
     let families = match proto::decode(body) {
         Ok(f) => f,
         Err(e) => return Rendered::rejected(body.len(), Format::Protobuf, identity, out, e),
     };
     if out == Format::Protobuf {
-        return render_families(families, body.len(), Format::Protobuf, identity, compact);
+        return render_families(
+            families,
+            body.len(),
+            Format::Protobuf,
+            identity,
+            compact,
+            escaping,
+        );
     }
-    let om = proto::to_openmetrics(&families);
-    let mut r = render::render_body(&om.body, Format::OpenMetrics, identity, out, compact);
+    let utf8 = families.iter().any(proto::has_utf8_names);
+    let om = proto::to_openmetrics(&families, escaping);
+    let mut r = render::render_body(
+        &om.body,
+        Format::OpenMetrics,
+        identity,
+        out,
+        compact,
+        escaping,
+    );
     r.came_from(body.len(), Format::Protobuf);
+    r.escaping = utf8.then_some(escaping);
+    if let Some(m) = om.marker {
+        r.unmark(m);
+    }
     r
 }
 
@@ -58,17 +83,36 @@ pub(super) fn render_text_body(
     prepared: Option<&Prepared>,
     identity: Option<IdentityLabels<'_>>,
     compact: bool,
+    escaping: Escaping,
 ) -> Rendered {
-    let parsed = match prepared.filter(|p| p.len == body.len()) {
-        Some(p) => Ok(p.parsed(body)),
-        None => parse(body, format),
-    };
-    match parsed {
-        Ok(parsed) => {
-            let families = proto::from_text(&parsed);
-            render_families(families, body.len(), format, identity, compact)
+    // Names marked for `allow-utf-8` are turned back before they are encoded.
+    let render = |parsed: Parsed<'_>, marker: Option<Marker>| {
+        let mut families = proto::from_text(&parsed);
+        if let Some(m) = marker {
+            families.iter_mut().for_each(|f| unmark(f, m));
         }
-        Err(e) => Rendered::rejected(body.len(), format, identity, Format::Protobuf, e),
+        render_families(families, body.len(), format, identity, compact, escaping)
+    };
+    match prepared.filter(|p| p.len == body.len()) {
+        Some(p) => {
+            let mut r = render(p.parsed(body), p.marker);
+            r.escaping = p.escaped;
+            r
+        }
+        None => match with_quoted(body, format, escaping, |b, m| {
+            parse(b, format).map(|p| render(p, m))
+        }) {
+            Ok((r, None)) => r,
+            Ok((mut r, Some(_))) => {
+                r.escaping = Some(escaping);
+                r
+            }
+            Err(e) => {
+                let mut r = Rendered::rejected(body.len(), format, identity, Format::Protobuf, e);
+                r.escaping = Some(escaping);
+                r
+            }
+        },
     }
 }
 
@@ -106,6 +150,7 @@ pub(super) fn render_families(
     from: Format,
     identity: Option<IdentityLabels<'_>>,
     compact: bool,
+    escaping: Escaping,
 ) -> Rendered {
     let mut r = Rendered::empty(body_len, from, identity, Format::Protobuf);
     r.help_from = Format::Protobuf;
@@ -123,8 +168,9 @@ pub(super) fn render_families(
         };
         prost::encoding::message::encode(1, &pair, &mut ident_fields);
     }
-    if families.iter().any(has_utf8_names) {
-        families = families.iter().map(underscores).collect();
+    if families.iter().any(proto::has_utf8_names) {
+        families = families.iter().map(|f| escaped(f, escaping)).collect();
+        r.escaping = Some(escaping);
     }
     families.retain(|f| {
         let reserved = identity.is_some() && f.name.as_bytes().starts_with(RESERVED_PREFIX);
@@ -248,37 +294,39 @@ impl Final {
     }
 }
 
-fn has_utf8_names(f: &schema::MetricFamily) -> bool {
-    !proto::is_legacy(&f.name)
-        || f.metric.iter().any(|m| {
-            m.label.iter().any(|l| !proto::is_legacy_label(&l.name))
-                || exemplars(m).any(|e| e.label.iter().any(|l| !proto::is_legacy_label(&l.name)))
-        })
+/// A family with its names in `escaping`; of two labels of a metric that become one name, the
+/// first is kept.
+fn escaped(f: &schema::MetricFamily, escaping: Escaping) -> schema::MetricFamily {
+    let mut f = f.clone();
+    rename(
+        &mut f,
+        |n| escaping.metric_name(n).into_owned(),
+        |n| escaping.label_name(n).into_owned(),
+    );
+    f
 }
 
-fn exemplars(m: &schema::Metric) -> impl Iterator<Item = &schema::Exemplar> {
-    let counter = m.counter.as_ref().and_then(|c| c.exemplar.as_ref());
-    let histogram = m.histogram.iter().flat_map(|h| {
-        h.bucket
-            .iter()
-            .filter_map(|b| b.exemplar.as_ref())
-            .chain(h.exemplars.iter())
-    });
-    counter.into_iter().chain(histogram)
+/// A family made from a text body whose names `marker` wrote, with its names as they were.
+fn unmark(f: &mut schema::MetricFamily, marker: Marker) {
+    let back = |n: &str| String::from_utf8_lossy(&marker.decode(n.as_bytes())).into_owned();
+    rename(f, back, back);
 }
 
-/// A family with its names in the `underscores` escaping; of two labels of a metric that
-/// become one name, the first is kept.
-fn underscores(f: &schema::MetricFamily) -> schema::MetricFamily {
+/// Renames a family's metric name and every label name (exemplars' too); of two labels of a
+/// metric that become one name, the first is kept.
+fn rename(
+    f: &mut schema::MetricFamily,
+    metric: impl Fn(&str) -> String,
+    label: impl Fn(&str) -> String,
+) {
     let labels = |labels: &mut Vec<schema::LabelPair>| {
         let mut seen = HashSet::new();
         labels.retain_mut(|l| {
-            l.name = proto::legacy_label_name(&l.name);
+            l.name = label(&l.name);
             seen.insert(l.name.clone())
         });
     };
-    let mut f = f.clone();
-    f.name = proto::legacy_name(&f.name);
+    f.name = metric(&f.name);
     for m in &mut f.metric {
         labels(&mut m.label);
         if let Some(e) = m.counter.as_mut().and_then(|c| c.exemplar.as_mut()) {
@@ -295,7 +343,6 @@ fn underscores(f: &schema::MetricFamily) -> schema::MetricFamily {
             }
         }
     }
-    f
 }
 
 /// A metric's app labels as written after the identity's: empty ones left out, those named
@@ -634,6 +681,56 @@ mod tests {
             text.contains("http_server_duration{namespace=\"ns\""),
             "{text}"
         );
+    }
+
+    #[test]
+    fn utf8_names_in_each_scheme_and_output() {
+        let body = encode(&[MetricFamily {
+            name: "http.server.duration".into(),
+            r#type: MetricType::Gauge as i32,
+            metric: vec![Metric {
+                label: vec![label("http.method", "GET")],
+                gauge: Some(Gauge { value: 1.0 }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }]);
+        let text_body = "# TYPE \"http.server.duration\" gauge\n{\"http.server.duration\",\"http.method\"=\"GET\"} 1\n";
+        for e in Escaping::ALL {
+            let (name, label) = match e {
+                Escaping::AllowUtf8 => ("http.server.duration", "http.method"),
+                Escaping::Underscores => ("http_server_duration", "http_method"),
+                Escaping::Dots => ("http_dot_server_dot_duration", "http_dot_method"),
+                Escaping::Values => ("U__http_2e_server_2e_duration", "U__http_2e_method"),
+            };
+            // Protobuf and text bodies alike, into protobuf.
+            for source in [
+                Source::new(id("a"), &body, Format::Protobuf),
+                Source::new(id("a"), text_body.as_bytes(), Format::Text),
+            ] {
+                let source = source.with_escaping(e);
+                let (chunks, stats) = merge(&[source], Format::Protobuf);
+                assert!(stats.rejected.is_empty(), "{e:?}: {:?}", stats.rejected);
+                let out = decode(&chunks.concat());
+                assert_eq!(out[0].name, name, "{e:?}");
+                assert_eq!(out[0].metric[0].label[4].name, label, "{e:?}");
+                // A stored rendering for the scheme is the same; one for another is not used.
+                let r = source.render(Format::Protobuf);
+                let (again, _) = merge(&[source.with_rendered(Some(&r))], Format::Protobuf);
+                assert_eq!(again.concat(), chunks.concat());
+            }
+            // A protobuf body into the text formats.
+            let (text, _) = merge(
+                &[Source::new(id("a"), &body, Format::Protobuf).with_escaping(e)],
+                Format::Text,
+            );
+            let text = String::from_utf8(text.concat()).unwrap();
+            let want = match e {
+                Escaping::AllowUtf8 => "# TYPE \"http.server.duration\" gauge\n{\"http.server.duration\",namespace=\"ns\",pod=\"a\",container=\"c\",endpoint=\"metrics\",\"http.method\"=\"GET\"} 1.0\n".to_string(),
+                _ => format!("# TYPE {name} gauge\n{name}{{namespace=\"ns\",pod=\"a\",container=\"c\",endpoint=\"metrics\",{label}=\"GET\"}} 1.0\n"),
+            };
+            assert_eq!(text, want, "{e:?}");
+        }
     }
 
     #[test]

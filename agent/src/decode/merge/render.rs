@@ -5,14 +5,16 @@
 //! that comes without a fitting rendering. Everything that can be decided per source is decided
 //! here; what depends on other sources is decided by the merge's plan (`plan.rs`).
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 
 use bytes::Bytes;
 
-use super::super::lex::{self, name_hash};
-use super::super::parse::{parse, MType, Parsed, DUP};
+use super::super::escaping::Marker;
+use super::super::lex::{self, name_hash, write_quoted};
+use super::super::parse::{parse, with_quoted, MType, Parsed, DUP};
 use super::super::{
-    Format, IdentityLabels, ParseError, Prepared, RENDERED_OVERSIZE, RESERVED_FAMILIES,
+    Escaping, Format, IdentityLabels, ParseError, Prepared, RENDERED_OVERSIZE, RESERVED_FAMILIES,
     RESERVED_PREFIX,
 };
 use super::convert::{source_contributions, Contribution};
@@ -36,6 +38,9 @@ pub struct Rendered {
     pub(super) identity_hash: u64,
     body_len: usize,
     pub(super) rejected: Option<ParseError>,
+    /// The scheme names outside the legacy set were written in; `None` when the body had none
+    /// (then it is the rendering for every scheme).
+    pub(super) escaping: Option<Escaping>,
     /// App families named `loupe_*` left out.
     pub(super) reserved: u64,
     /// Sorted by name.
@@ -102,10 +107,11 @@ impl Rendered {
     }
 
     /// Whether it was rendered from a body of this length and format, with this identity, for
-    /// format `out`.
+    /// format `out` and the source's escaping scheme.
     pub fn fits(&self, source: &Source<'_>, out: Format) -> bool {
         self.out == out
             && self.body_len == source.body.len()
+            && self.escaping.is_none_or(|e| e == source.escaping)
             && self.from == source.format()
             && match (&self.identity, source.identity) {
                 (None, None) => true,
@@ -153,6 +159,37 @@ impl Rendered {
         self.from = from;
     }
 
+    /// Turns names written with `marker` (an `allow-utf-8` rendering of names outside the
+    /// legacy set) back into the names they were: family names (sorted again), and in the
+    /// lines, quoted where they are not legacy names (`{"a.b",x="1"} 1`, `m{"c.d"="1"} 1`),
+    /// exemplar labels too. Protobuf renderings have their names turned back before they are
+    /// encoded.
+    pub(super) fn unmark(&mut self, marker: Marker) {
+        if self.out == Format::Protobuf {
+            return;
+        }
+        let mut lines = Vec::with_capacity(self.lines.len() + self.lines.len() / 8);
+        let mut labels = Vec::new();
+        for block in &mut self.blocks {
+            let start = lines.len();
+            let src = &self.lines[block.lines.0 as usize..block.lines.1 as usize];
+            for line in src.split_inclusive(|&c| c == b'\n') {
+                unmark_line(line, marker, &mut labels, &mut lines);
+            }
+            block.lines = range(start, lines.len());
+        }
+        self.lines = Bytes::from(lines);
+        let mut families = std::mem::take(&mut self.families);
+        for f in &mut families {
+            if let Cow::Owned(name) = marker.decode(self.slice(f.name)) {
+                f.name = push_text(&mut self.text, &name);
+                f.hash = name_hash(&name);
+            }
+        }
+        families.sort_by(|a, b| self.slice(a.name).cmp(self.slice(b.name)));
+        self.families = families;
+    }
+
     pub(super) fn push_text(&mut self, s: &[u8]) -> (u32, u32) {
         push_text(&mut self.text, s)
     }
@@ -185,6 +222,7 @@ impl Rendered {
             identity_hash,
             body_len,
             rejected: None,
+            escaping: None,
             reserved: 0,
             families: Vec::new(),
             blocks: Vec::new(),
@@ -197,6 +235,97 @@ impl Rendered {
 
 fn range(start: usize, end: usize) -> (u32, u32) {
     (start as u32, end as u32)
+}
+
+/// One output line with its marked names turned back (see [`Rendered::unmark`]).
+fn unmark_line(line: &[u8], marker: Marker, labels: &mut Vec<lex::Label>, out: &mut Vec<u8>) {
+    if memchr::memmem::find(line, &marker.bytes()).is_none() {
+        out.extend_from_slice(line);
+        return;
+    }
+    let name_end = line
+        .iter()
+        .position(|&c| c == b'{' || c == b' ')
+        .unwrap_or(line.len());
+    let name = marker.decode(&line[..name_end]);
+    let quoted = !is_legacy_bytes(&name, lex::is_name_start, lex::is_name_char);
+    let mut rest = name_end;
+    let mut pairs = Vec::new();
+    if line.get(name_end) == Some(&b'{') {
+        let mut info = lex::BlockInfo::default();
+        // An output line is valid in its format (strict: its spelling is canonical).
+        if let Ok(after) = lex::lex_labels(line, name_end, true, labels, &mut info) {
+            pairs = labels
+                .iter()
+                .map(|l| (l.name(line), l.value(line)))
+                .collect();
+            rest = after;
+        }
+    }
+    if quoted {
+        out.push(b'{');
+        write_quoted(&name, out);
+        for (n, v) in &pairs {
+            out.push(b',');
+            write_label(marker, n, v, out);
+        }
+        out.push(b'}');
+    } else {
+        out.extend_from_slice(&name);
+        if !pairs.is_empty() {
+            write_labels(marker, &pairs, out);
+        }
+    }
+    // An OpenMetrics exemplar's labels.
+    let tail = &line[rest..];
+    match memchr::memmem::find(tail, b" # {") {
+        Some(p) => {
+            let open = rest + p + 3;
+            out.extend_from_slice(&line[rest..open]);
+            let mut info = lex::BlockInfo::default();
+            match lex::lex_labels(line, open, true, labels, &mut info) {
+                Ok(after) => {
+                    let pairs: Vec<_> = labels
+                        .iter()
+                        .map(|l| (l.name(line), l.value(line)))
+                        .collect();
+                    write_labels(marker, &pairs, out);
+                    out.extend_from_slice(&line[after..]);
+                }
+                Err(_) => out.extend_from_slice(&line[open..]),
+            }
+        }
+        None => out.extend_from_slice(tail),
+    }
+}
+
+fn write_labels(marker: Marker, pairs: &[(&[u8], &[u8])], out: &mut Vec<u8>) {
+    out.push(b'{');
+    for (i, (n, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_label(marker, n, v, out);
+    }
+    out.push(b'}');
+}
+
+/// `name="value"`, the name turned back and quoted if it is no legacy label name, the value
+/// (escaped) as it is.
+fn write_label(marker: Marker, name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    let name = marker.decode(name);
+    if is_legacy_bytes(&name, lex::is_label_start, lex::is_label_char) {
+        out.extend_from_slice(&name);
+    } else {
+        write_quoted(&name, out);
+    }
+    out.extend_from_slice(b"=\"");
+    out.extend_from_slice(value);
+    out.push(b'"');
+}
+
+fn is_legacy_bytes(name: &[u8], start: fn(u8) -> bool, rest: fn(u8) -> bool) -> bool {
+    name.first().is_some_and(|&c| start(c)) && name[1..].iter().all(|&c| rest(c))
 }
 
 fn push_text(text: &mut Vec<u8>, s: &[u8]) -> (u32, u32) {
@@ -213,7 +342,8 @@ pub fn render_source(
     identity: Option<IdentityLabels<'_>>,
     out: Format,
 ) -> Rendered {
-    render_prepared(body, prepared, identity, out, true)
+    let escaping = prepared.escaped.unwrap_or_default();
+    render_prepared(body, prepared, identity, out, true, escaping)
 }
 
 /// [`render_source`]; `compact` gives back the spare capacity (for a rendering that is kept).
@@ -223,24 +353,46 @@ pub(super) fn render_prepared(
     identity: Option<IdentityLabels<'_>>,
     out: Format,
     compact: bool,
+    escaping: Escaping,
 ) -> Rendered {
     if prepared.len != body.len() {
-        return render_body(body, prepared.format, identity, out, compact);
+        return render_body(body, prepared.format, identity, out, compact, escaping);
     }
-    render_parsed(prepared.parsed(body), identity, out, compact)
+    let mut r = render_parsed(prepared.parsed(body), identity, out, compact);
+    r.escaping = prepared.escaped;
+    if let Some(m) = prepared.marker {
+        r.unmark(m);
+    }
+    r
 }
 
-/// Parses and renders a body; a body that fails is kept as rejected.
+/// Parses and renders a body (quoted names rewritten in `escaping`); a body that fails is kept
+/// as rejected.
 pub(super) fn render_body(
     body: &[u8],
     format: Format,
     identity: Option<IdentityLabels<'_>>,
     out: Format,
     compact: bool,
+    escaping: Escaping,
 ) -> Rendered {
-    match parse(body, format) {
-        Ok(parsed) => render_parsed(parsed, identity, out, compact),
-        Err(e) => Rendered::rejected(body.len(), format, identity, out, e),
+    let render = |b: &[u8], _| parse(b, format).map(|p| render_parsed(p, identity, out, compact));
+    match with_quoted(body, format, escaping, render) {
+        Ok((r, None)) => r,
+        Ok((mut r, Some(rewritten))) => {
+            r.came_from(body.len(), format);
+            r.escaping = Some(escaping);
+            if let Some(m) = rewritten.marker {
+                r.unmark(m);
+            }
+            r
+        }
+        Err(e) => {
+            // Whether it fails may depend on the scheme (names that escape alike).
+            let mut r = Rendered::rejected(body.len(), format, identity, out, e);
+            r.escaping = Some(escaping);
+            r
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! parse, a prepared body, a stored rendering, a rendering for another format) and both sinks,
 //! which must all give the same bytes and stats.
 
-use super::super::{prepare, validate, Prepared};
+use super::super::{prepare, validate, Escaping, Prepared};
 use super::*;
 
 fn id(pod: &str) -> Option<IdentityLabels<'_>> {
@@ -465,4 +465,194 @@ fn renderings_are_bounded() {
     let before = super::super::RENDERED_OVERSIZE.get();
     assert!(render_within(&src, Format::Text, 100).is_none());
     assert!(super::super::RENDERED_OVERSIZE.get() > before);
+}
+
+/// A text body with quoted (UTF-8) names, and a plain one whose names collide with them
+/// after `underscores`.
+const UTF8_BODY: &str = "# HELP \"http.server.duration\" Time \"spent\".\n\
+# TYPE \"http.server.duration\" histogram\n\
+{\"http.server.duration_bucket\",\"http.method\"=\"GET\",le=\"1\"} 1\n\
+{\"http.server.duration_bucket\",\"http.method\"=\"GET\",le=\"+Inf\"} 2\n\
+{\"http.server.duration_sum\",\"http.method\"=\"GET\"} 3\n\
+{\"http.server.duration_count\",\"http.method\"=\"GET\"} 2\n\
+# TYPE up_total counter\n\
+up_total{\"a.b\"=\"x\",\"pod\"=\"p\"} 1\n\
+{\"quote\\\"d\"} 1\n";
+const COLLIDING_BODY: &str =
+    "# TYPE up_total counter\nup_total{a_b=\"x\",pod=\"p\"} 1\nquote_d 2\n";
+
+/// Merges bodies with `escaping` every way: as they are, prepared with [`prepare_escaped`]
+/// (the rewrite as the body), and with their renderings; all must agree.
+fn run_escaped(bodies: &[(&str, &str)], out: Format, escaping: Escaping) -> (String, MergeStats) {
+    let raw: Vec<Source<'_>> = bodies
+        .iter()
+        .map(|(pod, b)| Source::new(id(pod), b.as_bytes(), Format::Text).with_escaping(escaping))
+        .collect();
+    let (buf, st) = merged(&raw, out);
+    let preps: Vec<(Option<Vec<u8>>, Prepared)> = bodies
+        .iter()
+        .map(|(_, b)| super::super::prepare_escaped(b.as_bytes(), Format::Text, escaping).unwrap())
+        .collect();
+    let prepared: Vec<Source<'_>> = bodies
+        .iter()
+        .zip(&preps)
+        .map(|((pod, b), (rewritten, p))| {
+            let body = rewritten.as_deref().unwrap_or(b.as_bytes());
+            Source::prepared(id(pod), body, p).with_escaping(escaping)
+        })
+        .collect();
+    let (y, sy) = merged(&prepared, out);
+    assert_eq!(
+        (String::from_utf8_lossy(&buf), &st),
+        (String::from_utf8_lossy(&y), &sy)
+    );
+    let rendered: Vec<Rendered> = prepared.iter().map(|s| s.render(out)).collect();
+    let with: Vec<Source<'_>> = prepared
+        .iter()
+        .zip(&rendered)
+        .map(|(s, r)| s.with_rendered(Some(r)))
+        .collect();
+    let (z, sz) = merged(&with, out);
+    assert_eq!(
+        (String::from_utf8_lossy(&buf), &st),
+        (String::from_utf8_lossy(&z), &sz)
+    );
+    // A rendering for another scheme does not fit, and is made again.
+    for other in Escaping::ALL.into_iter().filter(|o| *o != escaping) {
+        let others: Vec<Rendered> = raw
+            .iter()
+            .map(|s| s.with_escaping(other).render(out))
+            .collect();
+        let with: Vec<Source<'_>> = raw
+            .iter()
+            .zip(&others)
+            .map(|(s, r)| s.with_rendered(Some(r)))
+            .collect();
+        assert_eq!(
+            merged(&with, out).0,
+            buf,
+            "{other:?} rendering used for {escaping:?}"
+        );
+    }
+    (String::from_utf8(buf).unwrap(), st)
+}
+
+#[test]
+fn utf8_names_in_every_scheme() {
+    let bodies = [("p", UTF8_BODY), ("q", COLLIDING_BODY)];
+    assert_eq!(
+        run_escaped(&bodies, Format::Text, Escaping::AllowUtf8).0,
+        r#"# HELP "http.server.duration" Time "spent".
+# TYPE "http.server.duration" histogram
+{"http.server.duration_bucket",namespace="ns",pod="p",container="c",endpoint="metrics","http.method"="GET",le="1"} 1
+{"http.server.duration_bucket",namespace="ns",pod="p",container="c",endpoint="metrics","http.method"="GET",le="+Inf"} 2
+{"http.server.duration_sum",namespace="ns",pod="p",container="c",endpoint="metrics","http.method"="GET"} 3
+{"http.server.duration_count",namespace="ns",pod="p",container="c",endpoint="metrics","http.method"="GET"} 2
+# TYPE "quote\"d" untyped
+{"quote\"d",namespace="ns",pod="p",container="c",endpoint="metrics"} 1
+# TYPE quote_d untyped
+quote_d{namespace="ns",pod="q",container="c",endpoint="metrics"} 2
+# TYPE up_total counter
+up_total{namespace="ns",pod="p",container="c",endpoint="metrics","a.b"="x",exported_pod="p"} 1
+up_total{namespace="ns",pod="q",container="c",endpoint="metrics",a_b="x",exported_pod="p"} 1
+"#
+    );
+    assert_eq!(
+        run_escaped(&bodies, Format::OpenMetrics, Escaping::AllowUtf8).0,
+        r#"# TYPE "http.server.duration" histogram
+# HELP "http.server.duration" Time \"spent\".
+{"http.server.duration_bucket",namespace="ns",pod="p",container="c",endpoint="metrics","http.method"="GET",le="1"} 1
+{"http.server.duration_bucket",namespace="ns",pod="p",container="c",endpoint="metrics","http.method"="GET",le="+Inf"} 2
+{"http.server.duration_sum",namespace="ns",pod="p",container="c",endpoint="metrics","http.method"="GET"} 3
+{"http.server.duration_count",namespace="ns",pod="p",container="c",endpoint="metrics","http.method"="GET"} 2
+# TYPE "quote\"d" unknown
+{"quote\"d",namespace="ns",pod="p",container="c",endpoint="metrics"} 1
+# TYPE quote_d unknown
+quote_d{namespace="ns",pod="q",container="c",endpoint="metrics"} 2
+# TYPE up counter
+up_total{namespace="ns",pod="p",container="c",endpoint="metrics","a.b"="x",exported_pod="p"} 1
+up_total{namespace="ns",pod="q",container="c",endpoint="metrics",a_b="x",exported_pod="p"} 1
+# EOF
+"#
+    );
+    assert_eq!(
+        run_escaped(&bodies, Format::Text, Escaping::Underscores).0,
+        r#"# HELP http_server_duration Time "spent".
+# TYPE http_server_duration histogram
+http_server_duration_bucket{namespace="ns",pod="p",container="c",endpoint="metrics",http_method="GET",le="1"} 1
+http_server_duration_bucket{namespace="ns",pod="p",container="c",endpoint="metrics",http_method="GET",le="+Inf"} 2
+http_server_duration_sum{namespace="ns",pod="p",container="c",endpoint="metrics",http_method="GET"} 3
+http_server_duration_count{namespace="ns",pod="p",container="c",endpoint="metrics",http_method="GET"} 2
+# TYPE quote_d untyped
+quote_d{namespace="ns",pod="p",container="c",endpoint="metrics"} 1
+quote_d{namespace="ns",pod="q",container="c",endpoint="metrics"} 2
+# TYPE up_total counter
+up_total{namespace="ns",pod="p",container="c",endpoint="metrics",a_b="x",exported_pod="p"} 1
+up_total{namespace="ns",pod="q",container="c",endpoint="metrics",a_b="x",exported_pod="p"} 1
+"#
+    );
+    assert_eq!(
+        run_escaped(&bodies, Format::Text, Escaping::Dots).0,
+        r#"# HELP http_dot_server_dot_duration Time "spent".
+# TYPE http_dot_server_dot_duration histogram
+http_dot_server_dot_duration_bucket{namespace="ns",pod="p",container="c",endpoint="metrics",http_dot_method="GET",le="1"} 1
+http_dot_server_dot_duration_bucket{namespace="ns",pod="p",container="c",endpoint="metrics",http_dot_method="GET",le="+Inf"} 2
+http_dot_server_dot_duration_sum{namespace="ns",pod="p",container="c",endpoint="metrics",http_dot_method="GET"} 3
+http_dot_server_dot_duration_count{namespace="ns",pod="p",container="c",endpoint="metrics",http_dot_method="GET"} 2
+# TYPE quote__d untyped
+quote__d{namespace="ns",pod="p",container="c",endpoint="metrics"} 1
+# TYPE quote_d untyped
+quote_d{namespace="ns",pod="q",container="c",endpoint="metrics"} 2
+# TYPE up_total counter
+up_total{namespace="ns",pod="p",container="c",endpoint="metrics",a_dot_b="x",exported_pod="p"} 1
+up_total{namespace="ns",pod="q",container="c",endpoint="metrics",a_b="x",exported_pod="p"} 1
+"#
+    );
+    assert_eq!(
+        run_escaped(&bodies, Format::Text, Escaping::Values).0,
+        r#"# HELP U__http_2e_server_2e_duration Time "spent".
+# TYPE U__http_2e_server_2e_duration histogram
+U__http_2e_server_2e_duration_bucket{namespace="ns",pod="p",container="c",endpoint="metrics",U__http_2e_method="GET",le="1"} 1
+U__http_2e_server_2e_duration_bucket{namespace="ns",pod="p",container="c",endpoint="metrics",U__http_2e_method="GET",le="+Inf"} 2
+U__http_2e_server_2e_duration_sum{namespace="ns",pod="p",container="c",endpoint="metrics",U__http_2e_method="GET"} 3
+U__http_2e_server_2e_duration_count{namespace="ns",pod="p",container="c",endpoint="metrics",U__http_2e_method="GET"} 2
+# TYPE U__quote_22_d untyped
+U__quote_22_d{namespace="ns",pod="p",container="c",endpoint="metrics"} 1
+# TYPE quote_d untyped
+quote_d{namespace="ns",pod="q",container="c",endpoint="metrics"} 2
+# TYPE up_total counter
+up_total{namespace="ns",pod="p",container="c",endpoint="metrics",U__a_2e_b="x",exported_pod="p"} 1
+up_total{namespace="ns",pod="q",container="c",endpoint="metrics",a_b="x",exported_pod="p"} 1
+"#
+    );
+    for out in [Format::Text, Format::OpenMetrics] {
+        for e in Escaping::ALL {
+            let (text, st) = run_escaped(&bodies, out, e);
+            assert!(st.rejected.is_empty() && st.family_conflicts == 0, "{st:?}");
+            // Valid, read with the same scheme (allow-utf-8 keeps `quote"d` and `quote_d` apart).
+            let (_, p) = super::super::prepare_escaped(text.as_bytes(), out, e).unwrap();
+            assert_eq!(p.summary().samples, 8, "{text}");
+        }
+    }
+}
+
+#[test]
+fn quoted_series_met_across_sources_are_written_once() {
+    // Two sources with one identity: their series may meet, and are compared line by line.
+    let a = "{\"a.b\",\"x.y\"=\"1\"} 1\nm{\"c.d\"=\"1\"} 1\n";
+    let b = "{\"a.b\",\"x.y\"=\"1\"} 2\n{\"a.b\",\"x.y\"=\"2\"} 3\nm{\"c.d\"=\"1\"} 2\nm{\"c.d\"=\"2\"} 2\n";
+    let sources = [
+        Source::new(id("p"), a.as_bytes(), Format::Text).with_escaping(Escaping::AllowUtf8),
+        Source::new(id("p"), b.as_bytes(), Format::Text).with_escaping(Escaping::AllowUtf8),
+    ];
+    let (out, st) = merged(&sources, Format::Text);
+    assert_eq!(st.duplicate_series, 2, "{}", String::from_utf8_lossy(&out));
+    let id = "namespace=\"ns\",pod=\"p\",container=\"c\",endpoint=\"metrics\"";
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        format!(
+            "# TYPE \"a.b\" untyped\n{{\"a.b\",{id},\"x.y\"=\"1\"}} 1\n{{\"a.b\",{id},\"x.y\"=\"2\"}} 3\n\
+             # TYPE m untyped\nm{{{id},\"c.d\"=\"1\"}} 1\nm{{{id},\"c.d\"=\"2\"}} 2\n"
+        )
+    );
 }

@@ -182,21 +182,78 @@ fn name_of(line: &[u8]) -> (&[u8], Option<usize>) {
     (&line[..end], (line.get(end) == Some(&b'{')).then_some(end))
 }
 
+/// A label's name and raw value, slices of an output line.
+type Pair<'a> = (&'a [u8], &'a [u8]);
+
+/// The sample name and labels (name, raw value) of an output line that has quoted names (an
+/// `allow-utf-8` answer: `{"a.b",x="1"} 1`, `m{"c.d"="1"} 1`); names as written between
+/// their quotes, which output lines spell one way.
+fn quoted_series(line: &[u8]) -> (&[u8], Vec<Pair<'_>>) {
+    let (mut name, block) = name_of(line);
+    let mut labels = Vec::new();
+    let Some(mut i) = block.map(|b| b + 1) else {
+        return (name, labels);
+    };
+    while i < line.len() && line[i] != b'}' {
+        let (token, after) = if line[i] == b'"' {
+            let close = string_end(line, i + 1);
+            (&line[i + 1..close], close + 1)
+        } else {
+            let end = lex::scan_label_name(line, i);
+            (&line[i..end], end)
+        };
+        i = after;
+        if line.get(i) == Some(&b'=') {
+            let close = string_end(line, i + 2);
+            labels.push((token, &line[i + 2..close]));
+            i = close + 1;
+        } else {
+            name = token;
+        }
+        if line.get(i) == Some(&b',') {
+            i += 1;
+        }
+    }
+    (name, labels)
+}
+
+/// The index of the `"` that ends the escaped string starting at `i`.
+fn string_end(line: &[u8], mut i: usize) -> usize {
+    while i < line.len() && line[i] != b'"' {
+        i += if line[i] == b'\\' { 2 } else { 1 };
+    }
+    i.min(line.len())
+}
+
+/// Lexes an output line's label block at `i` into `labels`: `false` when the line has quoted
+/// names (it starts with `{`, or the legacy lexer fails on a quoted label name), which
+/// [`quoted_series`] reads. Legacy lines cost what they did.
+fn legacy_labels(line: &[u8], i: Option<usize>, strict: bool, labels: &mut Vec<Label>) -> bool {
+    labels.clear();
+    if line.first() == Some(&b'{') {
+        return false;
+    }
+    let Some(i) = i else {
+        return true;
+    };
+    let mut info = BlockInfo::default();
+    // An output line is valid in its format: lexing fails only on quoted names.
+    lex_labels(line, i, strict, labels, &mut info).is_ok()
+}
+
 /// The series hash of an output line, as the parser hashes a sample (name plus the
 /// order-independent sum of its label pairs, values as written).
 fn series_hash(line: &[u8], strict: bool, labels: &mut Vec<Label>) -> u64 {
     let (name, block) = name_of(line);
-    let mut h = name_hash(name);
-    if let Some(i) = block {
-        let mut info = BlockInfo::default();
-        // An output line is valid in its format, so lexing it cannot fail.
-        if lex_labels(line, i, strict, labels, &mut info).is_ok() {
-            for l in labels.iter() {
-                h = h.wrapping_add(pair_hash(l.name(line), l.value(line)));
-            }
-        }
+    if !legacy_labels(line, block, strict, labels) {
+        let (name, pairs) = quoted_series(line);
+        return pairs
+            .iter()
+            .fold(name_hash(name), |h, (n, v)| h.wrapping_add(pair_hash(n, v)));
     }
-    h
+    labels.iter().fold(name_hash(name), |h, l| {
+        h.wrapping_add(pair_hash(l.name(line), l.value(line)))
+    })
 }
 
 /// A sample name and its labels (name, unescaped value), sorted.
@@ -207,16 +264,23 @@ type Series = (Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>);
 fn series(line: &[u8], strict: bool, labels: &mut Vec<Label>) -> Series {
     let (name, block) = name_of(line);
     let mut key = Vec::new();
-    if let Some(i) = block {
-        let mut info = BlockInfo::default();
-        if lex_labels(line, i, strict, labels, &mut info).is_ok() {
-            for l in labels.iter() {
-                let mut v = Vec::new();
-                lex::unescape(l.value(line), &mut v);
-                if !v.is_empty() {
-                    key.push((l.name(line).to_vec(), v));
-                }
+    if !legacy_labels(line, block, strict, labels) {
+        let (name, pairs) = quoted_series(line);
+        for (n, raw) in pairs {
+            let mut v = Vec::new();
+            lex::unescape(raw, &mut v);
+            if !v.is_empty() {
+                key.push((n.to_vec(), v));
             }
+        }
+        key.sort();
+        return (name.to_vec(), key);
+    }
+    for l in labels.iter() {
+        let mut v = Vec::new();
+        lex::unescape(l.value(line), &mut v);
+        if !v.is_empty() {
+            key.push((l.name(line).to_vec(), v));
         }
     }
     key.sort();
@@ -234,10 +298,19 @@ pub(crate) fn write_header(
     out: Format,
     buf: &mut Vec<u8>,
 ) {
+    // A name outside the legacy set (an `allow-utf-8` answer's) is quoted.
+    let legacy = name
+        .first()
+        .is_none_or(|p| p.first().is_none_or(|&c| lex::is_name_start(c)))
+        && name.iter().all(|p| p.iter().all(|&c| lex::is_name_char(c)));
     let line = |buf: &mut Vec<u8>, keyword: &[u8]| {
         buf.extend_from_slice(keyword);
-        for piece in name {
-            buf.extend_from_slice(piece);
+        if legacy {
+            for piece in name {
+                buf.extend_from_slice(piece);
+            }
+        } else {
+            lex::write_quoted(&name.concat(), buf);
         }
         buf.push(b' ');
     };

@@ -38,6 +38,14 @@ pub(crate) fn unescape(raw: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// A name outside the legacy set as text 1.0.0 and OpenMetrics write it: in quotes, `\\`,
+/// `\"` and newlines escaped as in label values.
+pub(crate) fn write_quoted(name: &[u8], out: &mut Vec<u8>) {
+    out.push(b'"');
+    write_escaped(name, Escaped::Raw, Escaped::LabelValue, out);
+    out.push(b'"');
+}
+
 /// Where the first escape that text 0.0.4 HELP lacks (any but `\\` and `\n`) starts in `raw`.
 pub(crate) fn bad_text_help_escape(raw: &[u8]) -> Option<usize> {
     let mut k = 0;

@@ -19,6 +19,7 @@ mod index;
 pub(super) mod lex;
 mod line;
 mod openmetrics;
+pub(super) mod quoted;
 mod series;
 mod text;
 mod validate;
@@ -28,7 +29,8 @@ pub(crate) use index::{
     SLOW,
 };
 
-use super::{Format, ParseError};
+use super::escaping::Marker;
+use super::{Escaping, Format, ParseError};
 use line::{Grammar, Line, Scratch};
 use openmetrics::OpenMetrics;
 use text::Text;
@@ -46,6 +48,31 @@ pub(crate) fn parse(body: &[u8], format: Format) -> Result<Parsed<'_>, ParseErro
         Format::Protobuf => Err((0, "a protobuf body is not parsed as text")),
     };
     parsed.map_err(|(pos, reason)| ParseError::at(body, pos, reason))
+}
+
+/// Runs `f` (a parse) on `body`, or, when that fails and the body has quoted (UTF-8) names, on
+/// the body with legacy names `escaping` makes of it ([`quoted`]; with the marker of its names
+/// for `allow-utf-8`), which is returned beside the result (what `f` made points into it).
+/// Errors are placed in `body`; of the parser's and the rewrite's, the earlier.
+pub(crate) fn with_quoted<T>(
+    body: &[u8],
+    format: Format,
+    escaping: Escaping,
+    f: impl Fn(&[u8], Option<Marker>) -> Result<T, ParseError>,
+) -> Result<(T, Option<quoted::Rewritten>), ParseError> {
+    let e = match f(body, None) {
+        Ok(t) => return Ok((t, None)),
+        Err(e) => e,
+    };
+    match quoted::rewrite(body, format, escaping) {
+        Ok(None) => Err(e),
+        Ok(Some(r)) => match f(&r.body, r.marker) {
+            Ok(t) => Ok((t, Some(r))),
+            Err(e) => Err(r.original_error(body, e)),
+        },
+        Err(q) if (q.line, q.column) <= (e.line, e.column) => Err(q),
+        Err(_) => Err(e),
+    }
 }
 
 fn run<G: Grammar>(b: &[u8]) -> Result<Parsed<'_>, Rejection> {

@@ -18,7 +18,7 @@ mod to_text;
 
 pub(crate) use from_text::from_text;
 pub use read::{decode, decode_within, decoded_bytes};
-pub(crate) use to_text::{is_legacy, is_legacy_label, legacy_label_name, legacy_name};
+pub(crate) use to_text::has_utf8_names;
 pub use to_text::{is_native, is_native_only, to_openmetrics, OpenMetricsBody};
 
 /// The media type of the delimited protobuf exposition.

@@ -11,15 +11,15 @@
 //! - a family OpenMetrics would reject (a counter not named `*_total`, a negative or NaN sum,
 //!   ...) is written as `unknown` families, one per sample name, so the series keep their names
 //!   and values (the text engine does the same with such text families);
-//! - a metric or label name outside `[a-zA-Z_:][a-zA-Z0-9_:]*` is written with every other
-//!   character as `_` (Prometheus' `underscores` escaping, what a scraper that asks for no
-//!   other scheme gets); of two labels of a metric that become one name, the first is kept.
+//! - a metric or label name outside `[a-zA-Z_:][a-zA-Z0-9_:]*` is written in the scheme the
+//!   body is made for (`super::super::Escaping`; `underscores` for a scraper that named none);
+//!   of two labels of a metric that become one name, the first is kept.
 
 use std::fmt::Write as _;
 
-use super::super::lex::{
-    is_label_char, is_label_start, is_name_char, is_name_start, write_escaped, Escaped,
-};
+use super::super::escaping::{Marker, Names};
+use super::super::lex::{write_escaped, Escaped};
+use super::super::{is_legacy, is_legacy_label, Escaping};
 use super::schema::{Exemplar, Histogram, Metric, MetricFamily, MetricType, Timestamp};
 
 /// An OpenMetrics body made from protobuf families.
@@ -28,16 +28,72 @@ pub struct OpenMetricsBody {
     pub body: Vec<u8>,
     /// Native histograms (metrics) without classic buckets, left out.
     pub native_only: usize,
+    /// Some name is outside the legacy set: the body differs with the escaping scheme.
+    pub utf8_names: bool,
+    /// The marker of its names outside the legacy set (`allow-utf-8`).
+    pub(crate) marker: Option<Marker>,
 }
 
-/// Writes `families` (as [`super::decode`] checked them) as one OpenMetrics body.
-pub fn to_openmetrics(families: &[MetricFamily]) -> OpenMetricsBody {
-    let mut w = Writer::default();
+/// Every name of `families`: metric, label and exemplar label names.
+fn names_of(families: &[MetricFamily]) -> Vec<&[u8]> {
+    let mut names = Vec::new();
+    for f in families {
+        names.push(f.name.as_bytes());
+        for m in &f.metric {
+            names.extend(m.label.iter().map(|l| l.name.as_bytes()));
+            for e in exemplars(m) {
+                names.extend(e.label.iter().map(|l| l.name.as_bytes()));
+            }
+        }
+    }
+    names
+}
+
+/// Writes `families` (as [`super::decode`] checked them) as one OpenMetrics body, names in
+/// `escaping` (for `allow-utf-8` marked, [`OpenMetricsBody::marker`]).
+pub fn to_openmetrics(families: &[MetricFamily], escaping: Escaping) -> OpenMetricsBody {
+    let utf8_names = families.iter().any(has_utf8_names);
+    let names = match (escaping, utf8_names) {
+        (Escaping::AllowUtf8, true) => Names::new(escaping, names_of(families)),
+        // Legacy names only: every scheme writes them as they are.
+        (Escaping::AllowUtf8, false) => Names::Escaped(Escaping::Underscores),
+        (e, _) => Names::Escaped(e),
+    };
+    let mut w = Writer {
+        names,
+        out: OpenMetricsBody {
+            utf8_names,
+            marker: names.marker(),
+            ..OpenMetricsBody::default()
+        },
+        lines: String::new(),
+    };
     for f in families {
         w.family(f);
     }
     w.out.body.extend_from_slice(b"# EOF\n");
     w.out
+}
+
+/// Whether a family has a metric or label name outside the legacy set.
+pub(crate) fn has_utf8_names(f: &MetricFamily) -> bool {
+    !is_legacy(&f.name)
+        || f.metric.iter().any(|m| {
+            m.label.iter().any(|l| !is_legacy_label(&l.name))
+                || exemplars(m).any(|e| e.label.iter().any(|l| !is_legacy_label(&l.name)))
+        })
+}
+
+/// A metric's exemplars: its counter's and its histogram's.
+fn exemplars(m: &Metric) -> impl Iterator<Item = &Exemplar> {
+    let counter = m.counter.as_ref().and_then(|c| c.exemplar.as_ref());
+    let histogram = m.histogram.iter().flat_map(|h| {
+        h.bucket
+            .iter()
+            .filter_map(|b| b.exemplar.as_ref())
+            .chain(h.exemplars.iter())
+    });
+    counter.into_iter().chain(histogram)
 }
 
 /// Whether a histogram carries native buckets (Prometheus' rule: any span, a zero bucket, or
@@ -54,9 +110,9 @@ pub fn is_native(h: &Histogram) -> bool {
         || h.zero_count_float > 0.0
 }
 
-#[derive(Default)]
 struct Writer {
     out: OpenMetricsBody,
+    names: Names,
     /// A family's lines, written after its header once its metrics are known.
     lines: String,
 }
@@ -78,7 +134,7 @@ enum Value {
 
 impl Writer {
     fn family(&mut self, f: &MetricFamily) {
-        let name = legacy_name(&f.name);
+        let name = self.names.metric_name(&f.name).into_owned();
         let mtype = MetricType::try_from(f.r#type).unwrap_or(MetricType::Untyped);
         let metrics: Vec<&Metric> = f
             .metric
@@ -114,7 +170,7 @@ impl Writer {
         };
         let b = &mut self.out.body;
         b.extend_from_slice(format!("# TYPE {om_name} {om_type}\n").as_bytes());
-        let unit = legacy_name(&f.unit);
+        let unit = self.names.metric_name(&f.unit);
         if !unit.is_empty()
             && om_name.len() > unit.len() + 1
             && om_name.ends_with(&format!("_{unit}"))
@@ -171,7 +227,7 @@ impl Writer {
     }
 
     fn line(&mut self, name: &str, m: &Metric, line: &Line<'_>) {
-        let s = &mut self.lines;
+        let (s, namer) = (&mut self.lines, self.names);
         s.push_str(name);
         s.push_str(line.suffix);
         let mut first = true;
@@ -186,7 +242,7 @@ impl Writer {
         // Of two labels that escape to one name, the first is kept.
         let mut names: Vec<String> = Vec::new();
         for l in m.label.iter().filter(|l| !l.value.is_empty()) {
-            let name = legacy_label_name(&l.name);
+            let name = namer.label_name(&l.name).into_owned();
             if !names.contains(&name) {
                 label(s, &name, &l.value);
                 names.push(name);
@@ -216,7 +272,7 @@ impl Writer {
                 if i > 0 {
                     s.push(',');
                 }
-                s.push_str(&legacy_label_name(&l.name));
+                s.push_str(&namer.label_name(&l.name));
                 s.push_str("=\"");
                 escape_value(&l.value, s);
                 s.push('"');
@@ -369,49 +425,6 @@ fn histogram_ok(m: &Metric, gauge: bool) -> bool {
         sum >= 0.0 && !negative_bucket
     };
     counts_ok && sum_ok
-}
-
-/// Whether a metric name is a legacy Prometheus name (`[a-zA-Z_:][a-zA-Z0-9_:]*`).
-pub(crate) fn is_legacy(name: &str) -> bool {
-    is_legacy_in(name, is_name_start, is_name_char)
-}
-
-/// Whether a label name is a legacy Prometheus name (`[a-zA-Z_][a-zA-Z0-9_]*`).
-pub(crate) fn is_legacy_label(name: &str) -> bool {
-    is_legacy_in(name, is_label_start, is_label_char)
-}
-
-fn is_legacy_in(name: &str, start: fn(u8) -> bool, rest: fn(u8) -> bool) -> bool {
-    let b = name.as_bytes();
-    b.first().is_none_or(|&c| start(c)) && b.iter().skip(1).all(|&c| rest(c))
-}
-
-/// A metric name in the `underscores` escaping: every character outside the legacy class (and
-/// a leading digit) as `_`. Legacy names come back as they are.
-pub(crate) fn legacy_name(name: &str) -> String {
-    escape_in(name, is_name_start, is_name_char)
-}
-
-/// A label name in the `underscores` escaping.
-pub(crate) fn legacy_label_name(name: &str) -> String {
-    escape_in(name, is_label_start, is_label_char)
-}
-
-fn escape_in(name: &str, start: fn(u8) -> bool, rest: fn(u8) -> bool) -> String {
-    if is_legacy_in(name, start, rest) {
-        return name.to_string();
-    }
-    name.chars()
-        .enumerate()
-        .map(|(i, c)| {
-            let class = if i == 0 { start } else { rest };
-            if c.is_ascii() && class(c as u8) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 fn escape_value(v: &str, s: &mut String) {
@@ -606,7 +619,7 @@ mod tests {
                 }],
             ),
         ];
-        let om = to_openmetrics(&families);
+        let om = to_openmetrics(&families, Escaping::Underscores);
         let text = String::from_utf8(om.body.clone()).unwrap();
         assert_eq!(
             text,
@@ -656,7 +669,7 @@ mod tests {
                 ..Default::default()
             }],
         )];
-        let om = to_openmetrics(&families);
+        let om = to_openmetrics(&families, Escaping::Underscores);
         let text = String::from_utf8(om.body.clone()).unwrap();
         assert!(
             text.contains("# TYPE h_bucket unknown\nh_bucket{le=\"0.0\"} 1\n"),
