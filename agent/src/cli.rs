@@ -101,6 +101,19 @@ pub struct RunArgs {
     #[arg(long, env = "LOUPE_SIDECAR_STATS")]
     pub sidecar_stats: bool,
 
+    /// How each pod's `job` is chosen: `default` (the `loupe.dev/job` annotation, else the
+    /// `app.kubernetes.io/name` label, else `app`, else the controlling owner, a Deployment's
+    /// name for its pods, else the pod's name), `annotation:KEY` or `label:KEY` (that value, else
+    /// the default rule), or `value:JOB` (one job for every pod).
+    #[arg(long, env = "LOUPE_JOB_FROM", default_value = "default", value_parser = parse_job_rule)]
+    pub job_from: crate::discover::target_labels::JobRule,
+
+    /// Pod labels copied onto the pod's series, as comma-separated patterns over label keys
+    /// (`*` matches any run of characters), e.g. `app.kubernetes.io/*,team`; names sanitised as
+    /// Prometheus' `labelmap` of `__meta_kubernetes_pod_label_*` gives them. None by default.
+    #[arg(long, env = "LOUPE_POD_LABELS", default_value = "")]
+    pub pod_labels: String,
+
     /// Address the merged node target is served on.
     #[arg(long, env = "LOUPE_LISTEN", default_value = "0.0.0.0:9897")]
     pub listen: SocketAddr,
@@ -168,7 +181,25 @@ pub struct RunArgs {
     pub memory_limit: Option<usize>,
 }
 
+fn parse_job_rule(s: &str) -> Result<crate::discover::target_labels::JobRule, String> {
+    s.parse()
+}
+
 impl RunArgs {
+    /// How pods get their `job` and copied labels; the `--pod-labels` patterns left out are
+    /// logged and counted here.
+    pub fn target_labels(&self) -> crate::discover::target_labels::Rules {
+        use crate::discover::target_labels::{label_error, PodLabels, Rules};
+        let (pod_labels, refused) = PodLabels::parse(&self.pod_labels);
+        for why in refused {
+            label_error(&why);
+        }
+        Rules {
+            job: self.job_from.clone(),
+            pod_labels,
+        }
+    }
+
     /// The agent's default scrape limits.
     pub fn limits(&self) -> crate::ingest::Limits {
         crate::ingest::Limits {

@@ -351,6 +351,8 @@ mod tests {
             pod: pod.into(),
             container: "app".into(),
             endpoint: "http-metrics".into(),
+            job: "shop".into(),
+            instance: "10.0.0.1:8080".into(),
             port: 8080,
             path: "/metrics".into(),
             health: health.into(),

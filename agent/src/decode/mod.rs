@@ -362,24 +362,45 @@ pub fn prepare(body: &[u8], format: Format) -> Result<Prepared, ParseError> {
     })
 }
 
-/// Who a body belongs to. An empty value omits that label.
+/// Who a body belongs to: the labels a direct scrape of the pod's endpoint would have given its
+/// series (rule 2). An empty value omits that label.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IdentityLabels<'a> {
     pub namespace: &'a str,
     pub pod: &'a str,
     pub container: &'a str,
     pub endpoint: &'a str,
+    /// The endpoint's `job` and `instance` (`podIP:port`), as Prometheus' target labels.
+    pub job: &'a str,
+    pub instance: &'a str,
+    /// The pod's labels copied by `--pod-labels`: sanitised names, sorted, none named like a
+    /// label above.
+    pub pod_labels: &'a [(String, String)],
 }
 
+/// The fixed identity labels, in output order; the pod's copied labels follow them.
+pub const IDENTITY_NAMES: [&str; 6] = ["namespace", "pod", "container", "endpoint", "job", "instance"];
+
 impl<'a> IdentityLabels<'a> {
-    /// The labels in output order, empty ones included.
-    pub(crate) fn labels(&self) -> [(&'static str, &'a str); 4] {
+    /// The fixed labels' values, in [`IDENTITY_NAMES`] order, empty ones included.
+    pub(crate) fn fixed(&self) -> [&'a str; 6] {
         [
-            ("namespace", self.namespace),
-            ("pod", self.pod),
-            ("container", self.container),
-            ("endpoint", self.endpoint),
+            self.namespace,
+            self.pod,
+            self.container,
+            self.endpoint,
+            self.job,
+            self.instance,
         ]
+    }
+
+    /// Every label in output order, empty ones included.
+    pub fn labels(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        IDENTITY_NAMES.into_iter().zip(self.fixed()).chain(
+            self.pod_labels
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str())),
+        )
     }
 }
 

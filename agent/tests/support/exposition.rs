@@ -23,24 +23,28 @@ pub const IDS: [Option<IdentityLabels<'static>>; 5] = [
         pod: "cart-1",
         container: "app",
         endpoint: "metrics",
+        ..Default::default()
     }),
     Some(IdentityLabels {
         namespace: "shop",
         pod: "cart-2",
         container: "app",
         endpoint: "metrics",
+        ..Default::default()
     }),
     Some(IdentityLabels {
         namespace: "we\"ird\\ns",
         pod: "",
         container: "",
         endpoint: ":9090/metrics",
+        ..Default::default()
     }),
     Some(IdentityLabels {
         namespace: "shop",
         pod: "cart-3",
         container: "app",
         endpoint: "metrics",
+        ..Default::default()
     }),
 ];
 

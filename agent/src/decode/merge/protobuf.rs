@@ -110,9 +110,8 @@ pub(super) fn render_families(
     let mut r = Rendered::empty(body_len, from, identity, Format::Protobuf);
     r.help_from = Format::Protobuf;
     let ident: Vec<(&str, &str)> = identity
-        .map(|i| i.labels())
-        .unwrap_or_default()
-        .into_iter()
+        .iter()
+        .flat_map(IdentityLabels::labels)
         .filter(|(_, v)| !v.is_empty())
         .collect();
     let mut ident_fields = Vec::new();
@@ -300,7 +299,7 @@ fn underscores(f: &schema::MetricFamily) -> schema::MetricFamily {
 
 /// A metric's app labels as written after the identity's: empty ones left out, those named
 /// like an identity label (or, for an app, `job` and `instance`) renamed `exported_*` until
-/// the name is free (rule 2). Also whether one was renamed from an identity label's name.
+/// the name is free (rule 2). Also whether one was renamed.
 fn final_labels(
     ident: &[(&str, &str)],
     app: bool,
@@ -314,9 +313,7 @@ fn final_labels(
     }
     let (mut conflicting, mut out): (Vec<_>, Vec<_>) =
         labels.into_iter().partition(|l| is_ident(&l.name));
-    let renamed = conflicting
-        .iter()
-        .any(|l| ["namespace", "pod", "container", "endpoint"].contains(&l.name.as_str()));
+    let renamed = !conflicting.is_empty();
     conflicting.sort_by_key(|l| l.name.len());
     for mut l in conflicting {
         let mut name = format!("exported_{}", l.name);
@@ -466,6 +463,7 @@ mod tests {
             pod,
             container: "c",
             endpoint: "metrics",
+            ..Default::default()
         })
     }
 

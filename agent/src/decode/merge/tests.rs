@@ -11,6 +11,7 @@ fn id(pod: &str) -> Option<IdentityLabels<'_>> {
         pod,
         container: "c",
         endpoint: "metrics",
+        ..Default::default()
     })
 }
 
@@ -127,6 +128,7 @@ fn identity_conflicts_are_exported() {
         pod: "",
         container: "",
         endpoint: "",
+        ..Default::default()
     });
     let src = Source::new(identity, b"a{pod=\"app\"} 1\n", Format::Text);
     let (s, _) = run(&[src], Format::Text);
