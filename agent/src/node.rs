@@ -185,10 +185,13 @@ impl Node {
         }
         self.errors = errors;
         self.procs = procs;
-        let clashes: HashSet<Clash> =
-            crate::discover::unclash(targets.iter_mut().map(|(key, identity, ..)| (&*key, identity)))
-                .into_iter()
-                .collect();
+        let clashes: HashSet<Clash> = crate::discover::unclash(
+            targets
+                .iter_mut()
+                .map(|(key, identity, ..)| (&*key, identity)),
+        )
+        .into_iter()
+        .collect();
         for clash in clashes.difference(&self.clashes) {
             label_error(clash);
         }

@@ -379,7 +379,14 @@ pub struct IdentityLabels<'a> {
 }
 
 /// The fixed identity labels, in output order; the pod's copied labels follow them.
-pub const IDENTITY_NAMES: [&str; 6] = ["namespace", "pod", "container", "endpoint", "job", "instance"];
+pub const IDENTITY_NAMES: [&str; 6] = [
+    "namespace",
+    "pod",
+    "container",
+    "endpoint",
+    "job",
+    "instance",
+];
 
 impl<'a> IdentityLabels<'a> {
     /// The fixed labels' values, in [`IDENTITY_NAMES`] order, empty ones included.

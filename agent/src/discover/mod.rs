@@ -268,7 +268,11 @@ mod tests {
     #[test]
     fn the_later_of_two_endpoints_with_one_job_and_instance_loses_its_instance() {
         let pods = [
-            pod("a", "10.0.0.1", &[(8080, "/metrics"), (8080, "/other"), (9090, "/metrics")]),
+            pod(
+                "a",
+                "10.0.0.1",
+                &[(8080, "/metrics"), (8080, "/other"), (9090, "/metrics")],
+            ),
             pod("b", "10.0.0.1", &[(9090, "/metrics")]),
             pod("c", "", &[(8080, "/metrics")]),
         ];
@@ -280,6 +284,10 @@ mod tests {
         assert_eq!(clashes[0].key.path, "/other");
         assert_eq!(clashes[1].key.pod.name, "b");
         assert_eq!(clashes[1].first.pod.name, "a");
-        assert!(clashes[1].to_string().contains("pod ns/b port 9090"), "{}", clashes[1]);
+        assert!(
+            clashes[1].to_string().contains("pod ns/b port 9090"),
+            "{}",
+            clashes[1]
+        );
     }
 }

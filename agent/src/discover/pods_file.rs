@@ -227,7 +227,10 @@ pub fn parse(path: &Path, text: &str, rules: &Rules) -> Result<Vec<Pod>, PodsFil
             ));
         }
         for reason in skipped {
-            label_error(&format_args!("pods file {}: pod {pod}: {reason}", path.display()));
+            label_error(&format_args!(
+                "pods file {}: pod {pod}: {reason}",
+                path.display()
+            ));
         }
         pods.push(Pod {
             namespace: entry.namespace,
@@ -342,24 +345,33 @@ mod tests {
     fn ip_job_and_labels_give_the_target_labels() {
         let text = "pods:\n  - namespace: shop\n    name: cart-7d9f\n    pid: 1\n    ip: 10.0.3.7\n    labels:\n      app.kubernetes.io/name: cart\n      team: pay\n    endpoints:\n      - port: 8080\n  - namespace: shop\n    name: web\n    pid: 2\n    ip: fd00::7\n    job: storefront\n    endpoints:\n      - port: 9090\n";
         let rules = Rules {
-            pod_labels: target_labels::PodLabels::parse("team").0,
+            pod_labels: super::super::target_labels::PodLabels::parse("team").0,
             ..Rules::default()
         };
         let pods = parse(Path::new("pods.yaml"), text, &rules).unwrap();
         let (_, cart) = pods[0].targets().next().unwrap();
         assert_eq!(cart.job, "cart");
         assert_eq!(cart.instance, "10.0.3.7:8080");
-        assert_eq!(cart.pod_labels, vec![("team".to_string(), "pay".to_string())]);
+        assert_eq!(
+            cart.pod_labels,
+            vec![("team".to_string(), "pay".to_string())]
+        );
         let (_, web) = pods[1].targets().next().unwrap();
         assert_eq!(web.job, "storefront");
         assert_eq!(web.instance, "[fd00::7]:9090");
         assert!(web.pod_labels.is_empty());
         // No ip: no instance; an invalid job is refused with its place.
-        let pods = p("pods:\n  - namespace: a\n    name: b\n    pid: 1\n    endpoints:\n      - port: 1\n").unwrap();
+        let pods = p(
+            "pods:\n  - namespace: a\n    name: b\n    pid: 1\n    endpoints:\n      - port: 1\n",
+        )
+        .unwrap();
         let (_, b) = pods[0].targets().next().unwrap();
         assert_eq!((b.job.as_str(), b.instance.as_str()), ("b", ""));
         let e = p("pods:\n  - namespace: a\n    name: b\n    pid: 1\n    job: \"\"\n").unwrap_err();
-        assert!(e.to_string().contains("pods[0] (line 2).job: an empty job"), "{e}");
+        assert!(
+            e.to_string().contains("pods[0] (line 2).job: an empty job"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -306,7 +306,12 @@ mod tests {
             .collect()
     }
 
-    fn job(rule: &JobRule, labels: &[(&str, &str)], annotations: &[(&str, &str)], owner: Option<(&str, &str)>) -> (String, Vec<InvalidJob>) {
+    fn job(
+        rule: &JobRule,
+        labels: &[(&str, &str)],
+        annotations: &[(&str, &str)],
+        owner: Option<(&str, &str)>,
+    ) -> (String, Vec<InvalidJob>) {
         let (labels, annotations) = (map(labels), map(annotations));
         rule.job(PodMeta {
             name: "web-7d9f-x2x",
@@ -321,8 +326,26 @@ mod tests {
         let d = JobRule::Default;
         let rs = Some(("ReplicaSet", "web-7d9f"));
         let hash = ("pod-template-hash", "7d9f");
-        assert_eq!(job(&d, &[("app", "a"), ("app.kubernetes.io/name", "n")], &[(LOUPE_JOB, "j")], rs).0, "j");
-        assert_eq!(job(&d, &[("app", "a"), ("app.kubernetes.io/name", "n")], &[], rs).0, "n");
+        assert_eq!(
+            job(
+                &d,
+                &[("app", "a"), ("app.kubernetes.io/name", "n")],
+                &[(LOUPE_JOB, "j")],
+                rs
+            )
+            .0,
+            "j"
+        );
+        assert_eq!(
+            job(
+                &d,
+                &[("app", "a"), ("app.kubernetes.io/name", "n")],
+                &[],
+                rs
+            )
+            .0,
+            "n"
+        );
         assert_eq!(job(&d, &[("app", "a"), hash], &[], rs).0, "a");
         assert_eq!(job(&d, &[hash], &[], rs).0, "web");
         // A ReplicaSet not made by a Deployment, a StatefulSet: the owner's own name.
@@ -335,7 +358,12 @@ mod tests {
     fn an_invalid_value_is_reported_and_the_next_rule_used() {
         let long = "x".repeat(MAX_JOB_LEN + 1);
         for bad in ["", "a\nb", long.as_str()] {
-            let (j, invalid) = job(&JobRule::Default, &[("app", "a")], &[(LOUPE_JOB, bad)], None);
+            let (j, invalid) = job(
+                &JobRule::Default,
+                &[("app", "a")],
+                &[(LOUPE_JOB, bad)],
+                None,
+            );
             assert_eq!(j, "a");
             assert_eq!(invalid.len(), 1, "{bad:?}");
             assert_eq!(invalid[0].source, LOUPE_JOB);
@@ -345,12 +373,18 @@ mod tests {
     #[test]
     fn chosen_rules() {
         let team: JobRule = "label:team".parse().unwrap();
-        assert_eq!(job(&team, &[("team", "pay"), ("app", "a")], &[], None).0, "pay");
+        assert_eq!(
+            job(&team, &[("team", "pay"), ("app", "a")], &[], None).0,
+            "pay"
+        );
         assert_eq!(job(&team, &[("app", "a")], &[], None).0, "a");
         let ann: JobRule = "annotation:example.com/job".parse().unwrap();
         assert_eq!(job(&ann, &[], &[("example.com/job", "e")], None).0, "e");
         let fixed: JobRule = "value:apps".parse().unwrap();
-        assert_eq!(job(&fixed, &[("app", "a")], &[(LOUPE_JOB, "j")], None).0, "apps");
+        assert_eq!(
+            job(&fixed, &[("app", "a")], &[(LOUPE_JOB, "j")], None).0,
+            "apps"
+        );
         assert_eq!("default".parse::<JobRule>(), Ok(JobRule::Default));
         for bad in ["", "label:", "labels:x", "value:", "team"] {
             assert!(bad.parse::<JobRule>().is_err(), "{bad}");
@@ -383,8 +417,12 @@ mod tests {
     #[test]
     fn clashing_and_reserved_names_are_skipped() {
         let (allow, _) = PodLabels::parse("a*,job,3d");
-        let (copied, skipped) =
-            allow.copy(&map(&[("a.b", "1"), ("a_b", "2"), ("job", "x"), ("3d", "y")]));
+        let (copied, skipped) = allow.copy(&map(&[
+            ("a.b", "1"),
+            ("a_b", "2"),
+            ("job", "x"),
+            ("3d", "y"),
+        ]));
         assert_eq!(
             copied,
             vec![("_3d".into(), "y".into()), ("a_b".into(), "1".into())]

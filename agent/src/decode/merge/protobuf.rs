@@ -568,6 +568,50 @@ mod tests {
     }
 
     #[test]
+    fn target_and_pod_labels_come_first_and_an_apps_are_exported() {
+        let pod_labels = [("team".to_string(), "pay".to_string())];
+        let identity = Some(IdentityLabels {
+            namespace: "ns",
+            pod: "a",
+            job: "web",
+            instance: "10.0.0.1:8080",
+            pod_labels: &pod_labels,
+            ..Default::default()
+        });
+        let body = encode(&[native_family(
+            "rpc",
+            vec![
+                label("team", "app-team"),
+                label("instance", "i"),
+                label("method", "GET"),
+            ],
+        )]);
+        let (chunks, _) = merge(
+            &[Source::new(identity, &body, Format::Protobuf)],
+            Format::Protobuf,
+        );
+        let out = decode(&chunks.concat());
+        let labels: Vec<(&str, &str)> = out[0].metric[0]
+            .label
+            .iter()
+            .map(|l| (&*l.name, &*l.value))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("namespace", "ns"),
+                ("pod", "a"),
+                ("job", "web"),
+                ("instance", "10.0.0.1:8080"),
+                ("team", "pay"),
+                ("method", "GET"),
+                ("exported_team", "app-team"),
+                ("exported_instance", "i"),
+            ]
+        );
+    }
+
+    #[test]
     fn text_bodies_become_the_same_families() {
         let text = "# HELP c_total Requests.\n# TYPE c_total counter\nc_total{m=\"x\"} 3\n\
                     # TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 2\n\

@@ -189,6 +189,58 @@ fn an_apps_job_instance_and_loupe_families_cannot_pass_for_loupes() {
 }
 
 #[test]
+fn target_and_pod_labels_come_first_and_an_apps_are_exported() {
+    let pod_labels = [
+        ("app_kubernetes_io_name".to_string(), "web".to_string()),
+        ("team".to_string(), "pay".to_string()),
+    ];
+    let identity = Some(IdentityLabels {
+        namespace: "ns",
+        pod: "p1",
+        endpoint: "metrics",
+        job: "web",
+        instance: "10.0.0.1:8080",
+        pod_labels: &pod_labels,
+        ..Default::default()
+    });
+    // `team` is an app label on one line, inside a value on another, absent on the third.
+    let body = "# TYPE m counter
+m_total{team=\"app\",job=\"j\",exported_team=\"e\"} 1
+m_total{x=\"team=\"} 2
+m_total 3
+";
+    for format in [Format::Text, Format::OpenMetrics] {
+        let src = Source::new(identity, body.as_bytes(), Format::Text);
+        let (s, st) = run(&[src], format);
+        let ident = "namespace=\"ns\",pod=\"p1\",endpoint=\"metrics\",job=\"web\",instance=\"10.0.0.1:8080\",app_kubernetes_io_name=\"web\",team=\"pay\"";
+        for line in [
+            format!("m_total{{{ident},exported_team=\"e\",exported_job=\"j\",exported_exported_team=\"app\"}} 1"),
+            format!("m_total{{{ident},x=\"team=\"}} 2"),
+            format!("m_total{{{ident}}} 3"),
+        ] {
+            assert!(s.contains(&line), "{format:?}: {line} not in\n{s}");
+        }
+        assert_eq!(st, MergeStats::default());
+    }
+    // Two pods whose app labels equal the other's pod labels: their series stay apart.
+    let other_labels = [("team".to_string(), "app".to_string())];
+    let other = Some(IdentityLabels {
+        pod_labels: &other_labels,
+        ..identity.unwrap()
+    });
+    let (s, st) = run(
+        &[
+            Source::new(identity, b"m{team=\"app\"} 1\n", Format::Text),
+            Source::new(other, b"m 2\n", Format::Text),
+        ],
+        Format::Text,
+    );
+    assert!(s.contains("team=\"pay\",exported_team=\"app\"} 1\n"), "{s}");
+    assert!(s.contains("team=\"app\"} 2\n"), "{s}");
+    assert_eq!(st.duplicate_series, 0);
+}
+
+#[test]
 fn clashing_sample_names_drop_the_later_family() {
     let a = "# TYPE a_created gauge\na_created 1\n# EOF\n";
     let b = "# TYPE a counter\na_total 1\na_created 2\n# EOF\n";
