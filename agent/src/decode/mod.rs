@@ -40,13 +40,17 @@
 //!    (`_bucket`, `_sum`, `_count`, `_created`, `_gsum`, `_gcount`) stay with their family.
 //!    Families are sorted by output name (byte order); within a family, samples keep source order
 //!    and, within a source, body order.
-//! 2. **Identity.** The source's non-empty identity labels `namespace`, `pod`, `container`,
-//!    `endpoint` are added to every sample (first, in that order). An app label with one of those
-//!    names and a non-empty value is renamed `exported_<name>`; if that name is taken too, the
-//!    prefix is added again (`exported_exported_<name>`), as Prometheus does with
-//!    `honor_labels: false`. An app's `job` and `instance` labels, which Prometheus sets for the
-//!    target and `honor_labels: true` would let the app override, are renamed the same way
-//!    (`exported_job`, `exported_instance`). An app label with an empty value counts as absent. A
+//! 2. **Identity.** The source's non-empty identity labels ([`IdentityLabels`]) `namespace`,
+//!    `pod`, `container`, `endpoint`, `job`, `instance`, then the pod's copied labels (sorted)
+//!    are added to every sample (first, in that order; encoded once per source). An app label
+//!    with one of those names and a non-empty value is renamed `exported_<name>`; if that name
+//!    is taken too, the prefix is added again (`exported_exported_<name>`), as Prometheus does
+//!    with `honor_labels: false`. An app's `job` and `instance` labels, which Prometheus sets for
+//!    the target and `honor_labels: true` would let the app override, are renamed the same way
+//!    (`exported_job`, `exported_instance`) even where the identity has none of its own (a pod
+//!    without a known IP has no `instance`: the node target's stands). The parser marks lines
+//!    with the fixed names; lines whose label block holds a copied label's name are found by a
+//!    substring search when the source is rendered. An app label with an empty value counts as absent. A
 //!    source without identity (the agent's own series) is added as it is. Family names starting
 //!    `loupe_` are loupe's own: an app's are left out (the app's other families stay), counted in
 //!    `loupe_reserved_families_dropped_total`.

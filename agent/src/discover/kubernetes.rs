@@ -530,6 +530,48 @@ mod tests {
     }
 
     #[test]
+    fn job_instance_and_pod_labels_come_from_the_pod() {
+        let rules = target_labels::Rules {
+            pod_labels: target_labels::PodLabels::parse("app.kubernetes.io/*").0,
+            ..Default::default()
+        };
+        let mut state = State::new(false, rules);
+        let mut pod = kube_pod("web-7d9f-x2x", "Running", running(ID));
+        pod.metadata.labels = Some(
+            [
+                ("pod-template-hash", "7d9f"),
+                ("app.kubernetes.io/part-of", "shop"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
+        );
+        pod.metadata.owner_references = Some(vec![serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d9f",
+            "uid": "u", "controller": true
+        }))
+        .expect("owner")]);
+        if let Some(status) = pod.status.as_mut() {
+            status.pod_ip = Some("10.1.2.3".into());
+        }
+        state.apply(Event::Apply(pod.clone()));
+        let (_, identity) = state.snapshot()[0].targets().next().expect("a target");
+        assert_eq!(identity.job, "web");
+        assert_eq!(identity.instance, "10.1.2.3:8080");
+        assert_eq!(
+            identity.pod_labels,
+            vec![("app_kubernetes_io_part_of".to_string(), "shop".to_string())]
+        );
+        // An unusable loupe.dev/job is an error on the pod; the next rule gives the job.
+        if let Some(a) = pod.metadata.annotations.as_mut() {
+            a.insert(target_labels::LOUPE_JOB.into(), String::new());
+        }
+        let before = DISCOVERY_ERRORS.get();
+        state.apply(Event::Apply(pod));
+        assert!(DISCOVERY_ERRORS.get() > before);
+        assert_eq!(state.snapshot()[0].job, "web");
+    }
+
+    #[test]
     fn backoff_doubles_up_to_the_cap_and_resets() {
         let mut b = CappedBackoff::new(BackoffPolicy {
             initial: Duration::from_millis(100),

@@ -1291,5 +1291,16 @@ mod tests {
             label_text(&id, Some("observed")),
             r#"namespace="ns",pod="a\"b\\c\nd",endpoint="8080",source="observed""#
         );
+        // The target labels a direct scrape's `up` would have, so alerts keep their matchers.
+        let id = Identity {
+            job: "checkout".into(),
+            instance: "10.0.0.7:8080".into(),
+            pod_labels: vec![("team".into(), "pay".into())],
+            ..id
+        };
+        assert_eq!(
+            label_text(&id, None),
+            r#"namespace="ns",pod="a\"b\\c\nd",endpoint="8080",job="checkout",instance="10.0.0.7:8080",team="pay""#
+        );
     }
 }
