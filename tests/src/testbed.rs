@@ -78,7 +78,14 @@ impl Mesh {
 }
 
 /// The labels loupe adds to every sample.
-pub const IDENTITY: [&str; 4] = ["namespace", "pod", "container", "endpoint"];
+pub const IDENTITY: [&str; 6] = [
+    "namespace",
+    "pod",
+    "container",
+    "endpoint",
+    "job",
+    "instance",
+];
 
 /// What the app started with `--series n [--extra-label k=v]` serves, as series -> value.
 pub fn app_series(
