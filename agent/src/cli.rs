@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check what will and will not work on this node (kernel, BTF, capabilities, bpffs, cgroups).
     Doctor,
     /// Ask a running agent for its targets: one line each, with the reason of the down ones.

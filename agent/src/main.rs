@@ -27,7 +27,7 @@ async fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
         Command::Doctor => return cmd::doctor::run(),
         Command::Status(args) => return cmd::status::run(&args).await,
         Command::Capture(args) => return cmd::capture::run(&args).await,

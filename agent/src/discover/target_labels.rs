@@ -239,7 +239,7 @@ impl PodLabels {
                 skipped.push(format!(
                     "label {key} would be named {name}, one of loupe's own labels; not copied"
                 ));
-            } else if let Some((_, _)) = copied.iter().find(|(n, _)| *n == name) {
+            } else if copied.iter().any(|(n, _)| *n == name) {
                 skipped.push(format!(
                     "label {key} would be named {name}, as another label already copied; not copied"
                 ));

@@ -194,7 +194,7 @@ fn target_and_pod_labels_come_first_and_an_apps_are_exported() {
         ("app_kubernetes_io_name".to_string(), "web".to_string()),
         ("team".to_string(), "pay".to_string()),
     ];
-    let identity = Some(IdentityLabels {
+    let labels = IdentityLabels {
         namespace: "ns",
         pod: "p1",
         endpoint: "metrics",
@@ -202,13 +202,11 @@ fn target_and_pod_labels_come_first_and_an_apps_are_exported() {
         instance: "10.0.0.1:8080",
         pod_labels: &pod_labels,
         ..Default::default()
-    });
+    };
+    let identity = Some(labels);
     // `team` is an app label on one line, inside a value on another, absent on the third.
-    let body = "# TYPE m counter
-m_total{team=\"app\",job=\"j\",exported_team=\"e\"} 1
-m_total{x=\"team=\"} 2
-m_total 3
-";
+    let body = "# TYPE m counter\nm_total{team=\"app\",job=\"j\",exported_team=\"e\"} 1\n\
+                m_total{x=\"team=\"} 2\nm_total 3\n";
     for format in [Format::Text, Format::OpenMetrics] {
         let src = Source::new(identity, body.as_bytes(), Format::Text);
         let (s, st) = run(&[src], format);
@@ -226,7 +224,7 @@ m_total 3
     let other_labels = [("team".to_string(), "app".to_string())];
     let other = Some(IdentityLabels {
         pod_labels: &other_labels,
-        ..identity.unwrap()
+        ..labels
     });
     let (s, st) = run(
         &[
