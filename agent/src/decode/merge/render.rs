@@ -180,23 +180,12 @@ impl Rendered {
                 .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect()
         });
-        // As `labels()`: no identity hashes as all labels empty.
-        let values = identity.as_ref().map_or([""; 6], |l| {
-            let mut fixed = [""; 6];
-            for (slot, (_, v)) in fixed.iter_mut().zip(l) {
-                *slot = v;
-            }
-            fixed
-        });
-        let identity_hash = values
-            .iter()
-            .fold(0u64, |h, v| lex::fmix(h ^ name_hash(v.as_bytes())));
-        Rendered {
+        let mut r = Rendered {
             out,
             from,
             help_from: from,
             identity,
-            identity_hash,
+            identity_hash: 0,
             body_len,
             rejected: None,
             reserved: 0,
@@ -205,7 +194,13 @@ impl Rendered {
             metas: Vec::new(),
             text: Vec::new(),
             lines: Bytes::new(),
-        }
+        };
+        // No identity hashes as all labels empty.
+        r.identity_hash = r
+            .labels()
+            .iter()
+            .fold(0u64, |h, v| lex::fmix(h ^ name_hash(v.as_bytes())));
+        r
     }
 }
 
