@@ -293,6 +293,39 @@ mod tests {
     }
 
     #[test]
+    fn target_label_flags_parse() {
+        use crate::discover::target_labels::{JobRule, PodLabels, TARGET_LABEL_ERRORS};
+        let cli = Cli::try_parse_from(["loupe", "run", "--pods-file", "p"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(args.target_labels(), Default::default());
+        let before = TARGET_LABEL_ERRORS.get();
+        let cli = Cli::try_parse_from([
+            "loupe",
+            "run",
+            "--pods-file",
+            "p",
+            "--job-from",
+            "label:team",
+            "--pod-labels",
+            "team,*",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("expected run")
+        };
+        let rules = args.target_labels();
+        assert_eq!(rules.job, JobRule::Label("team".into()));
+        // `*` is left out, logged and counted.
+        assert_eq!(rules.pod_labels, PodLabels::parse("team").0);
+        assert!(TARGET_LABEL_ERRORS.get() > before);
+        let err = Cli::try_parse_from(["loupe", "run", "--pods-file", "p", "--job-from", "team"])
+            .unwrap_err();
+        assert!(err.to_string().contains("label:KEY"), "{err}");
+    }
+
+    #[test]
     fn ring_bytes_round_up_to_a_power_of_two_within_u32() {
         assert_eq!(parse_ring_bytes("0").unwrap(), 4096);
         assert_eq!(parse_ring_bytes("5000").unwrap(), 8192);

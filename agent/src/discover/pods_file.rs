@@ -368,6 +368,17 @@ mod tests {
         let (_, b) = pods[0].targets().next().unwrap();
         assert_eq!((b.job.as_str(), b.instance.as_str()), ("b", ""));
         let e = p("pods:\n  - namespace: a\n    name: b\n    pid: 1\n    job: \"\"\n").unwrap_err();
+        // Two labels that sanitise to one name: the first is copied, the other logged and
+        // counted.
+        let rules = Rules {
+            pod_labels: super::super::target_labels::PodLabels::parse("a*").0,
+            ..Rules::default()
+        };
+        let before = super::super::target_labels::TARGET_LABEL_ERRORS.get();
+        let text = "pods:\n  - namespace: a\n    name: b\n    pid: 1\n    labels:\n      a.b: x\n      a_b: y\n";
+        let pods = parse(Path::new("pods.yaml"), text, &rules).unwrap();
+        assert_eq!(pods[0].labels, vec![("a_b".to_string(), "x".to_string())]);
+        assert!(super::super::target_labels::TARGET_LABEL_ERRORS.get() > before);
         assert!(
             e.to_string().contains("pods[0] (line 2).job: an empty job"),
             "{e}"
