@@ -217,10 +217,6 @@ impl PodLabels {
         (PodLabels { patterns }, refused)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.patterns.is_empty()
-    }
-
     /// The pod's labels to copy: sanitised names, sorted, empty values left out, with the
     /// labels left out for their names (a name of loupe's own labels, or one another label
     /// already took after sanitising: the first key in byte order keeps it).
@@ -435,8 +431,7 @@ mod tests {
         let (allow, refused) = PodLabels::parse("*,team,,has space,**");
         assert_eq!(allow, PodLabels::parse("team").0);
         assert_eq!(refused.len(), 4, "{refused:?}");
-        assert!(PodLabels::parse("").0.is_empty());
-        assert!(PodLabels::parse("").1.is_empty());
+        assert_eq!(PodLabels::parse(" "), (PodLabels::default(), Vec::new()));
     }
 
     #[test]
