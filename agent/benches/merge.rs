@@ -50,6 +50,7 @@ fn sources<'a>(n: &'a Node, f: Format) -> Vec<Source<'a>> {
                 pod,
                 container: "app",
                 endpoint: ":8080/metrics",
+                ..Default::default()
             });
             Source::new(identity, b.as_bytes(), f)
         })

@@ -56,6 +56,7 @@ fn store(bodies: &[Bytes]) -> Store {
                 pod: name.clone(),
                 container: "app".into(),
                 endpoint: "http-metrics".into(),
+                ..Default::default()
             };
             let key = TargetKey {
                 pod: PodKey { namespace, name },

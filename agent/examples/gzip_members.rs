@@ -81,6 +81,7 @@ fn main() {
                     pod,
                     container: "app",
                     endpoint: ":8080/metrics",
+                    ..Default::default()
                 });
                 Source::prepared(identity, b.as_bytes(), p)
             })

@@ -44,6 +44,7 @@ fn main() {
                 pod: name.clone(),
                 container: "app".into(),
                 endpoint: "http-metrics".into(),
+                ..Default::default()
             };
             let key = TargetKey {
                 pod: PodKey { namespace, name },

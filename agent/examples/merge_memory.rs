@@ -49,6 +49,7 @@ fn main() {
                     pod,
                     container: "app",
                     endpoint: ":8080/metrics",
+                    ..Default::default()
                 });
                 let format = if p % 2 == 1 {
                     Format::OpenMetrics

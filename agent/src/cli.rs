@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check what will and will not work on this node (kernel, BTF, capabilities, bpffs, cgroups).
     Doctor,
     /// Ask a running agent for its targets: one line each, with the reason of the down ones.
@@ -101,6 +101,19 @@ pub struct RunArgs {
     #[arg(long, env = "LOUPE_SIDECAR_STATS")]
     pub sidecar_stats: bool,
 
+    /// How each pod's `job` is chosen: `default` (the `loupe.dev/job` annotation, else the
+    /// `app.kubernetes.io/name` label, else `app`, else the controlling owner, a Deployment's
+    /// name for its pods, else the pod's name), `annotation:KEY` or `label:KEY` (that value, else
+    /// the default rule), or `value:JOB` (one job for every pod).
+    #[arg(long, env = "LOUPE_JOB_FROM", default_value = "default", value_parser = parse_job_rule)]
+    pub job_from: crate::discover::target_labels::JobRule,
+
+    /// Pod labels copied onto the pod's series, as comma-separated patterns over label keys
+    /// (`*` matches any run of characters), e.g. `app.kubernetes.io/*,team`; names sanitised as
+    /// Prometheus' `labelmap` of `__meta_kubernetes_pod_label_*` gives them. None by default.
+    #[arg(long, env = "LOUPE_POD_LABELS", default_value = "")]
+    pub pod_labels: String,
+
     /// Address the merged node target is served on.
     #[arg(long, env = "LOUPE_LISTEN", default_value = "0.0.0.0:9897")]
     pub listen: SocketAddr,
@@ -168,7 +181,25 @@ pub struct RunArgs {
     pub memory_limit: Option<usize>,
 }
 
+fn parse_job_rule(s: &str) -> Result<crate::discover::target_labels::JobRule, String> {
+    s.parse()
+}
+
 impl RunArgs {
+    /// How pods get their `job` and copied labels; the `--pod-labels` patterns left out are
+    /// logged and counted here.
+    pub fn target_labels(&self) -> crate::discover::target_labels::Rules {
+        use crate::discover::target_labels::{label_error, PodLabels, Rules};
+        let (pod_labels, refused) = PodLabels::parse(&self.pod_labels);
+        for why in refused {
+            label_error(&why);
+        }
+        Rules {
+            job: self.job_from.clone(),
+            pod_labels,
+        }
+    }
+
     /// The agent's default scrape limits.
     pub fn limits(&self) -> crate::ingest::Limits {
         crate::ingest::Limits {
@@ -259,6 +290,39 @@ mod tests {
         let err = Cli::try_parse_from(["loupe", "run", "--pods-file", "p", "--capture", "maybe"])
             .unwrap_err();
         assert!(err.to_string().contains("auto"), "{err}");
+    }
+
+    #[test]
+    fn target_label_flags_parse() {
+        use crate::discover::target_labels::{JobRule, PodLabels, TARGET_LABEL_ERRORS};
+        let cli = Cli::try_parse_from(["loupe", "run", "--pods-file", "p"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(args.target_labels(), Default::default());
+        let before = TARGET_LABEL_ERRORS.get();
+        let cli = Cli::try_parse_from([
+            "loupe",
+            "run",
+            "--pods-file",
+            "p",
+            "--job-from",
+            "label:team",
+            "--pod-labels",
+            "team,*",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("expected run")
+        };
+        let rules = args.target_labels();
+        assert_eq!(rules.job, JobRule::Label("team".into()));
+        // `*` is left out, logged and counted.
+        assert_eq!(rules.pod_labels, PodLabels::parse("team").0);
+        assert!(TARGET_LABEL_ERRORS.get() > before);
+        let err = Cli::try_parse_from(["loupe", "run", "--pods-file", "p", "--job-from", "team"])
+            .unwrap_err();
+        assert!(err.to_string().contains("label:KEY"), "{err}");
     }
 
     #[test]

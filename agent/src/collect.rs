@@ -344,6 +344,7 @@ mod tests {
             pod: "pod".into(),
             container: "app".into(),
             endpoint: "http".into(),
+            ..Default::default()
         };
         store.set_targets(vec![(
             key.clone(),

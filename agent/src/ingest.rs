@@ -141,17 +141,16 @@ impl Limits {
                 found: samples,
             });
         }
-        let identity_labels = identity.map_or(0, |i| {
-            i.labels()
-                .labels()
-                .iter()
-                .filter(|(_, v)| !v.is_empty())
-                .count()
+        // The identity labels, and the node target's `job` and `instance` where the identity
+        // has none of its own.
+        let extra = identity.map_or(2, |i| {
+            i.labels().labels().filter(|(_, v)| !v.is_empty()).count()
+                + usize::from(i.job.is_empty())
+                + usize::from(i.instance.is_empty())
         });
         let label_limits = decode::LabelLimits {
             labels: self.label_limit,
-            // The identity labels, then `job` and `instance`.
-            extra: identity_labels + 2,
+            extra,
             name_length: self.label_name_length_limit,
             value_length: self.label_value_length_limit,
         };

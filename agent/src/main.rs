@@ -27,7 +27,7 @@ async fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
         Command::Doctor => return cmd::doctor::run(),
         Command::Status(args) => return cmd::status::run(&args).await,
         Command::Capture(args) => return cmd::capture::run(&args).await,
@@ -111,13 +111,15 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let (pods_tx, mut pods_rx) = watch::channel(Vec::<Pod>::new());
+    let target_labels = args.target_labels();
     let discovery = match &args.pods_file {
-        Some(path) => tokio::spawn(pods_file::watch(path.clone(), pods_tx)),
+        Some(path) => tokio::spawn(pods_file::watch(path.clone(), target_labels, pods_tx)),
         None => {
             let config = kubernetes::KubeConfig {
                 node_name: args.node_name.clone().unwrap_or_default(),
                 kubeconfig: args.kubeconfig.clone(),
                 sidecar_stats: args.sidecar_stats,
+                target_labels,
             };
             tokio::spawn(async move {
                 if let Err(e) = kubernetes::run(config, pods_tx).await {

@@ -9,13 +9,14 @@
 
 use crate::capture::probe::{OwnFlows, Probe, ProbeConfig};
 use crate::cli::CaptureMode;
-use crate::discover::{NetnsRef, Pod, PodKey};
+use crate::discover::target_labels::label_error;
+use crate::discover::{Clash, NetnsRef, Pod, PodKey};
 use crate::fetch::{OwnPort, OwnPorts};
 use crate::ingest::{Origin, Outcome, TargetError};
 use crate::resolve::{self, cgroup::ProcIndex, netns::Netns, NetnsCookie};
 use crate::store::{Resolved, Store};
 use crate::telemetry::with_causes;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -117,6 +118,9 @@ pub struct Node {
     attached: HashMap<NetnsCookie, Watched>,
     /// Last error per pod, to log changes only.
     errors: HashMap<PodKey, String>,
+    /// Endpoints served without their instance (another has their job and instance), to log
+    /// new ones only.
+    clashes: HashSet<Clash>,
     /// Container ID -> PID index of `/proc`, kept between applies: rescanning a node with
     /// 10,000 processes costs about 0.1 s, so it is redone only when some container is missing
     /// from it or its process is gone (a new pod, a restarted container).
@@ -135,6 +139,7 @@ impl Node {
             detached,
             attached: HashMap::new(),
             errors: HashMap::new(),
+            clashes: HashSet::new(),
             procs: None,
         }
     }
@@ -180,6 +185,17 @@ impl Node {
         }
         self.errors = errors;
         self.procs = procs;
+        let clashes: HashSet<Clash> = crate::discover::unclash(
+            targets
+                .iter_mut()
+                .map(|(key, identity, ..)| (&*key, identity)),
+        )
+        .into_iter()
+        .collect();
+        for clash in clashes.difference(&self.clashes) {
+            label_error(clash);
+        }
+        self.clashes = clashes;
         self.sync_probe(wanted);
         self.store.set_targets(targets);
         for (key, reason) in failures {

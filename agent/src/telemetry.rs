@@ -287,6 +287,7 @@ mod tests {
             "loupe_ringbuf_over_share_packets_total",
             "loupe_scrapes_sharing_a_merge_total",
             "loupe_scrapes_total",
+            "loupe_target_label_errors_total",
             "loupe_target_limit_exceeded_total",
             "loupe_tls_handshake_failures_total",
             "loupe_web_config_reload_failures_total",

@@ -57,6 +57,7 @@ fn promtool_accepts_merged_pods() {
                     pod,
                     container: "app",
                     endpoint: ":8080/metrics",
+                    ..Default::default()
                 }),
                 b.as_bytes(),
                 *f,
@@ -98,6 +99,7 @@ fn promtool_accepts_tricky_merges() {
                 pod: "p1",
                 container: "c",
                 endpoint: "m",
+                ..Default::default()
             }),
             a.as_bytes(),
             Format::Text,
@@ -108,6 +110,7 @@ fn promtool_accepts_tricky_merges() {
                 pod: "p2",
                 container: "c",
                 endpoint: "m",
+                ..Default::default()
             }),
             b.as_bytes(),
             Format::OpenMetrics,
@@ -148,6 +151,7 @@ fn show_a_small_merge() {
                 pod: "cart-1",
                 container: "app",
                 endpoint: ":8080/metrics",
+                ..Default::default()
             }),
             a.as_bytes(),
             Format::Text,
@@ -158,6 +162,7 @@ fn show_a_small_merge() {
                 pod: "cart-2",
                 container: "app",
                 endpoint: ":8080/metrics",
+                ..Default::default()
             }),
             b.as_bytes(),
             Format::OpenMetrics,
@@ -199,6 +204,7 @@ fn promtool_accepts_merges_of_protobuf_bodies() {
             pod: &pods[i].1,
             container: "app",
             endpoint: ":8080/metrics",
+            ..Default::default()
         })
     };
     let from_text: Vec<Source<'_>> = (0..pods.len())

@@ -38,6 +38,7 @@ fn id(pod: &str) -> Option<IdentityLabels<'_>> {
         pod,
         container: "app",
         endpoint: "metrics",
+        ..Default::default()
     })
 }
 

@@ -17,6 +17,10 @@ pub struct VectorSample {
     pub value: f64,
 }
 
+/// The `global:` section of the tests' Prometheus: scrapes and rule evaluations every second.
+pub const GLOBAL: &str =
+    "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n";
+
 /// A running Prometheus; dropping it stops it and removes its storage.
 #[derive(Debug)]
 pub struct Prometheus {
@@ -46,8 +50,6 @@ impl Prometheus {
         job_settings: &str,
         flags: &[&str],
     ) -> Result<Prometheus> {
-        let dir = TempDir::new("loupe-prometheus")?;
-        let listen = format!("127.0.0.1:{}", free_port()?);
         let quoted: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
         let mut settings = String::new();
         for line in job_settings.lines() {
@@ -56,10 +58,17 @@ impl Prometheus {
             settings.push('\n');
         }
         let config = format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-scrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: [{}]\n{settings}",
+            "{GLOBAL}scrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: [{}]\n{settings}",
             quoted.join(", ")
         );
+        Self::start_config(&config, flags)
+    }
+
+    /// Starts Prometheus with this whole configuration file (begin it with [`GLOBAL`] for
+    /// scrapes and rule evaluations every second).
+    pub fn start_config(config: &str, flags: &[&str]) -> Result<Prometheus> {
+        let dir = TempDir::new("loupe-prometheus")?;
+        let listen = format!("127.0.0.1:{}", free_port()?);
         let cfg = dir.path().join("prometheus.yml");
         std::fs::write(&cfg, config).map_err(io_err(format!("writing {}", cfg.display())))?;
         let log = std::fs::File::create(dir.path().join("prometheus.log"))

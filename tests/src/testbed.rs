@@ -77,8 +77,8 @@ impl Mesh {
     }
 }
 
-/// The labels loupe adds to every sample.
-pub const IDENTITY: [&str; 4] = ["namespace", "pod", "container", "endpoint"];
+/// The labels loupe adds to every sample (besides the pod labels `--pod-labels` copies).
+pub const IDENTITY: [&str; 6] = loupe_agent::decode::IDENTITY_NAMES;
 
 /// What the app started with `--series n [--extra-label k=v]` serves, as series -> value.
 pub fn app_series(

@@ -707,6 +707,8 @@ fn plain_prometheus_scrape_config_passes_promtool() {
     );
 }
 
+/// Also the per-pod `up` rules (`per-pod-up.yaml`), which the migration test runs in a real
+/// Prometheus.
 #[test]
 fn alerts_pass_promtool_and_their_unit_tests() {
     if !have("alerts_pass_promtool_and_their_unit_tests", "promtool") {
@@ -716,6 +718,8 @@ fn alerts_pass_promtool_and_their_unit_tests() {
     for args in [
         ["check", "rules", "alerts.yaml"],
         ["test", "rules", "alerts-test.yaml"],
+        ["check", "rules", "per-pod-up.yaml"],
+        ["test", "rules", "per-pod-up-test.yaml"],
     ] {
         let out = Command::new("promtool")
             .args(args)

@@ -125,8 +125,11 @@ fn prometheus_curl_and_python_read_the_gzip_answer_as_the_plain_one() {
     assert_eq!(apps(&parse_strict(&text).unwrap()), want);
     assert_eq!(members, 1, "one gzip member (curl reads no more)");
 
-    // A real Prometheus (it asks for gzip) stores exactly the plain answer's series.
-    let prometheus = Prometheus::start("loupe", &[&loupe.listen]).unwrap();
+    // A real Prometheus (it asks for gzip) stores exactly the plain answer's series (with
+    // `honor_labels`, as deployed: each pod's `job`; these pods have no IP, so no `instance`
+    // of their own).
+    let prometheus =
+        Prometheus::start_with("loupe", &[&loupe.listen], "honor_labels: true").unwrap();
     let stored = prometheus
         .query_until(
             r#"{__name__=~"app_.+"}"#,
@@ -140,7 +143,7 @@ fn prometheus_curl_and_python_read_the_gzip_answer_as_the_plain_one() {
             let mut labels: Vec<(String, String)> = s
                 .labels
                 .iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "__name__" | "job" | "instance"))
+                .filter(|(k, _)| !matches!(k.as_str(), "__name__" | "instance"))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             labels.sort();

@@ -94,6 +94,7 @@ fn start_discovery(api: &KubeApi, node: &str, sidecar_stats: bool) -> Discovery 
         node_name: node.to_string(),
         kubeconfig: Some(kubeconfig),
         sidecar_stats,
+        target_labels: Default::default(),
     };
     let backoff = BackoffPolicy {
         initial: Duration::from_millis(50),

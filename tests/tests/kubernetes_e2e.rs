@@ -483,6 +483,22 @@ fn every_annotation_convention_end_to_end() {
         .map(|e| (e.pod.to_string(), e.endpoint.to_string()))
         .collect();
     assert_eq!(targets, want, "targets served");
+    // Each endpoint's job (the pod's `app` label) and instance (`podIP:port`), on its health
+    // series and its samples alike.
+    for up in exp.find("loupe_target_up", &[]) {
+        let pod = up.label("pod").unwrap_or("");
+        let instance = up.label("instance").unwrap_or("");
+        assert_eq!(up.label("job"), Some(pod), "{up:?}");
+        assert!(instance.starts_with("198.18.0.2:"), "{up:?}");
+        let endpoint = up.label("endpoint").unwrap_or("");
+        let with = [
+            ("pod", pod),
+            ("endpoint", endpoint),
+            ("job", pod),
+            ("instance", instance),
+        ];
+        assert!(!app_samples(&exp, &with).is_empty(), "{up:?}");
+    }
     assert!(app_samples(&exp, &[("src", "istio-proxy")]).is_empty());
     assert!(
         !pods_in(&exp).contains("optout"),

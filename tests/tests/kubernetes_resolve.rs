@@ -224,6 +224,7 @@ async fn discovered_pods_resolve_to_their_network_namespaces() {
             node_name: node.clone(),
             kubeconfig: Some(kubeconfig),
             sidecar_stats: false,
+            target_labels: Default::default(),
         },
         BackoffPolicy {
             initial: Duration::from_millis(50),

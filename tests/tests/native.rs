@@ -489,8 +489,9 @@ fn native_histograms_reach_prometheus_directly_and_through_loupe() {
     );
 
     // Through loupe: the same, under the pod's identity.
+    // The pods file gives no labels and no IP: job is the pod's name, instance loupe's.
     let loupe_identity = [
-        ("job", "loupe"),
+        ("job", "native"),
         ("namespace", "shop"),
         ("pod", "native"),
         ("container", "app"),
@@ -562,6 +563,7 @@ fn native_histograms_reach_prometheus_directly_and_through_loupe() {
         ("pod", "native"),
         ("container", "app"),
         ("endpoint", "8080"),
+        ("job", "native"),
     ];
     for want in &app {
         let got = served

@@ -14,18 +14,27 @@ const IDS: [Option<IdentityLabels<'static>>; 4] = [
         pod: "p1",
         container: "c",
         endpoint: "m",
+        job: "j",
+        instance: "10.0.0.1:8080",
+        pod_labels: &[],
     }),
     Some(IdentityLabels {
         namespace: "ns",
         pod: "p2",
         container: "",
         endpoint: "",
+        job: "",
+        instance: "",
+        pod_labels: &[],
     }),
     Some(IdentityLabels {
         namespace: "ns",
         pod: "p1",
         container: "c",
         endpoint: "m",
+        job: "j",
+        instance: "10.0.0.1:8080",
+        pod_labels: &[],
     }),
 ];
 

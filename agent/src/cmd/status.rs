@@ -278,13 +278,15 @@ pub fn table(targets: &[TargetStatus]) -> String {
         "POD",
         "CONTAINER",
         "ENDPOINT",
+        "JOB",
+        "INSTANCE",
         "HEALTH",
         "SOURCE",
         "AGE",
         "SAMPLES",
         "ERROR / NOTE",
     ];
-    let cells: Vec<[String; 9]> = rows
+    let cells: Vec<[String; 11]> = rows
         .iter()
         .map(|t| {
             [
@@ -292,6 +294,13 @@ pub fn table(targets: &[TargetStatus]) -> String {
                 t.pod.clone(),
                 t.container.clone(),
                 format!("{} (:{}{})", t.endpoint, t.port, t.path),
+                t.job.clone(),
+                // No instance of its own: its series carry the node target's.
+                if t.instance.is_empty() {
+                    "-".into()
+                } else {
+                    t.instance.clone()
+                },
                 t.health.clone(),
                 t.source.clone().unwrap_or_else(|| "-".into()),
                 t.age_seconds
@@ -351,6 +360,8 @@ mod tests {
             pod: pod.into(),
             container: "app".into(),
             endpoint: "http-metrics".into(),
+            job: "shop".into(),
+            instance: "10.0.0.1:8080".into(),
             port: 8080,
             path: "/metrics".into(),
             health: health.into(),
@@ -379,6 +390,7 @@ mod tests {
             "{t}"
         );
         assert!(lines[2].contains("http-metrics (:8080/metrics)"), "{t}");
+        assert!(lines[2].contains("  shop  10.0.0.1:8080  "), "{t}");
         // Columns line up: every row has HEALTH at the same offset.
         let at = lines[0].find("HEALTH").unwrap();
         assert_eq!(&lines[1][at..at + 4], "down");

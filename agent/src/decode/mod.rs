@@ -43,13 +43,17 @@
 //!    (`_bucket`, `_sum`, `_count`, `_created`, `_gsum`, `_gcount`) stay with their family.
 //!    Families are sorted by output name (byte order); within a family, samples keep source order
 //!    and, within a source, body order.
-//! 2. **Identity.** The source's non-empty identity labels `namespace`, `pod`, `container`,
-//!    `endpoint` are added to every sample (first, in that order). An app label with one of those
-//!    names and a non-empty value is renamed `exported_<name>`; if that name is taken too, the
-//!    prefix is added again (`exported_exported_<name>`), as Prometheus does with
-//!    `honor_labels: false`. An app's `job` and `instance` labels, which Prometheus sets for the
-//!    target and `honor_labels: true` would let the app override, are renamed the same way
-//!    (`exported_job`, `exported_instance`). An app label with an empty value counts as absent. A
+//! 2. **Identity.** The source's non-empty identity labels ([`IdentityLabels`]) `namespace`,
+//!    `pod`, `container`, `endpoint`, `job`, `instance`, then the pod's copied labels (sorted)
+//!    are added to every sample (first, in that order; encoded once per source). An app label
+//!    with one of those names and a non-empty value is renamed `exported_<name>`; if that name
+//!    is taken too, the prefix is added again (`exported_exported_<name>`), as Prometheus does
+//!    with `honor_labels: false`. An app's `job` and `instance` labels, which Prometheus sets for
+//!    the target and `honor_labels: true` would let the app override, are renamed the same way
+//!    (`exported_job`, `exported_instance`) even where the identity has none of its own (a pod
+//!    without a known IP has no `instance`: the node target's stands). The parser marks lines
+//!    with the fixed names; lines whose label block holds a copied label's name are found by a
+//!    substring search when the source is rendered. An app label with an empty value counts as absent. A
 //!    source without identity (the agent's own series) is added as it is. Family names starting
 //!    `loupe_` are loupe's own: an app's are left out (the app's other families stay), counted in
 //!    `loupe_reserved_families_dropped_total`.
@@ -453,24 +457,52 @@ pub fn prepare_escaped(
     Ok((Some(rewritten.body), prepared))
 }
 
-/// Who a body belongs to. An empty value omits that label.
+/// Who a body belongs to: the labels a direct scrape of the pod's endpoint would have given its
+/// series (rule 2). An empty value omits that label.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IdentityLabels<'a> {
     pub namespace: &'a str,
     pub pod: &'a str,
     pub container: &'a str,
     pub endpoint: &'a str,
+    /// The endpoint's `job` and `instance` (`podIP:port`), as Prometheus' target labels.
+    pub job: &'a str,
+    pub instance: &'a str,
+    /// The pod's labels copied by `--pod-labels`: sanitised names, sorted, none named like a
+    /// label above.
+    pub pod_labels: &'a [(String, String)],
 }
 
+/// The fixed identity labels, in output order; the pod's copied labels follow them.
+pub const IDENTITY_NAMES: [&str; 6] = [
+    "namespace",
+    "pod",
+    "container",
+    "endpoint",
+    "job",
+    "instance",
+];
+
 impl<'a> IdentityLabels<'a> {
-    /// The labels in output order, empty ones included.
-    pub(crate) fn labels(&self) -> [(&'static str, &'a str); 4] {
+    /// The fixed labels' values, in [`IDENTITY_NAMES`] order, empty ones included.
+    pub(crate) fn fixed(&self) -> [&'a str; 6] {
         [
-            ("namespace", self.namespace),
-            ("pod", self.pod),
-            ("container", self.container),
-            ("endpoint", self.endpoint),
+            self.namespace,
+            self.pod,
+            self.container,
+            self.endpoint,
+            self.job,
+            self.instance,
         ]
+    }
+
+    /// Every label in output order, empty ones included.
+    pub fn labels(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        IDENTITY_NAMES.into_iter().zip(self.fixed()).chain(
+            self.pod_labels
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str())),
+        )
     }
 }
 

@@ -29,6 +29,7 @@ use tokio::sync::watch;
 
 use super::annotations::{self, AnnotationError};
 use super::strip_runtime_prefix;
+use super::target_labels::{self, PodMeta};
 use super::{NetnsRef, Pod, PodKey};
 
 crate::telemetry::counter!(
@@ -78,6 +79,8 @@ pub struct KubeConfig {
     pub kubeconfig: Option<PathBuf>,
     /// Also scrape the mesh sidecar's own stats (Envoy's `:15090/stats/prometheus`).
     pub sidecar_stats: bool,
+    /// How pods get their `job` and copied labels.
+    pub target_labels: target_labels::Rules,
 }
 
 /// Capped exponential backoff between failed API calls.
@@ -134,7 +137,7 @@ pub async fn run_with(
     let stream = watcher::watcher(api, watcher::Config::default().fields(&selector))
         .backoff(CappedBackoff::new(backoff));
     let mut stream = std::pin::pin!(stream);
-    let mut state = State::new(config.sidecar_stats);
+    let mut state = State::new(config.sidecar_stats, config.target_labels.clone());
     let mut synced = false;
     log::info!(
         "kubernetes: watching pods on node {} (field selector {selector})",
@@ -194,6 +197,7 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, Kube
 /// The pods as the watcher last told them, and what was last reported about each.
 struct State {
     sidecar_stats: bool,
+    rules: target_labels::Rules,
     pods: BTreeMap<PodKey, Pod>,
     /// Filled between `Init` and `InitDone` (a relist), then swapped in whole.
     relist: Option<BTreeMap<PodKey, Pod>>,
@@ -202,9 +206,10 @@ struct State {
 }
 
 impl State {
-    fn new(sidecar_stats: bool) -> Self {
+    fn new(sidecar_stats: bool, rules: target_labels::Rules) -> Self {
         Self {
             sidecar_stats,
+            rules,
             pods: BTreeMap::new(),
             relist: None,
             reported: BTreeMap::new(),
@@ -280,6 +285,7 @@ impl State {
         let (endpoints, mut errors) = annotations::endpoints(kube_pod, self.sidecar_stats);
         let (limits, limit_errors) = annotations::limits(kube_pod);
         errors.extend(limit_errors);
+        let (job, labels) = self.target_labels(&key, kube_pod, &mut errors);
         self.report(&key, errors);
         Some(Pod {
             namespace: key.namespace,
@@ -288,7 +294,47 @@ impl State {
             netns: NetnsRef::Containers(ids),
             endpoints,
             limits,
+            ip: status.pod_ip.as_deref().and_then(|ip| ip.parse().ok()),
+            job,
+            labels,
         })
+    }
+
+    /// The pod's `job` and copied labels; a value that cannot be used is an error on the pod
+    /// (logged once per change, as annotation errors are).
+    fn target_labels(
+        &self,
+        key: &PodKey,
+        kube_pod: &KubePod,
+        errors: &mut Vec<AnnotationError>,
+    ) -> (String, Vec<(String, String)>) {
+        let empty = BTreeMap::new();
+        let meta = &kube_pod.metadata;
+        let owner = meta
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .map(|o| (o.kind.as_str(), o.name.as_str()));
+        let labels = meta.labels.as_ref().unwrap_or(&empty);
+        let (job, invalid) = self.rules.job.job(PodMeta {
+            name: &key.name,
+            labels,
+            annotations: meta.annotations.as_ref().unwrap_or(&empty),
+            owner,
+        });
+        errors.extend(invalid.into_iter().map(|i| AnnotationError {
+            pod: key.to_string(),
+            annotation: i.source,
+            reason: format!("{}; the job is {job:?} (the next rule's)", i.reason),
+        }));
+        let (copied, skipped) = self.rules.pod_labels.copy(labels);
+        errors.extend(skipped.into_iter().map(|reason| AnnotationError {
+            pod: key.to_string(),
+            annotation: "--pod-labels".into(),
+            reason,
+        }));
+        (job, copied)
     }
 
     fn report(&mut self, key: &PodKey, errors: Vec<AnnotationError>) {
@@ -400,7 +446,7 @@ mod tests {
 
     #[test]
     fn running_pod_is_published_with_stripped_ids() {
-        let mut state = State::new(false);
+        let mut state = State::new(false, target_labels::Rules::default());
         assert!(state.apply(Event::Apply(kube_pod(
             "a",
             "Running",
@@ -416,7 +462,7 @@ mod tests {
 
     #[test]
     fn pending_waiting_and_host_network_pods_are_not_published() {
-        let mut state = State::new(false);
+        let mut state = State::new(false, target_labels::Rules::default());
         state.apply(Event::Apply(kube_pod("pending", "Pending", json!([]))));
         let waiting = json!([{"name": "app", "image": "a", "imageID": "", "ready": false,
             "restartCount": 0, "started": false, "containerID": "cri-o://x",
@@ -432,7 +478,7 @@ mod tests {
 
     #[test]
     fn pod_that_stops_running_or_is_deleted_disappears() {
-        let mut state = State::new(false);
+        let mut state = State::new(false, target_labels::Rules::default());
         state.apply(Event::Apply(kube_pod("a", "Running", running(ID))));
         state.apply(Event::Apply(kube_pod("a", "Succeeded", json!([]))));
         assert!(state.snapshot().is_empty());
@@ -443,7 +489,7 @@ mod tests {
 
     #[test]
     fn relist_replaces_the_whole_set() {
-        let mut state = State::new(false);
+        let mut state = State::new(false, target_labels::Rules::default());
         state.apply(Event::Apply(kube_pod("old", "Running", running(ID))));
         assert!(!state.apply(Event::Init));
         assert!(!state.apply(Event::InitApply(kube_pod("new", "Running", running(ID)))));
@@ -456,7 +502,7 @@ mod tests {
 
     #[test]
     fn annotation_errors_are_counted_once_per_change() {
-        let mut state = State::new(false);
+        let mut state = State::new(false, target_labels::Rules::default());
         let mut bad = kube_pod("bad", "Running", running(ID));
         bad.metadata.annotations = Some(
             [
@@ -481,6 +527,48 @@ mod tests {
             Some(1)
         );
         assert_eq!(state.snapshot()[0].endpoints, Vec::new());
+    }
+
+    #[test]
+    fn job_instance_and_pod_labels_come_from_the_pod() {
+        let rules = target_labels::Rules {
+            pod_labels: target_labels::PodLabels::parse("app.kubernetes.io/*").0,
+            ..Default::default()
+        };
+        let mut state = State::new(false, rules);
+        let mut pod = kube_pod("web-7d9f-x2x", "Running", running(ID));
+        pod.metadata.labels = Some(
+            [
+                ("pod-template-hash", "7d9f"),
+                ("app.kubernetes.io/part-of", "shop"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
+        );
+        pod.metadata.owner_references = Some(vec![serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d9f",
+            "uid": "u", "controller": true
+        }))
+        .expect("owner")]);
+        if let Some(status) = pod.status.as_mut() {
+            status.pod_ip = Some("10.1.2.3".into());
+        }
+        state.apply(Event::Apply(pod.clone()));
+        let (_, identity) = state.snapshot()[0].targets().next().expect("a target");
+        assert_eq!(identity.job, "web");
+        assert_eq!(identity.instance, "10.1.2.3:8080");
+        assert_eq!(
+            identity.pod_labels,
+            vec![("app_kubernetes_io_part_of".to_string(), "shop".to_string())]
+        );
+        // An unusable loupe.dev/job is an error on the pod; the next rule gives the job.
+        if let Some(a) = pod.metadata.annotations.as_mut() {
+            a.insert(target_labels::LOUPE_JOB.into(), String::new());
+        }
+        let before = DISCOVERY_ERRORS.get();
+        state.apply(Event::Apply(pod));
+        assert!(DISCOVERY_ERRORS.get() > before);
+        assert_eq!(state.snapshot()[0].job, "web");
     }
 
     #[test]

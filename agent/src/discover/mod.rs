@@ -5,8 +5,10 @@
 pub mod annotations;
 pub mod kubernetes;
 pub mod pods_file;
+pub mod target_labels;
 
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 /// A pod as loupe needs it: its identity, how to reach its network namespace, its endpoints.
@@ -20,6 +22,12 @@ pub struct Pod {
     pub endpoints: Vec<Endpoint>,
     /// The pod's own scrape limits, over the agent's defaults.
     pub limits: Limits,
+    /// The pod's IP, when known: its endpoints' `instance` is `IP:port`.
+    pub ip: Option<IpAddr>,
+    /// The `job` of its endpoints ([`target_labels`]).
+    pub job: String,
+    /// Its labels copied onto its series (`--pod-labels`): sanitised names, sorted.
+    pub labels: Vec<(String, String)>,
 }
 
 /// Endpoints one pod can have scraped, whichever source declared them (a pod with several
@@ -71,13 +79,20 @@ pub struct TargetKey {
     pub path: String,
 }
 
-/// The identity labels every sample of a target gets.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The identity labels every sample of a target gets: who it is, and the target labels a
+/// direct scrape would have given it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Identity {
     pub namespace: String,
     pub pod: String,
     pub container: String,
     pub endpoint: String,
+    pub job: String,
+    /// `podIP:port`; empty when the pod's IP is not known (the series then carry the node
+    /// target's `instance`).
+    pub instance: String,
+    /// The pod's copied labels: sanitised names, sorted.
+    pub pod_labels: Vec<(String, String)>,
 }
 
 impl Identity {
@@ -87,8 +102,8 @@ impl Identity {
         Self {
             namespace: "ns".into(),
             pod: pod.into(),
-            container: String::new(),
             endpoint: "8080".into(),
+            ..Default::default()
         }
     }
 
@@ -99,6 +114,9 @@ impl Identity {
             pod: &self.pod,
             container: &self.container,
             endpoint: &self.endpoint,
+            job: &self.job,
+            instance: &self.instance,
+            pod_labels: &self.pod_labels,
         }
     }
 }
@@ -146,10 +164,69 @@ impl Pod {
                 pod: self.name.clone(),
                 container: endpoint.container.clone().unwrap_or_default(),
                 endpoint: endpoint.label(),
+                job: self.job.clone(),
+                // As Prometheus' `kubernetes_sd` gives it (`[v6]:port` for IPv6).
+                instance: self
+                    .ip
+                    .map(|ip| SocketAddr::new(ip, endpoint.port).to_string())
+                    .unwrap_or_default(),
+                pod_labels: self.labels.clone(),
             };
             (key, identity)
         })
     }
+}
+
+/// An endpoint whose `job` and `instance` an earlier endpoint has (two paths on one port, or
+/// pods given one IP): it is served without an `instance` of its own.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Clash {
+    pub key: TargetKey,
+    /// The endpoint that keeps them.
+    pub first: TargetKey,
+    pub job: String,
+    pub instance: String,
+}
+
+impl fmt::Display for Clash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pod {} port {} path {} has job {:?} and instance {:?}, as pod {} port {} path {} does; it is served without an instance of its own (the node target's)",
+            self.key.pod, self.key.port, self.key.path, self.job, self.instance,
+            self.first.pod, self.first.port, self.first.path
+        )
+    }
+}
+
+/// Leaves the later of the targets with one `job` and `instance` without `instance` (the
+/// earlier, in the order given, keeps it), so that no two endpoints pass for one scrape target.
+pub fn unclash<'a>(
+    targets: impl IntoIterator<Item = (&'a TargetKey, &'a mut Identity)>,
+) -> Vec<Clash> {
+    let mut first: std::collections::HashMap<(String, String), &TargetKey> =
+        std::collections::HashMap::new();
+    let mut clashes = Vec::new();
+    for (key, identity) in targets {
+        if identity.instance.is_empty() {
+            continue;
+        }
+        let job_instance = (identity.job.clone(), identity.instance.clone());
+        match first.get(&job_instance) {
+            Some(&earlier) => {
+                clashes.push(Clash {
+                    key: key.clone(),
+                    first: earlier.clone(),
+                    job: identity.job.clone(),
+                    instance: std::mem::take(&mut identity.instance),
+                });
+            }
+            None => {
+                first.insert(job_instance, key);
+            }
+        }
+    }
+    clashes
 }
 
 impl Endpoint {
@@ -159,5 +236,58 @@ impl Endpoint {
             Some(name) => name.clone(),
             None => self.port.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, ip: &str, ports: &[(u16, &str)]) -> Pod {
+        Pod {
+            namespace: "ns".into(),
+            name: name.into(),
+            uid: String::new(),
+            netns: NetnsRef::Pid(1),
+            endpoints: ports
+                .iter()
+                .map(|&(port, path)| Endpoint {
+                    port,
+                    path: path.into(),
+                    container: None,
+                    name: None,
+                })
+                .collect(),
+            limits: Limits::default(),
+            ip: ip.parse().ok(),
+            job: "web".into(),
+            labels: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_later_of_two_endpoints_with_one_job_and_instance_loses_its_instance() {
+        let pods = [
+            pod(
+                "a",
+                "10.0.0.1",
+                &[(8080, "/metrics"), (8080, "/other"), (9090, "/metrics")],
+            ),
+            pod("b", "10.0.0.1", &[(9090, "/metrics")]),
+            pod("c", "", &[(8080, "/metrics")]),
+        ];
+        let mut targets: Vec<(TargetKey, Identity)> = pods.iter().flat_map(Pod::targets).collect();
+        let clashes = unclash(targets.iter_mut().map(|(k, i)| (&*k, i)));
+        let instances: Vec<&str> = targets.iter().map(|(_, i)| i.instance.as_str()).collect();
+        assert_eq!(instances, ["10.0.0.1:8080", "", "10.0.0.1:9090", "", ""]);
+        assert_eq!(clashes.len(), 2);
+        assert_eq!(clashes[0].key.path, "/other");
+        assert_eq!(clashes[1].key.pod.name, "b");
+        assert_eq!(clashes[1].first.pod.name, "a");
+        assert!(
+            clashes[1].to_string().contains("pod ns/b port 9090"),
+            "{}",
+            clashes[1]
+        );
     }
 }

@@ -10,14 +10,23 @@
 //!         path: /metrics             # default /metrics
 //!         container: app             # optional
 //!         name: http-metrics         # optional; the endpoint label, default the port number
+//!     ip: 10.0.3.7                   # optional; the endpoints' instance is IP:port
+//!     job: cart                      # optional; as the loupe.dev/job annotation
+//!     labels:                        # optional; the pod's labels (the job rule, --pod-labels)
+//!       app.kubernetes.io/name: cart
 //! ```
+//!
+//! Without `ip:` the endpoints have no `instance` of their own (the series carry the node
+//! target's). `job:` is the pod's `loupe.dev/job`: the `--job-from` rule applies to `job:` and
+//! `labels:` as to a Kubernetes pod's annotation and labels.
 //!
 //! A file with any error is rejected whole, with the line and field named, and the agent keeps the
 //! pods of the last good version: a typo must not make every pod's series vanish.
 
+use super::target_labels::{check_job, label_error, PodMeta, Rules, LOUPE_JOB};
 use super::{Endpoint, NetnsRef, Pod, MAX_ENDPOINTS_PER_POD};
 use serde::Deserialize;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -100,6 +109,10 @@ struct PodEntry {
     /// Scrape limits over the agent's defaults (`sample_limit: 1000`, ...).
     #[serde(default)]
     limits: super::Limits,
+    ip: Option<std::net::IpAddr>,
+    job: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -112,7 +125,7 @@ struct EndpointEntry {
 }
 
 /// Parses and validates a pods file's text. Errors name the line and the field.
-pub fn parse(path: &Path, text: &str) -> Result<Vec<Pod>, PodsFileError> {
+pub fn parse(path: &Path, text: &str, rules: &Rules) -> Result<Vec<Pod>, PodsFileError> {
     let invalid = |message: String| PodsFileError::Invalid {
         path: path.to_owned(),
         message,
@@ -191,6 +204,34 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Pod>, PodsFileError> {
             endpoints_capped(path, &at, endpoints.len());
             endpoints.truncate(MAX_ENDPOINTS_PER_POD);
         }
+        let mut annotations = BTreeMap::new();
+        if let Some(job) = entry.job {
+            check_job(&job).map_err(|reason| invalid(format!("{at}.job: {reason}")))?;
+            annotations.insert(LOUPE_JOB.to_string(), job);
+        }
+        let meta = PodMeta {
+            name: &entry.name,
+            labels: &entry.labels,
+            annotations: &annotations,
+            owner: None,
+        };
+        let (job, invalid_jobs) = rules.job.job(meta);
+        let (labels, skipped) = rules.pod_labels.copy(&entry.labels);
+        let pod = format!("{}/{}", entry.namespace, entry.name);
+        for i in invalid_jobs {
+            label_error(&format_args!(
+                "pods file {}: pod {pod}: {}: {}; the job is {job:?}",
+                path.display(),
+                i.source,
+                i.reason
+            ));
+        }
+        for reason in skipped {
+            label_error(&format_args!(
+                "pods file {}: pod {pod}: {reason}",
+                path.display()
+            ));
+        }
         pods.push(Pod {
             namespace: entry.namespace,
             name: entry.name,
@@ -198,6 +239,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Pod>, PodsFileError> {
             netns,
             endpoints,
             limits: entry.limits,
+            ip: entry.ip,
+            job,
+            labels,
         });
     }
     Ok(pods)
@@ -229,17 +273,17 @@ fn is_dns_label(s: &str) -> bool {
 }
 
 /// Reads and parses the file once.
-pub fn load(path: &Path) -> Result<Vec<Pod>, PodsFileError> {
+pub fn load(path: &Path, rules: &Rules) -> Result<Vec<Pod>, PodsFileError> {
     let text = std::fs::read_to_string(path).map_err(|source| PodsFileError::Read {
         path: path.to_owned(),
         source,
     })?;
-    parse(path, &text)
+    parse(path, &text, rules)
 }
 
 /// Publishes the file's pods, and again each time its content changes. A rejected version is
 /// logged and counted and the previous pods stay published. Runs until the receivers are gone.
-pub async fn watch(path: PathBuf, pods: watch::Sender<Vec<Pod>>) {
+pub async fn watch(path: PathBuf, rules: Rules, pods: watch::Sender<Vec<Pod>>) {
     let mut last_text: Option<String> = None;
     let mut interval = tokio::time::interval(POLL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -265,7 +309,7 @@ pub async fn watch(path: PathBuf, pods: watch::Sender<Vec<Pod>>) {
         if last_text.as_deref() == Some(text.as_str()) {
             continue;
         }
-        match parse(&path, &text) {
+        match parse(&path, &text, &rules) {
             Ok(new) => {
                 reloaded(&path, new.len());
                 pods.send_replace(new);
@@ -281,7 +325,7 @@ mod tests {
     use super::*;
 
     fn p(text: &str) -> Result<Vec<Pod>, PodsFileError> {
-        parse(Path::new("pods.yaml"), text)
+        parse(Path::new("pods.yaml"), text, &Rules::default())
     }
 
     #[test]
@@ -295,6 +339,50 @@ mod tests {
         assert_eq!(pods[0].endpoints[1].path, "/metrics");
         assert_eq!(pods[1].netns, NetnsRef::Pid(1234));
         assert!(pods[1].endpoints.is_empty());
+    }
+
+    #[test]
+    fn ip_job_and_labels_give_the_target_labels() {
+        let text = "pods:\n  - namespace: shop\n    name: cart-7d9f\n    pid: 1\n    ip: 10.0.3.7\n    labels:\n      app.kubernetes.io/name: cart\n      team: pay\n    endpoints:\n      - port: 8080\n  - namespace: shop\n    name: web\n    pid: 2\n    ip: fd00::7\n    job: storefront\n    endpoints:\n      - port: 9090\n";
+        let rules = Rules {
+            pod_labels: super::super::target_labels::PodLabels::parse("team").0,
+            ..Rules::default()
+        };
+        let pods = parse(Path::new("pods.yaml"), text, &rules).unwrap();
+        let (_, cart) = pods[0].targets().next().unwrap();
+        assert_eq!(cart.job, "cart");
+        assert_eq!(cart.instance, "10.0.3.7:8080");
+        assert_eq!(
+            cart.pod_labels,
+            vec![("team".to_string(), "pay".to_string())]
+        );
+        let (_, web) = pods[1].targets().next().unwrap();
+        assert_eq!(web.job, "storefront");
+        assert_eq!(web.instance, "[fd00::7]:9090");
+        assert!(web.pod_labels.is_empty());
+        // No ip: no instance; an invalid job is refused with its place.
+        let pods = p(
+            "pods:\n  - namespace: a\n    name: b\n    pid: 1\n    endpoints:\n      - port: 1\n",
+        )
+        .unwrap();
+        let (_, b) = pods[0].targets().next().unwrap();
+        assert_eq!((b.job.as_str(), b.instance.as_str()), ("b", ""));
+        let e = p("pods:\n  - namespace: a\n    name: b\n    pid: 1\n    job: \"\"\n").unwrap_err();
+        // Two labels that sanitise to one name: the first is copied, the other logged and
+        // counted.
+        let rules = Rules {
+            pod_labels: super::super::target_labels::PodLabels::parse("a*").0,
+            ..Rules::default()
+        };
+        let before = super::super::target_labels::TARGET_LABEL_ERRORS.get();
+        let text = "pods:\n  - namespace: a\n    name: b\n    pid: 1\n    labels:\n      a.b: x\n      a_b: y\n";
+        let pods = parse(Path::new("pods.yaml"), text, &rules).unwrap();
+        assert_eq!(pods[0].labels, vec![("a_b".to_string(), "x".to_string())]);
+        assert!(super::super::target_labels::TARGET_LABEL_ERRORS.get() > before);
+        assert!(
+            e.to_string().contains("pods[0] (line 2).job: an empty job"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -379,7 +467,7 @@ mod tests {
         let file = dir.join("pods.yaml");
         std::fs::write(&file, "pods:\n  - namespace: a\n    name: b\n    pid: 1\n").unwrap();
         let (tx, mut rx) = watch::channel(Vec::new());
-        let task = tokio::spawn(watch(file.clone(), tx));
+        let task = tokio::spawn(watch(file.clone(), Rules::default(), tx));
         rx.changed().await.unwrap();
         assert_eq!(rx.borrow().len(), 1);
         let errors_before = ERRORS.get();

@@ -700,6 +700,11 @@ pub struct TargetStatus {
     pub pod: String,
     pub container: String,
     pub endpoint: String,
+    /// The endpoint's `job` and `instance` (empty: the node target's).
+    #[serde(default)]
+    pub job: String,
+    #[serde(default)]
+    pub instance: String,
     pub port: u16,
     pub path: String,
     /// `up` (latest response good), `down` (latest failed) or `unknown` (none yet).
@@ -730,6 +735,8 @@ fn target_statuses(
                 pod: identity.pod.clone(),
                 container: identity.container.clone(),
                 endpoint: identity.endpoint.clone(),
+                job: identity.job.clone(),
+                instance: identity.instance.clone(),
                 port: key.port,
                 path: key.path.clone(),
                 health: match outcome.as_ref().map(|o| o.result.is_ok()) {
@@ -755,19 +762,14 @@ fn target_statuses(
         .collect()
 }
 
-/// The identity labels in exposition syntax (empty values omitted, as Prometheus treats them).
+/// The identity labels in exposition syntax (empty values omitted, as Prometheus treats them):
+/// with `job` and `instance`, so that `up{job="checkout"}` becomes
+/// `loupe_target_up{job="checkout"}`, and the pod's copied labels, as `up` has its target's.
 fn label_text(identity: &Identity, source: Option<&str>) -> String {
     let mut out = Vec::new();
-    decode::write_label_set(
-        &[
-            ("namespace", &identity.namespace),
-            ("pod", &identity.pod),
-            ("container", &identity.container),
-            ("endpoint", &identity.endpoint),
-            ("source", source.unwrap_or("")),
-        ],
-        &mut out,
-    );
+    let mut labels: Vec<(&str, &str)> = identity.labels().labels().collect();
+    labels.push(("source", source.unwrap_or("")));
+    decode::write_label_set(&labels, &mut out);
     // Escaping only adds ASCII to UTF-8 text.
     String::from_utf8_lossy(&out).into_owned()
 }
@@ -1229,6 +1231,7 @@ mod tests {
             pod: "cart".into(),
             container: "app".into(),
             endpoint: "http".into(),
+            ..Default::default()
         };
         let now = Instant::now();
         let outcome = |origin, error| Outcome {
@@ -1298,10 +1301,22 @@ mod tests {
             pod: "a\"b\\c\nd".into(),
             container: String::new(),
             endpoint: "8080".into(),
+            ..Default::default()
         };
         assert_eq!(
             label_text(&id, Some("observed")),
             r#"namespace="ns",pod="a\"b\\c\nd",endpoint="8080",source="observed""#
+        );
+        // The target labels a direct scrape's `up` would have, so alerts keep their matchers.
+        let id = Identity {
+            job: "checkout".into(),
+            instance: "10.0.0.7:8080".into(),
+            pod_labels: vec![("team".into(), "pay".into())],
+            ..id
+        };
+        assert_eq!(
+            label_text(&id, None),
+            r#"namespace="ns",pod="a\"b\\c\nd",endpoint="8080",job="checkout",instance="10.0.0.7:8080",team="pay""#
         );
     }
 }

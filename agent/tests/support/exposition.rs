@@ -15,7 +15,8 @@ use loupe_agent::decode::{Format, IdentityLabels};
 use loupe_testkit::bodies::{escape, Kind};
 use proptest::prelude::*;
 
-/// The identities sources are drawn with: none, plain pods, one with escapes and empty labels.
+/// The identities sources are drawn with: none, pods with and without instance, one with escapes
+/// and empty labels.
 pub const IDS: [Option<IdentityLabels<'static>>; 5] = [
     None,
     Some(IdentityLabels {
@@ -23,24 +24,36 @@ pub const IDS: [Option<IdentityLabels<'static>>; 5] = [
         pod: "cart-1",
         container: "app",
         endpoint: "metrics",
+        job: "cart",
+        instance: "10.0.0.1:8080",
+        pod_labels: &[],
     }),
     Some(IdentityLabels {
         namespace: "shop",
         pod: "cart-2",
         container: "app",
         endpoint: "metrics",
+        job: "cart",
+        instance: "",
+        pod_labels: &[],
     }),
     Some(IdentityLabels {
         namespace: "we\"ird\\ns",
         pod: "",
         container: "",
         endpoint: ":9090/metrics",
+        job: "",
+        instance: "",
+        pod_labels: &[],
     }),
     Some(IdentityLabels {
         namespace: "shop",
         pod: "cart-3",
         container: "app",
         endpoint: "metrics",
+        job: "cart",
+        instance: "10.0.0.3:8080",
+        pod_labels: &[],
     }),
 ];
 

@@ -87,14 +87,7 @@ pub fn families(body: &str, om: bool) -> Option<Vec<Family>> {
 fn identify(id: &Option<IdentityLabels<'_>>, app: &Labels) -> Labels {
     let ident: Vec<(String, String)> = id
         .iter()
-        .flat_map(|i| {
-            [
-                ("namespace", i.namespace),
-                ("pod", i.pod),
-                ("container", i.container),
-                ("endpoint", i.endpoint),
-            ]
-        })
+        .flat_map(IdentityLabels::labels)
         .filter(|(_, v)| !v.is_empty())
         .map(|(n, v)| (n.to_string(), v.to_string()))
         .collect();

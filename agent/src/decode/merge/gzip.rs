@@ -315,6 +315,7 @@ mod tests {
             pod,
             container: "c",
             endpoint: "metrics",
+            ..Default::default()
         })
     }
 

@@ -6,7 +6,7 @@
 
 use super::super::lex::{self, lex_labels, name_hash, pair_hash, BlockInfo, Escaped, Label};
 use super::super::parse::{Parsed, SampleRef, DUP, HAS_LABELS, IDENT_LABEL, SLOW};
-use super::super::{Format, IdentityLabels};
+use super::super::{Format, IdentityLabels, IDENTITY_NAMES};
 use super::convert::{rest, Contribution};
 use super::dedup::first_of_each_series;
 
@@ -20,7 +20,7 @@ pub(super) struct ParsedSource<'a> {
     /// `namespace="..",pod=".."` (non-empty identity labels, escaped), spliced into every sample.
     pub(super) prefix: Vec<u8>,
     /// Non-empty identity labels: name and escaped value.
-    pub(super) ident: Vec<(&'static str, Vec<u8>)>,
+    pub(super) ident: Vec<(String, Vec<u8>)>,
     /// An app's body (it has an identity): its `job` and `instance` are renamed (rule 2).
     pub(super) app: bool,
     ident_hash: u64,
@@ -30,11 +30,12 @@ pub(super) struct ParsedSource<'a> {
 }
 
 impl<'a> ParsedSource<'a> {
-    pub(super) fn new(parsed: Parsed<'a>, identity: Option<IdentityLabels<'_>>) -> Self {
+    /// The identity prefix is encoded here, once per source, never per sample.
+    pub(super) fn new(mut parsed: Parsed<'a>, identity: Option<IdentityLabels<'_>>) -> Self {
         let mut prefix = Vec::new();
         let mut ident = Vec::new();
         let mut ident_hash = 0u64;
-        for (name, value) in identity.map(|i| i.labels()).unwrap_or_default() {
+        for (name, value) in identity.iter().flat_map(IdentityLabels::labels) {
             if value.is_empty() {
                 continue;
             }
@@ -48,8 +49,9 @@ impl<'a> ParsedSource<'a> {
             prefix.extend_from_slice(&v);
             prefix.push(b'"');
             ident_hash = ident_hash.wrapping_add(pair_hash(name.as_bytes(), &v));
-            ident.push((name, v));
+            ident.push((name.to_string(), v));
         }
+        mark_pod_label_names(&mut parsed, &ident);
         ParsedSource {
             parsed,
             app: identity.is_some(),
@@ -62,6 +64,37 @@ impl<'a> ParsedSource<'a> {
                 [&b"{"[..], &prefix, b"}"].concat()
             },
             prefix,
+        }
+    }
+}
+
+/// Marks the samples that may have an app label named like one of the pod's copied labels as
+/// [`IDENT_LABEL`] (the parser, which knows no identity, marks the fixed names only), so that
+/// they take the path that renames it (rule 2). A label block holding the name anywhere is
+/// marked: a false match (inside a value) only costs that line the slower path. The index is
+/// copied only when some sample is marked.
+fn mark_pod_label_names(parsed: &mut Parsed<'_>, ident: &[(String, Vec<u8>)]) {
+    let finders: Vec<memchr::memmem::Finder<'_>> = ident
+        .iter()
+        .filter(|(n, _)| !IDENTITY_NAMES.contains(&n.as_str()))
+        .map(|(n, _)| memchr::memmem::Finder::new(n.as_bytes()))
+        .collect();
+    if finders.is_empty() {
+        return;
+    }
+    let b = parsed.body;
+    for i in 0..parsed.samples.len() {
+        let sm = &parsed.samples[i];
+        if sm.flags & HAS_LABELS == 0 || sm.flags & IDENT_LABEL != 0 {
+            continue;
+        }
+        let block = &b[sm.name_end as usize..sm.labels_end as usize];
+        if finders.iter().any(|f| f.find(block).is_some()) {
+            let family = sm.family as usize;
+            parsed.samples.to_mut()[i].flags |= IDENT_LABEL;
+            if let Some(f) = parsed.families.get_mut(family) {
+                f.ident_labels = true;
+            }
         }
     }
 }

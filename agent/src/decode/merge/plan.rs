@@ -365,7 +365,7 @@ fn mark_whole_duplicates(
         return;
     }
     let (a, z) = (family.members.0 as usize, family.members.1 as usize);
-    let mut seen: HashSet<[&str; 4]> = HashSet::new();
+    let mut seen: HashSet<[&str; 6]> = HashSet::new();
     for m in &mut members[a..z] {
         if m.block.is_none() {
             continue;

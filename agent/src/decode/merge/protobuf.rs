@@ -155,9 +155,8 @@ pub(super) fn render_families(
     let mut r = Rendered::empty(body_len, from, identity, Format::Protobuf);
     r.help_from = Format::Protobuf;
     let ident: Vec<(&str, &str)> = identity
-        .map(|i| i.labels())
-        .unwrap_or_default()
-        .into_iter()
+        .iter()
+        .flat_map(IdentityLabels::labels)
         .filter(|(_, v)| !v.is_empty())
         .collect();
     let mut ident_fields = Vec::new();
@@ -347,7 +346,7 @@ fn rename(
 
 /// A metric's app labels as written after the identity's: empty ones left out, those named
 /// like an identity label (or, for an app, `job` and `instance`) renamed `exported_*` until
-/// the name is free (rule 2). Also whether one was renamed from an identity label's name.
+/// the name is free (rule 2). Also whether one was renamed.
 fn final_labels(
     ident: &[(&str, &str)],
     app: bool,
@@ -361,9 +360,7 @@ fn final_labels(
     }
     let (mut conflicting, mut out): (Vec<_>, Vec<_>) =
         labels.into_iter().partition(|l| is_ident(&l.name));
-    let renamed = conflicting
-        .iter()
-        .any(|l| ["namespace", "pod", "container", "endpoint"].contains(&l.name.as_str()));
+    let renamed = !conflicting.is_empty();
     conflicting.sort_by_key(|l| l.name.len());
     for mut l in conflicting {
         let mut name = format!("exported_{}", l.name);
@@ -513,6 +510,7 @@ mod tests {
             pod,
             container: "c",
             endpoint: "metrics",
+            ..Default::default()
         })
     }
 
@@ -613,6 +611,50 @@ mod tests {
         assert!(
             text.contains("up_total{namespace=\"ns\",pod=\"b\""),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn target_and_pod_labels_come_first_and_an_apps_are_exported() {
+        let pod_labels = [("team".to_string(), "pay".to_string())];
+        let identity = Some(IdentityLabels {
+            namespace: "ns",
+            pod: "a",
+            job: "web",
+            instance: "10.0.0.1:8080",
+            pod_labels: &pod_labels,
+            ..Default::default()
+        });
+        let body = encode(&[native_family(
+            "rpc",
+            vec![
+                label("team", "app-team"),
+                label("instance", "i"),
+                label("method", "GET"),
+            ],
+        )]);
+        let (chunks, _) = merge(
+            &[Source::new(identity, &body, Format::Protobuf)],
+            Format::Protobuf,
+        );
+        let out = decode(&chunks.concat());
+        let labels: Vec<(&str, &str)> = out[0].metric[0]
+            .label
+            .iter()
+            .map(|l| (&*l.name, &*l.value))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("namespace", "ns"),
+                ("pod", "a"),
+                ("job", "web"),
+                ("instance", "10.0.0.1:8080"),
+                ("team", "pay"),
+                ("method", "GET"),
+                ("exported_team", "app-team"),
+                ("exported_instance", "i"),
+            ]
         );
     }
 

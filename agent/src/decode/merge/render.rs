@@ -21,8 +21,8 @@ use super::convert::{source_contributions, Contribution};
 use super::lines::{LineWriter, ParsedSource};
 use super::Source;
 
-/// Identity label values in output order (`namespace`, `pod`, `container`, `endpoint`).
-type Labels = [String; 4];
+/// Identity labels in output order (the fixed ones, empty included, then the pod's labels).
+type Labels = Vec<(String, String)>;
 
 /// A body rendered for one output format with one identity ([`render_source`]): its output
 /// families sorted by name, each with its samples as one block of output lines per type. About
@@ -115,7 +115,12 @@ impl Rendered {
             && self.from == source.format()
             && match (&self.identity, source.identity) {
                 (None, None) => true,
-                (Some(l), Some(i)) => l.iter().zip(i.labels()).all(|(a, (_, b))| a.as_str() == b),
+                (Some(l), Some(i)) => {
+                    let mut given = i.labels();
+                    l.iter()
+                        .all(|(n, v)| given.next() == Some((n.as_str(), v.as_str())))
+                        && given.next().is_none()
+                }
                 _ => false,
             }
     }
@@ -124,19 +129,20 @@ impl Rendered {
         &self.text[a as usize..b as usize]
     }
 
-    /// Identity label values in output order; empty where not set.
-    pub(super) fn labels(&self) -> [&str; 4] {
-        match &self.identity {
-            Some(l) => [&l[0], &l[1], &l[2], &l[3]],
-            None => [""; 4],
+    /// The fixed identity labels' values (`IDENTITY_NAMES` order); empty where not set. The
+    /// plan compares sources by these alone: the pod's copied labels are the same for all of
+    /// one pod's endpoints, and those of other pods differ in `pod` already.
+    pub(super) fn labels(&self) -> [&str; 6] {
+        let mut fixed = [""; 6];
+        for (slot, (_, v)) in fixed.iter_mut().zip(self.identity.iter().flatten()) {
+            *slot = v;
         }
+        fixed
     }
 
-    /// Every identity label set.
+    /// Every fixed identity label set.
     pub(super) fn full_identity(&self) -> bool {
-        self.identity
-            .as_ref()
-            .is_some_and(|l| l.iter().all(|v| !v.is_empty()))
+        self.identity.is_some() && self.labels().iter().all(|v| !v.is_empty())
     }
 
     /// A source that failed: it contributes nothing, and the merge reports why.
@@ -206,20 +212,17 @@ impl Rendered {
         identity: Option<IdentityLabels<'_>>,
         out: Format,
     ) -> Self {
-        let identity = identity.map(|i| i.labels().map(|(_, v)| v.to_string()));
-        // As `labels()`: no identity hashes as all labels empty.
-        let values = identity.as_ref().map_or([""; 4], |l| {
-            [&l[0], &l[1], &l[2], &l[3]].map(String::as_str)
+        let identity: Option<Labels> = identity.map(|i| {
+            i.labels()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect()
         });
-        let identity_hash = values
-            .iter()
-            .fold(0u64, |h, v| lex::fmix(h ^ name_hash(v.as_bytes())));
-        Rendered {
+        let mut r = Rendered {
             out,
             from,
             help_from: from,
             identity,
-            identity_hash,
+            identity_hash: 0,
             body_len,
             rejected: None,
             escaping: None,
@@ -229,7 +232,13 @@ impl Rendered {
             metas: Vec::new(),
             text: Vec::new(),
             lines: Bytes::new(),
-        }
+        };
+        // No identity hashes as all labels empty.
+        r.identity_hash = r
+            .labels()
+            .iter()
+            .fold(0u64, |h, v| lex::fmix(h ^ name_hash(v.as_bytes())));
+        r
     }
 }
 
@@ -529,7 +538,6 @@ fn estimate_within(
     let prefix: usize = identity
         .map(|i| {
             i.labels()
-                .iter()
                 .filter(|(_, v)| !v.is_empty())
                 .map(|(n, v)| n.len() + 2 * v.len() + 4)
                 .sum()

@@ -11,6 +11,7 @@ fn id(pod: &str) -> Option<IdentityLabels<'_>> {
         pod,
         container: "c",
         endpoint: "metrics",
+        ..Default::default()
     })
 }
 
@@ -127,6 +128,7 @@ fn identity_conflicts_are_exported() {
         pod: "",
         container: "",
         endpoint: "",
+        ..Default::default()
     });
     let src = Source::new(identity, b"a{pod=\"app\"} 1\n", Format::Text);
     let (s, _) = run(&[src], Format::Text);
@@ -184,6 +186,56 @@ fn an_apps_job_instance_and_loupe_families_cannot_pass_for_loupes() {
     );
     let (s, _) = run(&[own], Format::Text);
     assert_eq!(s, "# TYPE loupe_x gauge\nloupe_x{job=\"j\"} 1\n");
+}
+
+#[test]
+fn target_and_pod_labels_come_first_and_an_apps_are_exported() {
+    let pod_labels = [
+        ("app_kubernetes_io_name".to_string(), "web".to_string()),
+        ("team".to_string(), "pay".to_string()),
+    ];
+    let labels = IdentityLabels {
+        namespace: "ns",
+        pod: "p1",
+        endpoint: "metrics",
+        job: "web",
+        instance: "10.0.0.1:8080",
+        pod_labels: &pod_labels,
+        ..Default::default()
+    };
+    let identity = Some(labels);
+    // `team` is an app label on one line, inside a value on another, absent on the third.
+    let body = "# TYPE m counter\nm_total{team=\"app\",job=\"j\",exported_team=\"e\"} 1\n\
+                m_total{x=\"team=\"} 2\nm_total 3\n";
+    for format in [Format::Text, Format::OpenMetrics] {
+        let src = Source::new(identity, body.as_bytes(), Format::Text);
+        let (s, st) = run(&[src], format);
+        let ident = "namespace=\"ns\",pod=\"p1\",endpoint=\"metrics\",job=\"web\",instance=\"10.0.0.1:8080\",app_kubernetes_io_name=\"web\",team=\"pay\"";
+        for line in [
+            format!("m_total{{{ident},exported_team=\"e\",exported_job=\"j\",exported_exported_team=\"app\"}} 1"),
+            format!("m_total{{{ident},x=\"team=\"}} 2"),
+            format!("m_total{{{ident}}} 3"),
+        ] {
+            assert!(s.contains(&line), "{format:?}: {line} not in\n{s}");
+        }
+        assert_eq!(st, MergeStats::default());
+    }
+    // Two pods whose app labels equal the other's pod labels: their series stay apart.
+    let other_labels = [("team".to_string(), "app".to_string())];
+    let other = Some(IdentityLabels {
+        pod_labels: &other_labels,
+        ..labels
+    });
+    let (s, st) = run(
+        &[
+            Source::new(identity, b"m{team=\"app\"} 1\n", Format::Text),
+            Source::new(other, b"m 2\n", Format::Text),
+        ],
+        Format::Text,
+    );
+    assert!(s.contains("team=\"pay\",exported_team=\"app\"} 1\n"), "{s}");
+    assert!(s.contains("team=\"app\"} 2\n"), "{s}");
+    assert_eq!(st.duplicate_series, 0);
 }
 
 #[test]
