@@ -11,6 +11,8 @@
 //!   negotiated, with and without gzip (gzip: the stored members of the renderings' blocks and
 //!   members made at the scrape for the rest; the sizes against one gzip stream at level 6 are
 //!   printed before the timings).
+//! - `loupe_text_target_labels`: `loupe_text` with every pod's series carrying `job`, `instance`
+//!   and two copied pod labels as well (issue 12), the labels a deployed agent adds.
 //! - `loupe_text_tls*`: the same over TLS (`--tls-self-signed`, rustls, TLS 1.3): on a kept-alive
 //!   connection as Prometheus scrapes, and with a new connection (handshake) for every scrape.
 //!
@@ -47,6 +49,12 @@ const SERIES: usize = 1000;
 /// The node's bodies in the store, as the agent keeps them; fresh for the whole run, so that no
 /// scrape fetches.
 fn store(bodies: &[Bytes]) -> Store {
+    store_with(bodies, false)
+}
+
+/// [`store`], the identities with `job`, `instance` and two copied pod labels when
+/// `target_labels` (what a pod gets with `--pod-labels app.kubernetes.io/*,team`).
+fn store_with(bodies: &[Bytes], target_labels: bool) -> Store {
     let store = Store::default();
     let targets: Vec<(TargetKey, Identity)> = (0..PODS)
         .map(|p| {
@@ -57,6 +65,22 @@ fn store(bodies: &[Bytes]) -> Store {
                 container: "app".into(),
                 endpoint: "http-metrics".into(),
                 ..Default::default()
+            };
+            let identity = if target_labels {
+                Identity {
+                    job: format!("checkout-{}", p % 10),
+                    instance: format!("10.42.{}.{}:8080", p / 250, p % 250 + 2),
+                    pod_labels: vec![
+                        (
+                            "app_kubernetes_io_name".into(),
+                            format!("checkout-{}", p % 10),
+                        ),
+                        ("team".into(), "payments".into()),
+                    ],
+                    ..identity
+                }
+            } else {
+                identity
             };
             let key = TargetKey {
                 pod: PodKey { namespace, name },
@@ -292,9 +316,10 @@ fn bench(c: &mut Criterion) {
         addr
     });
     let mut node_tls = rt.block_on(connect_tls(tls_addr, &connector));
-    let (concat_addr, chunks_addr, loupe_addr) = rt.block_on(async {
+    let (concat_addr, chunks_addr, loupe_addr, labelled_addr) = rt.block_on(async {
         let bind = || TcpListener::bind("127.0.0.1:0");
-        let (a, b, l) = (
+        let (a, b, l, t) = (
+            bind().await.expect("bind"),
             bind().await.expect("bind"),
             bind().await.expect("bind"),
             bind().await.expect("bind"),
@@ -303,6 +328,7 @@ fn bench(c: &mut Criterion) {
             a.local_addr().expect("addr"),
             b.local_addr().expect("addr"),
             l.local_addr().expect("addr"),
+            t.local_addr().expect("addr"),
         );
         let joined = bodies.clone();
         tokio::spawn(serve_plain(a, move || {
@@ -315,6 +341,7 @@ fn bench(c: &mut Criterion) {
         let as_they_are = bodies.clone();
         tokio::spawn(serve_plain(b, move || ChunkBody::new(as_they_are.clone())));
         tokio::spawn(loupe(store(&bodies)).serve(l));
+        tokio::spawn(loupe(store_with(&bodies, true)).serve(t));
         addrs
     });
     let mut concat = rt.block_on(connect(concat_addr));
@@ -334,6 +361,15 @@ fn bench(c: &mut Criterion) {
     assert!(
         over_tls.abs_diff(merged) < 4096,
         "{over_tls} vs {merged} bytes"
+    );
+    let labelled = rt.block_on(scrape(
+        &mut rt.block_on(connect(labelled_addr)),
+        TEXT,
+        "identity",
+    ));
+    assert!(
+        labelled > merged,
+        "with job, instance and pod labels ({labelled} bytes) vs without ({merged} bytes)"
     );
     let merged_om = rt.block_on(scrape(&mut node, OPEN_METRICS, "identity"));
     let merged_protobuf = rt.block_on(scrape(&mut node, PROTOBUF, "identity"));
@@ -360,7 +396,8 @@ fn bench(c: &mut Criterion) {
     assert!(zipped > 0 && zipped < merged / 4, "gzip: {zipped} bytes");
     eprintln!(
         "node: {PODS} pods, {input} bytes of bodies; loupe's answer: {merged} bytes (text), \
-         {merged_om} (OpenMetrics), {merged_protobuf} (protobuf), {zipped} gzipped"
+         {merged_om} (OpenMetrics), {merged_protobuf} (protobuf), {zipped} gzipped; text with \
+         job, instance and two pod labels: {labelled} bytes"
     );
 
     let mut g = c.benchmark_group("scrape_100x1000");
@@ -391,6 +428,10 @@ fn bench(c: &mut Criterion) {
             b.iter(|| black_box(rt.block_on(scrape(&mut node, accept, encoding))))
         });
     }
+    let mut labelled_node = rt.block_on(connect(labelled_addr));
+    g.bench_function("loupe_text_target_labels", |b| {
+        b.iter(|| black_box(rt.block_on(scrape(&mut labelled_node, TEXT, "identity"))))
+    });
     for (name, encoding) in [
         ("loupe_text_tls", "identity"),
         ("loupe_text_gzip_tls", "gzip"),

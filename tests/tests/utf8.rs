@@ -34,8 +34,9 @@ const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 const PROTOBUF: &str =
     "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
 
-/// The identity loupe adds, after a quoted metric name's comma or a legacy name's brace.
-const ID: &str = "namespace=\"shop\",pod=\"utf8\",container=\"app\",endpoint=\"8080\"";
+/// The identity loupe adds, after a quoted metric name's comma or a legacy name's brace (a pods-file
+/// pod without `ip:` or `job:` has the job of its name and no `instance`).
+const ID: &str = "namespace=\"shop\",pod=\"utf8\",container=\"app\",endpoint=\"8080\",job=\"utf8\"";
 
 #[test]
 fn each_accept_gets_its_format_and_escaping_and_prometheus_2_stores_underscores() {
