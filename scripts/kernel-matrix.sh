@@ -344,9 +344,9 @@ elif source.get("scraped") != "fetched":
     problems.append("expected fetch-only on this kernel, scraped pod's source is %s" % source.get("scraped"))
 if source.get("lonely") != "fetched":
     problems.append("pod nobody scrapes not fetched (source %s)" % source.get("lonely"))
-# Every sample of each app appears in loupe's output, with the pod's labels added.
+# Every sample of each app appears in loupe's output, with the pod's identity labels added.
 metrics = between("metrics")
-ident = re.compile(r'(namespace|pod|container|endpoint)="[^"]*",?')
+ident = re.compile(r'(namespace|pod|container|endpoint|job|instance)="[^"]*",?')
 for pod in ("scraped", "lonely"):
     want = set()
     for line in open("%s/%s/metrics.txt" % (bodies, pod)):
