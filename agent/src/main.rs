@@ -138,8 +138,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         reviewer,
         merges: Default::default(),
     });
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = loupe_agent::expose::listen(args.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let scheme = if web.get().tls.is_some() {
         "https"

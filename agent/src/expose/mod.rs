@@ -244,6 +244,25 @@ impl Drop for ClientShare {
 /// Go's answer to plain HTTP on a TLS port, which Prometheus users recognise.
 const PLAIN_HTTP_TO_TLS: &[u8] = b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
 
+/// The accept queue asked for; the kernel caps it at `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// The node target's listener, with an accept queue as long as the kernel allows rather than
+/// tokio's 1024: a full queue drops new connections' SYNs, and a kubelet probe whose SYN is
+/// dropped is retried only a second later, past the probe's default timeout. Clients past their
+/// per-address share reconnecting in a loop (tests/tests/hostile.rs) fill 1024 whenever the
+/// accept loop waits for CPU for a few hundred milliseconds.
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 impl Server {
     /// Serves until the listener fails or the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
