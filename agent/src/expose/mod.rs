@@ -24,7 +24,7 @@
 //! even fetched, before the request is allowed.
 //!
 //! Limits ([`ConnectionLimits`]): at most 256 connections at once (more wait in the listen
-//! backlog), at most 32 of them from one client address (more are closed at once and counted, so
+//! backlog, 4096 deep: [`listen`]), at most 32 of them from one client address (more are closed at once and counted, so
 //! one pod holding connections open cannot keep the kubelet's probes or Prometheus waiting), and
 //! a connection that sends no whole request head within 10 s, new or idle between
 //! keep-alive requests, is closed. The scrape timeout a header asks for is clamped to 300 s.
