@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use loupe_agent::decode::proto::decode;
+use loupe_agent::decode::proto::{decode, read};
 use loupe_agent::decode::proto::schema::{
     Bucket, BucketSpan, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
@@ -448,7 +448,8 @@ fn bench(c: &mut Criterion) {
     g.bench_function("text_validate", |b| {
         b.iter(|| black_box(validate(black_box(text.as_bytes()), Format::Text)))
     });
-    g.bench_function("protobuf_decode", |b| {
+    g.bench_function("protobuf_read", |b| b.iter(|| black_box(read(black_box(&body)))));
+    g.bench_function("protobuf_decode_owned", |b| {
         b.iter(|| black_box(decode(black_box(&body))))
     });
     g.bench_function("prost_only", |b| {

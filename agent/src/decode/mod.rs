@@ -352,9 +352,9 @@ pub struct Summary {
 /// text body may have quoted (UTF-8) names.
 pub fn validate(body: &[u8], format: Format) -> Result<Summary, ParseError> {
     if format == Format::Protobuf {
-        let families = proto::decode(body)?;
+        let families = proto::read(body)?;
         return Ok(Summary {
-            samples: families.iter().map(|f| f.metric.len()).sum(),
+            samples: families.iter().map(|f| f.metrics.len()).sum(),
             families: families.len(),
         });
     }

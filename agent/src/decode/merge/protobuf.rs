@@ -25,9 +25,10 @@ use prost::Message;
 use super::super::escaping::Marker;
 use super::super::lex::{self, name_hash, Escaped};
 use super::super::parse::{parse, with_quoted, MType, Parsed};
-use super::super::proto::{self, schema};
+use super::super::proto::{self, schema, view::Family};
 use super::super::{
-    Escaping, Format, IdentityLabels, Prepared, RESERVED_FAMILIES, RESERVED_PREFIX,
+    is_legacy, is_legacy_label, Escaping, Format, IdentityLabels, Prepared, RESERVED_FAMILIES,
+    RESERVED_PREFIX,
 };
 use super::convert::help_kind;
 use super::dedup::first_of_each_series;
@@ -44,13 +45,13 @@ pub(super) fn render_protobuf_body(
     compact: bool,
     escaping: Escaping,
 ) -> Rendered {
-    let families = match proto::decode(body) {
+    let families = match proto::read(body) {
         Ok(f) => f,
         Err(e) => return Rendered::rejected(body.len(), Format::Protobuf, identity, out, e),
     };
     if out == Format::Protobuf {
         return render_families(
-            families,
+            families.iter().map(Family::to_schema).collect(),
             body.len(),
             Format::Protobuf,
             identity,
@@ -167,7 +168,7 @@ pub(super) fn render_families(
         };
         prost::encoding::message::encode(1, &pair, &mut ident_fields);
     }
-    if families.iter().any(proto::has_utf8_names) {
+    if families.iter().any(has_utf8_names) {
         families = families.iter().map(|f| escaped(f, escaping)).collect();
         r.escaping = Some(escaping);
     }
@@ -303,6 +304,25 @@ fn escaped(f: &schema::MetricFamily, escaping: Escaping) -> schema::MetricFamily
         |n| escaping.label_name(n).into_owned(),
     );
     f
+}
+
+/// Whether a family has a metric or label name outside the legacy set.
+fn has_utf8_names(f: &schema::MetricFamily) -> bool {
+    let labels = |l: &[schema::LabelPair]| l.iter().any(|l| !is_legacy_label(&l.name));
+    !is_legacy(&f.name)
+        || f.metric.iter().any(|m| {
+            labels(&m.label)
+                || m.counter
+                    .iter()
+                    .filter_map(|c| c.exemplar.as_ref())
+                    .chain(m.histogram.iter().flat_map(|h| {
+                        h.bucket
+                            .iter()
+                            .filter_map(|b| b.exemplar.as_ref())
+                            .chain(&h.exemplars)
+                    }))
+                    .any(|e| labels(&e.label))
+        })
 }
 
 /// A family made from a text body whose names `marker` wrote, with its names as they were.

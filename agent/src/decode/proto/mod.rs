@@ -3,7 +3,8 @@
 //! prefixed `MetricFamily` messages, the one format that carries native histograms.
 //!
 //! - `schema.rs`: the messages (client_model's `metrics.proto`, beside it).
-//! - `read.rs`: a body decoded and checked as strictly as the text formats, or rejected whole
+//! - `wire.rs`, `view.rs`: the wire format and the messages, read in place (views of the body).
+//! - `read.rs`: a body read and checked as strictly as the text formats, or rejected whole
 //!   with the family and byte offset.
 //! - `to_text.rs`: families as an OpenMetrics body, which the text engine then parses, checks
 //!   and renders like any other: how a protobuf body reaches text and OpenMetrics scrapers.
@@ -15,11 +16,14 @@ mod from_text;
 mod read;
 pub mod schema;
 mod to_text;
+pub mod view;
+mod wire;
 
 pub(crate) use from_text::from_text;
-pub use read::{decode, decode_within, decoded_bytes};
+pub use read::{decode, read, read_within, READ_METRIC_BYTES};
 pub(crate) use to_text::has_utf8_names;
 pub use to_text::{is_native, is_native_only, to_openmetrics, OpenMetricsBody};
+pub use wire::WireError;
 
 /// The media type of the delimited protobuf exposition.
 pub const MEDIA_TYPE: &str = "application/vnd.google.protobuf";

@@ -2,18 +2,17 @@
 //! checking it as strictly as the text formats: a body that breaks a rule is rejected whole, with
 //! the byte offset of the offending message and the family's name.
 //!
-//! prost decodes the messages. Around it, this module reads the length prefixes itself (to
-//! report offsets and to refuse a length past the body's end before anything is allocated) and
-//! walks a family message's top-level fields (key and extent only), handing each field to prost
-//! in turn: the family's name and type first, then its metrics one by one, each checked as soon
-//! as it is decoded. So an error names the metric's offset, and decoding stops at the first
-//! invalid metric: what a rejected body costs is its valid part decoded, not the whole family (a
-//! decoded `Metric` takes 488 bytes, a small valid one on the wire 12 to 40; a decoded body is
-//! that many times its size, which the caller's bound on bodies bounds).
+//! The messages are read in place (`wire.rs`, `view.rs`): a family is its header fields and its
+//! metrics' bytes; each metric is read into one reused [`Metric`] and checked as soon as it is
+//! read, so an error names the metric's offset and reading stops at the first invalid metric.
+//! What a body's reading keeps is a slice per metric (16 bytes, against 488 for prost's owned
+//! `Metric`); [`read_within`] bounds it all the same.
 //!
 //! The rules, as Prometheus applies them to this format:
 //! - framing: length prefixes of at most 10 bytes that fit in 64 bits, inside the body; an empty
 //!   body is zero families; a body of 4 GiB or more is refused, as by the text parser;
+//! - messages: what protobuf's decoding refuses (a truncated or oversized varint, a length past
+//!   the end, a known field of the wrong wire type, a string that is not UTF-8), refused;
 //! - families: a non-empty name (any UTF-8), never repeated in the body, a type of the enum;
 //! - metrics: the value field of the family's type and no other; label names non-empty, not
 //!   `__name__`, once per metric; label sets (order ignored, empty values as absent) unique in the
@@ -31,9 +30,9 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 
-use prost::Message;
-
-use super::schema::{Exemplar, Histogram, LabelPair, Metric, MetricFamily, MetricType, Summary};
+use super::schema::{MetricFamily, MetricType, Summary};
+use super::view::{Exemplar, Family, Histogram, LabelPair, Metric};
+use super::wire::{self, fields};
 use crate::decode::lex::pair_hash;
 use crate::decode::parse::IdHasher;
 use crate::decode::ParseError;
@@ -46,37 +45,42 @@ const METRIC_FIELD: u32 = 4;
 const NAME_FIELD: u32 = 1;
 /// OpenMetrics' bound on an exemplar's label names and values together, in characters.
 const EXEMPLAR_CHARS: usize = 128;
-/// Nesting of unknown groups the field walker follows, as prost's recursion limit does.
-const GROUP_DEPTH: usize = 100;
-/// The reservation for a family's metrics, made before they are checked, counts one metric per
-/// this many bytes of the message at most: a decoded `Metric` takes about 500 bytes, so a message
-/// of tiny invalid metrics reserves at most ~30 times its size (a valid metric, with its value
-/// and a label set of its own, is rarely smaller than this).
-const MIN_RESERVED_METRIC_BYTES: usize = 16;
 /// Labels per metric up to which duplicate names are looked for pairwise (no allocation).
 const PAIRWISE_LABELS: usize = 32;
+/// What reading a body keeps per metric.
+pub const READ_METRIC_BYTES: usize = std::mem::size_of::<&[u8]>();
 
 /// A rejection's reason, mostly static.
 type Reason = Cow<'static, str>;
 
-/// Decodes and checks a whole body: its families in body order, or the first rule it breaks.
+/// Decodes and checks a whole body into prost's owned messages: for tests and tools that look
+/// at a body; the agent reads bodies in place ([`read`]).
 pub fn decode(body: &[u8]) -> Result<Vec<MetricFamily>, ParseError> {
-    decode_within(body, usize::MAX)
+    Ok(read(body)?.iter().map(Family::to_schema).collect())
 }
 
-/// [`decode`], refusing a body whose decoded families would take more than `max_decoded` bytes
-/// of memory ([`decoded_bytes`]): a decoded metric takes about 500 bytes however few it took
-/// on the wire, so a small hostile body could otherwise take hundreds of times its size.
-pub fn decode_within(body: &[u8], max_decoded: usize) -> Result<Vec<MetricFamily>, ParseError> {
+/// Reads and checks a whole body: its families in body order, or the first rule it breaks.
+pub fn read(body: &[u8]) -> Result<Vec<Family<'_>>, ParseError> {
+    read_within(body, usize::MAX)
+}
+
+/// [`read`], refusing a body whose reading would keep more than `max_read` bytes of memory
+/// (a slice per metric and the families; [`READ_METRIC_BYTES`]): a metric may take 2 bytes on
+/// the wire, so a small hostile body could otherwise take 8 times its size.
+pub fn read_within(body: &[u8], max_read: usize) -> Result<Vec<Family<'_>>, ParseError> {
     check_size(body.len())?;
     let mut reader = Reader {
-        room: max_decoded,
-        ..Reader::default()
+        room: max_read,
+        names: HashSet::new(),
+        series: HashMap::default(),
+        metric: Metric::default(),
+        other: Metric::default(),
     };
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < body.len() {
-        let (len, start) = read_varint(body, pos).map_err(|r| ParseError::at_byte(pos, None, r))?;
+        let (len, start) = wire::varint(body, pos)
+            .map_err(|r| ParseError::at_byte(pos, None, &format!("length prefix: {r}")))?;
         let left = body.len() - start;
         // Before any allocation: the length must be inside the body.
         let len = match usize::try_from(len) {
@@ -85,12 +89,13 @@ pub fn decode_within(body: &[u8], max_decoded: usize) -> Result<Vec<MetricFamily
                 let name = peek_name(&body[start..]);
                 return Err(ParseError::at_byte(
                     pos,
-                    name.as_deref(),
+                    name,
                     &format!("message length {len} past the end of the body ({left} bytes left)"),
                 ));
             }
         };
         let end = start + len;
+        reader.take(std::mem::size_of::<Family<'_>>(), start, None)?;
         out.push(reader.family(&body[start..end], start)?);
         pos = end;
     }
@@ -105,243 +110,143 @@ fn check_size(len: usize) -> Result<(), ParseError> {
     Ok(())
 }
 
-/// Reads a varint at `pos`: its value and where it ends.
-fn read_varint(b: &[u8], pos: usize) -> Result<(u64, usize), &'static str> {
-    let mut value = 0u64;
-    for i in 0..10 {
-        let Some(&byte) = b.get(pos + i) else {
-            return Err("truncated length prefix");
-        };
-        if i == 9 {
-            if byte & 0x80 != 0 {
-                return Err("length prefix longer than 10 bytes");
-            }
-            if byte > 1 {
-                return Err("length prefix does not fit in 64 bits");
-            }
-        }
-        value |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Ok((value, pos + i + 1));
-        }
-    }
-    Err("length prefix longer than 10 bytes")
-}
-
-/// One top-level field of a message: its number, where its payload starts (after the key, and
-/// after the length of a length-delimited field) and where it ends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Field {
-    number: u32,
-    delimited: bool,
-    payload: usize,
-    end: usize,
-}
-
-/// The field at `pos` of message `m`, or `None` where prost would fail (a malformed key, a
-/// truncated field, an unknown wire type, an unmatched group end), so that prost reports it.
-fn field_at(m: &[u8], pos: usize) -> Option<Field> {
-    let (key, at) = read_varint(m, pos).ok()?;
-    let key = u32::try_from(key).ok()?;
-    let number = key >> 3;
-    if number == 0 {
-        return None;
-    }
-    let (payload, end) = match key & 7 {
-        0 => (at, read_varint(m, at).ok()?.1),
-        1 => (at, at.checked_add(8)?),
-        2 => {
-            let (len, at) = read_varint(m, at).ok()?;
-            (at, at.checked_add(usize::try_from(len).ok()?)?)
-        }
-        3 => (at, skip_group(m, at, number, 1)?),
-        5 => (at, at.checked_add(4)?),
-        _ => return None,
-    };
-    (end <= m.len()).then_some(Field {
-        number,
-        delimited: key & 7 == 2,
-        payload,
-        end,
-    })
-}
-
-/// Skips an unknown group's fields up to its end key: where the group ends.
-fn skip_group(m: &[u8], mut pos: usize, number: u32, depth: usize) -> Option<usize> {
-    if depth > GROUP_DEPTH {
-        return None;
-    }
-    loop {
-        let (key, at) = read_varint(m, pos).ok()?;
-        let key = u32::try_from(key).ok()?;
-        if key & 7 == 4 {
-            return (key >> 3 == number).then_some(at);
-        }
-        pos = match key & 7 {
-            3 => {
-                let inner = key >> 3;
-                if inner == 0 {
-                    return None;
-                }
-                skip_group(m, at, inner, depth + 1)?
-            }
-            _ => field_at(m, pos)?.end,
-        };
-    }
-}
-
-/// The name in a family message's bytes (the last well-formed field 1, as prost would read it),
-/// for a message that does not decode or is cut short.
-fn peek_name(m: &[u8]) -> Option<String> {
+/// The name in a family message's bytes (the last field 1 before anything malformed), for a
+/// message that does not decode or is cut short.
+fn peek_name(m: &[u8]) -> Option<&str> {
     let mut name = None;
-    let mut pos = 0;
-    while let Some(f) = field_at(m, pos) {
-        if f.number == NAME_FIELD && f.delimited {
-            name = std::str::from_utf8(&m[f.payload..f.end]).ok();
+    for f in fields(m) {
+        let Ok(f) = f else { break };
+        if f.number == NAME_FIELD {
+            if let Ok(n) = f.string() {
+                name = Some(n);
+            }
         }
-        pos = f.end;
     }
-    name.map(str::to_owned)
-}
-
-/// Heap and inline bytes a decoded metric takes (capacities, so what the allocator holds).
-pub fn decoded_bytes(m: &Metric) -> usize {
-    use std::mem::size_of;
-    let labels = |l: &[LabelPair], cap: usize| {
-        cap * size_of::<LabelPair>()
-            + l.iter()
-                .map(|p| p.name.capacity() + p.value.capacity())
-                .sum::<usize>()
-    };
-    let exemplar = |e: &Exemplar| size_of::<Exemplar>() + labels(&e.label, e.label.capacity());
-    let mut n = size_of::<Metric>() + labels(&m.label, m.label.capacity());
-    if let Some(e) = m.counter.as_ref().and_then(|c| c.exemplar.as_ref()) {
-        n += exemplar(e);
-    }
-    if let Some(s) = &m.summary {
-        n += s.quantile.capacity() * size_of::<super::schema::Quantile>();
-    }
-    if let Some(h) = &m.histogram {
-        n += h.bucket.capacity() * size_of::<super::schema::Bucket>()
-            + h.bucket
-                .iter()
-                .filter_map(|b| b.exemplar.as_ref())
-                .map(exemplar)
-                .sum::<usize>()
-            + (h.negative_span.capacity() + h.positive_span.capacity()) * 8
-            + (h.negative_delta.capacity() + h.positive_delta.capacity()) * 8
-            + (h.negative_count.capacity() + h.positive_count.capacity()) * 8
-            + h.exemplars.iter().map(exemplar).sum::<usize>();
-    }
-    n
+    name
 }
 
 /// What the checks remember across families and metrics.
-#[derive(Default)]
-struct Reader {
-    /// Bytes the decoded metrics may still take ([`decode_within`]).
+struct Reader<'a> {
+    /// Bytes the reading may still keep ([`read_within`]).
     room: usize,
     /// Family names seen so far.
-    names: HashSet<String>,
+    names: HashSet<&'a str>,
     /// The current family's label sets: hash (order-independent) → first metric with it.
     series: HashMap<u64, u32, BuildHasherDefault<IdHasher>>,
+    /// The metric being checked, and another one it is compared with.
+    metric: Metric<'a>,
+    other: Metric<'a>,
 }
 
-impl Reader {
-    /// Decodes and checks the family message `m`, which starts at body offset `base`.
-    fn family(&mut self, m: &[u8], base: usize) -> Result<MetricFamily, ParseError> {
-        let mut fam = MetricFamily::default();
-        // Every field but the metrics first, so that name and type are final (the last
-        // occurrence wins) before any metric is checked.
-        let mut pos = 0;
+impl<'a> Reader<'a> {
+    /// Takes `bytes` of the room, or refuses the body at `at`.
+    fn take(&mut self, bytes: usize, at: usize, family: Option<&str>) -> Result<(), ParseError> {
+        self.room = self.room.checked_sub(bytes).ok_or_else(|| {
+            ParseError::at_byte(
+                at,
+                family,
+                "the read body passes the memory it may take (about 8 times its size, within the memory budget)",
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Reads and checks the family message `m`, which starts at body offset `base`.
+    fn family(&mut self, m: &'a [u8], base: usize) -> Result<Family<'a>, ParseError> {
+        let mut fam = Family::default();
+        // The header fields first, so that name and type are final (the last occurrence wins)
+        // before any metric is checked.
         let mut metrics = 0;
-        while pos < m.len() {
-            let Some(f) = field_at(m, pos) else {
-                return Err(unreadable(&mut fam, m, base, pos));
+        let mut walk = fields(m);
+        while let Some(f) = walk.next() {
+            let f = f.map_err(|e| {
+                ParseError::at_byte(
+                    base + walk.offset(),
+                    peek_name(m),
+                    &format!("MetricFamily: {e}"),
+                )
+            })?;
+            let at = |e: wire::WireError, field: &str| {
+                ParseError::at_byte(
+                    base + f.at,
+                    peek_name(m),
+                    &format!("MetricFamily.{field}: {e}"),
+                )
             };
-            if f.number == METRIC_FIELD {
-                metrics += 1;
-            } else {
-                fam.merge(&m[pos..f.end])
-                    .map_err(|e| prost_error(&fam, m, base + pos, &e))?;
+            match f.number {
+                NAME_FIELD => fam.name = f.string().map_err(|e| at(e, "name"))?,
+                2 => fam.help = f.string().map_err(|e| at(e, "help"))?,
+                3 => fam.r#type = f.int32().map_err(|e| at(e, "type"))?,
+                METRIC_FIELD => {
+                    f.bytes().map_err(|e| at(e, "metric"))?;
+                    metrics += 1;
+                }
+                5 => fam.unit = f.string().map_err(|e| at(e, "unit"))?,
+                _ => {}
             }
-            pos = f.end;
         }
         let kind = self.header(&fam, base)?;
-        // Then the metrics in order, each checked once decoded.
-        fam.metric.reserve(
-            metrics
-                .min(m.len() / MIN_RESERVED_METRIC_BYTES)
-                .min(self.room / std::mem::size_of::<Metric>()),
-        );
+        // Then the metrics in order, each checked once read.
+        self.take(metrics * READ_METRIC_BYTES, base, Some(fam.name))?;
+        fam.metrics.reserve_exact(metrics);
         self.series.clear();
-        let mut pos = 0;
-        while let Some(f) = field_at(m, pos) {
-            let at = pos;
-            pos = f.end;
+        for f in fields(m).map_while(Result::ok) {
             if f.number != METRIC_FIELD {
                 continue;
             }
-            fam.merge(&m[at..f.end])
-                .map_err(|e| prost_error(&fam, m, base + at, &e))?;
-            let Some(index) = fam.metric.len().checked_sub(1) else {
-                continue;
-            };
-            let cost = decoded_bytes(&fam.metric[index]);
-            self.room = self.room.checked_sub(cost).ok_or_else(|| {
+            let Ok(raw) = f.bytes() else { continue };
+            let index = fam.metrics.len();
+            let error = |r: &dyn std::fmt::Display| {
                 ParseError::at_byte(
-                    base + at,
-                    Some(&fam.name),
-                    "the decoded body passes the memory it may take (about 40 times its size, within the memory budget)",
-                )
-            })?;
-            self.metric(kind, &fam.metric, index).map_err(|r| {
-                ParseError::at_byte(
-                    base + at,
-                    Some(&fam.name),
+                    base + f.at,
+                    Some(fam.name),
                     &format!("metric {}: {r}", index + 1),
                 )
-            })?;
+            };
+            self.metric.read(raw).map_err(|e| error(&e))?;
+            self.check(kind, &fam.metrics).map_err(|r| error(&r))?;
+            fam.metrics.push(raw);
         }
         Ok(fam)
     }
 
     /// The family's own rules: a name, not seen before, and a known type.
-    fn header(&mut self, fam: &MetricFamily, base: usize) -> Result<MetricType, ParseError> {
+    fn header(&mut self, fam: &Family<'a>, base: usize) -> Result<MetricType, ParseError> {
         if fam.name.is_empty() {
             return Err(ParseError::at_byte(base, None, "family without name"));
         }
         let Ok(kind) = MetricType::try_from(fam.r#type) else {
             return Err(ParseError::at_byte(
                 base,
-                Some(&fam.name),
+                Some(fam.name),
                 &format!("type {} is not a metric type", fam.r#type),
             ));
         };
-        if !self.names.insert(fam.name.clone()) {
+        if !self.names.insert(fam.name) {
             return Err(ParseError::at_byte(
                 base,
-                Some(&fam.name),
+                Some(fam.name),
                 "second family with this name",
             ));
         }
         Ok(kind)
     }
 
-    /// Checks `metrics[index]`, the family's latest, against the family's type and the metrics
-    /// before it.
-    fn metric(&mut self, kind: MetricType, metrics: &[Metric], index: usize) -> Result<(), Reason> {
-        let m = &metrics[index];
+    /// Checks the metric just read against the family's type and the metrics before it
+    /// (`before`, the family's metrics so far).
+    fn check(&mut self, kind: MetricType, before: &[&'a [u8]]) -> Result<(), Reason> {
+        let m = &self.metric;
         value_fields(kind, m)?;
         let hash = label_set(&m.label)?;
         match self.series.entry(hash) {
             Entry::Vacant(v) => {
-                v.insert(index as u32);
+                v.insert(before.len() as u32);
             }
             // A label set behind a hash collision with another set is not checked further,
             // as in the text parser; the merge's deduplication still applies to it.
             Entry::Occupied(o) => {
-                if same_label_set(&metrics[*o.get() as usize].label, &m.label) {
+                self.other.load(before[*o.get() as usize]);
+                if same_label_set(&self.other.label, &m.label) {
                     return Err(Cow::Owned(format!(
                         "duplicate series (the same labels as metric {})",
                         o.get() + 1
@@ -364,33 +269,6 @@ impl Reader {
             histogram(h)?;
         }
         Ok(())
-    }
-}
-
-/// A family field the walker cannot read: prost's reason for it (prost fails on what the
-/// walker refuses; should it not, the field is refused all the same).
-fn unreadable(fam: &mut MetricFamily, m: &[u8], base: usize, pos: usize) -> ParseError {
-    match fam.merge(&m[pos..]) {
-        Err(e) => prost_error(fam, m, base + pos, &e),
-        Ok(()) => ParseError::at_byte(
-            base + pos,
-            name_of(fam, m).as_deref(),
-            "unreadable field (nested too deep)",
-        ),
-    }
-}
-
-/// prost's error at body offset `at` of family message `m`, partly decoded as `fam`.
-fn prost_error(fam: &MetricFamily, m: &[u8], at: usize, e: &prost::DecodeError) -> ParseError {
-    ParseError::at_byte(at, name_of(fam, m).as_deref(), &e.to_string())
-}
-
-/// The family's name: decoded already, or read from its bytes.
-fn name_of(fam: &MetricFamily, m: &[u8]) -> Option<String> {
-    if fam.name.is_empty() {
-        peek_name(m)
-    } else {
-        Some(fam.name.clone())
     }
 }
 
@@ -445,7 +323,7 @@ fn label_set(labels: &[LabelPair]) -> Result<u64, Reason> {
         }
     }
     if labels.len() > PAIRWISE_LABELS {
-        let mut names: Vec<&str> = labels.iter().map(|l| l.name.as_str()).collect();
+        let mut names: Vec<&str> = labels.iter().map(|l| l.name).collect();
         names.sort_unstable();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
             return Err(Cow::Owned(format!("label {:?} twice", w[0])));
@@ -461,11 +339,11 @@ fn same_label_set(a: &[LabelPair], b: &[LabelPair]) -> bool {
 }
 
 /// A label set's non-empty labels, sorted (rare paths only: it allocates).
-fn sorted_set(labels: &[LabelPair]) -> Vec<(&str, &str)> {
+fn sorted_set<'a>(labels: &[LabelPair<'a>]) -> Vec<(&'a str, &'a str)> {
     let mut v: Vec<(&str, &str)> = labels
         .iter()
         .filter(|l| !l.value.is_empty())
-        .map(|l| (l.name.as_str(), l.value.as_str()))
+        .map(|l| (l.name, l.value))
         .collect();
     v.sort_unstable();
     v
@@ -475,7 +353,7 @@ fn sorted_set(labels: &[LabelPair]) -> Vec<(&str, &str)> {
 /// values.
 fn exemplar(e: &Exemplar) -> Result<(), Reason> {
     let mut chars = 0;
-    for l in &e.label {
+    for l in e.label.iter() {
         if l.name.is_empty() {
             return Err(Cow::Borrowed("exemplar with an empty label name"));
         }

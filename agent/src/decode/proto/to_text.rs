@@ -20,7 +20,8 @@ use std::fmt::Write as _;
 use super::super::escaping::{Marker, Names};
 use super::super::lex::{write_escaped, Escaped};
 use super::super::{is_legacy, is_legacy_label, Escaping};
-use super::schema::{Exemplar, Histogram, Metric, MetricFamily, MetricType, Timestamp};
+use super::schema::{MetricType, Timestamp};
+use super::view::{Exemplar, Family, Histogram, Metric};
 
 /// An OpenMetrics body made from protobuf families.
 #[derive(Debug, Default)]
@@ -35,23 +36,24 @@ pub struct OpenMetricsBody {
 }
 
 /// Every name of `families`: metric, label and exemplar label names.
-fn names_of(families: &[MetricFamily]) -> Vec<&[u8]> {
+fn names_of<'a>(families: &[Family<'a>]) -> Vec<&'a [u8]> {
     let mut names = Vec::new();
+    let mut m = Metric::default();
     for f in families {
         names.push(f.name.as_bytes());
-        for m in &f.metric {
+        f.each_metric(&mut m, |m| {
             names.extend(m.label.iter().map(|l| l.name.as_bytes()));
             for e in exemplars(m) {
                 names.extend(e.label.iter().map(|l| l.name.as_bytes()));
             }
-        }
+        });
     }
     names
 }
 
-/// Writes `families` (as [`super::decode`] checked them) as one OpenMetrics body, names in
+/// Writes `families` (as [`super::read`] checked them) as one OpenMetrics body, names in
 /// `escaping` (for `allow-utf-8` marked, [`OpenMetricsBody::marker`]).
-pub fn to_openmetrics(families: &[MetricFamily], escaping: Escaping) -> OpenMetricsBody {
+pub fn to_openmetrics(families: &[Family<'_>], escaping: Escaping) -> OpenMetricsBody {
     let utf8_names = families.iter().any(has_utf8_names);
     let names = match (escaping, utf8_names) {
         (Escaping::AllowUtf8, true) => Names::new(escaping, names_of(families)),
@@ -76,16 +78,21 @@ pub fn to_openmetrics(families: &[MetricFamily], escaping: Escaping) -> OpenMetr
 }
 
 /// Whether a family has a metric or label name outside the legacy set.
-pub(crate) fn has_utf8_names(f: &MetricFamily) -> bool {
-    !is_legacy(&f.name)
-        || f.metric.iter().any(|m| {
-            m.label.iter().any(|l| !is_legacy_label(&l.name))
-                || exemplars(m).any(|e| e.label.iter().any(|l| !is_legacy_label(&l.name)))
-        })
+pub(crate) fn has_utf8_names(f: &Family<'_>) -> bool {
+    if !is_legacy(f.name) {
+        return true;
+    }
+    let mut any = false;
+    f.each_metric(&mut Metric::default(), |m| {
+        any = any
+            || m.label.iter().any(|l| !is_legacy_label(l.name))
+            || exemplars(m).any(|e| e.label.iter().any(|l| !is_legacy_label(l.name)));
+    });
+    any
 }
 
 /// A metric's exemplars: its counter's and its histogram's.
-fn exemplars(m: &Metric) -> impl Iterator<Item = &Exemplar> {
+fn exemplars<'m, 'a>(m: &'m Metric<'a>) -> impl Iterator<Item = &'m Exemplar<'a>> {
     let counter = m.counter.as_ref().and_then(|c| c.exemplar.as_ref());
     let histogram = m.histogram.iter().flat_map(|h| {
         h.bucket
@@ -98,16 +105,21 @@ fn exemplars(m: &Metric) -> impl Iterator<Item = &Exemplar> {
 
 /// Whether a histogram carries native buckets (Prometheus' rule: any span, a zero bucket, or
 /// counts) and no classic ones.
-pub fn is_native_only(h: &Histogram) -> bool {
+pub fn is_native_only(h: &Histogram<'_>) -> bool {
     h.bucket.is_empty() && is_native(h)
 }
 
-pub fn is_native(h: &Histogram) -> bool {
+pub fn is_native(h: &Histogram<'_>) -> bool {
     !h.positive_span.is_empty()
         || !h.negative_span.is_empty()
         || h.zero_threshold > 0.0
         || h.zero_count > 0
         || h.zero_count_float > 0.0
+}
+
+/// Whether a metric is a native histogram without classic buckets (left out).
+fn native_only(m: &Metric<'_>) -> bool {
+    m.histogram.as_ref().is_some_and(is_native_only)
 }
 
 struct Writer {
@@ -118,11 +130,11 @@ struct Writer {
 }
 
 /// What one sample line is: its name suffix, the extra label (`le`, `quantile`), the value.
-struct Line<'a> {
+struct Line<'m, 'a> {
     suffix: &'static str,
     extra: Option<(&'static str, f64)>,
     value: Value,
-    exemplar: Option<&'a Exemplar>,
+    exemplar: Option<&'m Exemplar<'a>>,
 }
 
 #[derive(Clone, Copy)]
@@ -133,44 +145,47 @@ enum Value {
 }
 
 impl Writer {
-    fn family(&mut self, f: &MetricFamily) {
-        let name = self.names.metric_name(&f.name).into_owned();
-        let mtype = MetricType::try_from(f.r#type).unwrap_or(MetricType::Untyped);
-        let metrics: Vec<&Metric> = f
-            .metric
-            .iter()
-            .filter(|m| {
-                let native = m.histogram.as_ref().is_some_and(is_native_only);
-                self.out.native_only += usize::from(native);
-                !native
-            })
-            .collect();
-        if metrics.is_empty() {
+    /// A family's metrics are read once to decide its type, then again to write them (one
+    /// metric held at a time).
+    fn family(&mut self, f: &Family<'_>) {
+        let name = self.names.metric_name(f.name).into_owned();
+        let mtype = f.metric_type();
+        let mut m = Metric::default();
+        let (mut kept, mut native) = (0, 0);
+        let mut fits = true;
+        f.each_metric(&mut m, |m| {
+            if native_only(m) {
+                native += 1;
+                return;
+            }
+            kept += 1;
+            fits &= match mtype {
+                MetricType::Counter => counter_ok(m),
+                MetricType::Summary => summary_ok(m),
+                MetricType::Histogram => histogram_ok(m, false),
+                MetricType::GaugeHistogram => histogram_ok(m, true),
+                MetricType::Gauge | MetricType::Untyped => true,
+            };
+        });
+        self.out.native_only += native;
+        if kept == 0 {
             return;
         }
         let (om_name, om_type) = match mtype {
             MetricType::Counter => match name.strip_suffix("_total") {
-                Some(stem) if metrics.iter().all(|m| counter_ok(m)) => {
-                    (stem.to_string(), "counter")
-                }
-                _ => return self.unknown(f, &name, &metrics),
+                Some(stem) if fits => (stem.to_string(), "counter"),
+                _ => return self.unknown(f, &name),
             },
             MetricType::Gauge => (name.clone(), "gauge"),
             MetricType::Untyped => (name.clone(), "unknown"),
-            MetricType::Summary if metrics.iter().all(|m| summary_ok(m)) => {
-                (name.clone(), "summary")
-            }
-            MetricType::Histogram if metrics.iter().all(|m| histogram_ok(m, false)) => {
-                (name.clone(), "histogram")
-            }
-            MetricType::GaugeHistogram if metrics.iter().all(|m| histogram_ok(m, true)) => {
-                (name.clone(), "gaugehistogram")
-            }
-            _ => return self.unknown(f, &name, &metrics),
+            MetricType::Summary if fits => (name.clone(), "summary"),
+            MetricType::Histogram if fits => (name.clone(), "histogram"),
+            MetricType::GaugeHistogram if fits => (name.clone(), "gaugehistogram"),
+            _ => return self.unknown(f, &name),
         };
         let b = &mut self.out.body;
         b.extend_from_slice(format!("# TYPE {om_name} {om_type}\n").as_bytes());
-        let unit = self.names.metric_name(&f.unit);
+        let unit = self.names.metric_name(f.unit);
         if !unit.is_empty()
             && om_name.len() > unit.len() + 1
             && om_name.ends_with(&format!("_{unit}"))
@@ -182,51 +197,63 @@ impl Writer {
             write_escaped(f.help.as_bytes(), Escaped::Raw, Escaped::OmHelp, b);
             b.push(b'\n');
         }
-        for m in metrics {
-            for line in lines(mtype, m) {
-                self.line(&om_name, m, &line);
+        for raw in &f.metrics {
+            m.load(raw);
+            if native_only(&m) {
+                continue;
+            }
+            for line in lines(mtype, &m) {
+                self.line(&om_name, &m, &line);
             }
         }
         self.flush();
     }
 
     /// A family OpenMetrics would reject as its type: `unknown` families, one per sample name.
-    fn unknown(&mut self, f: &MetricFamily, name: &str, metrics: &[&Metric]) {
-        let mtype = MetricType::try_from(f.r#type).unwrap_or(MetricType::Untyped);
+    fn unknown(&mut self, f: &Family<'_>, name: &str) {
+        let mtype = f.metric_type();
         // A counter's value is its family's name itself (`lines` writes it as `_total` of an
         // OpenMetrics stem).
         let own = |suffix: &'static str| match (mtype, suffix) {
             (MetricType::Counter, "_total") => "",
             (_, s) => s,
         };
+        let mut m = Metric::default();
         let mut suffixes: Vec<&'static str> = Vec::new();
-        for m in metrics {
+        f.each_metric(&mut m, |m| {
+            if native_only(m) {
+                return;
+            }
             for l in lines(mtype, m) {
                 if !suffixes.contains(&own(l.suffix)) {
                     suffixes.push(own(l.suffix));
                 }
             }
-        }
+        });
         for suffix in suffixes {
             let family = format!("{name}{suffix}");
             self.out
                 .body
                 .extend_from_slice(format!("# TYPE {family} unknown\n").as_bytes());
-            for m in metrics {
-                for l in lines(mtype, m).iter().filter(|l| own(l.suffix) == suffix) {
+            for raw in &f.metrics {
+                m.load(raw);
+                if native_only(&m) {
+                    continue;
+                }
+                for l in lines(mtype, &m).iter().filter(|l| own(l.suffix) == suffix) {
                     let plain = Line {
                         suffix: "",
                         exemplar: None,
                         ..*l
                     };
-                    self.line(&family, m, &plain);
+                    self.line(&family, &m, &plain);
                 }
             }
             self.flush();
         }
     }
 
-    fn line(&mut self, name: &str, m: &Metric, line: &Line<'_>) {
+    fn line(&mut self, name: &str, m: &Metric<'_>, line: &Line<'_, '_>) {
         let (s, namer) = (&mut self.lines, self.names);
         s.push_str(name);
         s.push_str(line.suffix);
@@ -242,9 +269,9 @@ impl Writer {
         // Of two labels that escape to one name, the first is kept.
         let mut names: Vec<String> = Vec::new();
         for l in m.label.iter().filter(|l| !l.value.is_empty()) {
-            let name = namer.label_name(&l.name).into_owned();
+            let name = namer.label_name(l.name).into_owned();
             if !names.contains(&name) {
-                label(s, &name, &l.value);
+                label(s, &name, l.value);
                 names.push(name);
             }
         }
@@ -272,9 +299,9 @@ impl Writer {
                 if i > 0 {
                     s.push(',');
                 }
-                s.push_str(&namer.label_name(&l.name));
+                s.push_str(&namer.label_name(l.name));
                 s.push_str("=\"");
-                escape_value(&l.value, s);
+                escape_value(l.value, s);
                 s.push('"');
             }
             s.push_str("} ");
@@ -294,7 +321,7 @@ impl Writer {
 }
 
 /// A metric's sample lines in OpenMetrics order.
-fn lines(mtype: MetricType, m: &Metric) -> Vec<Line<'_>> {
+fn lines<'m, 'a>(mtype: MetricType, m: &'m Metric<'a>) -> Vec<Line<'m, 'a>> {
     let float = |value| Line {
         suffix: "",
         extra: None,
@@ -312,7 +339,7 @@ fn lines(mtype: MetricType, m: &Metric) -> Vec<Line<'_>> {
     let mut out = Vec::new();
     match mtype {
         MetricType::Counter => {
-            let c = m.counter.clone().unwrap_or_default();
+            let c = m.counter.unwrap_or_default();
             out.push(Line {
                 suffix: "_total",
                 exemplar: m.counter.as_ref().and_then(|c| c.exemplar.as_ref()),
@@ -393,11 +420,11 @@ fn count(int: u64, float: f64) -> Value {
     }
 }
 
-fn counter_ok(m: &Metric) -> bool {
+fn counter_ok(m: &Metric<'_>) -> bool {
     m.counter.as_ref().is_some_and(|c| c.value >= 0.0)
 }
 
-fn summary_ok(m: &Metric) -> bool {
+fn summary_ok(m: &Metric<'_>) -> bool {
     m.summary.as_ref().is_some_and(|s| {
         s.sample_sum >= 0.0
             && s.quantile
@@ -409,7 +436,7 @@ fn summary_ok(m: &Metric) -> bool {
 /// OpenMetrics' histogram rules (the text engine's `histogram.rs`): counts and sums neither
 /// NaN nor negative, no sum beside negative buckets; a gauge histogram's negative sum only
 /// beside negative buckets.
-fn histogram_ok(m: &Metric, gauge: bool) -> bool {
+fn histogram_ok(m: &Metric<'_>, gauge: bool) -> bool {
     let Some(h) = m.histogram.as_ref() else {
         return false;
     };
@@ -474,7 +501,18 @@ fn millis_as_seconds(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::super::schema::*;
-    use super::*;
+    use super::{millis_as_seconds, number, seconds, OpenMetricsBody};
+    use crate::decode::Escaping;
+    use prost::Message;
+
+    /// [`super::to_openmetrics`] of `families` as read from their encoding.
+    fn to_openmetrics(families: &[MetricFamily], escaping: Escaping) -> OpenMetricsBody {
+        let mut body = Vec::new();
+        for f in families {
+            f.encode_length_delimited(&mut body).unwrap();
+        }
+        super::to_openmetrics(&super::super::read(&body).unwrap(), escaping)
+    }
     use crate::decode::{validate, Format};
 
     fn label(n: &str, v: &str) -> LabelPair {

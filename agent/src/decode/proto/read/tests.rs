@@ -301,7 +301,7 @@ fn a_truncated_length_prefix_is_refused() {
     let mut b = body(&fams);
     let at = b.len();
     b.extend_from_slice(&[0x80, 0x80]);
-    rejected(&b, at, None, "truncated length prefix");
+    rejected(&b, at, None, "length prefix: truncated varint");
 }
 
 #[test]
@@ -311,7 +311,7 @@ fn a_length_prefix_longer_than_10_bytes_is_refused() {
     let at = b.len();
     b.extend_from_slice(&[0x80; 10]);
     b.extend_from_slice(&[0x00; 4]);
-    rejected(&b, at, None, "longer than 10 bytes");
+    rejected(&b, at, None, "length prefix: varint longer than 10 bytes");
 }
 
 #[test]
@@ -319,7 +319,7 @@ fn a_length_prefix_past_64_bits_is_refused() {
     let mut b = vec![0xff; 9];
     b.push(0x02);
     b.extend_from_slice(&[0; 8]);
-    rejected(&b, 0, None, "does not fit in 64 bits");
+    rejected(&b, 0, None, "past 64 bits");
 }
 
 #[test]
@@ -349,19 +349,19 @@ fn a_length_past_the_end_is_refused_before_allocating_and_names_the_family() {
     assert!(e.reason.contains(&u64::MAX.to_string()), "{e}");
 }
 
-// ---- prost's errors ------------------------------------------------------------------------
+// ---- wire errors ------------------------------------------------------------------------
 
 #[test]
-fn a_wrong_wire_type_is_prosts_error_at_its_field() {
+fn a_wrong_wire_type_is_refused_at_its_field() {
     // name "w", then field 3 (type) as a length-delimited field.
     let msg = [0x0a, 0x01, b'w', 0x1a, 0x00];
     let mut b = vec![msg.len() as u8];
     b.extend_from_slice(&msg);
-    rejected(&b, 4, Some("w"), "invalid wire type");
+    rejected(&b, 4, Some("w"), "MetricFamily.type: wire type length-delimited, expected varint");
 }
 
 #[test]
-fn a_truncated_field_inside_a_metric_is_prosts_error_at_the_metric() {
+fn a_truncated_field_inside_a_metric_is_refused_at_the_metric() {
     let fams = [fam("t", MetricType::Gauge, vec![gauge(&[], 1.0)])];
     let at = metric_at(&fams, 0, 0);
     let mut b = body(&fams);
@@ -372,12 +372,16 @@ fn a_truncated_field_inside_a_metric_is_prosts_error_at_the_metric() {
     msg.extend_from_slice(&metric);
     b = vec![msg.len() as u8];
     b.extend_from_slice(&msg);
-    let e = rejected(&b, at, Some("t"), "buffer underflow");
-    assert!(e.reason.contains("Metric.label"), "{e}");
+    rejected(
+        &b,
+        at,
+        Some("t"),
+        "metric 1: field 1: length past the end of the message",
+    );
 }
 
 #[test]
-fn invalid_utf8_in_a_label_value_is_prosts_error_at_the_metric() {
+fn invalid_utf8_in_a_label_value_is_refused_at_the_metric() {
     let fams = [fam(
         "u",
         MetricType::Gauge,
@@ -385,12 +389,17 @@ fn invalid_utf8_in_a_label_value_is_prosts_error_at_the_metric() {
     )];
     let mut b = body(&fams);
     patch(&mut b, b"@@@@", &[0xff, 0xfe, 0xc0, 0x80]);
-    rejected(&b, metric_at(&fams, 0, 1), Some("u"), "not UTF-8");
+    rejected(
+        &b,
+        metric_at(&fams, 0, 1),
+        Some("u"),
+        "metric 2: Metric.label: LabelPair.value: string not UTF-8",
+    );
 }
 
 #[test]
 fn a_family_that_does_not_decode_is_named_from_field_1() {
-    // HELP (invalid UTF-8) before the name: prost fails on HELP, the name is read alone.
+    // HELP (invalid UTF-8) before the name: HELP is refused, the name is read alone.
     let msg = [0x12, 0x01, 0xff, 0x0a, 0x02, b'h', b'n'];
     let mut b = vec![msg.len() as u8];
     b.extend_from_slice(&msg);
@@ -403,17 +412,17 @@ fn a_family_that_does_not_decode_is_named_from_field_1() {
 }
 
 #[test]
-fn a_malformed_key_is_prosts_error() {
+fn a_malformed_key_is_refused() {
     // name "k", then field 0.
     let msg = [0x0a, 0x01, b'k', 0x02, 0x00];
     let mut b = vec![msg.len() as u8];
     b.extend_from_slice(&msg);
-    rejected(&b, 4, Some("k"), "invalid tag");
+    rejected(&b, 4, Some("k"), "field number 0");
     // An unmatched group end.
     let msg = [0x0a, 0x01, b'k', 0x7c];
     let mut b = vec![msg.len() as u8];
     b.extend_from_slice(&msg);
-    rejected(&b, 4, Some("k"), "end group");
+    rejected(&b, 4, Some("k"), "group end without its start");
 }
 
 // ---- Families ------------------------------------------------------------------------------
