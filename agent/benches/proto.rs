@@ -8,15 +8,21 @@
 //! bucket, `_sum`, `_count`). Throughput is per series for every benchmark, so the numbers compare.
 //!
 //! - `text_validate`: `decode::validate(body, Format::Text)`, the text parser's check.
-//! - `protobuf_decode`: `decode::proto::decode`, the strict reader (prost, then the checks).
-//! - `prost_only`: the same stream decoded with prost alone, no checks: the floor of the schema's
-//!   owned types (a `String` allocation per label name and value).
+//! - `protobuf_read`: `decode::proto::read`, the strict reader (in place, then the checks): what
+//!   the agent does with a body.
+//! - `protobuf_decode_owned`: `decode::proto::decode`, the same into prost's owned messages (for
+//!   tests and tools).
+//! - `prost_only`: the same stream decoded with prost alone, no checks (a `String` allocation per
+//!   label name and value): what the reader replaced.
 //! - `prost_only_bytes_input`: the same from a `bytes::Bytes` buffer; prost still copies every
 //!   `string` field into a `String`.
 //! - `prost_bytes_strings`: a copy of the schema whose `string` fields are `bytes::Bytes` (prost's
 //!   `bytes = "bytes"`, the same wire type), decoded from `Bytes`: every name and value a
 //!   refcounted slice of the body, no copy; their UTF-8 checked afterwards as prost would. What
-//!   changing `schema.rs` that way would save.
+//!   changing `schema.rs` that way would have saved.
+//!
+//! `proto_1000_series_rendering`: the same body rendered for the node target (identity labels),
+//! text and protobuf bodies each for text and protobuf scrapers: the rest of a body's ingest.
 
 use std::fmt::Write as _;
 use std::hint::black_box;
@@ -24,11 +30,11 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use loupe_agent::decode::proto::{decode, read};
 use loupe_agent::decode::proto::schema::{
     Bucket, BucketSpan, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
-use loupe_agent::decode::{validate, Format};
+use loupe_agent::decode::proto::{decode, read};
+use loupe_agent::decode::{validate, Format, IdentityLabels, Source};
 use prost::Message;
 
 /// Upper bounds of the classic histograms (client_golang's `DefBuckets`, and 10 s).
@@ -448,7 +454,9 @@ fn bench(c: &mut Criterion) {
     g.bench_function("text_validate", |b| {
         b.iter(|| black_box(validate(black_box(text.as_bytes()), Format::Text)))
     });
-    g.bench_function("protobuf_read", |b| b.iter(|| black_box(read(black_box(&body)))));
+    g.bench_function("protobuf_read", |b| {
+        b.iter(|| black_box(read(black_box(&body))))
+    });
     g.bench_function("protobuf_decode_owned", |b| {
         b.iter(|| black_box(decode(black_box(&body))))
     });
@@ -492,6 +500,47 @@ fn bench(c: &mut Criterion) {
             black_box(out)
         })
     });
+    g.finish();
+
+    // What a body costs at ingest past its check: its rendering for the node target, with
+    // identity labels, in the format scrapers ask (a protobuf body for text is first written
+    // as OpenMetrics and parsed by the text engine).
+    let identity = Some(IdentityLabels {
+        namespace: "shop",
+        pod: "checkout-7d4b9c-x2x9q",
+        container: "app",
+        endpoint: ":8080/metrics",
+        ..Default::default()
+    });
+    let mut g = c.benchmark_group("proto_1000_series_rendering");
+    g.sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5))
+        .throughput(Throughput::Elements(series as u64));
+    for (name, input, from, out) in [
+        ("text_for_text", text.as_bytes(), Format::Text, Format::Text),
+        (
+            "text_for_protobuf",
+            text.as_bytes(),
+            Format::Text,
+            Format::Protobuf,
+        ),
+        (
+            "protobuf_for_text",
+            &body[..],
+            Format::Protobuf,
+            Format::Text,
+        ),
+        (
+            "protobuf_for_protobuf",
+            &body[..],
+            Format::Protobuf,
+            Format::Protobuf,
+        ),
+    ] {
+        let source = Source::new(identity, input, from);
+        g.bench_function(name, |b| b.iter(|| black_box(source.render(out))));
+    }
     g.finish();
 }
 

@@ -1,6 +1,7 @@
 //! The strict reader: one test per rejection (offset and family asserted), what it must accept,
 //! a realistic round trip, bodies encoded by prometheus-client's independently generated types,
-//! and property tests over arbitrary valid families and their truncations.
+//! and property tests over arbitrary valid families, their truncations, and damaged bodies
+//! (read against prost's decoding of the same bytes).
 
 use proptest::collection::{btree_map, btree_set, vec};
 use proptest::prelude::*;
@@ -357,7 +358,12 @@ fn a_wrong_wire_type_is_refused_at_its_field() {
     let msg = [0x0a, 0x01, b'w', 0x1a, 0x00];
     let mut b = vec![msg.len() as u8];
     b.extend_from_slice(&msg);
-    rejected(&b, 4, Some("w"), "MetricFamily.type: wire type length-delimited, expected varint");
+    rejected(
+        &b,
+        4,
+        Some("w"),
+        "MetricFamily.type: wire type length-delimited, expected varint",
+    );
 }
 
 #[test]
@@ -1288,7 +1294,21 @@ fn every_field_reads_as_prometheus_clients_generated_types_write_it() {
         unit: "bytes".into(),
     };
     let bytes = pc_body(std::slice::from_ref(&theirs));
-    // Not a valid body (every value field at once): read with the schema alone.
+    // Not a valid body (every value field at once): each metric read without the checks.
+    let (_, start) = wire::varint(&bytes, 0).unwrap();
+    let family = &bytes[start..];
+    let mut m = super::super::view::Metric::default();
+    let mut read = 0;
+    for f in wire::fields(family) {
+        let f = f.unwrap();
+        if f.number == METRIC_FIELD {
+            m.read(f.bytes().unwrap()).unwrap();
+            assert_eq!(m.to_schema(), from_pc(&theirs).metric[read]);
+            read += 1;
+        }
+    }
+    assert_eq!(read, 2);
+    // And with prost, the schema alone.
     let ours = MetricFamily::decode_length_delimited(&bytes[..]).unwrap();
     assert_eq!(ours, from_pc(&theirs));
     let mut again = Vec::new();
@@ -1750,4 +1770,40 @@ proptest! {
             }
         }
     }
+
+    /// A valid body with bytes changed, cut or inserted: whatever the reader accepts, prost
+    /// decodes to the same families (the reader is prost's decoding, held to more rules).
+    #[test]
+    fn a_damaged_body_reads_as_prost_decodes_it_or_is_refused(
+        fams in arb_families(),
+        edits in vec((any::<prop::sample::Index>(), 0u8..3, any::<u8>()), 1..6),
+    ) {
+        let mut b = body(&fams);
+        for (at, kind, byte) in edits {
+            if b.is_empty() {
+                break;
+            }
+            let at = at.index(b.len());
+            match kind {
+                0 => b[at] = byte,
+                1 => b.truncate(at),
+                _ => b.insert(at, byte),
+            }
+        }
+        if let Ok(got) = decode(&b) {
+            prop_assert_eq!(body(&got), body(&prost_decode(&b)));
+        }
+    }
+}
+
+/// The body as prost decodes it, framing aside; panics where prost refuses it.
+fn prost_decode(mut b: &[u8]) -> Vec<MetricFamily> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        out.push(
+            MetricFamily::decode_length_delimited(&mut b)
+                .expect("prost decodes what the reader accepts"),
+        );
+    }
+    out
 }
