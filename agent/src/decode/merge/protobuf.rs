@@ -59,8 +59,8 @@ pub(super) fn render_protobuf_body(
             escaping,
         );
     }
-    let utf8 = families.iter().any(proto::has_utf8_names);
     let om = proto::to_openmetrics(&families, escaping);
+    let utf8 = om.utf8_names;
     let mut r = render::render_body(
         &om.body,
         Format::OpenMetrics,

@@ -78,7 +78,7 @@ pub fn to_openmetrics(families: &[Family<'_>], escaping: Escaping) -> OpenMetric
 }
 
 /// Whether a family has a metric or label name outside the legacy set.
-pub(crate) fn has_utf8_names(f: &Family<'_>) -> bool {
+fn has_utf8_names(f: &Family<'_>) -> bool {
     if !is_legacy(f.name) {
         return true;
     }
@@ -145,44 +145,53 @@ enum Value {
 }
 
 impl Writer {
-    /// A family's metrics are read once to decide its type, then again to write them (one
-    /// metric held at a time).
+    /// One pass over the family's metrics (one held at a time) writes its lines as its type
+    /// while checking that the type fits; a family that does not fit is written again as
+    /// `unknown` families.
     fn family(&mut self, f: &Family<'_>) {
         let name = self.names.metric_name(f.name).into_owned();
         let mtype = f.metric_type();
-        let mut m = Metric::default();
-        let (mut kept, mut native) = (0, 0);
-        let mut fits = true;
-        f.each_metric(&mut m, |m| {
-            if native_only(m) {
-                native += 1;
-                return;
-            }
-            kept += 1;
-            fits &= match mtype {
-                MetricType::Counter => counter_ok(m),
-                MetricType::Summary => summary_ok(m),
-                MetricType::Histogram => histogram_ok(m, false),
-                MetricType::GaugeHistogram => histogram_ok(m, true),
-                MetricType::Gauge | MetricType::Untyped => true,
-            };
-        });
-        self.out.native_only += native;
-        if kept == 0 {
-            return;
-        }
         let (om_name, om_type) = match mtype {
             MetricType::Counter => match name.strip_suffix("_total") {
-                Some(stem) if fits => (stem.to_string(), "counter"),
-                _ => return self.unknown(f, &name),
+                Some(stem) => (stem.to_string(), "counter"),
+                None => (name.clone(), ""),
             },
             MetricType::Gauge => (name.clone(), "gauge"),
             MetricType::Untyped => (name.clone(), "unknown"),
-            MetricType::Summary if fits => (name.clone(), "summary"),
-            MetricType::Histogram if fits => (name.clone(), "histogram"),
-            MetricType::GaugeHistogram if fits => (name.clone(), "gaugehistogram"),
-            _ => return self.unknown(f, &name),
+            MetricType::Summary => (name.clone(), "summary"),
+            MetricType::Histogram => (name.clone(), "histogram"),
+            MetricType::GaugeHistogram => (name.clone(), "gaugehistogram"),
         };
+        let mut fits = !om_type.is_empty();
+        let (mut kept, mut native) = (0, 0);
+        let mut m = Metric::default();
+        for raw in &f.metrics {
+            m.load(raw);
+            if native_only(&m) {
+                native += 1;
+                continue;
+            }
+            kept += 1;
+            fits = fits
+                && match mtype {
+                    MetricType::Counter => counter_ok(&m),
+                    MetricType::Summary => summary_ok(&m),
+                    MetricType::Histogram => histogram_ok(&m, false),
+                    MetricType::GaugeHistogram => histogram_ok(&m, true),
+                    MetricType::Gauge | MetricType::Untyped => true,
+                };
+            if fits {
+                lines(mtype, &m, |line| self.line(&om_name, &m, &line));
+            }
+        }
+        self.out.native_only += native;
+        if kept == 0 || !fits {
+            self.lines.clear();
+            if kept > 0 {
+                self.unknown(f, &name);
+            }
+            return;
+        }
         let b = &mut self.out.body;
         b.extend_from_slice(format!("# TYPE {om_name} {om_type}\n").as_bytes());
         let unit = self.names.metric_name(f.unit);
@@ -196,15 +205,6 @@ impl Writer {
             b.extend_from_slice(format!("# HELP {om_name} ").as_bytes());
             write_escaped(f.help.as_bytes(), Escaped::Raw, Escaped::OmHelp, b);
             b.push(b'\n');
-        }
-        for raw in &f.metrics {
-            m.load(raw);
-            if native_only(&m) {
-                continue;
-            }
-            for line in lines(mtype, &m) {
-                self.line(&om_name, &m, &line);
-            }
         }
         self.flush();
     }
@@ -221,13 +221,12 @@ impl Writer {
         let mut m = Metric::default();
         let mut suffixes: Vec<&'static str> = Vec::new();
         f.each_metric(&mut m, |m| {
-            if native_only(m) {
-                return;
-            }
-            for l in lines(mtype, m) {
-                if !suffixes.contains(&own(l.suffix)) {
-                    suffixes.push(own(l.suffix));
-                }
+            if !native_only(m) {
+                lines(mtype, m, |l| {
+                    if !suffixes.contains(&own(l.suffix)) {
+                        suffixes.push(own(l.suffix));
+                    }
+                });
             }
         });
         for suffix in suffixes {
@@ -240,21 +239,23 @@ impl Writer {
                 if native_only(&m) {
                     continue;
                 }
-                for l in lines(mtype, &m).iter().filter(|l| own(l.suffix) == suffix) {
-                    let plain = Line {
-                        suffix: "",
-                        exemplar: None,
-                        ..*l
-                    };
-                    self.line(&family, &m, &plain);
-                }
+                lines(mtype, &m, |l| {
+                    if own(l.suffix) == suffix {
+                        let plain = Line {
+                            suffix: "",
+                            exemplar: None,
+                            ..l
+                        };
+                        self.line(&family, &m, &plain);
+                    }
+                });
             }
             self.flush();
         }
     }
 
     fn line(&mut self, name: &str, m: &Metric<'_>, line: &Line<'_, '_>) {
-        let (s, namer) = (&mut self.lines, self.names);
+        let (s, namer, utf8) = (&mut self.lines, self.names, self.out.utf8_names);
         s.push_str(name);
         s.push_str(line.suffix);
         let mut first = true;
@@ -266,9 +267,14 @@ impl Writer {
             escape_value(v, s);
             s.push('"');
         };
-        // Of two labels that escape to one name, the first is kept.
+        // Of two labels that escape to one name, the first is kept (legacy names, which no
+        // scheme changes, are all different: the reader refused a name twice).
         let mut names: Vec<String> = Vec::new();
         for l in m.label.iter().filter(|l| !l.value.is_empty()) {
+            if !utf8 {
+                label(s, l.name, l.value);
+                continue;
+            }
             let name = namer.label_name(l.name).into_owned();
             if !names.contains(&name) {
                 label(s, &name, l.value);
@@ -283,7 +289,7 @@ impl Writer {
         }
         s.push(' ');
         match line.value {
-            Value::Float(v) => s.push_str(&number(v)),
+            Value::Float(v) => push_number(s, v),
             Value::Int(v) => {
                 let _ = write!(s, "{v}");
             }
@@ -305,7 +311,7 @@ impl Writer {
                 s.push('"');
             }
             s.push_str("} ");
-            s.push_str(&number(e.value));
+            push_number(s, e.value);
             if let Some(t) = e.timestamp {
                 s.push(' ');
                 s.push_str(&seconds(t));
@@ -321,7 +327,7 @@ impl Writer {
 }
 
 /// A metric's sample lines in OpenMetrics order.
-fn lines<'m, 'a>(mtype: MetricType, m: &'m Metric<'a>) -> Vec<Line<'m, 'a>> {
+fn lines<'m, 'a>(mtype: MetricType, m: &'m Metric<'a>, mut out: impl FnMut(Line<'m, 'a>)) {
     let float = |value| Line {
         suffix: "",
         extra: None,
@@ -336,47 +342,50 @@ fn lines<'m, 'a>(mtype: MetricType, m: &'m Metric<'a>) -> Vec<Line<'m, 'a>> {
             exemplar: None,
         })
     };
-    let mut out = Vec::new();
     match mtype {
         MetricType::Counter => {
             let c = m.counter.unwrap_or_default();
-            out.push(Line {
+            out(Line {
                 suffix: "_total",
                 exemplar: m.counter.as_ref().and_then(|c| c.exemplar.as_ref()),
                 ..float(c.value)
             });
-            out.extend(created(c.start_timestamp));
+            if let Some(l) = created(c.start_timestamp) {
+                out(l);
+            }
         }
-        MetricType::Gauge => out.push(float(m.gauge.unwrap_or_default().value)),
-        MetricType::Untyped => out.push(float(m.untyped.unwrap_or_default().value)),
+        MetricType::Gauge => out(float(m.gauge.unwrap_or_default().value)),
+        MetricType::Untyped => out(float(m.untyped.unwrap_or_default().value)),
         MetricType::Summary => {
             let Some(s) = m.summary.as_ref() else {
-                return out;
+                return;
             };
             for q in &s.quantile {
-                out.push(Line {
+                out(Line {
                     extra: Some(("quantile", q.quantile)),
                     ..float(q.value)
                 });
             }
-            out.push(Line {
+            out(Line {
                 suffix: "_sum",
                 ..float(s.sample_sum)
             });
-            out.push(Line {
+            out(Line {
                 suffix: "_count",
                 value: Value::Int(s.sample_count),
                 ..float(0.0)
             });
-            out.extend(created(s.start_timestamp));
+            if let Some(l) = created(s.start_timestamp) {
+                out(l);
+            }
         }
         MetricType::Histogram | MetricType::GaugeHistogram => {
             let Some(h) = m.histogram.as_ref() else {
-                return out;
+                return;
             };
             let gauge = mtype == MetricType::GaugeHistogram;
             for b in &h.bucket {
-                out.push(Line {
+                out(Line {
                     suffix: "_bucket",
                     extra: Some(("le", b.upper_bound)),
                     value: count(b.cumulative_count, b.cumulative_count_float),
@@ -388,28 +397,29 @@ fn lines<'m, 'a>(mtype: MetricType, m: &'m Metric<'a>) -> Vec<Line<'m, 'a>> {
                 .last()
                 .is_none_or(|b| b.upper_bound != f64::INFINITY)
             {
-                out.push(Line {
+                out(Line {
                     suffix: "_bucket",
                     extra: Some(("le", f64::INFINITY)),
                     value: total,
                     exemplar: None,
                 });
             }
-            out.push(Line {
+            out(Line {
                 suffix: if gauge { "_gcount" } else { "_count" },
                 value: total,
                 ..float(0.0)
             });
-            out.push(Line {
+            out(Line {
                 suffix: if gauge { "_gsum" } else { "_sum" },
                 ..float(h.sample_sum)
             });
             if !gauge {
-                out.extend(created(h.start_timestamp));
+                if let Some(l) = created(h.start_timestamp) {
+                    out(l);
+                }
             }
         }
     }
-    out
 }
 
 fn count(int: u64, float: f64) -> Value {
@@ -455,6 +465,10 @@ fn histogram_ok(m: &Metric<'_>, gauge: bool) -> bool {
 }
 
 fn escape_value(v: &str, s: &mut String) {
+    if !v.contains(['\\', '"', '\n']) {
+        s.push_str(v);
+        return;
+    }
     for c in v.chars() {
         match c {
             '\\' => s.push_str("\\\\"),
@@ -462,6 +476,15 @@ fn escape_value(v: &str, s: &mut String) {
             '\n' => s.push_str("\\n"),
             c => s.push(c),
         }
+    }
+}
+
+/// [`number`], written at the end of `s`.
+fn push_number(s: &mut String, v: f64) {
+    if v.is_finite() {
+        let _ = write!(s, "{v:?}");
+    } else {
+        s.push_str(&number(v));
     }
 }
 

@@ -13,7 +13,7 @@
 //! rebuild metrics.
 
 use super::schema::{self, BucketSpan, Gauge, MetricType, Quantile, Summary, Timestamp, Untyped};
-use super::wire::{fields, Field, WireError};
+use super::wire::{fields, Field, Value, WireError};
 
 /// `r`, its error placed inside field `path`.
 fn within<T>(r: Result<T, WireError>, path: &str) -> Result<T, WireError> {
@@ -66,12 +66,26 @@ pub struct LabelPair<'a> {
 
 impl<'a> LabelPair<'a> {
     fn read(b: &'a [u8]) -> Result<LabelPair<'a>, WireError> {
+        // One UTF-8 check for the whole message instead of one per string (a fifth of the
+        // reading's time): where it passes, a string that starts and ends on its character
+        // boundaries is a slice of it; anything else is checked alone.
+        let whole = std::str::from_utf8(b).ok();
+        let string = |f: &Field<'a>, path: &str| {
+            let slice = match (whole, f.value) {
+                (Some(w), Value::Bytes(s)) => {
+                    let start = s.as_ptr() as usize - b.as_ptr() as usize;
+                    w.get(start..start + s.len())
+                }
+                _ => None,
+            };
+            slice.map_or_else(|| within(f.string(), path), Ok)
+        };
         let mut l = LabelPair::default();
         for f in fields(b) {
             let f = f?;
             match f.number {
-                1 => l.name = within(f.string(), "LabelPair.name")?,
-                2 => l.value = within(f.string(), "LabelPair.value")?,
+                1 => l.name = string(&f, "LabelPair.name")?,
+                2 => l.value = string(&f, "LabelPair.value")?,
                 _ => {}
             }
         }

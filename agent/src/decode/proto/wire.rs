@@ -56,7 +56,16 @@ impl std::fmt::Display for WireError {
 const GROUP_DEPTH: usize = 100;
 
 /// Reads a varint at `pos`: its value and where it ends. At most 10 bytes, fitting in 64 bits.
+#[inline(always)]
 pub(super) fn varint(b: &[u8], pos: usize) -> Result<(u64, usize), &'static str> {
+    // Keys, lengths and most values fit in one byte.
+    match b.get(pos) {
+        Some(&byte) if byte < 0x80 => Ok((u64::from(byte), pos + 1)),
+        _ => long_varint(b, pos),
+    }
+}
+
+fn long_varint(b: &[u8], pos: usize) -> Result<(u64, usize), &'static str> {
     let mut value = 0u64;
     for i in 0..10 {
         let Some(&byte) = b.get(pos + i) else {
@@ -202,6 +211,7 @@ pub(super) fn fields(m: &[u8]) -> Fields<'_> {
 impl<'a> Iterator for Fields<'a> {
     type Item = Result<Field<'a>, WireError>;
 
+    #[inline(always)]
     fn next(&mut self) -> Option<Self::Item> {
         if self.pos >= self.m.len() {
             return None;
@@ -212,17 +222,23 @@ impl<'a> Iterator for Fields<'a> {
                 self.pos = end;
                 Some(Ok(Field { number, value, at }))
             }
-            Err(e) => {
-                let e = WireError::new(e);
-                let e = match key_number(&self.m[at..]) {
-                    Some(n) => e.within(&format!("field {n}")),
-                    None => e,
-                };
-                // Stays at the field; the next call ends the walk.
-                self.m = &self.m[..at];
-                Some(Err(e))
-            }
+            Err(e) => Some(Err(self.fail(e))),
         }
+    }
+}
+
+impl Fields<'_> {
+    /// The error of the field at `pos`, which ends the walk.
+    #[cold]
+    fn fail(&mut self, e: &'static str) -> WireError {
+        let e = WireError::new(e);
+        let e = match key_number(&self.m[self.pos..]) {
+            Some(n) => e.within(&format!("field {n}")),
+            None => e,
+        };
+        // Stays at the field; the next call ends the walk.
+        self.m = &self.m[..self.pos];
+        e
     }
 }
 
@@ -233,6 +249,7 @@ fn key_number(b: &[u8]) -> Option<u64> {
 }
 
 /// The field whose key is at `pos`: number, value, end.
+#[inline]
 fn field_at(m: &[u8], pos: usize, depth: usize) -> Result<(u32, Value<'_>, usize), &'static str> {
     let (key, at) = varint(m, pos)?;
     let key = u32::try_from(key).map_err(|_| "field key past 32 bits")?;
@@ -240,23 +257,15 @@ fn field_at(m: &[u8], pos: usize, depth: usize) -> Result<(u32, Value<'_>, usize
     if number == 0 {
         return Err("field number 0");
     }
-    let fixed = |n: usize| {
-        let end = at
-            .checked_add(n)
-            .filter(|&e| e <= m.len())
-            .ok_or("truncated field")?;
-        let mut word = [0u8; 8];
-        word[..n].copy_from_slice(&m[at..end]);
-        Ok::<_, &'static str>((u64::from_le_bytes(word), end))
-    };
+    let rest = m.get(at..).unwrap_or_default();
     Ok(match key & 7 {
         0 => {
             let (v, end) = varint(m, at)?;
             (number, Value::Varint(v), end)
         }
         1 => {
-            let (v, end) = fixed(8)?;
-            (number, Value::Fixed64(v), end)
+            let word = rest.first_chunk::<8>().ok_or("truncated field")?;
+            (number, Value::Fixed64(u64::from_le_bytes(*word)), at + 8)
         }
         2 => {
             let (len, at) = varint(m, at)?;
@@ -270,8 +279,8 @@ fn field_at(m: &[u8], pos: usize, depth: usize) -> Result<(u32, Value<'_>, usize
         3 => (number, Value::Group, skip_group(m, at, number, depth + 1)?),
         4 => return Err("group end without its start"),
         5 => {
-            let (v, end) = fixed(4)?;
-            (number, Value::Fixed32(v as u32), end)
+            let word = rest.first_chunk::<4>().ok_or("truncated field")?;
+            (number, Value::Fixed32(u32::from_le_bytes(*word)), at + 4)
         }
         _ => return Err("invalid wire type"),
     })
