@@ -16,6 +16,7 @@
 //! one pod's name, and `underscores` is what client libraries answer an `Accept` that names no
 //! escaping scheme (Prometheus asks protobuf without one).
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::ops::Range;
 
@@ -25,7 +26,8 @@ use prost::Message;
 use super::super::escaping::Marker;
 use super::super::lex::{self, name_hash, Escaped};
 use super::super::parse::{parse, with_quoted, MType, Parsed};
-use super::super::proto::{self, schema, view::Family};
+use super::super::proto::view::{self, Family};
+use super::super::proto::{self, schema, wire};
 use super::super::{
     is_legacy, is_legacy_label, Escaping, Format, IdentityLabels, Prepared, RESERVED_FAMILIES,
     RESERVED_PREFIX,
@@ -51,12 +53,11 @@ pub(super) fn render_protobuf_body(
     };
     if out == Format::Protobuf {
         return render_families(
-            families.iter().map(Family::to_schema).collect(),
+            body_families(&families, escaping),
             body.len(),
             Format::Protobuf,
             identity,
             compact,
-            escaping,
         );
     }
     let om = proto::to_openmetrics(&families, escaping);
@@ -92,7 +93,13 @@ pub(super) fn render_text_body(
         if let Some(m) = marker {
             families.iter_mut().for_each(|f| unmark(f, m));
         }
-        render_families(families, body.len(), format, identity, compact, escaping)
+        render_families(
+            text_families(families, escaping),
+            body.len(),
+            format,
+            identity,
+            compact,
+        )
     };
     match prepared.filter(|p| p.len == body.len()) {
         Some(p) => {
@@ -141,20 +148,113 @@ fn metric_type(t: MType) -> schema::MetricType {
     }
 }
 
+/// A family as the rendering takes it: from a protobuf body read in place (names, values and
+/// each metric's other fields borrowed from the body, which is copied from as it is), or moved
+/// out of prost's messages (a text body's families, names escaped or restored).
+pub(super) struct RenderFamily<'a> {
+    name: Cow<'a, str>,
+    help: Cow<'a, str>,
+    unit: Cow<'a, str>,
+    r#type: i32,
+    metrics: Vec<Final<'a>>,
+}
+
+impl<'a> RenderFamily<'a> {
+    fn from_view(f: &Family<'a>) -> Self {
+        let mut m = view::Metric::default();
+        let metrics = f
+            .metrics
+            .iter()
+            .map(|raw| {
+                m.load(raw);
+                Final {
+                    labels: m
+                        .label
+                        .iter()
+                        .map(|l| (Cow::Borrowed(l.name), Cow::Borrowed(l.value)))
+                        .collect(),
+                    rest: Rest::Raw(raw),
+                }
+            })
+            .collect();
+        RenderFamily {
+            name: Cow::Borrowed(f.name),
+            help: Cow::Borrowed(f.help),
+            unit: Cow::Borrowed(f.unit),
+            r#type: f.r#type,
+            metrics,
+        }
+    }
+}
+
+impl From<schema::MetricFamily> for RenderFamily<'static> {
+    fn from(f: schema::MetricFamily) -> Self {
+        let metrics = f
+            .metric
+            .into_iter()
+            .map(|mut m| Final {
+                labels: std::mem::take(&mut m.label)
+                    .into_iter()
+                    .map(|l| (Cow::Owned(l.name), Cow::Owned(l.value)))
+                    .collect(),
+                rest: Rest::Owned(Box::new(m)),
+            })
+            .collect();
+        RenderFamily {
+            name: Cow::Owned(f.name),
+            help: Cow::Owned(f.help),
+            unit: Cow::Owned(f.unit),
+            r#type: f.r#type,
+            metrics,
+        }
+    }
+}
+
+/// Families of a protobuf body, as they are; those with a name outside the legacy set all in
+/// `escaping` (of two labels of a metric that become one name, the first is kept). Also the
+/// scheme, when names were escaped.
+fn body_families<'a>(
+    families: &[Family<'a>],
+    escaping: Escaping,
+) -> (Vec<RenderFamily<'a>>, Option<Escaping>) {
+    if families.iter().any(proto::has_utf8_names) {
+        let owned = families.iter().map(|f| escaped(f.to_schema(), escaping));
+        return (owned.map(RenderFamily::from).collect(), Some(escaping));
+    }
+    (families.iter().map(RenderFamily::from_view).collect(), None)
+}
+
+/// [`body_families`] of families made from a text body.
+fn text_families(
+    families: Vec<schema::MetricFamily>,
+    escaping: Escaping,
+) -> (Vec<RenderFamily<'static>>, Option<Escaping>) {
+    let utf8 = families.iter().any(has_utf8_names);
+    let families = families.into_iter().map(|f| match utf8 {
+        true => escaped(f, escaping),
+        false => f,
+    });
+    (
+        families.map(RenderFamily::from).collect(),
+        utf8.then_some(escaping),
+    )
+}
+
 /// Families rendered with an identity: per family name one block per type, each the encoded
 /// `Metric`s (field 4 of `MetricFamily`, tag and length included) with their final labels. The
 /// families are taken apart, not copied: each metric's own labels move into its final label
-/// set, the identity's are encoded once and written before them.
+/// set, the identity's are encoded once and written before them, and a metric read in place
+/// has its other fields copied from the body as they came.
 pub(super) fn render_families(
-    mut families: Vec<schema::MetricFamily>,
+    (mut families, escaped): (Vec<RenderFamily<'_>>, Option<Escaping>),
     body_len: usize,
     from: Format,
     identity: Option<IdentityLabels<'_>>,
     compact: bool,
-    escaping: Escaping,
 ) -> Rendered {
     let mut r = Rendered::empty(body_len, from, identity, Format::Protobuf);
     r.help_from = Format::Protobuf;
+    r.escaping = escaped;
     let ident: Vec<(&str, &str)> = identity
         .iter()
         .flat_map(IdentityLabels::labels)
@@ -162,15 +262,7 @@ pub(super) fn render_families(
         .collect();
     let mut ident_fields = Vec::new();
     for (name, value) in &ident {
-        let pair = schema::LabelPair {
-            name: (*name).to_string(),
-            value: (*value).to_string(),
-        };
-        prost::encoding::message::encode(1, &pair, &mut ident_fields);
-    }
-    if families.iter().any(has_utf8_names) {
-        families = families.iter().map(|f| escaped(f, escaping)).collect();
-        r.escaping = Some(escaping);
+        encode_label(name, value, &mut ident_fields);
     }
     families.retain(|f| {
         let reserved = identity.is_some() && f.name.as_bytes().starts_with(RESERVED_PREFIX);
@@ -180,7 +272,7 @@ pub(super) fn render_families(
     RESERVED_FAMILIES.add(r.reserved);
     families.sort_by(|a, b| a.name.cmp(&b.name));
     let mut lines = Vec::with_capacity(body_len + 64);
-    let mut metrics: Vec<Final> = Vec::new();
+    let mut metrics: Vec<Final<'_>> = Vec::new();
     let (mut keys, mut dup) = (Vec::new(), Vec::new());
     let mut i = 0;
     while i < families.len() {
@@ -200,14 +292,13 @@ pub(super) fn render_families(
                 let help = (!f.help.is_empty()).then(|| r.push_text(f.help.as_bytes()));
                 let unit = (!f.unit.is_empty()).then(|| r.push_text(f.unit.as_bytes()));
                 r.metas.push(FamilyMeta { help, unit });
-                for mut metric in std::mem::take(&mut f.metric) {
-                    let (labels, renamed) = final_labels(
-                        &ident,
-                        identity.is_some(),
-                        std::mem::take(&mut metric.label),
-                    );
+                for m in std::mem::take(&mut f.metrics) {
+                    let (labels, renamed) = final_labels(&ident, identity.is_some(), m.labels);
                     cross |= renamed;
-                    metrics.push(Final { labels, metric });
+                    metrics.push(Final {
+                        labels,
+                        rest: m.rest,
+                    });
                 }
             }
             // Rule 5 within the source: the first of each series (label sets compared
@@ -250,20 +341,34 @@ pub(super) fn render_families(
     r
 }
 
-/// A metric with its final app labels (the identity's apart), its own taken out of it.
-struct Final {
-    labels: Vec<schema::LabelPair>,
-    metric: schema::Metric,
+/// A label as the rendering holds it.
+type Label<'a> = (Cow<'a, str>, Cow<'a, str>);
+
+/// A metric's fields besides its labels.
+enum Rest<'a> {
+    /// A metric read in place: its bytes, whose fields other than labels are copied.
+    Raw(&'a [u8]),
+    /// prost's metric, its labels taken out.
+    Owned(Box<schema::Metric>),
 }
 
-impl Final {
+/// A metric with its final app labels (the identity's apart) and its other fields.
+struct Final<'a> {
+    labels: Vec<Label<'a>>,
+    rest: Rest<'a>,
+}
+
+/// `Metric.label`'s field number.
+const LABEL_FIELD: u32 = 1;
+
+impl Final<'_> {
     /// The order-independent hash of the label set, empty values left out.
     fn hash(&self) -> u64 {
         self.labels
             .iter()
-            .filter(|l| !l.value.is_empty())
-            .fold(0u64, |h, l| {
-                h.wrapping_add(lex::pair_hash(l.name.as_bytes(), l.value.as_bytes()))
+            .filter(|(_, v)| !v.is_empty())
+            .fold(0u64, |h, (n, v)| {
+                h.wrapping_add(lex::pair_hash(n.as_bytes(), v.as_bytes()))
             })
     }
 
@@ -271,33 +376,75 @@ impl Final {
         let mut v: Vec<(&str, &str)> = self
             .labels
             .iter()
-            .filter(|l| !l.value.is_empty())
-            .map(|l| (l.name.as_str(), l.value.as_str()))
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(n, v)| (n.as_ref(), v.as_ref()))
             .collect();
         v.sort_unstable();
         v
     }
 
+    /// The fields of a metric read in place, labels aside.
+    fn raw_fields<'r>(raw: &'r [u8]) -> impl Iterator<Item = &'r [u8]> + 'r {
+        wire::fields(raw)
+            .map_while(Result::ok)
+            .filter(|f| f.number != LABEL_FIELD)
+            .map(move |f| &raw[f.at..f.end])
+    }
+
     /// Field 4 of `MetricFamily`: the identity's labels, the app's, then the metric's fields.
     fn encode(&self, ident_fields: &[u8], out: &mut Vec<u8>) {
-        use prost::encoding::{encode_key, encode_varint, message, WireType};
-        let labels: usize = self.labels.iter().map(|l| message::encoded_len(1, l)).sum();
-        let len = ident_fields.len() + labels + self.metric.encoded_len();
+        use prost::encoding::{encode_key, encode_varint, WireType};
+        let labels: usize = self.labels.iter().map(|(n, v)| label_len(n, v)).sum();
+        let rest = match &self.rest {
+            Rest::Raw(raw) => Self::raw_fields(raw).map(<[u8]>::len).sum(),
+            // `metric.label` is empty: its other fields.
+            Rest::Owned(m) => m.encoded_len(),
+        };
         encode_key(4, WireType::LengthDelimited, out);
-        encode_varint(len as u64, out);
+        encode_varint((ident_fields.len() + labels + rest) as u64, out);
         out.extend_from_slice(ident_fields);
-        for l in &self.labels {
-            message::encode(1, l, out);
+        for (n, v) in &self.labels {
+            encode_label(n, v, out);
         }
-        // `metric.label` is empty: this writes its other fields.
-        self.metric.encode_raw(out);
+        match &self.rest {
+            Rest::Raw(raw) => Self::raw_fields(raw).for_each(|f| out.extend_from_slice(f)),
+            Rest::Owned(m) => m.encode_raw(out),
+        }
+    }
+}
+
+/// The encoded length of field 1 of `Metric` holding the label `name="value"`.
+fn label_len(name: &str, value: &str) -> usize {
+    let pair = label_pair_len(name, value);
+    1 + prost::encoding::encoded_len_varint(pair as u64) + pair
+}
+
+/// The length of a `LabelPair` message (empty strings are not written, as in proto3).
+fn label_pair_len(name: &str, value: &str) -> usize {
+    let string = |s: &str| match s.len() {
+        0 => 0,
+        n => 1 + prost::encoding::encoded_len_varint(n as u64) + n,
+    };
+    string(name) + string(value)
+}
+
+/// Writes field 1 of `Metric` holding the label `name="value"`.
+fn encode_label(name: &str, value: &str, out: &mut Vec<u8>) {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    encode_key(LABEL_FIELD, WireType::LengthDelimited, out);
+    encode_varint(label_pair_len(name, value) as u64, out);
+    for (field, s) in [(1, name), (2, value)] {
+        if !s.is_empty() {
+            encode_key(field, WireType::LengthDelimited, out);
+            encode_varint(s.len() as u64, out);
+            out.extend_from_slice(s.as_bytes());
+        }
     }
 }
 
 /// A family with its names in `escaping`; of two labels of a metric that become one name, the
 /// first is kept.
-fn escaped(f: &schema::MetricFamily, escaping: Escaping) -> schema::MetricFamily {
-    let mut f = f.clone();
+fn escaped(mut f: schema::MetricFamily, escaping: Escaping) -> schema::MetricFamily {
     rename(
         &mut f,
         |n| escaping.metric_name(n).into_owned(),
@@ -367,28 +514,27 @@ fn rename(
 /// A metric's app labels as written after the identity's: empty ones left out, those named
 /// like an identity label (or, for an app, `job` and `instance`) renamed `exported_*` until
 /// the name is free (rule 2). Also whether one was renamed.
-fn final_labels(
+fn final_labels<'a>(
     ident: &[(&str, &str)],
     app: bool,
-    mut labels: Vec<schema::LabelPair>,
-) -> (Vec<schema::LabelPair>, bool) {
-    labels.retain(|l| !l.value.is_empty());
+    mut labels: Vec<Label<'a>>,
+) -> (Vec<Label<'a>>, bool) {
+    labels.retain(|(_, v)| !v.is_empty());
     let is_ident =
         |n: &str| ident.iter().any(|(k, _)| *k == n) || (app && TARGET_LABELS.contains(&n));
-    if !labels.iter().any(|l| is_ident(&l.name)) {
+    if !labels.iter().any(|(n, _)| is_ident(n)) {
         return (labels, false);
     }
     let (mut conflicting, mut out): (Vec<_>, Vec<_>) =
-        labels.into_iter().partition(|l| is_ident(&l.name));
+        labels.into_iter().partition(|(n, _)| is_ident(n));
     let renamed = !conflicting.is_empty();
-    conflicting.sort_by_key(|l| l.name.len());
-    for mut l in conflicting {
-        let mut name = format!("exported_{}", l.name);
-        while ident.iter().any(|(k, _)| *k == name) || out.iter().any(|o| o.name == name) {
+    conflicting.sort_by_key(|(n, _)| n.len());
+    for (n, v) in conflicting {
+        let mut name = format!("exported_{n}");
+        while ident.iter().any(|(k, _)| *k == name) || out.iter().any(|(o, _)| *o == name) {
             name.insert_str(0, "exported_");
         }
-        l.name = name;
-        out.push(l);
+        out.push((Cow::Owned(name), v));
     }
     (out, renamed)
 }

@@ -17,10 +17,11 @@ mod read;
 pub mod schema;
 mod to_text;
 pub mod view;
-mod wire;
+pub(crate) mod wire;
 
 pub(crate) use from_text::from_text;
 pub use read::{decode, read, read_within, READ_METRIC_BYTES};
+pub(crate) use to_text::has_utf8_names;
 pub use to_text::{is_native, is_native_only, to_openmetrics, OpenMetricsBody};
 pub use wire::WireError;
 

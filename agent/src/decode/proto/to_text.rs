@@ -78,7 +78,7 @@ pub fn to_openmetrics(families: &[Family<'_>], escaping: Escaping) -> OpenMetric
 }
 
 /// Whether a family has a metric or label name outside the legacy set.
-fn has_utf8_names(f: &Family<'_>) -> bool {
+pub(crate) fn has_utf8_names(f: &Family<'_>) -> bool {
     if !is_legacy(f.name) {
         return true;
     }

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 /// A field's value by wire type.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(super) enum Value<'a> {
+pub(crate) enum Value<'a> {
     Varint(u64),
     Fixed64(u64),
     Bytes(&'a [u8]),
@@ -82,12 +82,13 @@ fn long_varint(b: &[u8], pos: usize) -> Result<(u64, usize), &'static str> {
     Err("varint longer than 10 bytes or past 64 bits")
 }
 
-/// One field: its number, its value, and the offset of its key in the message.
+/// One field: its number, its value, and where it is in the message (key to end).
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(super) struct Field<'a> {
+pub(crate) struct Field<'a> {
     pub number: u32,
     pub value: Value<'a>,
     pub at: usize,
+    pub end: usize,
 }
 
 impl<'a> Field<'a> {
@@ -191,7 +192,7 @@ fn zigzag(v: u64) -> i64 {
 }
 
 /// The fields of a message, in order; the first malformed one ends the walk with its error.
-pub(super) struct Fields<'a> {
+pub(crate) struct Fields<'a> {
     m: &'a [u8],
     pos: usize,
 }
@@ -204,7 +205,7 @@ impl Fields<'_> {
 }
 
 /// The fields of message `m`.
-pub(super) fn fields(m: &[u8]) -> Fields<'_> {
+pub(crate) fn fields(m: &[u8]) -> Fields<'_> {
     Fields { m, pos: 0 }
 }
 
@@ -220,7 +221,12 @@ impl<'a> Iterator for Fields<'a> {
         match field_at(self.m, at, 0) {
             Ok((number, value, end)) => {
                 self.pos = end;
-                Some(Ok(Field { number, value, at }))
+                Some(Ok(Field {
+                    number,
+                    value,
+                    at,
+                    end,
+                }))
             }
             Err(e) => Some(Err(self.fail(e))),
         }
@@ -349,6 +355,7 @@ mod tests {
             number: 1,
             value: Value::Bytes(&[1, 2, 3]),
             at: 0,
+            end: 0,
         }
         .sint64s(&mut out)
         .unwrap();
@@ -356,6 +363,7 @@ mod tests {
             number: 1,
             value: Value::Varint(6),
             at: 0,
+            end: 0,
         }
         .sint64s(&mut out)
         .unwrap();
@@ -365,6 +373,7 @@ mod tests {
             number: 1,
             value: Value::Bytes(&2.0f64.to_le_bytes()),
             at: 0,
+            end: 0,
         }
         .doubles(&mut d)
         .unwrap();
@@ -372,7 +381,8 @@ mod tests {
         assert!(Field {
             number: 1,
             value: Value::Bytes(&[0; 7]),
-            at: 0
+            at: 0,
+            end: 0,
         }
         .doubles(&mut d)
         .is_err());
