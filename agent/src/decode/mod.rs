@@ -96,7 +96,9 @@
 //!      is the engine's (below).
 //!    - **Protobuf** (`merge/protobuf.rs`): every family is one length-prefixed `MetricFamily`
 //!      whose metrics are the sources' own, identity labels first (rule 2), native
-//!      histograms, exemplars and created timestamps as the app sent them. Text bodies become
+//!      histograms, exemplars and created timestamps as the app sent them (a protobuf body's
+//!      metrics are read in place, `proto/view.rs`, and their fields other than labels copied
+//!      from it as they came). Text bodies become
 //!      the families Prometheus would store their series under (`proto/from_text.rs`: an
 //!      OpenMetrics counter `a` is counter `a_total` with its `_created` as created timestamp,
 //!      histogram and summary samples one metric per label set, info `i` gauge `i_info`). A

@@ -1,5 +1,6 @@
-//! The protobuf output: a source rendered from its families (a protobuf body's own, or a text
-//! body's made by `proto::from_text`) into one block of encoded `Metric`s per family, and the
+//! The protobuf output: a source rendered from its families (a protobuf body's own, read in
+//! place, or a text body's made by `proto::from_text`) into one block of encoded `Metric`s per
+//! family (a protobuf body's metrics keep their fields besides labels byte for byte), and the
 //! plan written as length-prefixed `MetricFamily` messages whose metrics are those blocks,
 //! sliced, not copied. The rules are the text output's (module docs): identity labels first on
 //! every metric, app labels named like them renamed `exported_*`, one family per name with the
