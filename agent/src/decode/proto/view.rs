@@ -401,10 +401,24 @@ impl<'a> Metric<'a> {
                 1 => self
                     .label
                     .push(within(f.bytes().and_then(LabelPair::read), "Metric.label")?),
-                2 => within(self.gauge(&f), "Metric.gauge")?,
+                2 => within(
+                    only_double(
+                        &mut self.gauge.get_or_insert_with(Gauge::default).value,
+                        &f,
+                        "Gauge.value",
+                    ),
+                    "Metric.gauge",
+                )?,
                 3 => within(self.counter(&f), "Metric.counter")?,
                 4 => within(self.summary(&f), "Metric.summary")?,
-                5 => within(self.untyped(&f), "Metric.untyped")?,
+                5 => within(
+                    only_double(
+                        &mut self.untyped.get_or_insert_with(Untyped::default).value,
+                        &f,
+                        "Untyped.value",
+                    ),
+                    "Metric.untyped",
+                )?,
                 7 => {
                     let spare = &mut self.spare_histogram;
                     let h = self.histogram.get_or_insert_with(|| {
@@ -425,36 +439,6 @@ impl<'a> Metric<'a> {
     pub fn load(&mut self, b: &'a [u8]) {
         let read = self.read(b);
         debug_assert!(read.is_ok(), "a family's metric was checked: {read:?}");
-    }
-
-    fn gauge(&mut self, f: &Field<'a>) -> Result<(), WireError> {
-        let g = self.gauge.get_or_insert_with(Gauge::default);
-        if let Some(v) = only_value(f) {
-            g.value = v;
-            return Ok(());
-        }
-        for f in fields(f.bytes()?) {
-            let f = f?;
-            if f.number == 1 {
-                g.value = within(f.double(), "Gauge.value")?;
-            }
-        }
-        Ok(())
-    }
-
-    fn untyped(&mut self, f: &Field<'a>) -> Result<(), WireError> {
-        let u = self.untyped.get_or_insert_with(Untyped::default);
-        if let Some(v) = only_value(f) {
-            u.value = v;
-            return Ok(());
-        }
-        for f in fields(f.bytes()?) {
-            let f = f?;
-            if f.number == 1 {
-                u.value = within(f.double(), "Untyped.value")?;
-            }
-        }
-        Ok(())
     }
 
     fn counter(&mut self, f: &Field<'a>) -> Result<(), WireError> {
@@ -519,6 +503,21 @@ impl<'a> Metric<'a> {
             timestamp_ms: self.timestamp_ms,
         }
     }
+}
+
+/// Merges a message whose only field is its double `value` (`Gauge`, `Untyped`) into `value`.
+fn only_double(value: &mut f64, f: &Field<'_>, path: &str) -> Result<(), WireError> {
+    if let Some(v) = only_value(f) {
+        *value = v;
+        return Ok(());
+    }
+    for f in fields(f.bytes()?) {
+        let f = f?;
+        if f.number == 1 {
+            *value = within(f.double(), path)?;
+        }
+    }
+    Ok(())
 }
 
 /// The value of a message that is its field 1, a double, alone (most gauges, counters and
