@@ -9,8 +9,10 @@
 //! - `to_text.rs`: families as an OpenMetrics body, which the text engine then parses, checks
 //!   and renders like any other: how a protobuf body reaches text and OpenMetrics scrapers.
 //! - `from_text.rs`: a parsed text body as families: how a text body reaches protobuf scrapers.
-//! - `render.rs`: families rendered for the protobuf output, one block of encoded metrics per
-//!   family, which the merge engine plans and writes like text blocks.
+//!
+//! The protobuf output is the merge engine's (`merge/protobuf.rs`): one block of encoded
+//! metrics per family, planned and written like text blocks. prost encodes, and its decoding is
+//! what the tests and the fuzz target hold the reader to.
 
 mod from_text;
 mod read;
