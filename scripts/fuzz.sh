@@ -23,13 +23,14 @@ fi
 export RUSTC_BOOTSTRAP=1
 
 cd "$fuzz"
-# Seeds: the protobuf bodies of seeds/ (a realistic one; one with every field), and every
+# Seeds: the bodies kept under seeds/<target>/ (protobuf: a realistic one, one with every
+# field; merge: inputs that once failed), and every
 # OpenMetrics conformance case's exposition (read from ../shared beside the project,
 # never copied into the repository), copied once into the local, ignored corpus.
 conformance="${LOUPE_CONFORMANCE_DIR:-$root/../shared/conformance/openmetrics}"
 for t in parse merge proto; do
     mkdir -p "corpus/$t"
-    # Protobuf bodies kept in the repository (agent/fuzz/seeds/<target>/).
+    # Inputs kept in the repository (agent/fuzz/seeds/<target>/).
     if [ -d "seeds/$t" ]; then
         cp -n seeds/"$t"/* "corpus/$t/"
     fi

@@ -1,11 +1,12 @@
 //! Several bodies (the input split on 0xFF; each body's first byte picks its format and
 //! identity), merged into both formats: the output is always valid, exactly the bodies that
 //! fail validation are rejected, and the merge writes the same bytes and stats however the
-//! sources come (bodies it parses, prepared bodies, bodies rendered at ingest).
+//! sources come (bodies it parses, prepared bodies as ingest keeps them, quoted names
+//! rewritten, and bodies rendered at ingest).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use loupe_agent::decode::{merge, prepare, validate, Format, IdentityLabels, Source};
+use loupe_agent::decode::{merge, prepare_escaped, validate, Format, IdentityLabels, Source};
 
 const IDS: [Option<IdentityLabels<'static>>; 4] = [
     None,
@@ -74,13 +75,17 @@ fuzz_target!(|data: &[u8]| {
 
         // Prepared and rendered at ingest, merged at scrape: the same as merging the bodies
         // that were accepted.
+        // As ingest keeps them: a body with quoted names as its rewrite, with the index.
         let prepared: Vec<_> = sources
             .iter()
-            .filter_map(|s| Some((s, prepare(s.body, s.format).ok()?)))
+            .filter_map(|s| Some((s, prepare_escaped(s.body, s.format, s.escaping).ok()?)))
             .collect();
         let psrcs: Vec<Source<'_>> = prepared
             .iter()
-            .map(|(s, p)| Source::prepared(s.identity, s.body, p))
+            .map(|(s, (rewritten, p))| {
+                let body = rewritten.as_deref().unwrap_or(s.body);
+                Source::prepared(s.identity, body, p).with_escaping(s.escaping)
+            })
             .collect();
         let rendered: Vec<_> = psrcs.iter().map(|s| s.render(out)).collect();
         let rsrcs: Vec<Source<'_>> = psrcs
