@@ -337,8 +337,8 @@ pub struct Snapshot {
 }
 
 /// Reading a protobuf body may keep this many times its size while it runs (a slice per
-/// metric and a header per family: a client library's body takes well under once its size; a
-/// body of 2-byte metrics 8 times).
+/// metric and a header per family: a client library's body takes well under once its size); a
+/// body that would keep more (2-byte metrics, a run of empty families) is refused.
 pub const PROTOBUF_READ_FACTOR: usize = 8;
 
 /// A rendering may take this many times its body's size (plus 64 KiB).

@@ -247,7 +247,7 @@ fn text_families(
 /// set, the identity's are encoded once and written before them, and a metric read in place
 /// has its other fields copied from the body as they came.
 pub(super) fn render_families(
-    (mut families, escaped): (Vec<RenderFamily<'_>>, Option<Escaping>),
+    (mut families, escaping): (Vec<RenderFamily<'_>>, Option<Escaping>),
     body_len: usize,
     from: Format,
     identity: Option<IdentityLabels<'_>>,
@@ -255,7 +255,7 @@ pub(super) fn render_families(
 ) -> Rendered {
     let mut r = Rendered::empty(body_len, from, identity, Format::Protobuf);
     r.help_from = Format::Protobuf;
-    r.escaping = escaped;
+    r.escaping = escaping;
     let ident: Vec<(&str, &str)> = identity
         .iter()
         .flat_map(IdentityLabels::labels)

@@ -22,9 +22,9 @@ pub mod view;
 pub(crate) mod wire;
 
 pub(crate) use from_text::from_text;
-pub use read::{decode, read, read_within, READ_METRIC_BYTES};
+pub use read::{decode, read, read_within};
 pub(crate) use to_text::has_utf8_names;
-pub use to_text::{is_native, is_native_only, to_openmetrics, OpenMetricsBody};
+pub use to_text::{to_openmetrics, OpenMetricsBody};
 pub use wire::WireError;
 
 /// The media type of the delimited protobuf exposition.

@@ -48,7 +48,7 @@ const EXEMPLAR_CHARS: usize = 128;
 /// Labels per metric up to which duplicate names are looked for pairwise (no allocation).
 const PAIRWISE_LABELS: usize = 32;
 /// What reading a body keeps per metric.
-pub const READ_METRIC_BYTES: usize = std::mem::size_of::<&[u8]>();
+const READ_METRIC_BYTES: usize = std::mem::size_of::<&[u8]>();
 
 /// A rejection's reason, mostly static.
 type Reason = Cow<'static, str>;
@@ -65,8 +65,8 @@ pub fn read(body: &[u8]) -> Result<Vec<Family<'_>>, ParseError> {
 }
 
 /// [`read`], refusing a body whose reading would keep more than `max_read` bytes of memory
-/// (a slice per metric and the families; [`READ_METRIC_BYTES`]): a metric may take 2 bytes on
-/// the wire, so a small hostile body could otherwise take 8 times its size.
+/// (16 bytes per metric, about 80 per family): a metric may take 2 bytes on the wire and a
+/// family 4, so a small hostile body could otherwise take 8 to 20 times its size.
 pub fn read_within(body: &[u8], max_read: usize) -> Result<Vec<Family<'_>>, ParseError> {
     check_size(body.len())?;
     let mut reader = Reader {
@@ -474,7 +474,7 @@ fn histogram(h: &Histogram) -> Result<(), Reason> {
 /// Whether a histogram has a native part: any span, a zero bucket (a zero threshold other
 /// than 0, NaN included, or a zero count), or native bucket counts. An empty native histogram
 /// has a no-op span (offset 0, length 0).
-fn is_native(h: &Histogram) -> bool {
+pub(super) fn is_native(h: &Histogram) -> bool {
     !h.negative_span.is_empty()
         || !h.positive_span.is_empty()
         || h.zero_threshold != 0.0

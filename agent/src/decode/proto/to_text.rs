@@ -20,6 +20,7 @@ use std::fmt::Write as _;
 use super::super::escaping::{Marker, Names};
 use super::super::lex::{write_escaped, Escaped};
 use super::super::{is_legacy, is_legacy_label, Escaping};
+use super::read::is_native;
 use super::schema::{MetricType, Timestamp};
 use super::view::{Exemplar, Family, Histogram, Metric};
 
@@ -103,18 +104,10 @@ fn exemplars<'m, 'a>(m: &'m Metric<'a>) -> impl Iterator<Item = &'m Exemplar<'a>
     counter.into_iter().chain(histogram)
 }
 
-/// Whether a histogram carries native buckets (Prometheus' rule: any span, a zero bucket, or
-/// counts) and no classic ones.
-pub fn is_native_only(h: &Histogram<'_>) -> bool {
+/// Whether a histogram carries native buckets (the reader's rule, Prometheus') and no classic
+/// ones.
+fn is_native_only(h: &Histogram<'_>) -> bool {
     h.bucket.is_empty() && is_native(h)
-}
-
-pub fn is_native(h: &Histogram<'_>) -> bool {
-    !h.positive_span.is_empty()
-        || !h.negative_span.is_empty()
-        || h.zero_threshold > 0.0
-        || h.zero_count > 0
-        || h.zero_count_float > 0.0
 }
 
 /// Whether a metric is a native histogram without classic buckets (left out).

@@ -6,8 +6,8 @@
 //! Semantics are protobuf's (proto3, as Prometheus decodes): unknown fields skipped, an unset
 //! scalar reads as zero, a scalar given twice keeps the last, a repeated scalar packed or not,
 //! a singular message given twice is merged into the first. One exception, said in the error:
-//! an exemplar given twice in one message (which protobuf would merge) is refused, as is a
-//! metric's label list given as anything but `LabelPair` messages; no client writes either.
+//! an exemplar given twice in one message (which protobuf would merge) is refused; no client
+//! writes it.
 //!
 //! `to_schema` turns a view into prost's owned messages, for tests and for renderings that
 //! rebuild metrics.
@@ -86,10 +86,8 @@ impl<'a> LabelPair<'a> {
         let whole = std::str::from_utf8(b).ok();
         let string = |f: &Field<'a>, path: &str| {
             let slice = match (whole, f.value) {
-                (Some(w), Value::Bytes(s)) => {
-                    let start = s.as_ptr() as usize - b.as_ptr() as usize;
-                    w.get(start..start + s.len())
-                }
+                // The string is the field's last bytes.
+                (Some(w), Value::Bytes(s)) => w.get(f.end - s.len()..f.end),
                 _ => None,
             };
             slice.map_or_else(|| within(f.string(), path), Ok)

@@ -197,13 +197,6 @@ pub(crate) struct Fields<'a> {
     pos: usize,
 }
 
-impl Fields<'_> {
-    /// Where the walk is: after an error, the offset of the malformed field's key.
-    pub fn offset(&self) -> usize {
-        self.pos
-    }
-}
-
 /// The fields of message `m`.
 pub(crate) fn fields(m: &[u8]) -> Fields<'_> {
     Fields { m, pos: 0 }
@@ -234,6 +227,11 @@ impl<'a> Iterator for Fields<'a> {
 }
 
 impl Fields<'_> {
+    /// Where the walk is: after an error, the offset of the malformed field's key.
+    pub fn offset(&self) -> usize {
+        self.pos
+    }
+
     /// The error of the field at `pos`, which ends the walk.
     #[cold]
     fn fail(&mut self, e: &'static str) -> WireError {
